@@ -1,0 +1,200 @@
+"""Stage 1 — data: the medical R1 dataset → cleaned, validated, seeded 8:1:1 train/val/test JSONL.
+
+Reads   DATASET: the ModelScope dataset krisfu/delicate_medical_r1_data (default), or a local .jsonl/.json/
+        .parquet/.csv file, or a directory of them. Rows need non-empty `question`, `think`, `answer` strings.
+Writes  DATA_DIR/train.jsonl, val.jsonl, test.jsonl (rows: id, question, think, answer + the source's other fields),
+        DATA_DIR/stats.json (counts, every skipped row with file:line and reason, token lengths) and
+        DATA_DIR/data_config.json (the resolved constants).
+
+    python data.py                                          # download from ModelScope, write data/
+    python data.py --dataset=demo/medical_demo.jsonl        # offline: the project's 40-row demo set
+    python data.py --dataset=my_rows.jsonl --data_dir=data_mine --seed=7
+
+Bad rows are reported one line each (file:line: reason), counted and skipped; good rows are kept. The stage
+fails only when no usable row is left. Same input and SEED give byte-identical files.
+"""
+
+import hashlib
+import json
+import os
+import random
+import statistics
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medsft.chat import tokenize_example
+from medsft.config import configure, save_config
+from medsft.io import MedsftError, iter_jsonl, write_json, write_jsonl
+
+DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
+SUBSET = "default"  # ModelScope subset name (ignored for local files)
+SPLIT = "train"  # ModelScope split to read (ignored for local files)
+DATA_DIR = "data"  # output directory for train/val/test.jsonl and stats.json
+SEED = 42  # shuffle seed: same input + same seed ⇒ byte-identical splits
+VAL_RATIO = 0.1  # share of rows in val.jsonl (at least 1 row)
+TEST_RATIO = 0.1  # share of rows in test.jsonl (at least 1 row); train gets the rest
+TOKENIZER = ""  # tokenizer for length stats: a model spec or dir; "" = $MEDSFT_TOKENIZER if set, else skip
+MAX_LENGTH = 2048  # tokens; stats count rows longer than this (train.py skips them)
+
+FIELDS = ("question", "think", "answer")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def read_local(path: Path):
+    """Yield (where, row_or_None, error_or_None) for every row of a local file or directory of files."""
+    files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise MedsftError(f"{path}: no {'/'.join(SUFFIXES)} files in this directory")
+    for f in files:
+        if f.suffix not in SUFFIXES:
+            raise MedsftError(f"{f}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+        if f.suffix == ".json":
+            try:
+                rows = json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rows = None  # not one JSON document: read it as JSON lines below, which names the bad lines
+            if isinstance(rows, list):
+                for i, row in enumerate(rows, start=1):
+                    ok = isinstance(row, dict)
+                    yield f"{f}: item {i}", (row if ok else None), (None if ok else "expected a JSON object")
+                continue
+        if f.suffix in (".jsonl", ".json"):
+            for lineno, row, err in iter_jsonl(f):
+                yield f"{f}:{lineno}", row, err
+            continue
+        import datasets  # parquet/csv: let the datasets library parse them
+
+        table = datasets.load_dataset(f.suffix[1:], data_files=str(f), split="train")
+        first = 2 if f.suffix == ".csv" else 1  # csv line numbers count the header line
+        for i, row in enumerate(table):
+            yield f"{f}:{i + first}" if f.suffix == ".csv" else f"{f}: row {i + 1}", row, None
+
+
+def read_modelscope(name: str, subset: str, split: str):
+    from modelscope.msdatasets import MsDataset
+
+    from medsft.models import MODELSCOPE_HOST, _modelscope_reachable
+
+    if not _modelscope_reachable():
+        raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({MODELSCOPE_HOST} is unreachable). "
+                          "Use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a "
+                          "directory of them), or --dataset=demo/medical_demo.jsonl for the offline demo")
+    ds = MsDataset.load(name, subset_name=subset, split=split)
+    for i, row in enumerate(ds, start=1):
+        yield f"{name}: row {i}", dict(row), None
+
+
+def clean(row: dict, counts: dict) -> dict:
+    """Strip fields, turn literal two-character '\\n' into line breaks, drop stray think tags."""
+    out = dict(row)
+    for k in FIELDS:
+        v = out[k]
+        if "\\n" in v:
+            v = v.replace("\\r\\n", "\n").replace("\\n", "\n")
+            counts["literal_newlines"] += 1
+        if "<think>" in v or "</think>" in v:
+            v = v.replace("<think>", "").replace("</think>", "")
+            counts["think_tags"] += 1
+        out[k] = v.strip()
+    return out
+
+
+def problem(row: dict) -> str | None:
+    for k in FIELDS:
+        if k not in row:
+            return f"missing field '{k}'"
+        if not isinstance(row[k], str):
+            return f"field '{k}' is {type(row[k]).__name__}, expected a string"
+        if not row[k].strip():
+            return f"field '{k}' is empty"
+    return None
+
+
+def row_id(question: str) -> str:
+    """Stable across runs and orderings: derived from the (unique) question text."""
+    return "med-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
+
+
+def length_stats(rows: list[dict], tokenizer_spec: str, max_length: int) -> dict:
+    from medsft.models import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_spec)
+    lengths = [len(tokenize_example(tok, r, max_length=10**9)["input_ids"])
+               for r in tqdm(rows, desc="token lengths", unit="row")]
+    q = statistics.quantiles(lengths, n=100, method="inclusive") if len(lengths) > 1 else lengths * 99
+    return {"tokenizer": tokenizer_spec, "mean": round(statistics.fmean(lengths), 1), "p50": q[49], "p95": q[94],
+            "max": max(lengths), f"rows_over_{max_length}": sum(n > max_length for n in lengths)}
+
+
+def main():
+    cfg = configure(globals())
+    out_dir = Path(DATA_DIR)
+    local = Path(DATASET).expanduser()
+    is_local = local.exists() or DATASET.endswith(SUFFIXES) or DATASET.startswith((".", "/", "~"))
+    if is_local and not local.exists():
+        raise MedsftError(f"{DATASET}: file not found; pass --dataset=FILE (.jsonl/.json/.parquet/.csv) or a "
+                          "ModelScope id")
+    if not 0 < VAL_RATIO < 1 or not 0 < TEST_RATIO < 1 or VAL_RATIO + TEST_RATIO >= 1:
+        raise MedsftError(f"--val_ratio={VAL_RATIO} --test_ratio={TEST_RATIO}: each must be in (0, 1), sum < 1")
+
+    # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows
+    source = read_local(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT)
+    print(f"reading {DATASET}")
+
+    # 2. Validate and clean; report each bad row on one line, keep the good ones
+    counts = {"literal_newlines": 0, "think_tags": 0}
+    kept, skipped, duplicates, seen = [], [], [], {}
+    n_read = 0
+    for where, row, err in source:
+        n_read += 1
+        err = err or problem(row)
+        if not err:
+            row = clean(row, counts)
+            err = problem(row)  # a field of only tags/whitespace is empty after cleaning
+        if err:
+            print(f"skip {where}: {err}")
+            skipped.append({"where": where, "reason": err})
+            continue
+        if row["question"] in seen:  # exact duplicate question: keep the first, count the rest
+            duplicates.append({"where": where, "first": seen[row["question"]]})
+            continue
+        seen[row["question"]] = where
+        kept.append({"id": row_id(row["question"]), **{k: row[k] for k in FIELDS},
+                     **{k: v for k, v in row.items() if k not in FIELDS and k != "id"}})
+    print(f"read {n_read} rows: {len(kept)} kept, {len(skipped)} bad, {len(duplicates)} duplicate questions dropped; "
+          f"cleaned {counts['literal_newlines']} rows with literal \\n, {counts['think_tags']} with stray think tags")
+    if not kept:
+        raise MedsftError(f"{DATASET}: no usable rows (each row needs non-empty question, think and answer "
+                          "strings); see the skipped rows above")
+
+    # 3. Shuffle with SEED and split 8:1:1; every question is in exactly one split (duplicates were dropped)
+    random.Random(SEED).shuffle(kept)
+    n = len(kept)
+    n_val = max(1, round(n * VAL_RATIO)) if n >= 3 else 0
+    n_test = max(1, round(n * TEST_RATIO)) if n >= 3 else 0
+    splits = {"train": kept[n_val + n_test:], "val": kept[:n_val], "test": kept[n_val:n_val + n_test]}
+
+    # 4. Token-length stats in the exact training format, when a tokenizer is at hand
+    tokenizer_spec = TOKENIZER or os.environ.get("MEDSFT_TOKENIZER", "")
+    lengths = length_stats(kept, tokenizer_spec, MAX_LENGTH) if tokenizer_spec else None
+    if lengths is None:
+        print("token-length stats skipped (no tokenizer): pass --tokenizer=DIR_OR_MODEL to get them")
+
+    # 5. Write atomically
+    written = [write_jsonl(out_dir / f"{name}.jsonl", rows) for name, rows in splits.items()]
+    stats = {"dataset": DATASET, "seed": SEED, "rows_read": n_read, "rows_kept": n, "rows_bad": len(skipped),
+             "duplicates_dropped": len(duplicates), "cleaned": counts,
+             "splits": {k: len(v) for k, v in splits.items()}, "token_lengths": lengths,
+             "skipped": skipped, "duplicates": duplicates}
+    written.append(write_json(out_dir / "stats.json", stats))
+    written.append(save_config(cfg, out_dir / "data_config.json"))
+    print(f"split {n} rows: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}")
+    if lengths:
+        print(f"tokens per row: mean {lengths['mean']}, p95 {lengths['p95']}, max {lengths['max']}, "
+              f"{lengths[f'rows_over_{MAX_LENGTH}']} over {MAX_LENGTH}")
+    print("wrote " + " ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""medsft: what must be identical across the stages of the Qwen3 medical SFT toolkit.
+
+Chat format and tokenization (``chat``), model loading (``models``), generation (``generate``), constants and
+overrides (``config``), atomic file I/O (``io``).
+"""
+
+from .chat import SYSTEM_PROMPT, build_messages, format_reference, prompt_text, split_output, tokenize_example
+from .config import configure, save_config
+from .io import MedsftError
+
+__all__ = ["SYSTEM_PROMPT", "build_messages", "format_reference", "prompt_text", "split_output", "tokenize_example",
+           "configure", "save_config", "MedsftError"]

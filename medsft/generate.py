@@ -1,0 +1,236 @@
+"""Generation shared by inference, the training preview, evaluation and the benchmark.
+
+``generate`` answers many questions in batches (transformers), ``stream`` answers one question token by token
+for the chat, and ``generate_vllm`` is the optional vLLM backend with the same result format.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+from tqdm import tqdm
+
+from .chat import prompt_text
+from .io import MedsftError
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return sorted(set(ids) | {tokenizer.eos_token_id})
+
+
+def generation_config(model, tokenizer, *, max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None):
+    """The model's own generation_config (Qwen3: thinking-mode sampling) with this run's overrides."""
+    gc = copy.deepcopy(model.generation_config)
+    gc.max_new_tokens = max_new_tokens
+    gc.do_sample = do_sample
+    gc.eos_token_id = eos_ids(model, tokenizer)
+    gc.pad_token_id = tokenizer.pad_token_id
+    if do_sample:
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
+            if value is not None:
+                setattr(gc, name, value)
+    else:  # greedy: drop sampling knobs so transformers does not warn about unused flags
+        gc.temperature, gc.top_p, gc.top_k = None, None, None
+    return gc
+
+
+def used_settings(gc) -> dict:
+    """The decoding settings a generation_config actually applies (sampling knobs are None under greedy)."""
+    return {"max_new_tokens": gc.max_new_tokens, "do_sample": bool(gc.do_sample),
+            "temperature": gc.temperature if gc.do_sample else None,
+            "top_p": gc.top_p if gc.do_sample else None,
+            "top_k": gc.top_k if gc.do_sample else None}
+
+
+def _result(tokenizer, new: list[int], stop: set[int]) -> dict:
+    """Cut generated ids at the first end-of-turn token and decode them (special tokens dropped, <think> kept)."""
+    cut = next((k for k, t in enumerate(new) if t in stop), None)
+    tokens = new if cut is None else new[:cut]
+    return {
+        "output": tokenizer.decode(tokens, skip_special_tokens=True),
+        "new_tokens": len(tokens) + (cut is not None),  # the end-of-turn token was generated too
+        "finished": cut is not None,
+    }
+
+
+def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42, batch_size=8, system=None,
+             temperature=None, top_p=None, top_k=None, progress=True, histories=None, on_batch=None) -> list[dict]:
+    """Answer ``questions`` in batches; returns ``{"output", "new_tokens", "finished"}`` per question, in order.
+
+    Prompts are sorted by length (longest first, so an out-of-memory shows in the first batch) and left-padded;
+    with the attention mask this gives the same greedy answers as one-at-a-time generation.
+    ``finished`` is False when the answer hit ``max_new_tokens`` before an end-of-turn token.
+    ``on_batch(pairs)``, if given, is called after each batch with its ``[(question_index, result)]`` so a caller
+    can save progress as it goes.
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    prompts = [prompt_text(tokenizer, q, system=system, history=(histories[i] if histories else None))
+               for i, q in enumerate(questions)]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    gc = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, top_p=top_p, top_k=top_k)
+    stop = set(gc.eos_token_id)
+    results: list[dict | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="generate", unit="q", disable=not progress)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        torch.manual_seed(seed + start)  # each batch reproducible on its own (resume, reordering)
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=gc)
+        for row, i in enumerate(idx):
+            results[i] = _result(tokenizer, out[row, enc["input_ids"].shape[1]:].tolist(), stop)
+        bar.update(len(idx))
+        if on_batch is not None:
+            on_batch([(i, results[i]) for i in idx])
+    bar.close()
+    model.train(was_training)
+    return results
+
+
+# --- streaming (the chat) --------------------------------------------------------------------------------------
+
+
+def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, seed=42, system=None, history=None,
+           temperature=None, top_p=None, top_k=None, stop_event=None) -> dict:
+    """Answer one question, calling ``on_text(chunk)`` with decoded text as tokens come; returns what
+    ``generate`` returns for it (``{"output", "new_tokens", "finished"}``): the same tokens under greedy decoding.
+
+    Generation runs in a worker thread feeding a ``TextIteratorStreamer``; setting ``stop_event`` (e.g. on Ctrl-C)
+    ends it after the current token.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    class _StopOnEvent(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stop_event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    stop_event = stop_event or threading.Event()
+    gc = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           temperature=temperature, top_p=top_p, top_k=top_k)
+    device = next(model.parameters()).device
+    enc = tokenizer([prompt_text(tokenizer, question, system=system, history=history)], return_tensors="pt",
+                    add_special_tokens=False).to(device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    box: dict = {}
+
+    def work():
+        try:
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                box["out"] = model.generate(**enc, generation_config=gc, streamer=streamer,
+                                            stopping_criteria=StoppingCriteriaList([_StopOnEvent()]))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which re-raises it
+            box["error"] = e
+            streamer.end()  # unblock the reader
+
+    was_training = model.training
+    model.eval()
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        for chunk in streamer:
+            on_text(chunk)
+    except BaseException:
+        stop_event.set()  # Ctrl-C while printing: stop the worker before re-raising
+        raise
+    finally:
+        worker.join()
+        model.train(was_training)
+    if "error" in box:
+        raise box["error"]
+    return _result(tokenizer, box["out"][0, enc["input_ids"].shape[1]:].tolist(), set(gc.eos_token_id))
+
+
+# --- vLLM backend (optional) -----------------------------------------------------------------------------------
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def require_vllm() -> None:
+    if not vllm_available():
+        raise MedsftError("--backend=vllm needs vLLM, which is not installed: `pip install vllm` (Linux + CUDA GPU), "
+                          "or use the default --backend=transformers")
+
+
+def load_vllm(model_dir, *, seed=42, adapter_dir=None, max_model_len=None):
+    """A vLLM engine for a local model directory, with LoRA support switched on when an adapter is given."""
+    import json
+    from pathlib import Path
+
+    require_vllm()
+    from vllm import LLM
+
+    kwargs = {"model": str(model_dir), "seed": seed, "trust_remote_code": False}
+    if max_model_len:
+        kwargs["max_model_len"] = max_model_len
+    if adapter_dir is not None:
+        rank = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8")).get("r", 16)
+        kwargs.update(enable_lora=True, max_lora_rank=max(8, int(rank)), max_loras=1)
+    return LLM(**kwargs)
+
+
+def vllm_settings(model_dir, *, max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None) -> dict:
+    """The decoding settings vLLM will use: the model's generation_config.json with this run's overrides."""
+    from transformers import GenerationConfig
+
+    try:
+        base = GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # no generation_config.json: transformers' defaults, as the transformers backend would use
+        base = GenerationConfig()
+    if not do_sample:
+        return {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"max_new_tokens": max_new_tokens, "do_sample": True,
+            "temperature": base.temperature if temperature is None else temperature,
+            "top_p": base.top_p if top_p is None else top_p,
+            "top_k": base.top_k if top_k is None else top_k}
+
+
+def generate_vllm(llm, tokenizer, questions, *, settings, stop_ids, seed=42, system=None, adapter_dir=None,
+                  on_batch=None, batch_size=None) -> list[dict]:
+    """``generate`` on vLLM (continuous batching): same result format; ``settings`` from ``vllm_settings``.
+
+    Each question gets its own sampling seed (seed + index), so answers do not depend on what else is in flight.
+    ``on_batch`` is called every ``batch_size`` questions (vLLM schedules them itself).
+    """
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    lora = LoRARequest("medsft-adapter", 1, str(adapter_dir)) if adapter_dir is not None else None
+    prompts = [prompt_text(tokenizer, q, system=system) for q in questions]
+    results: list[dict] = []
+    step = batch_size or len(prompts) or 1
+    for start in range(0, len(prompts), step):
+        params = []
+        for i in range(start, min(start + step, len(prompts))):
+            if settings["do_sample"]:
+                params.append(SamplingParams(max_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
+                                             top_p=settings["top_p"], top_k=settings["top_k"] or -1, seed=seed + i,
+                                             stop_token_ids=list(stop_ids), skip_special_tokens=True))
+            else:
+                params.append(SamplingParams(max_tokens=settings["max_new_tokens"], temperature=0.0,
+                                             stop_token_ids=list(stop_ids), skip_special_tokens=True))
+        outs = llm.generate(prompts[start:start + step], params, lora_request=lora, use_tqdm=False)
+        chunk = []
+        for k, out in enumerate(outs):
+            o = out.outputs[0]
+            chunk.append((start + k, {"output": o.text, "new_tokens": len(o.token_ids),
+                                      "finished": o.finish_reason == "stop"}))
+        results += [r for _, r in chunk]
+        if on_batch is not None:
+            on_batch(chunk)
+    return results

@@ -1,0 +1,241 @@
+"""One model/tokenizer loader for every stage.
+
+A model spec is one of:
+  * ``tiny``: a small random-init ``Qwen3ForCausalLM`` made once, deterministically, for offline CPU runs; its
+    tokenizer is the one in ``$MEDSFT_TOKENIZER`` (e.g. ../shared/qwen3-1.7b) or, if unset, a small BPE tokenizer
+    trained on the project's demo data with Qwen3's special tokens and a Qwen3-style chat template;
+  * a local directory in Hugging Face format (a trained model, a LoRA adapter's base, a downloaded snapshot);
+  * a ModelScope id such as ``Qwen/Qwen3-1.7B``, fetched with ``modelscope.snapshot_download``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from .io import MedsftError
+
+TINY = "tiny"
+TINY_VERSION = 1  # bump when the tiny recipe changes, so caches are rebuilt
+TINY_SEED = 1234
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATA = PROJECT_ROOT / "demo" / "medical_demo.jsonl"
+MODELSCOPE_HOST = "modelscope.cn"
+_HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+# A Qwen3-style chat template for the project-built tiny tokenizer: same rendering of system/user/assistant turns
+# and of the think block as Qwen3's own template (tools omitted).
+TINY_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+    "{%- for message in messages %}{%- if message.role == 'user' %}{%- set ns.last_query_index = loop.index0 %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- set content = message.content if message.content is string else '' %}"
+    "{%- if message.role == 'system' and loop.first %}{{- '<|im_start|>system\\n' + content + '<|im_end|>\\n' }}"
+    "{%- elif message.role in ('user', 'system') %}{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{%- set reasoning_content = message.reasoning_content if message.reasoning_content is string else '' %}"
+    "{%- if message.reasoning_content is not string and '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDSFT_CACHE") or Path.home() / ".cache" / "medsft")
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_hub_id(spec: str) -> bool:
+    return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+
+
+# --- tiny ------------------------------------------------------------------------------------------------------
+
+
+def _tiny_tokenizer_source() -> tuple[Path | None, bytes]:
+    """The tokenizer directory to use for tiny (None = build one) and the bytes that identify it."""
+    env = os.environ.get("MEDSFT_TOKENIZER")
+    if env:
+        src = Path(env).expanduser()
+        if not (src / "tokenizer_config.json").is_file():
+            raise MedsftError(f"MEDSFT_TOKENIZER={env}: no tokenizer_config.json there; point it at a tokenizer "
+                              "directory (e.g. ../shared/qwen3-1.7b) or unset it to use the project's own")
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.name.startswith(("tokenizer", "vocab", "merges")))
+        return src, b"".join(p.name.encode() + p.read_bytes() for p in files)
+    if not DEMO_DATA.is_file():
+        raise MedsftError(f"{DEMO_DATA} is missing: the tiny tokenizer is trained on it (restore it from git), "
+                          "or set MEDSFT_TOKENIZER to a tokenizer directory")
+    return None, DEMO_DATA.read_bytes()
+
+
+def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA):
+    """Train a small byte-level BPE tokenizer on the demo data, with Qwen3's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    from .io import read_jsonl
+
+    texts = [r[k] for r in read_jsonl(corpus) for k in ("question", "think", "answer")]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    # <think> tags are plain added tokens in Qwen3 (not "special"), so decoding keeps them
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                    AddedToken("</think>", special=False, normalized=False)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>"], chat_template=TINY_CHAT_TEMPLATE,
+                                   model_max_length=32768, clean_up_tokenization_spaces=False)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    if tokenizer_src is None:
+        tok = build_tiny_tokenizer(out_dir)
+    else:
+        tok = AutoTokenizer.from_pretrained(tokenizer_src)
+        tok.save_pretrained(out_dir)
+    eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen3Config(
+        vocab_size=(len(tok) + 63) // 64 * 64, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
+        tie_word_embeddings=True, rope_theta=1_000_000.0, initializer_range=0.3, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
+    )
+    torch.manual_seed(TINY_SEED)
+    model = Qwen3ForCausalLM(config).to(torch.float32)
+    # Qwen3's own recommended thinking-mode sampling, as in the real model's generation_config.json
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad,
+                                               do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
+    model.save_pretrained(out_dir)
+
+
+def ensure_tiny() -> Path:
+    """Return the tiny model's directory, creating it on first use (same tokenizer ⇒ same weights)."""
+    src, ident = _tiny_tokenizer_source()
+    key = hashlib.sha256(f"v{TINY_VERSION}-seed{TINY_SEED}".encode() + ident).hexdigest()[:12]
+    out = cache_dir() / f"tiny-qwen3-{key}"
+    if (out / "model.safetensors").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
+    try:
+        _create_tiny(tmp, src)
+        (tmp / "medsft_tiny.json").write_text(json.dumps({"tokenizer": str(src or "built from demo data"),
+                                                          "seed": TINY_SEED, "version": TINY_VERSION}) + "\n")
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process created it first: theirs is identical
+            if not (out / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --- resolution and loading ------------------------------------------------------------------------------------
+
+
+def _modelscope_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((MODELSCOPE_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def download(spec: str) -> Path:
+    """Fetch a ModelScope model snapshot (reusing the local cache); fail fast when offline."""
+    from modelscope import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any cache miss means: try the network
+        pass
+    if not _modelscope_reachable():
+        raise MedsftError(
+            f"cannot download '{spec}' from ModelScope ({MODELSCOPE_HOST} is unreachable). Point at a local copy "
+            f"instead: --model=/path/to/Qwen3-1.7B (a directory with config.json and *.safetensors), or use "
+            f"--model=tiny for an offline CPU demo")
+    try:
+        return Path(snapshot_download(spec))
+    except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
+        raise MedsftError(f"downloading '{spec}' from ModelScope failed: {type(e).__name__}: {e}") from e
+
+
+def resolve_model(spec: str) -> Path:
+    """Turn a model spec into a local directory (creating tiny or downloading as needed)."""
+    spec = str(spec)
+    if spec == TINY:
+        return ensure_tiny()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+            raise MedsftError(f"{path} is not a model directory (no config.json); pass a Hugging Face format "
+                              "model directory, a ModelScope id like Qwen/Qwen3-1.7B, or 'tiny'")
+        return path
+    if is_hub_id(spec):
+        return download(spec)
+    raise MedsftError(f"model '{spec}' not found: no such directory, and it is not a ModelScope id (org/name)")
+
+
+def load_tokenizer(spec):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(spec))
+    tok.padding_side = "left"  # generation pads on the left; training collators set their own
+    return tok
+
+
+def default_dtype(device: str):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(spec, dtype=None, device=None, **kwargs):
+    """Load a causal LM from safetensors: bf16 on a bf16-capable GPU, fp32 on CPU, no remote code."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype or default_dtype(device),
+                                                 use_safetensors=True, **kwargs)
+    return model.to(device)
+
+
+def base_model_of(model_dir) -> str | None:
+    """The base model spec a trained directory came from: a LoRA adapter's base, or a full run's MODEL."""
+    d = Path(model_dir)
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("train_config.json", "MODEL")):
+        if (d / name).is_file():
+            return json.loads((d / name).read_text(encoding="utf-8")).get(key)
+    return None

@@ -1,0 +1,124 @@
+"""data.py end to end: real rows, planted bad lines, other formats, determinism, fail-fast errors."""
+
+import json
+import runpy
+import sys
+
+import pytest
+from conftest import run_script
+
+from medsft import models
+from medsft.io import MedsftError
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def splits(d):
+    return {name: read(d / f"{name}.jsonl") for name in ("train", "val", "test")}
+
+
+def test_real_sample_splits_8_1_1_deterministically(tmp_path, sample_rows_path):
+    run_script("data.py", f"--dataset={sample_rows_path}", f"--data_dir={tmp_path / 'a'}")
+    run_script("data.py", f"--dataset={sample_rows_path}", f"--data_dir={tmp_path / 'b'}")
+    s = splits(tmp_path / "a")
+    assert [len(s[k]) for k in ("train", "val", "test")] == [160, 20, 20]
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    questions = [{r["question"] for r in rows} for rows in s.values()]
+    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
+    rows = [r for rows in s.values() for r in rows]
+    assert len({r["id"] for r in rows}) == 200
+    assert not any("\\n" in r[k] for r in rows for k in ("question", "think", "answer"))
+    assert set(rows[0]) >= {"id", "question", "think", "answer", "instruction", "metrics"}
+    stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert stats["cleaned"]["literal_newlines"] == 7 and stats["rows_kept"] == 200
+    lengths = stats["token_lengths"]  # conftest points MEDSFT_TOKENIZER at the real tokenizer
+    assert lengths["tokenizer"] and lengths["p50"] <= lengths["p95"] <= lengths["max"]
+
+
+def test_other_seed_gives_other_split(tmp_path, sample_rows_path):
+    run_script("data.py", f"--dataset={sample_rows_path}", f"--data_dir={tmp_path / 'a'}")
+    run_script("data.py", f"--dataset={sample_rows_path}", f"--data_dir={tmp_path / 'b'}", "--seed=7")
+    assert (tmp_path / "a" / "test.jsonl").read_bytes() != (tmp_path / "b" / "test.jsonl").read_bytes()
+
+
+def test_planted_bad_lines_are_named_counted_and_skipped(tmp_path, sample_rows_path):
+    good = sample_rows_path.read_bytes().splitlines()[:30]
+    first = json.loads(good[0])
+    bad = [
+        b"{not json",                                                      # line 3
+        json.dumps({**first, "question": "另一个问题", "think": ""}).encode(),  # line 6: empty field
+        json.dumps({"question": "q", "answer": "a"}).encode(),             # line 9: missing think
+        "{\"question\": \"\xff\"}".encode("latin-1"),                      # line 12: not UTF-8
+        b"[1, 2]",                                                         # line 15: not an object
+        json.dumps({**first, "answer": 3}).encode(),                       # line 18: wrong type
+    ]
+    lines = list(good)
+    for k, b in enumerate(bad):
+        lines.insert(2 + 3 * k, b)
+    lines.insert(20, good[5])  # exact duplicate question: line 21
+    lines.insert(22, b"   ")   # blank lines are not rows
+    src = tmp_path / "planted.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}")
+    for lineno, reason in [(3, "invalid JSON"), (6, "field 'think' is empty"), (9, "missing field 'think'"),
+                           (12, "UTF-8"), (15, "JSON object"), (18, "field 'answer' is int")]:
+        assert f"{src}:{lineno}: " in p.stdout and reason in p.stdout.split(f"{src}:{lineno}: ")[1].splitlines()[0]
+    s = splits(tmp_path / "out")
+    assert sum(len(v) for v in s.values()) == 30  # every good row kept, the duplicate dropped
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["rows_bad"] == 6 and stats["duplicates_dropped"] == 1
+    assert stats["duplicates"][0]["where"] == f"{src}:21"
+    assert [s["where"] for s in stats["skipped"]] == [f"{src}:{n}" for n in (3, 6, 9, 12, 15, 18)]
+
+
+def test_cleaning_tags_and_literal_newlines(tmp_path):
+    rows = [{"question": f"问题{i}", "think": "<think>想\\n法</think>", "answer": " 答\\n案 "} for i in range(10)]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}")
+    out = [r for v in splits(tmp_path / "out").values() for r in v]
+    assert {(r["think"], r["answer"]) for r in out} == {("想\n法", "答\n案")}
+
+
+def test_json_csv_parquet_and_directory(tmp_path):
+    import datasets
+
+    rows = [{"question": f"问题{i}", "think": f"思考{i}", "answer": f"回答{i}"} for i in range(12)]
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "a.json").write_text(json.dumps(rows[:4], ensure_ascii=False), encoding="utf-8")
+    datasets.Dataset.from_list(rows[4:8]).to_csv(str(d / "b.csv"), index=False)
+    datasets.Dataset.from_list(rows[8:]).to_parquet(str(d / "c.parquet"))
+    run_script("data.py", f"--dataset={d}", f"--data_dir={tmp_path / 'out'}")
+    out = [r for v in splits(tmp_path / "out").values() for r in v]
+    assert sorted(r["question"] for r in out) == sorted(r["question"] for r in rows)
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "no usable rows"), (b"{bad\n", "no usable rows")])
+def test_empty_or_all_bad_file_fails(tmp_path, content, needle):
+    src = tmp_path / "x.jsonl"
+    src.write_bytes(content)
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", check=False)
+    assert p.returncode != 0 and needle in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_missing_file_fails_with_fix(tmp_path):
+    p = run_script("data.py", f"--dataset={tmp_path / 'nope.jsonl'}", check=False)
+    assert p.returncode != 0 and "file not found" in p.stderr and "--dataset=" in p.stderr
+
+
+def test_modelscope_offline_fails_fast_naming_local_option(monkeypatch, tmp_path, root):
+    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(sys, "argv", ["data.py", f"--data_dir={tmp_path}"])
+    with pytest.raises(MedsftError, match="--dataset=demo/medical_demo.jsonl"):
+        runpy.run_path(str(root / "data.py"), run_name="__main__")
+
+
+def test_demo_data_is_usable(tmp_path, demo_data_path):
+    run_script("data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path}")
+    s = splits(tmp_path)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [32, 4, 4]
