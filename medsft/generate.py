@@ -32,8 +32,8 @@ def generation_config(model, tokenizer, *, max_new_tokens, do_sample, temperatur
         for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
             if value is not None:
                 setattr(gc, name, value)
-    else:  # greedy: drop sampling knobs so transformers does not warn about unused flags
-        gc.temperature, gc.top_p, gc.top_k = None, None, None
+    else:  # greedy: neutral sampling knobs (None would be refilled from the model's config, then warned about)
+        gc.temperature, gc.top_p, gc.top_k = 1.0, 1.0, 50
     return gc
 
 
@@ -180,7 +180,9 @@ def load_vllm(model_dir, *, seed=42, adapter_dir=None, max_model_len=None):
         kwargs["max_model_len"] = max_model_len
     if adapter_dir is not None:
         rank = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8")).get("r", 16)
-        kwargs.update(enable_lora=True, max_lora_rank=max(8, int(rank)), max_loras=1)
+        # vLLM accepts only some LoRA ranks: the smallest one that holds this adapter
+        max_rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= int(rank)), int(rank))
+        kwargs.update(enable_lora=True, max_lora_rank=max_rank, max_loras=1)
     return LLM(**kwargs)
 
 

@@ -1,0 +1,62 @@
+"""Talk to a fine-tuned model, or predict a whole split with it.
+
+Reads the model MODEL_DIR (default output/full, written by train.py; any model spec works: the untuned base is
+--model_dir=Qwen/Qwen3-1.7B, an offline CPU demo --model_dir=tiny) with the same system prompt and chat template
+as training. Three modes:
+
+  python inference.py                                  # interactive chat: streamed 【思考】 then 【回答】,
+                                                       #   multi-turn; /reset, /exit, Ctrl-D
+  python inference.py --question="头痛三天，伴有低烧，怎么办？"   # one streamed answer, then exit
+  python inference.py --input=data/test.jsonl          # batch predictions -> results/predictions_full.jsonl
+  python inference.py --model_dir=Qwen/Qwen3-1.7B --input=data/test.jsonl --output=results/predictions_base.jsonl
+
+Batch mode writes OUTPUT (one row per input row: id, question, ref_think, ref_answer, output, think, answer,
+think_status, new_tokens, finished, model) and OUTPUT's <stem>.summary.json (settings, truncations, tokens/s).
+It is resumable: rows already in OUTPUT are skipped, and OUTPUT is rewritten atomically after every batch.
+"""
+
+from pathlib import Path
+
+from medsft.config import configure, save_config
+from medsft.io import MedsftError
+from medsft.predict import check_backend, check_model, chat, choose_mode, load_for_inference, predict_file
+
+MODEL_DIR = "output/full"  # model spec: a trained dir, a ModelScope id (Qwen/Qwen3-1.7B = untuned base) or tiny
+QUESTION = ""  # one question to answer (streamed), then exit; "" = no single question
+INPUT = ""  # JSONL split to predict (rows with question[, id, think, answer]), e.g. data/test.jsonl; "" = chat
+OUTPUT = "results/predictions_full.jsonl"  # batch predictions (resumed if present); summary beside it
+MAX_NEW_TOKENS = 2048  # tokens generated per answer at most (reference think+answer averages ~900)
+DO_SAMPLE = True  # true: Qwen3's thinking-mode sampling from the model's generation_config; false: greedy
+TEMPERATURE = None  # sampling temperature; None = the model's generation_config (Qwen3: 0.6)
+TOP_P = None  # nucleus sampling; None = the model's generation_config (Qwen3: 0.95)
+TOP_K = None  # top-k sampling; None = the model's generation_config (Qwen3: 20)
+SEED = 42  # sampling seed (same seed, same settings => same predictions)
+BATCH_SIZE = 8  # questions generated together in batch mode (left-padded, sorted by prompt length)
+BACKEND = "transformers"  # transformers | vllm (batch mode only; needs `pip install vllm` and a CUDA GPU)
+
+
+def main():
+    cfg = configure(globals())
+    # 1. Check the mode, the model and the backend before loading anything (predict_file checks INPUT and OUTPUT)
+    mode = choose_mode(QUESTION, INPUT)
+    check_model(MODEL_DIR, flag="--model_dir", producer="train.py")
+    check_backend(BACKEND)
+    decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
+                    top_p=TOP_P, top_k=TOP_K)
+
+    # 2. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
+    if mode == "predict":
+        predict_file(MODEL_DIR, INPUT, OUTPUT, batch_size=BATCH_SIZE, backend=BACKEND, **decoding)
+        print(f"wrote {save_config(cfg, Path(OUTPUT).with_suffix('.config.json'))}")
+        return
+
+    # 3. One question or the interactive chat, streamed token by token
+    if BACKEND != "transformers":
+        raise MedsftError(f"--backend={BACKEND} serves batch predictions (--input); the chat streams with "
+                          "transformers: drop --backend")
+    model, tokenizer = load_for_inference(MODEL_DIR)
+    chat(model, tokenizer, question=QUESTION.strip() if mode == "question" else None, **decoding)
+
+
+if __name__ == "__main__":
+    main()

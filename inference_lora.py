@@ -1,0 +1,73 @@
+"""inference.py for a LoRA adapter: chat with it, predict a split with it, or merge it into a plain model.
+
+Reads the adapter ADAPTER_DIR (default output/lora, written by train_lora.py) on top of its base model (the one
+recorded in the adapter; BASE_MODEL overrides). Same modes and rows as inference.py (rows also carry `adapter`):
+
+  python inference_lora.py                                # interactive chat (思考 / 回答, /reset, /exit, Ctrl-D)
+  python inference_lora.py --question="头痛三天，伴有低烧，怎么办？"
+  python inference_lora.py --input=data/test.jsonl        # -> results/predictions_lora.jsonl (+ .summary.json)
+  python inference_lora.py --merge=true                   # -> output/lora-merged, a plain HF model directory
+
+The merged directory (safetensors, tokenizer with chat template, generation_config) loads with
+AutoModelForCausalLM and gives the same greedy answers as base + adapter: `python inference.py
+--model_dir=output/lora-merged`.
+"""
+
+from pathlib import Path
+
+from medsft.config import configure, save_config
+from medsft.io import MedsftError
+from medsft.predict import (check_adapter, check_backend, chat, choose_mode, load_for_inference, lora_base,
+                            merge_lora, predict_file)
+
+ADAPTER_DIR = "output/lora"  # LoRA adapter directory (adapter_config.json + adapter weights)
+BASE_MODEL = None  # base model spec; None = the base recorded in the adapter (adapter_config.json)
+MERGE = False  # true: fold the adapter into the base, write MERGED_DIR and exit
+MERGED_DIR = "output/lora-merged"  # where --merge=true writes the merged model (replaced when complete)
+QUESTION = ""  # one question to answer (streamed), then exit; "" = no single question
+INPUT = ""  # JSONL split to predict (rows with question[, id, think, answer]), e.g. data/test.jsonl; "" = chat
+OUTPUT = "results/predictions_lora.jsonl"  # batch predictions (resumed if present); summary beside it
+MAX_NEW_TOKENS = 2048  # tokens generated per answer at most (reference think+answer averages ~900)
+DO_SAMPLE = True  # true: Qwen3's thinking-mode sampling from the model's generation_config; false: greedy
+TEMPERATURE = None  # sampling temperature; None = the model's generation_config (Qwen3: 0.6)
+TOP_P = None  # nucleus sampling; None = the model's generation_config (Qwen3: 0.95)
+TOP_K = None  # top-k sampling; None = the model's generation_config (Qwen3: 20)
+SEED = 42  # sampling seed (same seed, same settings => same predictions)
+BATCH_SIZE = 8  # questions generated together in batch mode (left-padded, sorted by prompt length)
+BACKEND = "transformers"  # transformers | vllm (batch mode only, LoRA through vLLM's LoRA support)
+
+
+def main():
+    cfg = configure(globals())
+    # 1. Check the adapter, its base, the mode and the backend before loading anything
+    check_adapter(ADAPTER_DIR, flag="--adapter_dir", producer="train_lora.py")
+    base = lora_base(ADAPTER_DIR, BASE_MODEL)
+    mode = "merge" if MERGE else choose_mode(QUESTION, INPUT)
+    if MERGE and (QUESTION or INPUT):
+        raise MedsftError("--merge=true only writes the merged model; then predict or chat with it: "
+                          f"python inference.py --model_dir={MERGED_DIR} ...")
+    check_backend(BACKEND)
+    decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
+                    top_p=TOP_P, top_k=TOP_K)
+
+    # 2. Merge: base + adapter -> a plain model directory
+    if mode == "merge":
+        print(f"wrote {merge_lora(ADAPTER_DIR, MERGED_DIR, base)}")
+        return
+
+    # 3. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
+    if mode == "predict":
+        predict_file(base, INPUT, OUTPUT, adapter_dir=ADAPTER_DIR, batch_size=BATCH_SIZE, backend=BACKEND, **decoding)
+        print(f"wrote {save_config(cfg, Path(OUTPUT).with_suffix('.config.json'))}")
+        return
+
+    # 4. One question or the interactive chat, streamed token by token
+    if BACKEND != "transformers":
+        raise MedsftError(f"--backend={BACKEND} serves batch predictions (--input); the chat streams with "
+                          "transformers: drop --backend")
+    model, tokenizer = load_for_inference(base, ADAPTER_DIR)
+    chat(model, tokenizer, question=QUESTION.strip() if mode == "question" else None, **decoding)
+
+
+if __name__ == "__main__":
+    main()
