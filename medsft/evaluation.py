@@ -1,0 +1,242 @@
+"""The flow shared by evaluate.py, evaluate_lora.py, rouge_eval.py and rouge_eval_lora.py.
+
+Which prediction files to score (the tuned model's and, unless EVAL_BASE is off, the untuned base model's), making
+the missing ones with the inference code (`medsft.predict.predict_file`, never a copy), reading and checking them,
+and writing each model's summary + per-sample files. Model tags: base / full / lora.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import MedsftError, iter_jsonl, read_jsonl, write_json, write_jsonl
+
+TAGS = ("base", "full", "lora")
+STATUSES = ("closed", "unclosed", "absent")
+DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "backend")
+
+
+@dataclass
+class Target:
+    """One prediction file to score, and how to make it when it is missing."""
+
+    tag: str
+    path: Path
+    model: str | None = None  # spec to predict with (for a LoRA adapter: its base, None = the one it records)
+    adapter_dir: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        return not self.path.is_file()
+
+
+def _why(path: Path, source: str, err: MedsftError) -> MedsftError:
+    return MedsftError(f"{path} not found, so it would be predicted with {source}, but {err} — or pass "
+                       "--predictions=<file.jsonl> (made by inference.py --input=data/test.jsonl)")
+
+
+def _check_test_file(cfg: dict, path: Path, source: str):
+    test = Path(cfg["TEST_FILE"])
+    if not test.is_file():
+        raise MedsftError(f"{path} not found, so it would be predicted with {source} from {test}, but {test} does "
+                          "not exist: run data.py first, or pass --test_file=<file.jsonl> / --predictions=<file.jsonl>")
+
+
+def _rows_model(path: Path) -> tuple[str | None, str | None]:
+    """(model, adapter) recorded in the first row of a prediction file, if readable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    return (first.get("model"), first.get("adapter")) if isinstance(first, dict) else (None, None)
+
+
+def targets(cfg: dict, tag: str) -> list[Target]:
+    """The prediction files to score, base first; every missing one is checked to be producible, before any model
+    is loaded. `cfg` is a script's resolved constants (MODEL_DIR for full, ADAPTER_DIR for lora)."""
+    from .models import base_model_of
+    from .predict import check_adapter, check_model, lora_base
+
+    if tag not in ("full", "lora"):
+        raise ValueError(f"tag must be full or lora, not {tag!r}")
+    out = []
+    tuned = Target(tag, Path(cfg["PREDICTIONS"]))
+    run_dir = cfg["MODEL_DIR"] if tag == "full" else cfg["ADAPTER_DIR"]
+    if tuned.missing:
+        if tag == "full":
+            source = f"--model_dir={run_dir}"
+            _check_test_file(cfg, tuned.path, source)
+            try:
+                tuned.model = check_model(run_dir, flag="--model_dir", producer="train.py")
+            except MedsftError as e:
+                raise _why(tuned.path, source, e) from None
+        else:
+            source = f"--adapter_dir={run_dir}"
+            _check_test_file(cfg, tuned.path, source)
+            try:
+                check_adapter(run_dir)
+                tuned.model = lora_base(run_dir, cfg.get("BASE_MODEL") or None)
+            except MedsftError as e:
+                raise _why(tuned.path, source, e) from None
+            tuned.adapter_dir = str(run_dir)
+
+    if cfg["EVAL_BASE"]:
+        base = Target("base", Path(cfg["BASE_PREDICTIONS"]))
+        if base.missing:
+            spec = cfg.get("BASE_MODEL") or None
+            if not spec and Path(str(run_dir)).is_dir():
+                spec = base_model_of(run_dir)
+            if not spec and not tuned.missing:  # the run's directory may be gone; its predictions still say
+                model, adapter = _rows_model(tuned.path)
+                spec = model if adapter else (base_model_of(model) if model and Path(model).is_dir() else None)
+            if not spec:
+                raise MedsftError(f"{base.path} not found and the base model of {run_dir} is unknown (no "
+                                  "train_config.json / adapter_config.json naming it): pass --base_model=<spec, e.g. "
+                                  "Qwen/Qwen3-1.7B or tiny>, --base_predictions=<file.jsonl>, or --eval_base=false")
+            _check_test_file(cfg, base.path, f"the base model {spec}")
+            try:
+                base.model = check_model(spec, flag="--base_model", producer=None)
+            except MedsftError as e:
+                raise MedsftError(f"{base.path} not found, so it would be predicted with the base model, but {e}; "
+                                  "or pass --eval_base=false") from None
+        out.append(base)
+    out.append(tuned)
+    return out
+
+
+def produce_missing(items: list[Target], cfg: dict) -> None:
+    """Predict TEST_FILE into every missing prediction file, with the inference stage's own code."""
+    from .predict import predict_file
+
+    for t in items:
+        if not t.missing:
+            continue
+        print(f"{t.path} not found: predicting {cfg['TEST_FILE']} with {t.model}"
+              + (f" + {t.adapter_dir}" if t.adapter_dir else ""))
+        predict_file(t.model, cfg["TEST_FILE"], t.path, adapter_dir=t.adapter_dir,
+                     max_new_tokens=cfg["MAX_NEW_TOKENS"], do_sample=cfg["DO_SAMPLE"], seed=cfg["SEED"],
+                     batch_size=cfg["BATCH_SIZE"])
+
+
+def load_predictions(path) -> list[dict]:
+    """Prediction rows, checked: every field evaluation reads, with the right type; errors name file:line."""
+    path = Path(path)
+    rows, seen = [], {}
+    for lineno, row, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err:
+            raise MedsftError(f"{where}: {err}; fix or remove that line, or predict again with inference.py")
+        for key in ("output", "think", "answer"):
+            if not isinstance(row.get(key), str):
+                raise MedsftError(f"{where}: field '{key}' missing or not a string; prediction rows come from "
+                                  "inference.py --input=... (fields id, output, think, answer, think_status, ...)")
+        for key in ("ref_think", "ref_answer"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise MedsftError(f"{where}: no reference '{key}': evaluation compares with the split's think and "
+                                  "answer, so predict a split that has them (data/test.jsonl)")
+        if row.get("think_status") not in STATUSES:
+            raise MedsftError(f"{where}: think_status {row.get('think_status')!r} is not one of {', '.join(STATUSES)}")
+        if not isinstance(row.get("finished"), bool):
+            raise MedsftError(f"{where}: field 'finished' missing or not true/false")
+        rid = row.get("id")
+        if rid is None or isinstance(rid, (dict, list)):
+            raise MedsftError(f"{where}: field 'id' missing or not a string/number")
+        if rid in seen:
+            raise MedsftError(f"{where}: id {rid!r} already on line {seen[rid]}; one row per question")
+        seen[rid] = lineno
+        rows.append(row)
+    if not rows:
+        raise MedsftError(f"{path} has no rows: predict a split first (inference.py --input=data/test.jsonl)")
+    return rows
+
+
+def describe(path, rows: list[dict], test_file=None) -> dict:
+    """What was scored: the file, its model, n, and the decoding settings from the inference summary beside it."""
+    from .predict import summary_path
+
+    path = Path(path)
+    info = {"path": str(path), "n": len(rows), "model": None, "adapter": None, "decoding": None}
+    models = sorted({str(r.get("model")) for r in rows if r.get("model") is not None})
+    adapters = sorted({str(r.get("adapter")) for r in rows if r.get("adapter") is not None})
+    info["model"] = ", ".join(models) or None
+    info["adapter"] = ", ".join(adapters) or None
+    spath = summary_path(path)
+    if spath.is_file():
+        try:
+            s = json.loads(spath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MedsftError(f"{spath}: not valid JSON ({e}); delete it or rerun inference.py") from None
+        info["decoding"] = {k: s.get(k) for k in DECODING_KEYS if k in s}
+    if test_file and Path(test_file).is_file():
+        n_test = len(read_jsonl(test_file))
+        if n_test != len(rows):
+            print(f"warning: {path} has {len(rows)} predictions but {test_file} has {n_test} questions; "
+                  "scores cover the predicted rows only (resume with inference.py to complete it)")
+    return info
+
+
+def write_outputs(results_dir, kind: str, tag: str, summary: dict, per_sample: list[dict]) -> list[Path]:
+    """RESULTS_DIR/<kind>_<tag>.json (summary) and .jsonl (one row per sample), atomically."""
+    results_dir = Path(results_dir)
+    return [write_json(results_dir / f"{kind}_{tag}.json", summary),
+            write_jsonl(results_dir / f"{kind}_{tag}.jsonl", per_sample)]
+
+
+def judge_key(cfg: dict) -> str | None:
+    """The judge's API key from the environment variable JUDGE_API_KEY_ENV (checked before anything runs)."""
+    if cfg["JUDGE"] == "none":
+        return None
+    if cfg["JUDGE"] != "openai":
+        raise MedsftError(f"--judge={cfg['JUDGE']}: expected none (offline scores only) or openai")
+    key = os.environ.get(cfg["JUDGE_API_KEY_ENV"], "")
+    if not key.strip():
+        raise MedsftError(f"--judge=openai needs an API key in the environment variable {cfg['JUDGE_API_KEY_ENV']} "
+                          "(export it, or name another with --judge_api_key_env=NAME)")
+    return key.strip()
+
+
+def run_judge(cfg: dict, api_key: str, rows: list[dict], per_sample: list[dict]) -> dict:
+    from . import metrics
+    from .judge import Judge, JudgeConfigError
+
+    judge = Judge(cfg["JUDGE_BASE_URL"], cfg["JUDGE_MODEL"], api_key, Path(cfg["RESULTS_DIR"]) / "judge_cache.jsonl",
+                  retries=cfg["JUDGE_RETRIES"], workers=cfg["JUDGE_WORKERS"])
+    try:
+        return judge.score_rows(rows, per_sample, metrics.split_steps)
+    except JudgeConfigError as e:
+        raise MedsftError(f"judge: {e}; check --judge_base_url, --judge_model and the key in "
+                          f"${cfg['JUDGE_API_KEY_ENV']}") from None
+
+
+def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
+    """Chain-of-thought scores of one prediction file -> RESULTS_DIR/cot_<tag>.json + .jsonl."""
+    from . import metrics
+
+    rows = load_predictions(t.path)
+    info = describe(t.path, rows, cfg["TEST_FILE"])
+    summary, per_sample = metrics.cot_scores(rows, tau=cfg["TAU"], repeat_threshold=cfg["REPEAT_THRESHOLD"],
+                                             floor_seed=cfg["FLOOR_SEED"])
+    summary = {"tag": t.tag, "predictions": info, **summary,
+               "judge": run_judge(cfg, api_key, rows, per_sample) if api_key else None}
+    s, floor = summary["scores"], summary["chance_floor"]
+    print(f"{t.tag}: chain of thought recall {s['recall']:.3f}, precision {s['precision']:.3f}, F1 {s['f1']:.3f}"
+          + (f" (chance floor F1 {floor['f1']:.3f})" if floor else "")
+          + f"; n={summary['n']}, no think {summary['n_no_think']}")
+    return write_outputs(cfg["RESULTS_DIR"], "cot", t.tag, summary, per_sample)
+
+
+def score_rouge(cfg: dict, t: Target) -> list[Path]:
+    """ROUGE of one prediction file in the three views -> RESULTS_DIR/rouge_<tag>.json + .jsonl."""
+    from . import metrics
+
+    rows = load_predictions(t.path)
+    info = describe(t.path, rows, cfg["TEST_FILE"])
+    summary, per_sample = metrics.rouge_scores(rows, workers=cfg["WORKERS"])
+    summary = {"tag": t.tag, "predictions": info, **summary}
+    a = summary["views"]["answer"]
+    print(f"{t.tag}: answer ROUGE-1/2/L F {a['rouge-1']['f']:.2f} / {a['rouge-2']['f']:.2f} / {a['rouge-l']['f']:.2f};"
+          f" n={summary['n']}, empty answers {a['n_empty']}")
+    return write_outputs(cfg["RESULTS_DIR"], "rouge", t.tag, summary, per_sample)

@@ -1,0 +1,241 @@
+"""Optional LLM judge of chain-of-thought recall and precision, through any OpenAI-compatible chat-completions API.
+
+Per sample, two calls:
+- recall: the numbered reference steps and the generated reasoning; the judge labels every reference step
+  "Matched" or "Unmatched". recall = Matched / reference steps.
+- precision: the numbered generated steps and the reference think + answer; the judge labels every generated step
+  "Match" (said by the reference), "Reasonable" (not in the reference but sound), "Wrong" or "N/A" (no claim, e.g.
+  "let me think"). precision = (Match + Reasonable) / (steps - N/A).
+
+Replies must be a JSON array with one {"step": k, "label": ...} per step and enum labels only: anything else (prose,
+"不是", a wrong count, an unknown label) is invalid and retried, never guessed at. A sample whose calls still fail
+keeps its offline score, flagged. Valid replies are cached by the SHA-256 of the request, so a rerun costs nothing.
+The API key is passed in by the caller (read from an environment variable) and never logged or written.
+Only the standard library speaks HTTP here: one POST needs no client package.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RECALL_LABELS = ("Matched", "Unmatched")
+PRECISION_LABELS = ("Match", "Reasonable", "Wrong", "N/A")
+FATAL_HTTP = (401, 403, 404)  # wrong key, URL or model: retrying cannot help, and every sample would fail
+
+_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n```$", re.S)
+
+
+class JudgeError(Exception):
+    """One judge call failed (HTTP error, timeout, or a reply that breaks the required format)."""
+
+
+class JudgeConfigError(Exception):
+    """The judge endpoint rejects every request (HTTP 401/403/404): a setting is wrong."""
+
+
+def _numbered(steps: list[str]) -> str:
+    return "\n".join(f"{k}. {s}" for k, s in enumerate(steps, start=1))
+
+
+def recall_messages(gen_think: str, ref_steps: list[str]) -> list[dict]:
+    system = ("You grade medical reasoning. For every numbered REFERENCE step, decide whether the CANDIDATE "
+              "reasoning contains the same point (same meaning; wording may differ). Reply with JSON only: an array "
+              f"with exactly one object per reference step, in order, "
+              '[{"step": 1, "label": "Matched"}, {"step": 2, "label": "Unmatched"}, ...]; label is "Matched" or '
+              '"Unmatched". No prose.')
+    user = f"REFERENCE steps ({len(ref_steps)}):\n{_numbered(ref_steps)}\n\nCANDIDATE reasoning:\n{gen_think}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def precision_messages(gen_steps: list[str], ref_think: str, ref_answer: str) -> list[dict]:
+    system = ("You grade medical reasoning. For every numbered CANDIDATE step, compare it with the REFERENCE "
+              'reasoning and answer and label it: "Match" (the reference states it), "Reasonable" (not in the '
+              'reference but medically sound and relevant), "Wrong" (incorrect or contradicts the reference), or '
+              '"N/A" (makes no claim, e.g. "let me think"). Reply with JSON only: an array with exactly one object per '
+              'candidate step, in order, [{"step": 1, "label": "Match"}, ...]. No prose.')
+    user = (f"REFERENCE reasoning:\n{ref_think}\n\nREFERENCE answer:\n{ref_answer}\n\n"
+            f"CANDIDATE steps ({len(gen_steps)}):\n{_numbered(gen_steps)}")
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_labels(content: str, n_steps: int, labels: tuple[str, ...]) -> list[str]:
+    """Labels of steps 1..n_steps from a judge reply, or JudgeError. Strict: a JSON array (optionally the only
+    thing inside one ```json fence), one object per step with an integer "step" and a "label" from `labels`."""
+    text = (content or "").strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JudgeError(f"reply is not JSON ({e.msg}): {content[:80]!r}") from None
+    if not isinstance(data, list):
+        raise JudgeError(f"reply is JSON {type(data).__name__}, expected an array")
+    if len(data) != n_steps:
+        raise JudgeError(f"reply labels {len(data)} steps, expected {n_steps}")
+    found: dict[int, str] = {}
+    for item in data:
+        if not isinstance(item, dict):
+            raise JudgeError(f"array item is {type(item).__name__}, expected an object")
+        step, label = item.get("step"), item.get("label")
+        if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step <= n_steps or step in found:
+            raise JudgeError(f"bad or repeated step number {step!r}")
+        if label not in labels:
+            raise JudgeError(f"label {label!r} is not one of {', '.join(labels)}")
+        found[step] = label
+    return [found[k] for k in range(1, n_steps + 1)]
+
+
+class Judge:
+    """An OpenAI-compatible chat-completions judge with retries and a response cache."""
+
+    def __init__(self, base_url: str, model: str, api_key: str, cache_path, *, retries: int = 3,
+                 timeout: float = 120.0, backoff: float = 2.0, workers: int = 4):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._api_key = api_key
+        self.cache_path = Path(cache_path)
+        self.retries = retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.workers = workers
+        self.calls = 0  # HTTP requests sent (cache hits send none)
+        self._lock = threading.Lock()
+        self._cache: dict[str, str] = {}
+        self._dirty = 0
+        if self.cache_path.is_file():
+            from .io import read_jsonl
+
+            for row in read_jsonl(self.cache_path):
+                self._cache[row["key"]] = row["content"]
+
+    def __repr__(self):  # keeps the key out of any traceback or log that prints the object
+        return f"Judge(url={self.url!r}, model={self.model!r})"
+
+    # -- cache ------------------------------------------------------------------------------------------------
+    def save_cache(self):
+        from .io import write_jsonl
+
+        with self._lock:
+            if not self._dirty:
+                return
+            write_jsonl(self.cache_path, [{"key": k, "content": v} for k, v in sorted(self._cache.items())])
+            self._dirty = 0
+
+    def _remember(self, key: str, content: str):
+        with self._lock:
+            self._cache[key] = content
+            self._dirty += 1
+            dirty = self._dirty
+        if dirty >= 20:  # bounded loss on a crash without rewriting the file for every reply
+            self.save_cache()
+
+    # -- calls ------------------------------------------------------------------------------------------------
+    def _post(self, body: dict) -> str:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        req = urllib.request.Request(self.url, data=data, method="POST", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self._api_key}"})
+        with self._lock:
+            self.calls += 1
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                payload = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            if e.code in FATAL_HTTP:
+                raise JudgeConfigError(
+                    f"{self.url} answered HTTP {e.code} ({e.reason}) for model {self.model!r}") from None
+            raise JudgeError(f"HTTP {e.code} ({e.reason})") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            raise JudgeError(f"request failed: {getattr(e, 'reason', e)}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise JudgeError("the endpoint's response is not JSON") from None
+        try:
+            content = payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError("the endpoint's response has no choices[0].message.content") from None
+        if not isinstance(content, str):
+            raise JudgeError("choices[0].message.content is not a string")
+        return content
+
+    def ask(self, messages: list[dict], n_steps: int, labels: tuple[str, ...]) -> list[str]:
+        """Labels for n_steps steps; tries 1 + retries times; raises JudgeError when every try fails."""
+        body = {"model": self.model, "messages": messages, "temperature": 0}
+        key = hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+        cached = self._cache.get(key)
+        if cached is not None:
+            return parse_labels(cached, n_steps, labels)
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                content = self._post(body)
+                result = parse_labels(content, n_steps, labels)
+            except JudgeError as e:
+                last = e
+                continue
+            self._remember(key, content)
+            return result
+        raise JudgeError(f"{self.retries + 1} tries failed; last: {last}")
+
+    def score(self, gen_think: str, gen_steps: list[str], ref_steps: list[str], ref_think: str,
+              ref_answer: str) -> dict:
+        """Judge recall, precision and F1 of one sample (JudgeError when a call fails)."""
+        recall_labels = self.ask(recall_messages(gen_think, ref_steps), len(ref_steps), RECALL_LABELS)
+        precision_labels = self.ask(precision_messages(gen_steps, ref_think, ref_answer), len(gen_steps),
+                                    PRECISION_LABELS)
+        recall = recall_labels.count("Matched") / len(ref_steps)
+        claims = len(gen_steps) - precision_labels.count("N/A")
+        # all steps N/A: the reasoning asserts nothing, so nothing in it is supported
+        precision = (precision_labels.count("Match") + precision_labels.count("Reasonable")) / claims if claims else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"recall": recall, "precision": precision, "f1": f1,
+                "labels": {"recall": recall_labels, "precision": precision_labels}}
+
+    def score_rows(self, rows: list[dict], per_sample: list[dict], split_steps, progress: bool = True) -> dict:
+        """Judge every sample; adds judge_* fields to per_sample (in place) and returns the judge summary.
+
+        A sample without generated steps scores 0 without a call (as offline). A sample whose calls fail keeps
+        its offline recall/precision/F1 as its judge score, with judge_fallback=true and the reason.
+        """
+        from tqdm import tqdm
+
+        def one(i):
+            row, item = rows[i], per_sample[i]
+            gen_steps = split_steps(row.get("think") or "")
+            ref_steps = split_steps(row.get("ref_think") or "")
+            if not gen_steps or not ref_steps:
+                return {"recall": 0.0, "precision": 0.0, "f1": 0.0}, None
+            try:
+                return self.score(row.get("think") or "", gen_steps, ref_steps, row.get("ref_think") or "",
+                                  row.get("ref_answer") or ""), None
+            except JudgeError as e:
+                return {k: item[k] for k in ("recall", "precision", "f1")}, str(e)
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+                results = list(tqdm(pool.map(one, range(len(rows))), total=len(rows), desc="judge",
+                                    disable=not progress))
+        finally:
+            self.save_cache()
+        for item, (score, error) in zip(per_sample, results):
+            item["judge_recall"], item["judge_precision"], item["judge_f1"] = (score["recall"], score["precision"],
+                                                                               score["f1"])
+            if "labels" in score:
+                item["judge_labels"] = score["labels"]
+            item["judge_fallback"] = error is not None
+            if error is not None:
+                item["judge_error"] = error
+        n = len(per_sample)
+        mean = (lambda k: sum(item[k] for item in per_sample) / n if n else 0.0)
+        return {"model": self.model, "base_url": self.url.rsplit("/chat/completions", 1)[0],
+                "recall": mean("judge_recall"), "precision": mean("judge_precision"), "f1": mean("judge_f1"),
+                "n_fallback": sum(1 for item in per_sample if item["judge_fallback"]), "n_requests": self.calls,
+                "note": "samples with judge_fallback=true carry their offline score"}

@@ -1,0 +1,243 @@
+"""Charts and the results report, rebuilt from whatever evaluation summaries exist in a results directory.
+
+Reads RESULTS_DIR/rouge_{base,full,lora}.json and cot_{base,full,lora}.json (and train_{full,lora}.json when the
+training stage wrote them); writes rouge.png, cot.png and README.md. The same summaries give the same bytes: no
+timestamps, PNG metadata without the software version, fixed styles and colours.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from .io import MedsftError, atomic_write_bytes, atomic_write_text
+
+TAGS = ("base", "full", "lora")
+LABELS = {"base": "base (untuned)", "full": "full fine-tune", "lora": "LoRA"}
+COLORS = {"base": "#9e9e9e", "full": "#1f77b4", "lora": "#ff7f0e"}
+ROUGE_METRICS = (("rouge-1", "R-1"), ("rouge-2", "R-2"), ("rouge-l", "R-L"))
+STATS = (("p", "P"), ("r", "R"), ("f", "F"))
+COT_MAIN = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"))
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MedsftError(f"{path}: not a valid summary ({e}); delete it and rerun the evaluation that wrote it"
+                          ) from None
+
+
+def collect(results_dir) -> dict:
+    """{"rouge": {tag: summary}, "cot": {...}, "train": {...}} for the summaries present, in base/full/lora order."""
+    d = Path(results_dir)
+    out = {}
+    for kind in ("rouge", "cot"):
+        out[kind] = {t: _read(d / f"{kind}_{t}.json") for t in TAGS if (d / f"{kind}_{t}.json").is_file()}
+    out["train"] = {t: _read(d / f"train_{t}.json") for t in ("full", "lora") if (d / f"train_{t}.json").is_file()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- charts
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    # no "Software" text chunk (it carries the matplotlib version): same numbers, same bytes
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _figure(figsize):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, ymax: float, fmt: str):
+    n = max(1, len(series))
+    width = 0.8 / n
+    for k, (tag, values) in enumerate(series.items()):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=LABELS[tag], color=COLORS[tag])
+        ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=6, padding=1)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, ymax)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def rouge_chart(rouge: dict) -> bytes:
+    """Grouped bars per model: ROUGE-1/2/L P/R/F, answer view (top) and think view (bottom)."""
+    fig = _figure((11, 7.5))
+    axes = fig.subplots(2, 1)
+    groups = [f"{m}-{s}" for _, m in ROUGE_METRICS for _, s in STATS]
+    for ax, view, title in ((axes[0], "answer", "answer vs reference answer (headline)"),
+                            (axes[1], "think", "think vs reference think")):
+        series = {t: [s["views"][view][m][st] for m, _ in ROUGE_METRICS for st, _ in STATS] for t, s in rouge.items()}
+        _bars(ax, groups, series, "score (x100)", 105, ".1f")
+        ns = ", ".join(f"{t} n={s['n']}" for t, s in rouge.items())
+        ax.set_title(f"ROUGE, {title} ({ns})", fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(rouge), fontsize=9)
+    fig.suptitle("ROUGE (rouge-chinese on jieba words, macro-averaged)", fontsize=11)
+    return _png(fig)
+
+
+def cot_chart(cot: dict) -> bytes:
+    """Recall / precision / F1 per model, with each model's chance floor drawn across its bar."""
+    fig = _figure((9, 5.5))
+    ax = fig.subplots()
+    groups = [label for _, label in COT_MAIN]
+    series = {t: [s["scores"][k] for k, _ in COT_MAIN] for t, s in cot.items()}
+    _bars(ax, groups, series, "score (0-1)", 1.08, ".2f")
+    width = 0.8 / max(1, len(cot))
+    drawn = False
+    for k, (tag, s) in enumerate(cot.items()):
+        floor = s.get("chance_floor")
+        if not floor:
+            continue
+        for i, (key, _) in enumerate(COT_MAIN):
+            x = i - 0.4 + width * (k + 0.5)
+            ax.hlines(floor[key], x - width / 2, x + width / 2, colors="black", linestyles="dashed", linewidth=1.2,
+                      label=None if drawn else "chance floor (other sample's reference)")
+            drawn = True
+    tau = next(iter(cot.values())).get("tau")
+    ns = ", ".join(f"{t} n={s['n']}" for t, s in cot.items())
+    ax.set_title(f"Chain of thought vs reference steps (offline, tau={tau}; {ns})", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+def _fmt(v, digits=2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _runs(data: dict) -> list[str]:
+    seen = {}
+    for kind in ("cot", "rouge"):
+        for tag, s in data[kind].items():
+            seen.setdefault(tag, s.get("predictions") or {})
+    rows = []
+    for tag in TAGS:
+        if tag not in seen:
+            continue
+        p = seen[tag]
+        dec = p.get("decoding") or {}
+        rows.append([LABELS[tag], _fmt(p.get("model")), _fmt(p.get("adapter")), f"`{_fmt(p.get('path'))}`",
+                     _fmt(p.get("n"))] + [_fmt(dec.get(k)) for k in
+                                          ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed")])
+    return _table(["model", "model spec", "adapter", "predictions", "n", "max_new_tokens", "do_sample",
+                   "temperature", "top_p", "top_k", "seed"], rows)
+
+
+def _rouge_section(rouge: dict) -> list[str]:
+    first = next(iter(rouge.values()))
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(first.get("versions", {}).items()))
+    out = ["## ROUGE", "",
+           f"rouge-chinese on {first.get('tokenizer')}-segmented words ({versions}); ROUGE-1/2/L precision (P), "
+           "recall (R) and F ×100, macro-averaged over samples. An empty prediction (or an unclosed think, which has "
+           "no answer) scores 0 and is counted in `empty`, never skipped.", ""]
+    for view, title in (("answer", "Answer vs reference answer (headline)"), ("think", "Think vs reference think"),
+                        ("full", "Whole output vs reference think + answer")):
+        out += [f"### {title}", ""]
+        header = ["model"] + [f"{m} {s}" for _, m in ROUGE_METRICS for _, s in STATS] + ["n", "empty"]
+        rows = [[LABELS[t]] + [_fmt(s["views"][view][m][st]) for m, _ in ROUGE_METRICS for st, _ in STATS]
+                + [s["n"], s["views"][view]["n_empty"]] for t, s in rouge.items()]
+        out += _table(header, rows)
+    return out
+
+
+def _cot_section(cot: dict) -> list[str]:
+    first = next(iter(cot.values()))
+    out = ["## Chain of thought (offline)", "",
+           f"Steps of the generated think vs steps of the reference (IDF-weighted character-bigram Dice, "
+           f"match at similarity ≥ {first.get('tau')}). Recall: share of reference think steps the generated "
+           "reasoning covers. Precision: share of generated steps supported by the reference think or answer — "
+           "supported by the reference, not medically verified. Soft: mean best similarity, no threshold. Chance "
+           f"floor: the same scores against another sample's reference (fixed permutation, seed "
+           f"{first.get('floor_seed')}). A sample without generated think scores 0 (`no think`).", ""]
+    header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "floor R", "floor P", "floor F1",
+              "n", "no think"]
+    rows = []
+    for t, s in cot.items():
+        sc, fl = s["scores"], s.get("chance_floor") or {}
+        rows.append([LABELS[t]] + [_fmt(sc[k], 3) for k in ("recall", "precision", "f1", "soft_recall",
+                                                            "soft_precision", "soft_f1")]
+                    + [_fmt(fl.get(k), 3) for k in ("recall", "precision", "f1")] + [s["n"], s["n_no_think"]])
+    out += _table(header, rows)
+    judged = {t: s["judge"] for t, s in cot.items() if s.get("judge")}
+    if judged:
+        out += ["### LLM judge", ""]
+        rows = [[LABELS[t], _fmt(j.get("model")), _fmt(j["recall"], 3), _fmt(j["precision"], 3), _fmt(j["f1"], 3),
+                 j.get("n_fallback")] for t, j in judged.items()]
+        out += _table(["model", "judge", "recall", "precision", "F1", "fallback to offline"], rows)
+    out += ["### Reasoning format", ""]
+    keys = (("closed_rate", "think closed"), ("unclosed_rate", "unclosed"), ("absent_rate", "absent"),
+            ("truncation_rate", "truncated"), ("mean_think_chars", "think chars"),
+            ("ref_mean_think_chars", "ref think chars"), ("mean_gen_steps", "steps"), ("mean_ref_steps", "ref steps"),
+            ("repeated_step_share", "repeated steps"), ("mean_new_tokens", "new tokens"))
+    rows = [[LABELS[t]] + [_fmt(s["format"].get(k), 3 if k.endswith(("rate", "share")) else 1) for k, _ in keys]
+            for t, s in cot.items()]
+    out += _table(["model"] + [label for _, label in keys], rows)
+    out += [f"Rates are shares of samples; think chars count all samples (0 when absent); repeated steps: share of "
+            f"generated steps with similarity ≥ {first.get('repeat_threshold')} to an earlier step of the same "
+            "reasoning.", ""]
+    return out
+
+
+def _train_section(train: dict) -> list[str]:
+    """Every scalar field of train_<run>.json (written by train.py / train_lora.py), one row per field."""
+    keys = []
+    for summary in train.values():
+        keys += [k for k, v in summary.items() if k not in keys and (v is None or isinstance(v, (int, float, str)))]
+    rows = [[k] + [_fmt(s.get(k), 4) for s in train.values()] for k in keys]
+    return ["## Training", ""] + _table(["field"] + [LABELS[t] for t in train], rows)
+
+
+def report_text(data: dict, charts: list[str]) -> str:
+    out = ["# Results", "",
+           "Rebuilt by evaluate.py / evaluate_lora.py / rouge_eval.py / rouge_eval_lora.py from the summaries in "
+           "this folder (`rouge_<model>.json`, `cot_<model>.json`; per-sample scores in the `.jsonl` beside each). "
+           "Do not edit by hand.", ""]
+    out += ["## Runs", ""] + _runs(data)
+    if data["rouge"]:
+        out += _rouge_section(data["rouge"])
+    if data["cot"]:
+        out += _cot_section(data["cot"])
+    if data["train"]:
+        out += _train_section(data["train"])
+    if charts:
+        out += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    return "\n".join(out)
+
+
+def build(results_dir) -> list[Path]:
+    """Rebuild rouge.png, cot.png (each when its summaries exist) and README.md; return the paths written."""
+    d = Path(results_dir)
+    data = collect(d)
+    written, charts = [], []
+    if data["rouge"]:
+        written.append(atomic_write_bytes(d / "rouge.png", rouge_chart(data["rouge"])))
+        charts.append("rouge.png")
+    if data["cot"]:
+        written.append(atomic_write_bytes(d / "cot.png", cot_chart(data["cot"])))
+        charts.append("cot.png")
+    charts += [c for c in ("trainloss.png", "evalloss.png") if (d / c).is_file()]
+    written.append(atomic_write_text(d / "README.md", report_text(data, charts)))
+    return written

@@ -1,0 +1,220 @@
+"""evaluate.py, evaluate_lora.py, rouge_eval.py, rouge_eval_lora.py end to end, as a user runs them."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+from conftest import run_script
+
+from medsft import report
+from medsft.chat import format_reference, split_output
+from medsft.io import read_jsonl
+
+SCRIPTS = ("evaluate.py", "evaluate_lora.py", "rouge_eval.py", "rouge_eval_lora.py")
+
+
+def _pred(i, row, output, model, finished=True, adapter=None):
+    think, answer, status = split_output(output)
+    p = {"id": f"q{i}", "question": row["question"], "ref_think": row["think"], "ref_answer": row["answer"],
+         "output": output, "think": think, "answer": answer, "think_status": status,
+         "new_tokens": len(output) // 2, "finished": finished, "model": model}
+    if adapter:
+        p["adapter"] = adapter
+    return p
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, demo_data_path):
+    """Prediction files made by hand: full = the reference itself (perfect), base = another question's reference
+    (shuffled) with every 5th output empty, LoRA = perfect on odd rows, cut mid-think on even rows."""
+    d = tmp_path_factory.mktemp("eval")
+    rows = read_jsonl(demo_data_path)
+    n = len(rows)
+    full = [_pred(i, r, format_reference(r["think"], r["answer"]), "output/full") for i, r in enumerate(rows)]
+    base = [_pred(i, r, "" if i % 5 == 0 else format_reference(rows[(i + 7) % n]["think"], rows[(i + 7) % n]["answer"]),
+                  "Qwen/Qwen3-1.7B") for i, r in enumerate(rows)]
+    lora = [_pred(i, r, format_reference(r["think"], r["answer"]) if i % 2 else "<think>\n" + r["think"][:100],
+                  "Qwen/Qwen3-1.7B", finished=bool(i % 2), adapter="output/lora") for i, r in enumerate(rows)]
+    for name, preds in (("full", full), ("base", base), ("lora", lora)):
+        _write(d / f"predictions_{name}.jsonl", preds)
+    (d / "predictions_full.summary.json").write_text(json.dumps(
+        {"model": "output/full", "n": n, "max_new_tokens": 2048, "do_sample": True, "temperature": 0.6, "top_p": 0.95,
+         "top_k": 20, "seed": 42, "backend": "transformers"}), encoding="utf-8")
+    _write(d / "test.jsonl", [{"id": f"q{i}", "question": r["question"], "think": r["think"], "answer": r["answer"]}
+                              for i, r in enumerate(rows)])
+    return d
+
+
+def _args(d, tag, results="results"):
+    return [f"--predictions={d}/predictions_{tag}.jsonl", f"--base_predictions={d}/predictions_base.jsonl",
+            f"--test_file={d}/test.jsonl", f"--results_dir={d}/{results}"]
+
+
+@pytest.fixture(scope="module")
+def results(workdir):
+    for script in SCRIPTS:
+        tag = "lora" if "lora" in script else "full"
+        proc = run_script(script, *_args(workdir, tag))
+        assert "Traceback" not in proc.stderr
+    return workdir / "results"
+
+
+def test_every_results_file_and_both_charts(results):
+    names = {p.name for p in results.iterdir()}
+    expected = {f"{kind}_{tag}.{ext}" for kind in ("rouge", "cot") for tag in ("base", "full", "lora")
+                for ext in ("json", "jsonl")}
+    expected |= {"rouge.png", "cot.png", "README.md", "evaluate_config.json", "evaluate_lora_config.json",
+                 "rouge_eval_config.json", "rouge_eval_lora_config.json"}
+    assert expected <= names
+    for png in ("rouge.png", "cot.png"):
+        assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("rouge", "cot"):
+        for tag in ("base", "full", "lora"):
+            assert len(read_jsonl(results / f"{kind}_{tag}.jsonl")) == 40
+
+
+def test_perfect_predictions_score_full_marks(results):
+    rouge = json.loads((results / "rouge_full.json").read_text(encoding="utf-8"))
+    for view in ("answer", "think", "full"):
+        assert rouge["views"][view]["rouge-1"]["f"] == pytest.approx(100, abs=1e-4)
+        assert rouge["views"][view]["n_empty"] == 0
+    assert rouge["tokenizer"] == "jieba" and rouge["n"] == 40
+    assert rouge["versions"]["rouge-chinese"] and rouge["versions"]["jieba"]
+    cot = json.loads((results / "cot_full.json").read_text(encoding="utf-8"))
+    assert cot["scores"]["recall"] == 1.0 and cot["scores"]["precision"] == 1.0
+    assert cot["chance_floor"]["f1"] < 0.35
+    assert cot["predictions"]["decoding"]["max_new_tokens"] == 2048 and cot["predictions"]["model"] == "output/full"
+
+
+def test_shuffled_and_empty_predictions(results):
+    cot = json.loads((results / "cot_base.json").read_text(encoding="utf-8"))
+    assert cot["n_no_think"] == 8  # every 5th of 40 is empty
+    assert cot["scores"]["f1"] <= cot["chance_floor"]["f1"] + 0.1
+    rouge = json.loads((results / "rouge_base.json").read_text(encoding="utf-8"))
+    assert rouge["views"]["answer"]["n_empty"] == 8
+    assert rouge["views"]["answer"]["rouge-1"]["f"] < 40
+    per = read_jsonl(results / "rouge_base.jsonl")
+    assert per[0]["empty"]["answer"] == "prediction" and per[0]["answer"]["rouge-1"]["f"] == 0
+    lora = json.loads((results / "cot_lora.json").read_text(encoding="utf-8"))
+    assert lora["format"]["unclosed_rate"] == 0.5 and lora["format"]["truncation_rate"] == 0.5
+    assert json.loads((results / "rouge_lora.json").read_text(encoding="utf-8"))["views"]["answer"]["n_empty"] == 20
+
+
+def test_rouge_equals_independent_rouge_chinese_on_jieba(results, workdir):
+    import jieba
+    from rouge_chinese import Rouge
+
+    jieba.setLogLevel(logging.WARNING)
+    rouge = Rouge()
+    preds = read_jsonl(workdir / "predictions_base.jsonl")
+    totals = {m: {s: 0.0 for s in "prf"} for m in ("rouge-1", "rouge-2", "rouge-l")}
+    for p in preds:
+        hyp = " ".join(w for w in jieba.lcut(p["answer"]) if w.strip())
+        ref = " ".join(w for w in jieba.lcut(p["ref_answer"]) if w.strip())
+        if not hyp:
+            continue  # scores 0
+        score = rouge.get_scores(hyp, ref)[0]
+        for m in totals:
+            for s in "prf":
+                totals[m][s] += score[m][s] * 100
+    summary = json.loads((results / "rouge_base.json").read_text(encoding="utf-8"))
+    for m in totals:
+        for s in "prf":
+            assert summary["views"]["answer"][m][s] == pytest.approx(totals[m][s] / len(preds), abs=1e-9)
+
+
+def test_report_lists_every_number_and_is_byte_stable(results):
+    text = (results / "README.md").read_text(encoding="utf-8")
+    for tag, label in (("base", "base (untuned)"), ("full", "full fine-tune"), ("lora", "LoRA")):
+        rouge = json.loads((results / f"rouge_{tag}.json").read_text(encoding="utf-8"))
+        cot = json.loads((results / f"cot_{tag}.json").read_text(encoding="utf-8"))
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} | ") and "predictions_" in line)
+        assert f"| {rouge['n']} |" in row
+        assert f"{rouge['views']['answer']['rouge-l']['f']:.2f}" in text
+        assert f"{rouge['views']['think']['rouge-2']['r']:.2f}" in text
+        assert f"{cot['scores']['soft_f1']:.3f}" in text and f"{cot['chance_floor']['recall']:.3f}" in text
+    assert "not medically verified" in text
+    assert "| 2048 | true | 0.60 | 0.95 | 20 | 42 |" in text
+    before = {name: (results / name).read_bytes() for name in ("rouge.png", "cot.png", "README.md")}
+    report.build(results)
+    assert {name: (results / name).read_bytes() for name in before} == before
+
+
+def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
+    for script in SCRIPTS:
+        proc = run_script(script, "--help")
+        assert "--predictions" in proc.stdout and "--results_dir" in proc.stdout
+    cases = [
+        (["--predictions=" + str(tmp_path / "none.jsonl"), f"--test_file={workdir}/test.jsonl",
+          f"--model_dir={tmp_path}/no_model"], "run train.py first"),
+        (["--predictions=" + str(tmp_path / "none.jsonl"), f"--test_file={tmp_path}/no_test.jsonl"], "run data.py"),
+        ([f"--predictions={workdir}/predictions_full.jsonl", f"--base_predictions={tmp_path}/nb.jsonl",
+          f"--model_dir={tmp_path}"], "--base_model"),
+        ([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", "--judge=openai",
+          "--judge_api_key_env=MEDSFT_NO_SUCH_KEY"], "MEDSFT_NO_SUCH_KEY"),
+    ]
+    bad = tmp_path / "bad.jsonl"
+    good = (workdir / "predictions_full.jsonl").read_text(encoding="utf-8").splitlines()
+    broken = json.loads(good[1])
+    broken["think_status"] = "maybe"
+    bad.write_text(good[0] + "\n" + json.dumps(broken, ensure_ascii=False) + "\n", encoding="utf-8")
+    cases.append(([f"--predictions={bad}", "--eval_base=false"], f"{bad}:2: think_status"))
+    for args, message in cases:
+        proc = run_script("evaluate.py", *args, f"--results_dir={tmp_path}/results", check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()  # nothing written on failure
+
+
+def test_judge_end_to_end_against_local_server(workdir, tmp_path):
+    from test_judge import FakeServer, good_reply
+
+    key = "sk-e2e-never-written"
+    with FakeServer(good_reply) as server:
+        proc = run_script("evaluate.py", f"--predictions={workdir}/predictions_lora.jsonl", "--eval_base=false",
+                          f"--results_dir={tmp_path}/results", "--judge=openai", f"--judge_base_url={server.url}",
+                          "--judge_model=fake-judge", "--judge_api_key_env=MEDSFT_TEST_JUDGE_KEY",
+                          env={"MEDSFT_TEST_JUDGE_KEY": key})
+        assert server.requests and all(auth == f"Bearer {key}" for auth, _ in server.requests)
+    summary = json.loads((tmp_path / "results" / "cot_full.json").read_text(encoding="utf-8"))
+    judge = summary["judge"]
+    assert judge["model"] == "fake-judge" and judge["n_fallback"] == 0
+    per = read_jsonl(tmp_path / "results" / "cot_full.jsonl")
+    cut = [p for p in per if p["think_status"] == "unclosed"]
+    assert cut and all(0 <= p["judge_recall"] <= 1 for p in per)
+    assert 0 < judge["recall"] < 1  # the server marks odd reference steps Matched
+    assert "LLM judge" in (tmp_path / "results" / "README.md").read_text(encoding="utf-8")
+    for path in (tmp_path / "results").iterdir():
+        assert key.encode() not in path.read_bytes(), path
+    assert key not in proc.stdout and key not in proc.stderr
+
+
+def test_missing_predictions_are_made_with_the_inference_code(tmp_path, demo_data_path):
+    rows = read_jsonl(demo_data_path)[:3]
+    _write(tmp_path / "test.jsonl", [{"id": f"q{i}", "question": r["question"], "think": r["think"],
+                                      "answer": r["answer"]} for i, r in enumerate(rows)])
+    args = [f"--predictions={tmp_path}/pred_full.jsonl", f"--base_predictions={tmp_path}/pred_base.jsonl",
+            f"--test_file={tmp_path}/test.jsonl", f"--results_dir={tmp_path}/results", "--model_dir=tiny",
+            "--base_model=tiny", "--max_new_tokens=8", "--do_sample=false", "--batch_size=2"]
+    proc = run_script("rouge_eval.py", *args)
+    assert "pred_base.jsonl not found: predicting" in proc.stdout
+    assert "pred_full.jsonl not found: predicting" in proc.stdout
+    for name in ("pred_full", "pred_base"):
+        preds = read_jsonl(tmp_path / f"{name}.jsonl")
+        assert [p["id"] for p in preds] == ["q0", "q1", "q2"] and all(p["model"] == "tiny" for p in preds)
+        assert all(p["new_tokens"] <= 8 for p in preds)
+    summary = json.loads((tmp_path / "results" / "rouge_full.json").read_text(encoding="utf-8"))
+    assert summary["predictions"]["decoding"]["max_new_tokens"] == 8
+    assert summary["predictions"]["decoding"]["do_sample"] is False
+    before = (tmp_path / "pred_base.jsonl").stat().st_mtime_ns
+    proc = run_script("evaluate.py", *args)  # every eval script reuses the base predictions
+    assert "not found: predicting" not in proc.stdout
+    assert (tmp_path / "pred_base.jsonl").stat().st_mtime_ns == before
+    assert {"cot_base.json", "cot_full.json", "rouge.png", "cot.png", "README.md"} <= set(
+        os.listdir(tmp_path / "results"))

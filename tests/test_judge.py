@@ -1,0 +1,232 @@
+"""The optional LLM judge (medsft/judge.py) against a small OpenAI-compatible server started on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from medsft import judge as J
+from medsft import metrics
+from medsft.chat import format_reference, split_output
+
+API_KEY = "sk-test-secret-123"
+
+
+class FakeServer:
+    """Answers POST /v1/chat/completions with whatever `reply(request_body, n_steps, kind)` returns.
+
+    `reply` returns the message content (str), or an int HTTP status to fail with.
+    """
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.requests = []  # (authorization header, body)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.headers.get("Authorization"), body))
+                if self.path != "/v1/chat/completions":
+                    self.send_error(404)
+                    return
+                user = body["messages"][-1]["content"]
+                kind = "recall" if user.startswith("REFERENCE steps") else "precision"
+                n = int(re.search(r"steps \((\d+)\):", user).group(1))
+                content = outer.reply(body, n, kind)
+                if isinstance(content, int):
+                    self.send_error(content)
+                    return
+                data = json.dumps({"id": "x", "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]},
+                    ensure_ascii=False).encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def good_reply(body, n, kind):
+    """Recall: odd steps Matched. Precision: labels cycle Match, Reasonable, Wrong, N/A."""
+    if kind == "recall":
+        labels = ["Matched" if k % 2 else "Unmatched" for k in range(1, n + 1)]
+    else:
+        labels = [J.PRECISION_LABELS[(k - 1) % 4] for k in range(1, n + 1)]
+    return json.dumps([{"step": k, "label": lab} for k, lab in enumerate(labels, 1)])
+
+
+def expected_scores(n_ref, n_gen):
+    recall = sum(1 for k in range(1, n_ref + 1) if k % 2) / n_ref
+    labels = [J.PRECISION_LABELS[(k - 1) % 4] for k in range(1, n_gen + 1)]
+    claims = n_gen - labels.count("N/A")
+    precision = (labels.count("Match") + labels.count("Reasonable")) / claims if claims else 0.0
+    return recall, precision
+
+
+@pytest.fixture(scope="module")
+def sample():
+    ref_think = ("患者发热三天，首先考虑感染。其次要排除药物热。需要查血常规和C反应蛋白。"
+                 "如果白细胞升高，提示细菌感染。最后结合症状决定是否用抗生素。")
+    ref_answer = "建议先查血常规，明确感染类型后再用药。"
+    gen_think = "发热三天，先考虑感染。应该查血常规。还要看有没有咳嗽和咽痛。也可能是病毒感染，多喝水。"
+    output = format_reference(gen_think, ref_answer)
+    think, answer, status = split_output(output)
+    row = {"id": "s1", "question": "发热怎么办", "ref_think": ref_think, "ref_answer": ref_answer, "output": output,
+           "think": think, "answer": answer, "think_status": status, "new_tokens": 50, "finished": True,
+           "model": "t"}
+    return row
+
+
+def _judge(server, tmp_path, **kw):
+    kw = {"retries": 2, "backoff": 0.0, "timeout": 10, "workers": 2, **kw}
+    return J.Judge(server.url, "judge-model", API_KEY, tmp_path / "judge_cache.jsonl", **kw)
+
+
+def _rows(sample, n=3):
+    return [dict(sample, id=f"s{i}") for i in range(n)]
+
+
+def test_valid_replies_give_label_based_scores_and_are_cached(sample, tmp_path):
+    rows = _rows(sample)
+    _, per = metrics.cot_scores(rows, progress=False)
+    n_ref = len(metrics.split_steps(sample["ref_think"]))
+    n_gen = len(metrics.split_steps(sample["think"]))
+    assert n_ref >= 3 and n_gen >= 3
+    with FakeServer(good_reply) as server:
+        judge = _judge(server, tmp_path, workers=1)  # one thread: the repeats of a sample are then cache hits
+        summary = judge.score_rows(rows, per, metrics.split_steps, progress=False)
+        recall, precision = expected_scores(n_ref, n_gen)
+        assert summary["recall"] == pytest.approx(recall) and summary["precision"] == pytest.approx(precision)
+        assert summary["n_fallback"] == 0
+        assert per[0]["judge_labels"]["recall"][:2] == ["Matched", "Unmatched"]
+        assert all(auth == f"Bearer {API_KEY}" for auth, _ in server.requests)
+        body = server.requests[0][1]
+        assert body["model"] == "judge-model" and body["temperature"] == 0
+        first = len(server.requests)
+        assert first == 2  # identical samples: one recall and one precision request, then cache hits
+
+        # a new Judge on the same cache file sends nothing
+        again = _judge(server, tmp_path)
+        _, per2 = metrics.cot_scores(rows, progress=False)
+        summary2 = again.score_rows(rows, per2, metrics.split_steps, progress=False)
+        assert len(server.requests) == first and summary2["n_requests"] == 0
+        assert summary2["recall"] == summary["recall"]
+    cache = (tmp_path / "judge_cache.jsonl").read_text(encoding="utf-8")
+    assert API_KEY not in cache and API_KEY not in json.dumps(summary) and API_KEY not in json.dumps(per)
+    assert API_KEY not in repr(judge)
+    assert len(cache.splitlines()) == 2
+
+
+@pytest.mark.parametrize("bad", [
+    "不是",
+    "Yes, every step of the reasoning matches the reference.",
+    "BAD_ENUM",
+    "WRONG_COUNT",
+    "NOT_A_LIST",
+    "```json\n[{\"step\": 1, \"label\": \"是\"}]\n```",
+    "[{\"step\": 1, \"label\": \"Matched\"}, {\"step\": 1, \"label\": \"Matched\"}]",
+])
+def test_malformed_replies_fall_back_to_offline_score_with_flag(sample, tmp_path, bad):
+    def reply(body, n, kind):
+        if bad == "BAD_ENUM":
+            return json.dumps([{"step": k, "label": "yes"} for k in range(1, n + 1)])
+        if bad == "WRONG_COUNT":
+            return json.dumps([{"step": k, "label": "Matched" if kind == "recall" else "Match"}
+                               for k in range(1, n)])
+        if bad == "NOT_A_LIST":
+            return json.dumps({"step": 1, "label": "Matched"})
+        return bad
+
+    rows = _rows(sample, 1)
+    _, per = metrics.cot_scores(rows, progress=False)
+    offline = {k: per[0][k] for k in ("recall", "precision", "f1")}
+    with FakeServer(reply) as server:
+        summary = _judge(server, tmp_path, retries=2).score_rows(rows, per, metrics.split_steps, progress=False)
+        assert len(server.requests) == 3  # the recall call, tried 1 + 2 times; precision is never asked
+    assert summary["n_fallback"] == 1
+    assert per[0]["judge_fallback"] is True and "tries failed" in per[0]["judge_error"]
+    assert (per[0]["judge_recall"], per[0]["judge_precision"], per[0]["judge_f1"]) == tuple(offline.values())
+    assert not (tmp_path / "judge_cache.jsonl").exists() or (tmp_path / "judge_cache.jsonl").read_text() == ""
+
+
+def test_retry_recovers_after_bad_reply_and_server_error(sample, tmp_path):
+    seen = {"n": 0}
+
+    def reply(body, n, kind):
+        seen["n"] += 1
+        if seen["n"] == 1:
+            return 500
+        if seen["n"] == 2:
+            return "不是"
+        return good_reply(body, n, kind)
+
+    rows = _rows(sample, 1)
+    _, per = metrics.cot_scores(rows, progress=False)
+    with FakeServer(reply) as server:
+        summary = _judge(server, tmp_path, retries=2, workers=1).score_rows(rows, per, metrics.split_steps,
+                                                                            progress=False)
+        assert len(server.requests) == 4
+    assert summary["n_fallback"] == 0 and per[0]["judge_fallback"] is False
+    recall, precision = expected_scores(len(metrics.split_steps(sample["ref_think"])),
+                                        len(metrics.split_steps(sample["think"])))
+    assert per[0]["judge_recall"] == pytest.approx(recall) and per[0]["judge_precision"] == pytest.approx(precision)
+
+
+def test_rejected_credentials_stop_instead_of_falling_back(sample, tmp_path):
+    rows = _rows(sample, 2)
+    _, per = metrics.cot_scores(rows, progress=False)
+    with FakeServer(lambda body, n, kind: 401) as server:
+        with pytest.raises(J.JudgeConfigError) as e:
+            _judge(server, tmp_path).score_rows(rows, per, metrics.split_steps, progress=False)
+    assert "401" in str(e.value) and API_KEY not in str(e.value)
+
+
+def test_no_generated_think_scores_zero_without_a_call(sample, tmp_path):
+    row = dict(sample, output=sample["ref_answer"], think="", answer=sample["ref_answer"], think_status="absent")
+    _, per = metrics.cot_scores([row], progress=False)
+    with FakeServer(good_reply) as server:
+        summary = _judge(server, tmp_path).score_rows([row], per, metrics.split_steps, progress=False)
+        assert server.requests == []
+    assert summary["recall"] == 0 and per[0]["judge_fallback"] is False
+
+
+@pytest.mark.parametrize("content,n,ok", [
+    ('[{"step": 1, "label": "Matched"}, {"step": 2, "label": "Unmatched"}]', 2, ["Matched", "Unmatched"]),
+    ('```json\n[{"step": 2, "label": "Unmatched"}, {"step": 1, "label": "Matched"}]\n```', 2,
+     ["Matched", "Unmatched"]),
+    ('  [{"step": 1, "label": "Matched", "reason": "同义"}]  ', 1, ["Matched"]),
+    ("不是", 1, None),
+    ("Matched", 1, None),
+    ('Here you go: [{"step": 1, "label": "Matched"}]', 1, None),
+    ('[{"step": 1, "label": "matched"}]', 1, None),
+    ('[{"step": "1", "label": "Matched"}]', 1, None),
+    ('[{"step": true, "label": "Matched"}]', 1, None),
+    ('[{"step": 1, "label": "Matched"}]', 2, None),
+    ('[{"step": 3, "label": "Matched"}, {"step": 1, "label": "Matched"}]', 2, None),
+    ('["Matched", "Unmatched"]', 2, None),
+])
+def test_parse_labels_is_strict(content, n, ok):
+    if ok is None:
+        with pytest.raises(J.JudgeError):
+            J.parse_labels(content, n, J.RECALL_LABELS)
+    else:
+        assert J.parse_labels(content, n, J.RECALL_LABELS) == ok
