@@ -1,0 +1,391 @@
+"""train.py / train_lora.py end to end on CPU with the tiny model, plus the shared pieces in medsft.training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_script
+
+MAX_STEPS = 8
+# small, fast runs: 10 rows of ~90 tokens, 4 examples per step, a checkpoint every 2 steps
+COMMON = ["--model=tiny", "--max_length=256", "--batch_size=2", "--grad_accum=2", "--logging_steps=1",
+          "--eval_steps=4", "--save_steps=2", "--save_total_limit=2", "--preview_questions=2",
+          "--preview_max_new_tokens=8", f"--max_steps={MAX_STEPS}"]
+FULL_LR, LORA_LR = "--learning_rate=1e-3", "--learning_rate=1e-2"  # large: a few steps must visibly lower the loss
+TOPICS = ["高血压", "糖尿病", "感冒", "胃炎", "偏头痛", "哮喘", "贫血", "失眠", "湿疹", "痛风", "肺炎", "关节炎", "鼻炎"]
+
+
+def _row(i: int, topic: str, think_repeat: int = 1) -> dict:
+    return {"id": f"t{i}", "question": f"{topic}有哪些常见症状？应该如何处理？",
+            "think": f"用户问的是{topic}的症状和处理。" * think_repeat + "先说典型表现，再给就医建议。",
+            "answer": f"{topic}的常见症状因人而异。建议及时就医，遵医嘱治疗，注意休息和饮食。"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """10 short train rows + 1 row far over --max_length=256 (must be skipped), 3 val rows."""
+    d = tmp_path_factory.mktemp("data")
+    train = [_row(i, t) for i, t in enumerate(TOPICS[:10])] + [_row(99, "肝炎", think_repeat=200)]
+    val = [_row(100 + i, t) for i, t in enumerate(TOPICS[10:])]
+    for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
+        (d / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+def _train(script, data_dir, out, results, *extra, check=True):
+    return run_script(script, *COMMON, f"--data_dir={data_dir}", f"--output_dir={out}", f"--results_dir={results}",
+                      *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, work):
+    out, results = work / "full", work / "results"
+    proc = _train("train.py", data_dir, out, results, FULL_LR)
+    return out, results, proc
+
+
+@pytest.fixture(scope="module")
+def lora_run(data_dir, work, full_run):  # after full_run: the charts then hold both runs
+    out, results = work / "lora", work / "results"
+    proc = _train("train_lora.py", data_dir, out, results, LORA_LR)
+    return out, results, proc
+
+
+def _losses(out: Path) -> list[tuple[int, str, float]]:
+    """(step, kind, value) of every train/eval loss in a run's final trainer_state.json."""
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [(e["step"], k, e[k]) for e in state["log_history"] for k in ("loss", "eval_loss") if k in e]
+
+
+def _train_losses(out: Path) -> list[float]:
+    return [v for _, k, v in _losses(out) if k == "loss"]
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+
+def test_full_end_to_end(full_run):
+    from medsft.models import base_model_of
+
+    out, results, proc = full_run
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer_config.json",
+                 "trainer_state.json", "train_config.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "train_config.json").read_text())["MODEL"] == "tiny"
+    assert base_model_of(out) == "tiny"
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).chat_template  # the chat template travels with the model
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == MAX_STEPS
+    ckpts = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert ckpts == [f"checkpoint-{MAX_STEPS - 2}", f"checkpoint-{MAX_STEPS}"]  # SAVE_TOTAL_LIMIT=2 kept
+
+    res = json.loads((results / "train_full.json").read_text())
+    assert res["steps"] == MAX_STEPS and res["model"] == "tiny"
+    assert res["data"]["train"] == {**res["data"]["train"], "rows": 11, "kept": 10, "skipped_too_long": 1}
+    assert res["trained_tokens"] > 0 and res["tokens_per_s"] > 0 and res["wall_time_s"] > 0
+    assert res["peak_memory_gib"] > 0
+    assert res["features"] == {"PRECISION": "fp32", "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False,
+                               "LIGER_KERNEL": False, "OPTIM": "adamw_torch", "GRADIENT_CHECKPOINTING": True}
+    losses = [e["loss"] for e in res["log_history"] if "loss" in e]
+    assert len(losses) == MAX_STEPS
+    assert res["final_train_loss"] == losses[-1]
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses  # overfitting 10 rows: the loss falls
+    evals = [e["eval_loss"] for e in res["log_history"] if "eval_loss" in e]
+    assert len(evals) == 2 and res["final_eval_loss"] == evals[-1] and evals[-1] < evals[0]
+    assert "efficiency on CPU: precision=fp32 attention=sdpa batches=length-grouped padded" in proc.stdout
+    assert proc.stdout.count("--- preview") == 2
+    for chart in ("trainloss.png", "evalloss.png"):
+        assert (results / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lora_end_to_end(lora_run):
+    from safetensors import safe_open
+
+    from medsft.models import base_model_of
+
+    out, results, proc = lora_run
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert not (out / "model.safetensors").exists()  # only the adapter is saved
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    assert base_model_of(out) == "tiny"
+    for name in ("generation_config.json", "tokenizer_config.json", "trainer_state.json", "train_config.json"):
+        assert (out / name).is_file(), name
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
+    res = json.loads((results / "train_lora.json").read_text())
+    assert res["steps"] == MAX_STEPS and 0 < res["trainable_params"] < res["total_params"] / 10
+    losses = [e["loss"] for e in res["log_history"] if "loss" in e]
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
+    assert "LoRA r=16" in proc.stdout
+
+
+def test_charts_hold_every_run_and_are_deterministic(full_run, lora_run, tmp_path):
+    from medsft.training import write_charts
+
+    _, results, _ = lora_run
+    both = tmp_path / "both"
+    shutil.copytree(results, both)
+    write_charts(both)
+    first = {p.name: p.read_bytes() for p in both.glob("*.png")}
+    assert first == {p.name: p.read_bytes() for p in results.glob("*.png")}  # same results, same PNG bytes
+    write_charts(both)
+    assert first == {p.name: p.read_bytes() for p in both.glob("*.png")}
+    (both / "train_lora.json").unlink()
+    write_charts(both)
+    for name in ("trainloss.png", "evalloss.png"):  # dropping the LoRA run changes both charts
+        assert (both / name).read_bytes() != first[name]
+
+
+def test_same_seed_same_loss_curve(data_dir, work, lora_run):
+    out, results, _ = lora_run
+    again = work / "lora-again"
+    _train("train_lora.py", data_dir, again, work / "results-again", LORA_LR)
+    assert _losses(again) == _losses(out)
+    assert len(_losses(out)) == MAX_STEPS + 2
+
+
+# --- interruption ------------------------------------------------------------------------------------------------
+
+
+def test_kill9_then_resume_continues_exactly(data_dir, work, full_run):
+    from medsft.training import checkpoints
+
+    ref, _, _ = full_run
+    out, results = work / "killed", work / "results-killed"
+    args = [sys.executable, str(ROOT / "train.py"), *COMMON, f"--data_dir={data_dir}", f"--output_dir={out}",
+            f"--results_dir={results}", FULL_LR]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not any(ok and step < MAX_STEPS for step, _, ok in checkpoints(out)):
+        assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint could be caught"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "trainer_state.json").exists()  # it did not finish
+
+    again = _train("train.py", data_dir, out, results, FULL_LR, check=False)
+    assert again.returncode != 0 and "unfinished run" in again.stderr and "--resume=true" in again.stderr
+
+    resumed = _train("train.py", data_dir, out, results, FULL_LR, "--resume=true")
+    assert "resume: continuing from" in resumed.stdout
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+    steps = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert steps == list(range(1, MAX_STEPS + 1))  # the history continues: each step logged once
+    assert _losses(out) == _losses(ref)  # same data order and schedule as the uninterrupted run
+
+
+def test_ctrl_c_saves_a_checkpoint(data_dir, work):
+    out = work / "ctrl-c"
+    args = [sys.executable, str(ROOT / "train_lora.py"), *COMMON, f"--data_dir={data_dir}", f"--output_dir={out}",
+            f"--results_dir={work / 'results-ctrl-c'}", "--max_steps=200", "--save_steps=1000"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if "'loss'" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(300), "".join(lines)[-3000:]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130, "".join(lines)[-3000:]
+    reader.join(10)
+    text = "".join(lines)
+    assert "checkpoint saved" in text and "--resume=true" in text
+    ckpts = list(out.glob("checkpoint-*"))
+    assert len(ckpts) == 1  # saved on Ctrl-C, long before SAVE_STEPS
+    step = json.loads((ckpts[0] / "trainer_state.json").read_text())["global_step"]
+    assert ckpts[0].name == f"checkpoint-{step}" and 0 < step < 200
+    assert (ckpts[0] / "adapter_model.safetensors").is_file() and (ckpts[0] / "optimizer.pt").is_file()
+    assert not (out / "trainer_state.json").exists()
+
+
+# --- fail fast ----------------------------------------------------------------------------------------------------
+
+
+def test_fail_fast_missing_data(work):
+    proc = run_script("train.py", f"--data_dir={work / 'nowhere'}", f"--output_dir={work / 'x'}", check=False)
+    assert proc.returncode == 1
+    assert "train.jsonl not found" in proc.stderr and "run data.py first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_fail_fast_finished_output_dir(data_dir, full_run, work):
+    out, _, _ = full_run
+    proc = run_script("train.py", "--model=tiny", f"--data_dir={data_dir}", f"--output_dir={out}",
+                      f"--results_dir={work / 'r'}", check=False)
+    assert proc.returncode == 1 and "already holds a finished run" in proc.stderr
+    for fix in ("--resume=true", "--output_dir=", "--overwrite=true"):
+        assert fix in proc.stderr
+
+
+def test_fail_fast_real_size_model_without_gpu(data_dir, tmp_path):
+    import torch
+    from transformers import Qwen3Config
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real-size model would be allowed")
+    big = tmp_path / "qwen3-1.7b-config-only"  # the real architecture's config, no weights (loading would fail)
+    Qwen3Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                tie_word_embeddings=True).save_pretrained(big)
+    for script in ("train.py", "train_lora.py"):
+        t = time.time()
+        proc = run_script(script, f"--model={big}", f"--data_dir={data_dir}", f"--output_dir={tmp_path / 'o'}",
+                          "--epochs=50", check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "no CUDA GPU found" in proc.stderr and ("hours" in proc.stderr or "days" in proc.stderr)
+        assert "--model=tiny" in proc.stderr and "B parameters" in proc.stderr
+        assert time.time() - t < 60
+
+
+# --- shared pieces, in process ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from medsft.models import load_tokenizer
+
+    return load_tokenizer("tiny")
+
+
+def _cfg(tmp_path, **over):
+    from medsft.config import script_defaults
+
+    cfg = script_defaults(ROOT / "train_lora.py")
+    cfg.update(MODEL="tiny", OUTPUT_DIR=str(tmp_path / "out"), MAX_LENGTH=256, BATCH_SIZE=2, GRAD_ACCUM=1,
+               MAX_STEPS=3, LOGGING_STEPS=1, EVAL_STEPS=100, SAVE_STEPS=100, LEARNING_RATE=1e-2, WARMUP=0)
+    cfg.update(over)
+    return cfg
+
+
+def test_prepare_examples_masks_prompt_and_skips_long_rows(data_dir, tiny_tokenizer):
+    from medsft.training import prepare_examples
+
+    examples, stats = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
+    assert (stats["rows"], stats["kept"], stats["skipped_too_long"]) == (11, 10, 1)
+    for ex in examples:
+        assert len(ex["input_ids"]) == len(ex["labels"]) <= 256
+        assert ex["labels"][0] == -100 and ex["labels"][-2] == ex["input_ids"][-2]  # prompt masked, answer trained
+    assert stats["supervised_tokens"] == sum(sum(t != -100 for t in e["labels"]) for e in examples)
+
+
+def test_prepare_examples_names_bad_line(tmp_path, tiny_tokenizer):
+    from medsft.io import MedsftError
+    from medsft.training import prepare_examples
+
+    p = tmp_path / "train.jsonl"
+    p.write_text(json.dumps(_row(0, "感冒"), ensure_ascii=False) + "\n" + json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(MedsftError, match=r"train.jsonl:2: field 'think'"):
+        prepare_examples(p, tiny_tokenizer, 256)
+
+
+def test_auto_features_on_cpu(tmp_path):
+    import torch
+
+    from medsft.io import MedsftError
+    from medsft.training import resolve_features
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU resolution")
+    assert resolve_features(_cfg(tmp_path), log=False) == {
+        "PRECISION": "fp32", "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LIGER_KERNEL": False,
+        "OPTIM": "adamw_torch"}
+    assert resolve_features(_cfg(tmp_path, PADDING_FREE="true"), log=False)["PADDING_FREE"] is True
+    with pytest.raises(MedsftError, match="needs a CUDA GPU"):
+        resolve_features(_cfg(tmp_path, PRECISION="bf16"), log=False)
+    with pytest.raises(MedsftError, match="expected auto, true or false"):
+        resolve_features(_cfg(tmp_path, PADDING_FREE="maybe"), log=False)
+
+
+@pytest.mark.parametrize("precision,lora,expected", [
+    ("bf16", False, "float32"),      # full FT: fp32 master weights, or LR-1e-5 updates round away in bf16
+    ("bf16", True, "bfloat16"),      # LoRA: the frozen base can be bf16
+    ("bf16-pure", False, "bfloat16"),
+    ("fp32", False, "float32"),
+])
+def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expected):
+    from medsft import models, training
+
+    seen = {}
+    monkeypatch.setattr(training, "resolve_features", lambda cfg, **kw: {
+        "PRECISION": precision, "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LIGER_KERNEL": False,
+        "OPTIM": "adamw_torch"})
+    monkeypatch.setattr(models, "load_model", lambda spec, dtype=None, **kw: seen.setdefault("dtype", dtype) and
+                        type("M", (), {"config": type("C", (), {})()})())
+    cfg = _cfg(tmp_path)
+    if not lora:
+        cfg = {k: v for k, v in cfg.items() if not k.startswith("LORA_")}
+    training.load_training_model(cfg)
+    assert str(seen["dtype"]).removeprefix("torch.") == expected
+
+
+def test_padding_free_batches_give_the_padded_loss(data_dir, tmp_path, tiny_tokenizer):
+    import torch
+
+    from medsft.training import build_trainer, load_training_model, prepare_examples
+
+    examples, _ = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
+    model = load_training_model(_cfg(tmp_path))
+    losses, shapes = {}, {}
+    for padding_free in (False, True):
+        trainer = build_trainer(model, tiny_tokenizer, examples, None, _cfg(tmp_path, PADDING_FREE=padding_free))
+        batch = trainer.data_collator(examples[:4])
+        shapes[padding_free] = tuple(batch["input_ids"].shape)
+        with torch.no_grad():
+            losses[padding_free] = model(**batch).loss.item()
+    assert shapes[True][0] == 1 and shapes[False][0] == 4  # one flattened row vs four padded rows
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)  # attention stays inside each sample
+
+
+def test_lora_trains_only_the_adapter(data_dir, tmp_path, tiny_tokenizer):
+    import torch
+
+    from medsft.training import add_lora, build_trainer, load_training_model, prepare_examples
+
+    examples, _ = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
+    cfg = _cfg(tmp_path)
+    model = add_lora(load_training_model(cfg), cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n in before if "lora_" in n}
+    trainer = build_trainer(model, tiny_tokenizer, examples, None, cfg)
+    trainer.train()
+    after = dict(model.named_parameters())
+    base = [n for n in before if "lora_" not in n]
+    assert base and all(torch.equal(before[n], after[n]) for n in base)  # base weights bit-identical
+    assert all(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)  # the adapter moved
+
+
+def test_swanlab_mode_resolution(monkeypatch, tmp_path):
+    from medsft.training import swanlab_mode
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.swanlab/.netrc
+    monkeypatch.delenv("SWANLAB_API_KEY", raising=False)
+    monkeypatch.setenv("SWANLAB_MODE", "disabled")
+    assert swanlab_mode()[0] == "disabled"
+    monkeypatch.delenv("SWANLAB_MODE")
+    assert swanlab_mode()[0] == "local"
+    monkeypatch.setenv("SWANLAB_API_KEY", "a-key")
+    assert swanlab_mode()[0] == "cloud"

@@ -1,0 +1,85 @@
+"""Full-parameter SFT of Qwen3 on the medical R1 data: the model learns to think (<think>…</think>) then answer.
+
+Reads   DATA_DIR/train.jsonl and DATA_DIR/val.jsonl ({id, question, think, answer}; written by data.py).
+Writes  OUTPUT_DIR/: model.safetensors, config + generation_config, tokenizer (chat template), checkpoint-N/,
+        trainer_state.json, train_config.json;  RESULTS_DIR/: train_full.json, trainloss.png, evalloss.png;
+        SwanLab logs (cloud when logged in, else swanlog/: view with `swanlab watch swanlog`).
+
+    python train.py                                   # Qwen/Qwen3-1.7B on a GPU
+    python train.py --model=tiny --max_steps=8        # CPU demo of the whole flow in a minute
+    python train.py --resume=true                     # continue after Ctrl-C, a crash or kill -9
+
+Ctrl-C saves a checkpoint and stops; --resume=true continues from the newest checkpoint with the same data order
+and schedule. Every efficiency constant defaults to "auto" (the choice is printed in one line).
+"""
+
+from medsft.config import configure
+from medsft.models import load_tokenizer
+from medsft import training
+
+MODEL = "Qwen/Qwen3-1.7B"  # model spec: ModelScope id, local Hugging Face dir, or "tiny" (random 2-layer Qwen3 for CPU demos)
+DATA_DIR = "data"  # folder with train.jsonl and val.jsonl (written by data.py)
+OUTPUT_DIR = "output/full"  # trained model, tokenizer, checkpoints, trainer_state.json, train_config.json
+RESULTS_DIR = "results"  # train_full.json and the charts trainloss.png / evalloss.png
+MAX_LENGTH = 2048  # tokens per example at most; longer rows are skipped and counted, never truncated
+EPOCHS = 2.0  # passes over train.jsonl (ignored when MAX_STEPS > 0)
+MAX_STEPS = -1  # optimizer steps to run; -1 = as many as EPOCHS need
+BATCH_SIZE = 2  # examples per micro-batch on the device
+GRAD_ACCUM = 8  # micro-batches per optimizer step (examples per step = BATCH_SIZE * GRAD_ACCUM = 16)
+LEARNING_RATE = 1e-5  # peak LR. Full FT moves all 1.7B weights, so it takes the small rates of SFT recipes for 1-8B models (1e-5 to 2e-5): enough to learn the think/answer format in an epoch without eroding what the model knows
+SCHEDULER = "cosine"  # LR decay after warmup: cosine | linear | constant_with_warmup | ... (transformers SchedulerType)
+WARMUP = 0.03  # linear warmup: a fraction of all steps when < 1, else a number of steps
+WEIGHT_DECAY = 0.0  # AdamW weight decay (0: a short SFT has little to regularise)
+MAX_GRAD_NORM = 1.0  # gradient clipping norm (0 = off)
+EVAL_STEPS = 50  # eval loss on val.jsonl every N steps (and at the end)
+SAVE_STEPS = 50  # checkpoint every N steps: a kill -9 loses at most this many
+SAVE_TOTAL_LIMIT = 2  # checkpoints kept in OUTPUT_DIR (older ones deleted)
+LOGGING_STEPS = 5  # log train loss, LR, grad norm, tokens/s, peak memory every N steps
+SEED = 42  # seed of data order, init and dropout: same seed, same loss curve
+GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: ~25% slower, a fraction of the memory
+PRECISION = "auto"  # auto | bf16 (mixed: fp32 master weights) | bf16-pure (bf16 weights: small updates round away) | fp16 | fp32; auto = bf16 on a bf16 GPU, fp16 on older GPUs, fp32 on CPU
+ATTN_IMPLEMENTATION = "auto"  # auto | flash_attention_2 | sdpa | eager; auto = flash_attention_2 if flash-attn is installed on a GPU, else sdpa
+PADDING_FREE = "auto"  # auto | true | false: concatenate each micro-batch without padding; auto = true with flash-attention, else length-grouped padded batches
+LIGER_KERNEL = "auto"  # auto | true | false: Liger fused linear+cross-entropy (the 151,936-wide logits are never stored); auto = on if liger-kernel is installed on a GPU
+OPTIM = "auto"  # auto | adamw_torch | adamw_torch_fused | adamw_8bit | paged_adamw_8bit; auto = adamw_8bit if bitsandbytes is installed on a GPU, fused AdamW on GPU, adamw_torch on CPU
+SWANLAB_PROJECT = "qwen3-sft-medical"  # SwanLab project (mode: SWANLAB_MODE env, else cloud if logged in, else local swanlog/)
+RUN_NAME = "qwen3-1.7b-full"  # SwanLab experiment name
+RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR
+OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run (deletes its checkpoints)
+ALLOW_CPU = False  # train a real-size model without a GPU anyway (days; --model=tiny is the CPU demo)
+PREVIEW_QUESTIONS = 3  # val questions answered greedily at the end (printed and logged to SwanLab)
+PREVIEW_MAX_NEW_TOKENS = 256  # tokens per preview answer at most
+
+
+def main():
+    cfg = configure(globals())
+    # 1. Fail fast, before loading weights: data present, OUTPUT_DIR state, a model this machine can train
+    resume_from = training.preflight(cfg, kind="full")
+    cfg.update(training.resolve_features(cfg))
+    # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted)
+    tokenizer = load_tokenizer(MODEL)
+    train_examples, train_stats = training.prepare_examples(f"{DATA_DIR}/train.jsonl", tokenizer, MAX_LENGTH)
+    val_examples, val_stats = training.prepare_examples(f"{DATA_DIR}/val.jsonl", tokenizer, MAX_LENGTH)
+    # 3. Start SwanLab (never prompts), load the model, train; Ctrl-C saves a checkpoint and stops
+    callbacks = training.start_swanlab(cfg, kind="full")
+    model = training.load_training_model(cfg)
+    trainer = training.build_trainer(model, tokenizer, train_examples, val_examples, cfg, callbacks)
+    summary = training.run_training(trainer, resume_from)
+    if summary["interrupted"]:
+        training.finish_swanlab(interrupted=True)
+        print(f"stopped at step {trainer.state.global_step}: checkpoint saved in {OUTPUT_DIR}; continue with "
+              f"--resume=true")
+        raise SystemExit(130)
+    # 4. Save the model, results and charts; answer a few val questions as a preview
+    written = training.save_final(trainer, tokenizer, cfg)
+    written.append(training.write_results(trainer, cfg, "full", summary, {"train": train_stats, "val": val_stats}))
+    written += training.write_charts(RESULTS_DIR)
+    training.preview(trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
+    training.finish_swanlab()
+    print(f"done: {trainer.state.global_step} steps, {summary['tokens_per_s']:,.0f} tokens/s, "
+          f"{summary['wall_time_s']:.0f} s")
+    print("wrote:\n  " + "\n  ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()
