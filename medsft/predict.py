@@ -12,6 +12,7 @@ is checked first, so a mistake costs seconds, not a model load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -174,6 +175,25 @@ def load_done(output, rows: list[dict], model: str, adapter) -> dict:
     return done
 
 
+def weights_fingerprint(model: str, adapter: str | None) -> str | None:
+    """A hash of the weight files behind a local model (and adapter), recorded in the summary so predictions of
+    retrained weights are never resumed into, or mistaken for, an older file. None for a hub id (its files are
+    fixed by the revision). Reads the weights once (a few seconds for 1.7B)."""
+    from .models import TINY, ensure_tiny
+
+    dirs = [ensure_tiny()] if model == TINY else [Path(model).expanduser()] if Path(model).expanduser().is_dir() else []
+    dirs += [Path(adapter)] if adapter else []
+    files = [f for d in dirs for f in sorted(d.glob("*.safetensors"))]
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def summary_path(output) -> Path:
     output = Path(output)
     return output.with_name(f"{output.stem}.summary.json")
@@ -296,6 +316,11 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     previous = _check_settings(output_path, {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
                                              "system": system, "temperature": temperature, "top_p": top_p,
                                              "top_k": top_k})
+    weights = weights_fingerprint(model, adapter)
+    if previous is not None and previous.get("weights", weights) != weights:
+        raise MedsftError(f"{output_path} holds predictions of other weights of {model}"
+                          f"{' + ' + adapter if adapter else ''} (retrained since?): delete it and "
+                          f"{summary_path(output_path).name}, or pass another --output")
     todo = [r for r in rows if r["id"] not in done]
     print(f"{input_path}: {len(rows)} questions; {len(done)} already in {output_path}, {len(todo)} to predict")
 
@@ -314,7 +339,8 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     else:  # nothing to do: the earlier summary says how the file was made
         settings = {k: previous.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")}
         run = None
-    settings = {**settings, "seed": seed, "system": system, "batch_size": batch_size, "backend": backend}
+    settings = {**settings, "seed": seed, "system": system, "batch_size": batch_size, "backend": backend,
+                "weights": weights}
 
     # 3. Generate batch by batch, saving the file (and its summary) after each one
     stats = {"new_tokens": 0, "generate_s": 0.0, "n_generated": 0}

@@ -437,3 +437,28 @@ def test_vllm_backend_wiring_with_a_stand_in_engine(tiny, adapter_dir, tmp_path,
     rows = read_rows(tmp_path / "p.jsonl")
     assert [r["think_status"] for r in rows] == ["closed"] * 4 and [r["finished"] for r in rows] == [False, True, False, True]
     assert summary["n_truncated"] == 2 and all(r["adapter"] == str(adapter_dir) for r in rows)
+
+
+def test_retrained_weights_are_not_resumed_into_old_predictions(adapter_dir, tmp_path):
+    import shutil
+
+    from medsft.io import MedsftError
+    from medsft.predict import predict_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, adapter)
+    split = write_split(tmp_path / "test.jsonl", QUESTIONS[:2])
+    out = tmp_path / "predictions_lora.jsonl"
+    first = predict_file(None, split, out, adapter_dir=adapter, max_new_tokens=4, do_sample=False, progress=False)
+    assert first["weights"]
+    # the same weights rewritten byte for byte (e.g. a re-save): the finished file is reused
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    assert predict_file(None, split, out, adapter_dir=adapter, max_new_tokens=4, do_sample=False,
+                        progress=False)["weights"] == first["weights"]
+    # other weights under the same path (retrained): refused, never silently reused or mixed
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MedsftError, match="other weights"):
+        predict_file(None, split, out, adapter_dir=adapter, max_new_tokens=4, do_sample=False, progress=False)
