@@ -1,20 +1,46 @@
 #!/usr/bin/env bash
 # The whole pipeline, in order, each stage handing over files on disk:
-#   data → (later stages are added here as they land)
+#   data → train (full) → train_lora → predictions base / full / LoRA → evaluate ×2 → rouge_eval ×2 (+ charts)
 #
-#   bash pipeline.sh                 # the real thing: Qwen/Qwen3-1.7B, dataset from ModelScope (GPU)
-#   MODEL=tiny bash pipeline.sh      # offline CPU demo: tiny random-init Qwen3 on the project's demo data
+#   bash pipeline.sh              # the real run: Qwen/Qwen3-1.7B, dataset from ModelScope (GPU), in ./
+#   MODEL=tiny bash pipeline.sh   # offline CPU demo (a few minutes): tiny random-init Qwen3 on demo/ data,
+#                                 # in runs/tiny/ so it never touches a real run's data/, output/, results/
 #
-# Extra arguments are not forwarded; override a stage's constants by running it directly (see README).
+# Environment: MODEL (model spec), DATASET (data.py --dataset), RUN_DIR (where data/ output/ results/ go),
+# PYTHON (interpreter; default .venv/bin/python if present). For other settings run the stages by hand (README).
+# Re-running continues: training resumes from its newest checkpoint, predictions skip rows already written.
 set -euo pipefail
-cd "$(dirname "$0")"
+ROOT="$(cd "$(dirname "$0")" && pwd)"
 MODEL="${MODEL:-Qwen/Qwen3-1.7B}"
-PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+PY="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}"
 if [ "$MODEL" = tiny ]; then
-  DATASET="${DATASET:-demo/medical_demo.jsonl}"
+  DATASET="${DATASET:-$ROOT/demo/medical_demo.jsonl}"
+  RUN_DIR="${RUN_DIR:-$ROOT/runs/tiny}"
+  # a random 2-layer model learns visibly only with large steps; answers are short to keep the demo quick
+  TINY=(--overwrite=true --max_steps=80 --batch_size=4 --grad_accum=1 --warmup=4 --logging_steps=4
+        --eval_steps=8 --save_steps=40 --preview_max_new_tokens=64)
+  TRAIN=("${TINY[@]}" --learning_rate=3e-3)
+  LORA=("${TINY[@]}" --learning_rate=1e-2)
+  GEN=(--max_new_tokens=256)
 else
   DATASET="${DATASET:-krisfu/delicate_medical_r1_data}"
+  RUN_DIR="${RUN_DIR:-$ROOT}"
+  TRAIN=(--resume=true)
+  LORA=(--resume=true)
+  GEN=()
 fi
-step() { echo; echo "=== $*"; "$PY" "$@"; }
+mkdir -p "$RUN_DIR" && cd "$RUN_DIR"
+[[ "$DATASET" = /* || -e "$DATASET" || ! -e "$ROOT/$DATASET" ]] || DATASET="$ROOT/$DATASET"
+step() { local script="$1"; shift; echo; echo "=== $script $*"; "$PY" "$ROOT/$script" "$@"; }
 
 step data.py --dataset="$DATASET" --tokenizer="$MODEL"
+step train.py --model="$MODEL" "${TRAIN[@]}"
+step train_lora.py --model="$MODEL" "${LORA[@]}"
+step inference.py --model_dir="$MODEL" --input=data/test.jsonl --output=results/predictions_base.jsonl "${GEN[@]}"
+step inference.py --input=data/test.jsonl "${GEN[@]}"
+step inference_lora.py --input=data/test.jsonl "${GEN[@]}"
+step evaluate.py
+step evaluate_lora.py
+step rouge_eval.py
+step rouge_eval_lora.py
+echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, trainloss.png, evalloss.png)"

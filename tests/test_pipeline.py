@@ -1,0 +1,50 @@
+"""The one-command pipeline, MODEL=tiny, end to end on a fresh run directory: every stage's outputs appear."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+RESULTS = ["train_full.json", "train_lora.json", "trainloss.png", "evalloss.png",
+           "predictions_base.jsonl", "predictions_full.jsonl", "predictions_lora.jsonl",
+           "rouge_base.json", "rouge_full.json", "rouge_lora.json", "cot_base.json", "cot_full.json", "cot_lora.json",
+           "rouge.png", "cot.png", "README.md"]
+
+
+def run_pipeline(run_dir, cache):
+    env = {**os.environ, "MODEL": "tiny", "RUN_DIR": str(run_dir), "PYTHON": sys.executable,
+           "MEDSFT_CACHE": str(cache), "SWANLAB_MODE": "disabled"}
+    env.pop("MEDSFT_TOKENIZER", None)  # the project-built tokenizer, as on a fresh clone without ../shared
+    proc = subprocess.run(["bash", str(ROOT / "pipeline.sh")], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_tiny_pipeline_writes_every_result_and_reruns(tmp_path):
+    run_dir = tmp_path / "run"
+    run_pipeline(run_dir, tmp_path / "cache")
+    results = run_dir / "results"
+    for name in RESULTS:
+        assert (results / name).is_file() and (results / name).stat().st_size > 0, name
+    for png in ("rouge.png", "cot.png", "trainloss.png", "evalloss.png"):
+        assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    test_ids = [json.loads(line)["id"] for line in (run_dir / "data" / "test.jsonl").read_text().splitlines()]
+    for tag in ("base", "full", "lora"):
+        preds = [json.loads(line) for line in (results / f"predictions_{tag}.jsonl").read_text().splitlines()]
+        assert [p["id"] for p in preds] == test_ids
+        assert json.loads((results / f"rouge_{tag}.json").read_text())["n"] == len(test_ids)
+    report = (results / "README.md").read_text()
+    assert "base (untuned)" in report and "full fine-tune" in report and "LoRA" in report
+    losses = json.loads((results / "train_full.json").read_text())
+    first_loss = next(h["loss"] for h in losses["log_history"] if "loss" in h)
+    assert losses["final_train_loss"] < first_loss
+    # the real stage outputs a user keeps: model, adapter with its base recorded, split files
+    assert (run_dir / "output" / "full" / "model.safetensors").is_file()
+    assert json.loads((run_dir / "output" / "lora" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    # a second run retrains to the same weights (same seed), so the predictions are reused, not redone
+    before = (results / "predictions_full.jsonl").read_bytes()
+    second = run_pipeline(run_dir, tmp_path / "cache")
+    assert "already complete" in second.stdout
+    assert (results / "predictions_full.jsonl").read_bytes() == before
