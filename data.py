@@ -171,8 +171,10 @@ def main():
     # 3. Shuffle with SEED and split 8:1:1; every question is in exactly one split (duplicates were dropped)
     random.Random(SEED).shuffle(kept)
     n = len(kept)
-    n_val = max(1, round(n * VAL_RATIO)) if n >= 3 else 0
-    n_test = max(1, round(n * TEST_RATIO)) if n >= 3 else 0
+    n_val, n_test = max(1, round(n * VAL_RATIO)), max(1, round(n * TEST_RATIO))
+    if n - n_val - n_test < 1:
+        raise MedsftError(f"{n} usable rows cannot fill train, val and test (val {n_val}, test {n_test}): add rows "
+                          "(at least 3) or lower --val_ratio/--test_ratio")
     splits = {"train": kept[n_val + n_test:], "val": kept[:n_val], "test": kept[n_val:n_val + n_test]}
 
     # 4. Token-length stats in the exact training format, when a tokenizer is at hand

@@ -18,6 +18,7 @@ It is resumable: rows already in OUTPUT are skipped, and OUTPUT is rewritten ato
 from pathlib import Path
 
 from medsft.config import configure, save_config
+from medsft.generate import check_decoding
 from medsft.io import MedsftError
 from medsft.predict import check_backend, check_model, chat, choose_mode, load_for_inference, predict_file
 
@@ -43,6 +44,7 @@ def main():
     check_backend(BACKEND)
     decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
                     top_p=TOP_P, top_k=TOP_K)
+    check_decoding(**decoding)
 
     # 2. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
     if mode == "predict":

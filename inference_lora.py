@@ -16,6 +16,7 @@ AutoModelForCausalLM and gives the same greedy answers as base + adapter: `pytho
 from pathlib import Path
 
 from medsft.config import configure, save_config
+from medsft.generate import check_decoding
 from medsft.io import MedsftError
 from medsft.predict import (check_adapter, check_backend, chat, choose_mode, load_for_inference, lora_base,
                             merge_lora, predict_file)
@@ -49,6 +50,7 @@ def main():
     check_backend(BACKEND)
     decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
                     top_p=TOP_P, top_k=TOP_K)
+    check_decoding(**decoding)
 
     # 2. Merge: base + adapter -> a plain model directory
     if mode == "merge":

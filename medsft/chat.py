@@ -9,6 +9,7 @@ from __future__ import annotations
 SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IGNORE_INDEX = -100  # label of tokens that carry no loss (transformers' convention)
+STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answer (see split_output)
 
 
 def build_messages(question, think=None, answer=None, system=None, history=None) -> list[dict]:

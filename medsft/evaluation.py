@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .chat import STATUSES
 from .io import MedsftError, iter_jsonl, read_jsonl, write_json, write_jsonl
 
 TAGS = ("base", "full", "lora")
-STATUSES = ("closed", "unclosed", "absent")
 DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "backend")
 
 
@@ -171,7 +171,13 @@ def describe(path, rows: list[dict], test_file=None) -> dict:
             raise MedsftError(f"{spath}: not valid JSON ({e}); delete it or rerun inference.py") from None
         info["decoding"] = {k: s.get(k) for k in DECODING_KEYS if k in s}
     if test_file and Path(test_file).is_file():
-        n_test = len(read_jsonl(test_file))
+        questions = {r.get("id"): r.get("question") for r in read_jsonl(test_file)}
+        stale = [r["id"] for r in rows if questions.get(r["id"], None) != r.get("question")]
+        if stale:  # e.g. data.py re-run with another seed: never score models on different questions
+            raise MedsftError(f"{path}: {len(stale)} predictions (e.g. id {stale[0]!r}) are not questions of "
+                              f"{test_file}: it was predicted on another split; delete it (and its .summary.json) "
+                              "to predict again, or pass --test_file")
+        n_test = len(questions)
         if n_test != len(rows):
             print(f"warning: {path} has {len(rows)} predictions but {test_file} has {n_test} questions; "
                   "scores cover the predicted rows only (resume with inference.py to complete it)")

@@ -21,8 +21,21 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids) | {tokenizer.eos_token_id})
 
 
+def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None, **_) -> None:
+    """Reject decoding settings transformers would refuse (or silently misuse), before any model loads."""
+    if max_new_tokens < 1:
+        raise MedsftError(f"--max_new_tokens={max_new_tokens}: must be at least 1")
+    if do_sample and temperature is not None and temperature <= 0:
+        raise MedsftError(f"--temperature={temperature}: must be > 0 when sampling; for greedy use --do_sample=false")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise MedsftError(f"--top_p={top_p}: must be in (0, 1]")
+    if top_k is not None and top_k < 0:
+        raise MedsftError(f"--top_k={top_k}: must be >= 0 (0 = off)")
+
+
 def generation_config(model, tokenizer, *, max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None):
     """The model's own generation_config (Qwen3: thinking-mode sampling) with this run's overrides."""
+    check_decoding(max_new_tokens, do_sample, temperature, top_p, top_k)
     gc = copy.deepcopy(model.generation_config)
     gc.max_new_tokens = max_new_tokens
     gc.do_sample = do_sample
@@ -84,7 +97,7 @@ def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42,
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        torch.manual_seed(seed + start)  # each batch reproducible on its own (resume, reordering)
+        torch.manual_seed(seed + start)  # reproducible run to run; a sampled row also depends on its batch
         with torch.inference_mode():
             out = model.generate(**enc, generation_config=gc)
         for row, i in enumerate(idx):

@@ -217,7 +217,7 @@ def load_tokenizer(spec):
 def default_dtype(device: str):
     import torch
 
-    if device == "cuda" and torch.cuda.is_bf16_supported():
+    if device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float32
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .chat import THINK_CLOSE, THINK_OPEN, split_output
+from .chat import STATUSES, THINK_CLOSE, THINK_OPEN, split_output
+from .generate import check_decoding
 from .io import MedsftError, iter_jsonl, write_json, write_jsonl
 from .models import TINY, base_model_of, is_hub_id
 
 BACKENDS = ("transformers", "vllm")
-STATUSES = ("closed", "unclosed", "absent")
 LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
 VLLM_MIN_CHUNK = 64  # vLLM schedules its own batches; hand it at least this many questions between saves
 
@@ -213,7 +213,7 @@ def _check_settings(output, requested: dict) -> dict | None:
         return None
     keys = ["max_new_tokens", "do_sample", "system"]
     if requested["do_sample"]:
-        keys += ["seed"] + [k for k in ("temperature", "top_p", "top_k") if requested.get(k) is not None]
+        keys += ["seed", "batch_size"] + [k for k in ("temperature", "top_p", "top_k") if requested.get(k) is not None]
     diff = [f"{k}={old.get(k)!r} (now {requested.get(k)!r})" for k in keys if k in old and old[k] != requested.get(k)]
     if diff:
         raise MedsftError(f"{output} was started with other decoding settings: {', '.join(diff)}; rerun with those, "
@@ -299,8 +299,9 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     """
     started = time.perf_counter()
     # 1. Everything checkable without a model
-    if batch_size < 1 or max_new_tokens < 1:
-        raise MedsftError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size}, {max_new_tokens})")
+    if batch_size < 1:
+        raise MedsftError(f"--batch_size={batch_size}: must be at least 1")
+    check_decoding(max_new_tokens, do_sample, temperature, top_p, top_k)
     adapter = None
     if adapter_dir is not None:
         check_adapter(adapter_dir)
@@ -314,6 +315,7 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     output_path = check_writable(output_path)
     done = load_done(output_path, rows, model, adapter)
     previous = _check_settings(output_path, {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
+                                             "batch_size": batch_size,
                                              "system": system, "temperature": temperature, "top_p": top_p,
                                              "top_k": top_k})
     weights = weights_fingerprint(model, adapter)

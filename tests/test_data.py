@@ -122,3 +122,13 @@ def test_demo_data_is_usable(tmp_path, demo_data_path):
     run_script("data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path}")
     s = splits(tmp_path)
     assert [len(s[k]) for k in ("train", "val", "test")] == [32, 4, 4]
+
+
+@pytest.mark.parametrize("n,args", [(2, []), (3, ["--val_ratio=0.5", "--test_ratio=0.45"])])
+def test_too_few_rows_for_three_splits_fails(tmp_path, n, args):
+    src = tmp_path / "few.jsonl"
+    src.write_text("".join(json.dumps({"question": f"问{i}", "think": "想", "answer": "答"}, ensure_ascii=False) + "\n"
+                           for i in range(n)), encoding="utf-8")
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", *args, check=False)
+    assert p.returncode != 0 and "cannot fill train, val and test" in p.stderr
+    assert not (tmp_path / "out" / "train.jsonl").exists()

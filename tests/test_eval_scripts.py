@@ -165,6 +165,12 @@ def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
     broken["think_status"] = "maybe"
     bad.write_text(good[0] + "\n" + json.dumps(broken, ensure_ascii=False) + "\n", encoding="utf-8")
     cases.append(([f"--predictions={bad}", "--eval_base=false"], f"{bad}:2: think_status"))
+    # predictions of another split (e.g. data.py re-run with another seed) are never scored against this one
+    other = tmp_path / "other_test.jsonl"
+    other.write_text((workdir / "test.jsonl").read_text(encoding="utf-8").replace('"id": "q3"', '"id": "q3x"'),
+                     encoding="utf-8")
+    cases.append(([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", f"--test_file={other}"],
+                  "predicted on another split"))
     for args, message in cases:
         proc = run_script("evaluate.py", *args, f"--results_dir={tmp_path}/results", check=False)
         assert proc.returncode == 1, proc.stderr

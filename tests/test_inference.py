@@ -84,6 +84,9 @@ def test_bad_inputs_fail_before_loading_with_the_fix(tmp_path):
         ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={tmp_path / 'a_file' / 'p.jsonl'}"],
          "cannot be written"),
         ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={tmp_path}"], "is a directory"),
+        ("inference.py", ["--model_dir=tiny", "--question=hi", "--temperature=0"], "--do_sample=false"),
+        ("inference.py", ["--model_dir=tiny", f"--input={split}", "--max_new_tokens=0"], "at least 1"),
+        ("inference.py", ["--model_dir=tiny", "--question=hi", "--top_p=2"], "must be in (0, 1]"),
     ]
     from medsft.generate import vllm_available
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -182,6 +183,16 @@ def test_kill9_then_resume_continues_exactly(data_dir, work, full_run):
     again = _train("train.py", data_dir, out, results, FULL_LR, check=False)
     assert again.returncode != 0 and "unfinished run" in again.stderr and "--resume=true" in again.stderr
 
+    # resuming with other data (e.g. data.py re-run) or another schedule would mix two runs: refused
+    other_data = work / "other-data"
+    shutil.copytree(data_dir, other_data)
+    with open(other_data / "train.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(_row(50, "新话题"), ensure_ascii=False) + "\n")
+    for bad in ([f"--data_dir={other_data}"], ["--learning_rate=5e-3"]):
+        refused = run_script("train.py", *COMMON, f"--data_dir={data_dir}", f"--output_dir={out}",
+                             f"--results_dir={results}", FULL_LR, "--resume=true", *bad, check=False)
+        assert refused.returncode != 0 and "resuming would mix two runs" in refused.stderr, refused.stderr
+
     resumed = _train("train.py", data_dir, out, results, FULL_LR, "--resume=true")
     assert "resume: continuing from" in resumed.stdout
     state = json.loads((out / "trainer_state.json").read_text())
@@ -339,6 +350,22 @@ def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expe
         cfg = {k: v for k, v in cfg.items() if not k.startswith("LORA_")}
     training.load_training_model(cfg)
     assert str(seen["dtype"]).removeprefix("torch.") == expected
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"SEED": -1}, "--seed=-1"),
+    ({"LORA_R": 0}, "rank must be at least 1"),
+    ({"LORA_DROPOUT": 1.5}, "--lora_dropout=1.5"),
+    ({"ATTN_IMPLEMENTATION": "bogus"}, "expected auto, sdpa"),
+    ({"ATTN_IMPLEMENTATION": "flash_attention_2"}, "needs a CUDA GPU"),
+])
+def test_bad_settings_fail_in_preflight(data_dir, tmp_path, over, message):
+    from medsft.io import MedsftError
+    from medsft.training import preflight
+
+    cfg = _cfg(tmp_path, DATA_DIR=str(data_dir), **over)
+    with pytest.raises(MedsftError, match=re.escape(message)):
+        preflight(cfg, kind="lora")
 
 
 def test_padding_free_batches_give_the_padded_loss(data_dir, tmp_path, tiny_tokenizer):
