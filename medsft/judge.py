@@ -233,9 +233,16 @@ class Judge:
             item["judge_fallback"] = error is not None
             if error is not None:
                 item["judge_error"] = error
-        n = len(per_sample)
-        mean = (lambda k: sum(item[k] for item in per_sample) / n if n else 0.0)
+        judged = [item for item in per_sample if not item["judge_fallback"]]
+
+        def mean(items, k):
+            return sum(item[k] for item in items) / len(items) if items else None
+
         return {"model": self.model, "base_url": self.url.rsplit("/chat/completions", 1)[0],
-                "recall": mean("judge_recall"), "precision": mean("judge_precision"), "f1": mean("judge_f1"),
-                "n_fallback": sum(1 for item in per_sample if item["judge_fallback"]), "n_requests": self.calls,
-                "note": "samples with judge_fallback=true carry their offline score"}
+                "recall": mean(per_sample, "judge_recall"), "precision": mean(per_sample, "judge_precision"),
+                "f1": mean(per_sample, "judge_f1"),
+                # the same means over judged samples only: fallbacks carry offline scores, another scale
+                "judged_only": {"n": len(judged), "recall": mean(judged, "judge_recall"),
+                                "precision": mean(judged, "judge_precision"), "f1": mean(judged, "judge_f1")},
+                "n_fallback": len(per_sample) - len(judged), "n_requests": self.calls,
+                "note": "samples with judge_fallback=true carry their offline score; judged_only excludes them"}

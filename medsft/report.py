@@ -185,8 +185,8 @@ def _cot_section(cot: dict) -> list[str]:
     if judged:
         out += ["### LLM judge", ""]
         rows = [[LABELS[t], _fmt(j.get("model")), _fmt(j["recall"], 3), _fmt(j["precision"], 3), _fmt(j["f1"], 3),
-                 j.get("n_fallback")] for t, j in judged.items()]
-        out += _table(["model", "judge", "recall", "precision", "F1", "fallback to offline"], rows)
+                 j.get("n_fallback"), _fmt((j.get("judged_only") or {}).get("f1"), 3)] for t, j in judged.items()]
+        out += _table(["model", "judge", "recall", "precision", "F1", "fallback to offline", "F1, judged only"], rows)
     out += ["### Reasoning format", ""]
     keys = (("closed_rate", "think closed"), ("unclosed_rate", "unclosed"), ("absent_rate", "absent"),
             ("truncation_rate", "truncated"), ("mean_think_chars", "think chars"),

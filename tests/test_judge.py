@@ -163,6 +163,7 @@ def test_malformed_replies_fall_back_to_offline_score_with_flag(sample, tmp_path
         summary = _judge(server, tmp_path, retries=2).score_rows(rows, per, metrics.split_steps, progress=False)
         assert len(server.requests) == 3  # the recall call, tried 1 + 2 times; precision is never asked
     assert summary["n_fallback"] == 1
+    assert summary["judged_only"] == {"n": 0, "recall": None, "precision": None, "f1": None}
     assert per[0]["judge_fallback"] is True and "tries failed" in per[0]["judge_error"]
     assert (per[0]["judge_recall"], per[0]["judge_precision"], per[0]["judge_f1"]) == tuple(offline.values())
     assert not (tmp_path / "judge_cache.jsonl").exists() or (tmp_path / "judge_cache.jsonl").read_text() == ""
