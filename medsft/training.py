@@ -728,6 +728,9 @@ def start_swanlab(cfg: dict, kind: str) -> list:
 
     init = dict(project=cfg["SWANLAB_PROJECT"], name=cfg.get("RUN_NAME"), config={**cfg, "KIND": kind},
                 log_dir=str(cfg.get("SWANLAB_LOG_DIR", "swanlog")), settings=swanlab.Settings(interactive=False))
+    id_file = Path(cfg["OUTPUT_DIR"]) / "swanlab_run.json"
+    if cfg.get("RESUME") and id_file.is_file():  # a resumed run continues its SwanLab experiment
+        init.update(id=json.loads(id_file.read_text(encoding="utf-8"))["id"], resume="allow")
     try:
         swanlab.init(mode="online" if mode == "cloud" else mode, **init)
     except Exception as e:  # noqa: BLE001 - login/network errors come in many types; training must go on
@@ -737,6 +740,7 @@ def start_swanlab(cfg: dict, kind: str) -> list:
               "instead")
         mode = "local"
         swanlab.init(mode="local", **init)
+    write_json(id_file, {"id": swanlab.get_run().id})
     where = "the SwanLab cloud" if mode == "cloud" else f"{init['log_dir']}/ (view: swanlab watch {init['log_dir']})"
     print(f"SwanLab: {mode} ({why}), logging to {where}")
     return [SwanLabCallback()]

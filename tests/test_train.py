@@ -416,3 +416,20 @@ def test_swanlab_mode_resolution(monkeypatch, tmp_path):
     assert swanlab_mode()[0] == "local"
     monkeypatch.setenv("SWANLAB_API_KEY", "a-key")
     assert swanlab_mode()[0] == "cloud"
+
+
+def test_resumed_run_continues_its_swanlab_experiment(tmp_path, monkeypatch):
+    from medsft.training import finish_swanlab, start_swanlab
+
+    monkeypatch.setenv("SWANLAB_MODE", "local")
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(tmp_path, SWANLAB_LOG_DIR=str(tmp_path / "swanlog"))
+    ids = []
+    for resume in (False, True):
+        start_swanlab({**cfg, "RESUME": resume}, kind="lora")
+        ids.append(json.loads((tmp_path / "out" / "swanlab_run.json").read_text())["id"])
+        finish_swanlab()
+    assert ids[0] == ids[1]
+    start_swanlab({**cfg, "RESUME": False}, kind="lora")  # a fresh run is a new experiment
+    finish_swanlab()
+    assert json.loads((tmp_path / "out" / "swanlab_run.json").read_text())["id"] != ids[0]
