@@ -11,7 +11,10 @@ Writes  DATA_DIR/train.jsonl, val.jsonl, test.jsonl (rows: id, question, think, 
     python data.py --dataset=my_rows.jsonl --data_dir=data_mine --seed=7
 
 Bad rows are reported one line each (file:line: reason), counted and skipped; good rows are kept. The stage
-fails only when no usable row is left. Same input and SEED give byte-identical files.
+fails only when no usable row is left, or when a file is not UTF-8 as a whole (one message with the iconv command
+to convert it). A UTF-8 byte-order mark is ignored. Questions that differ only in whitespace or character width
+count as duplicates (stats: near_duplicates_merged). The five output files are published as one unit: after a
+failure at any point DATA_DIR holds the previous run's files. Same input and SEED give byte-identical files.
 """
 
 import hashlib
@@ -19,13 +22,14 @@ import json
 import os
 import random
 import statistics
+import unicodedata
 from pathlib import Path
 
 from tqdm import tqdm
 
 from medsft.chat import tokenize_example
-from medsft.config import configure, save_config
-from medsft.io import MedsftError, iter_jsonl, write_json, write_jsonl
+from medsft.config import configure
+from medsft.io import MedsftError, check_utf8, dumps_json, dumps_jsonl, iter_jsonl, publish_files
 
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
 SUBSET = "default"  # ModelScope subset name (ignored for local files)
@@ -50,34 +54,51 @@ def read_local(path: Path):
         if f.suffix not in SUFFIXES:
             raise MedsftError(f"{f}: unsupported file type; use one of {', '.join(SUFFIXES)}")
         if f.suffix == ".json":
-            try:
-                rows = json.loads(f.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rows = None  # not one JSON document: read it as JSON lines below, which names the bad lines
-            if isinstance(rows, list):
-                for i, row in enumerate(rows, start=1):
-                    ok = isinstance(row, dict)
-                    yield f"{f}: item {i}", (row if ok else None), (None if ok else "expected a JSON object")
-                continue
-        if f.suffix in (".jsonl", ".json"):
+            yield from read_json(f)
+        elif f.suffix == ".jsonl":
             for lineno, row, err in iter_jsonl(f):
                 yield f"{f}:{lineno}", row, err
-            continue
-        import datasets  # parquet/csv: let the datasets library parse them
+        else:
+            yield from read_table(f)
 
-        table = datasets.load_dataset(f.suffix[1:], data_files=str(f), split="train")
-        first = 2 if f.suffix == ".csv" else 1  # csv line numbers count the header line
-        for i, row in enumerate(table):
-            yield f"{f}:{i + first}" if f.suffix == ".csv" else f"{f}: row {i + 1}", row, None
+
+def read_json(f: Path):
+    """A .json file: one JSON array of objects, or else JSON lines (which names the bad lines)."""
+    check_utf8(f)
+    try:
+        rows = json.loads(f.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        rows = None
+    if not isinstance(rows, list):
+        for lineno, row, err in iter_jsonl(f):
+            yield f"{f}:{lineno}", row, err
+        return
+    for i, row in enumerate(rows, start=1):
+        ok = isinstance(row, dict)
+        yield f"{f}: item {i}", (row if ok else None), (None if ok else "expected a JSON object")
+
+
+def read_table(f: Path):
+    """Parquet or CSV, parsed by the datasets library."""
+    import datasets
+
+    if f.suffix == ".csv":
+        check_utf8(f, strict=True)  # the CSV parser cannot skip an undecodable row: any bad byte is fatal
+        table = datasets.load_dataset("csv", data_files=str(f), split="train", encoding="utf-8-sig")
+    else:
+        table = datasets.load_dataset("parquet", data_files=str(f), split="train")
+    for i, row in enumerate(table):
+        # csv line numbers count the header line (exact as long as no field spans lines)
+        yield f"{f}:{i + 2}" if f.suffix == ".csv" else f"{f}: row {i + 1}", row, None
 
 
 def read_modelscope(name: str, subset: str, split: str):
     from modelscope.msdatasets import MsDataset
 
-    from medsft.models import MODELSCOPE_HOST, _modelscope_reachable
+    from medsft.models import _modelscope_reachable, modelscope_unreachable_reason
 
     if not _modelscope_reachable():
-        raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({MODELSCOPE_HOST} is unreachable). "
+        raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({modelscope_unreachable_reason()}). "
                           "Use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a "
                           "directory of them), or --dataset=demo/medical_demo.jsonl for the offline demo")
     ds = MsDataset.load(name, subset_name=subset, split=split)
@@ -116,6 +137,40 @@ def row_id(question: str) -> str:
     return "med-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
 
 
+def question_key(question: str) -> str:
+    """What makes two questions the same: NFKC (folds full-width forms and the ideographic space) with every
+    whitespace and invisible format character (zero-width space, BOM) removed. Copies of one question that differ
+    only in spacing, line breaks or character width would otherwise land in two splits and leak val/test into
+    train. The row id stays derived from the question text itself, so ids of non-duplicates do not change."""
+    text = unicodedata.normalize("NFKC", question)
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
+
+
+def validate(source, counts: dict) -> tuple[list, list, list, int]:
+    """Check, clean and de-duplicate rows; print each bad row. Returns (kept, skipped, duplicates, rows read)."""
+    kept, skipped, duplicates, seen = [], [], [], {}
+    n_read = 0
+    for where, row, err in source:
+        n_read += 1
+        err = err or problem(row)
+        if not err:
+            row = clean(row, counts)
+            err = problem(row)  # a field of only tags/whitespace is empty after cleaning
+        if err:
+            print(f"skip {where}: {err}")
+            skipped.append({"where": where, "reason": err})
+            continue
+        key = question_key(row["question"])
+        if key in seen:  # the same question again: keep the first, count the rest
+            first_where, first_question = seen[key]
+            duplicates.append({"where": where, "first": first_where, "exact": row["question"] == first_question})
+            continue
+        seen[key] = where, row["question"]
+        kept.append({"id": row_id(row["question"]), **{k: row[k] for k in FIELDS},
+                     **{k: v for k, v in row.items() if k not in FIELDS and k != "id"}})
+    return kept, skipped, duplicates, n_read
+
+
 def length_stats(rows: list[dict], tokenizer_spec: str, max_length: int) -> dict:
     from medsft.models import load_tokenizer
 
@@ -142,28 +197,13 @@ def main():
     source = read_local(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT)
     print(f"reading {DATASET}")
 
-    # 2. Validate and clean; report each bad row on one line, keep the good ones
+    # 2. Validate, clean and de-duplicate; report each bad row on one line, keep the good ones
     counts = {"literal_newlines": 0, "think_tags": 0}
-    kept, skipped, duplicates, seen = [], [], [], {}
-    n_read = 0
-    for where, row, err in source:
-        n_read += 1
-        err = err or problem(row)
-        if not err:
-            row = clean(row, counts)
-            err = problem(row)  # a field of only tags/whitespace is empty after cleaning
-        if err:
-            print(f"skip {where}: {err}")
-            skipped.append({"where": where, "reason": err})
-            continue
-        if row["question"] in seen:  # exact duplicate question: keep the first, count the rest
-            duplicates.append({"where": where, "first": seen[row["question"]]})
-            continue
-        seen[row["question"]] = where
-        kept.append({"id": row_id(row["question"]), **{k: row[k] for k in FIELDS},
-                     **{k: v for k, v in row.items() if k not in FIELDS and k != "id"}})
-    print(f"read {n_read} rows: {len(kept)} kept, {len(skipped)} bad, {len(duplicates)} duplicate questions dropped; "
-          f"cleaned {counts['literal_newlines']} rows with literal \\n, {counts['think_tags']} with stray think tags")
+    kept, skipped, duplicates, n_read = validate(source, counts)
+    near = sum(not d["exact"] for d in duplicates)
+    print(f"read {n_read} rows: {len(kept)} kept, {len(skipped)} bad, {len(duplicates)} duplicate questions dropped "
+          f"({near} differing only in whitespace or character width); cleaned {counts['literal_newlines']} rows "
+          f"with literal \\n, {counts['think_tags']} with stray think tags")
     if not kept:
         raise MedsftError(f"{DATASET}: no usable rows (each row needs non-empty question, think and answer "
                           "strings); see the skipped rows above")
@@ -183,14 +223,15 @@ def main():
     if lengths is None:
         print("token-length stats skipped (no tokenizer): pass --tokenizer=DIR_OR_MODEL to get them")
 
-    # 5. Write atomically
-    written = [write_jsonl(out_dir / f"{name}.jsonl", rows) for name, rows in splits.items()]
+    # 5. Publish the splits, stats and config as one unit: a failure leaves the previous run's files untouched
     stats = {"dataset": DATASET, "seed": SEED, "rows_read": n_read, "rows_kept": n, "rows_bad": len(skipped),
-             "duplicates_dropped": len(duplicates), "cleaned": counts,
+             "duplicates_dropped": len(duplicates), "near_duplicates_merged": near, "cleaned": counts,
              "splits": {k: len(v) for k, v in splits.items()}, "token_lengths": lengths,
              "skipped": skipped, "duplicates": duplicates}
-    written.append(write_json(out_dir / "stats.json", stats))
-    written.append(save_config(cfg, out_dir / "data_config.json"))
+    files = {f"{name}.jsonl": dumps_jsonl(rows).encode("utf-8") for name, rows in splits.items()}
+    files["stats.json"] = dumps_json(stats).encode("utf-8")
+    files["data_config.json"] = dumps_json(cfg).encode("utf-8")
+    written = publish_files(out_dir, files, writer="data.py")
     print(f"split {n} rows: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}")
     if lengths:
         print(f"tokens per row: mean {lengths['mean']}, p95 {lengths['p95']}, max {lengths['max']}, "

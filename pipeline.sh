@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The whole pipeline, in order, each stage handing over files on disk:
 #   data → train (full) → train_lora → predictions base / full / LoRA → evaluate ×2 → rouge_eval ×2 (+ charts)
+#   → benchmark ×3 (CMMLU medical knowledge of base / full / LoRA)
 #
 #   bash pipeline.sh              # the real run: Qwen/Qwen3-1.7B, dataset from ModelScope (GPU), in ./
 #   MODEL=tiny bash pipeline.sh   # offline CPU demo (a few minutes): tiny random-init Qwen3 on demo/ data,
 #                                 # in runs/tiny/ so it never touches a real run's data/, output/, results/
 #
 # Environment: MODEL (model spec), DATASET (data.py --dataset), RUN_DIR (where data/ output/ results/ go),
-# PYTHON (interpreter; default .venv/bin/python if present). For other settings run the stages by hand (README).
+# CMMLU (benchmark.py --dataset: a ModelScope id or a folder of CMMLU <subject>.csv; the tiny demo skips the
+# benchmark without a local copy), PYTHON (interpreter; default .venv/bin/python if present). For other settings
+# run the stages by hand (README).
 # Re-running continues: training resumes from its newest checkpoint, predictions skip rows already written.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")" && pwd)"
@@ -22,15 +25,21 @@ if [ "$MODEL" = tiny ]; then
   TRAIN=("${TINY[@]}" --learning_rate=3e-3)
   LORA=("${TINY[@]}" --learning_rate=1e-2)
   GEN=(--max_new_tokens=256)
+  # CMMLU may not be redistributed (CC BY-NC-SA), so the offline demo uses a local copy when one is beside the repo
+  CMMLU="${CMMLU:-$ROOT/../shared/cmmlu-medical}"
+  BENCH=(--limit=2 --max_new_tokens=64)
 else
   DATASET="${DATASET:-krisfu/delicate_medical_r1_data}"
   RUN_DIR="${RUN_DIR:-$ROOT}"
   TRAIN=(--resume=true)
   LORA=(--resume=true)
   GEN=()
+  CMMLU="${CMMLU:-opencompass/cmmlu}"
+  BENCH=()
 fi
 mkdir -p "$RUN_DIR" && cd "$RUN_DIR"
 [[ "$DATASET" = /* || -e "$DATASET" || ! -e "$ROOT/$DATASET" ]] || DATASET="$ROOT/$DATASET"
+[[ "$CMMLU" = /* || -e "$CMMLU" || ! -e "$ROOT/$CMMLU" ]] || CMMLU="$ROOT/$CMMLU"
 step() { local script="$1"; shift; echo; echo "=== $script $*"; "$PY" "$ROOT/$script" "$@"; }
 
 step data.py --dataset="$DATASET" --tokenizer="$MODEL"
@@ -43,4 +52,11 @@ step evaluate.py
 step evaluate_lora.py
 step rouge_eval.py
 step rouge_eval_lora.py
-echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, trainloss.png, evalloss.png)"
+if [ "$MODEL" != tiny ] || [ -d "$CMMLU" ]; then
+  step benchmark.py --dataset="$CMMLU" --model_dir="$MODEL" --name=base "${BENCH[@]}"
+  step benchmark.py --dataset="$CMMLU" --model_dir=output/full --name=full "${BENCH[@]}"
+  step benchmark.py --dataset="$CMMLU" --model_dir=output/lora --name=lora "${BENCH[@]}"
+else
+  echo; echo "=== benchmark.py skipped: no local CMMLU at $CMMLU (set CMMLU=/path/to/CMMLU/data/test)"
+fi
+echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, benchmark.png, trainloss.png, evalloss.png)"

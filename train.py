@@ -37,23 +37,25 @@ SAVE_TOTAL_LIMIT = 2  # checkpoints kept in OUTPUT_DIR (older ones deleted)
 LOGGING_STEPS = 5  # log train loss, LR, grad norm, tokens/s, peak memory every N steps
 SEED = 42  # seed of data order, init and dropout: same seed, same loss curve
 GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: ~25% slower, a fraction of the memory
-PRECISION = "auto"  # auto | bf16 (mixed: fp32 master weights) | bf16-pure (bf16 weights: small updates round away) | fp16 | fp32; auto = bf16 on a bf16 GPU, fp16 on older GPUs, fp32 on CPU
+PRECISION = "auto"  # auto | bf16 (bf16 weights: the lean default) | bf16-mixed (fp32 master weights, +8 bytes/param) | fp16 | fp32; auto = bf16 on a bf16 GPU, fp16 on older GPUs, fp32 on CPU
 ATTN_IMPLEMENTATION = "auto"  # auto | flash_attention_2 | sdpa | eager; auto = flash_attention_2 if flash-attn is installed on a GPU, else sdpa
 PADDING_FREE = "auto"  # auto | true | false: concatenate each micro-batch without padding; auto = true with flash-attention, else length-grouped padded batches
-LIGER_KERNEL = "auto"  # auto | true | false: Liger fused linear+cross-entropy (the 151,936-wide logits are never stored); auto = on if liger-kernel is installed on a GPU
-OPTIM = "auto"  # auto | adamw_torch | adamw_torch_fused | adamw_8bit | paged_adamw_8bit; auto = adamw_8bit if bitsandbytes is installed on a GPU, fused AdamW on GPU, adamw_torch on CPU
+LOSS = "auto"  # auto | liger | chunked | plain: how the 151,936-wide logits are handled; auto = Liger's fused loss if liger-kernel is installed on a GPU, else the chunked loss (only a chunk of logits is ever stored)
+OPTIM = "auto"  # auto | adamw_torch_8bit | adamw_torch | adamw_torch_fused | adamw_8bit | ...; auto = adamw_torch_8bit (torchao, bf16 stochastic rounding) with bf16 weights, else fused AdamW on GPU, adamw_torch on CPU
 SWANLAB_PROJECT = "qwen3-sft-medical"  # SwanLab project (mode: SWANLAB_MODE env, else cloud if logged in, else local swanlog/)
 RUN_NAME = "qwen3-1.7b-full"  # SwanLab experiment name
 RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR
 OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run (deletes its checkpoints)
 ALLOW_CPU = False  # train a real-size model without a GPU anyway (days; --model=tiny is the CPU demo)
+DRY_RUN = False  # print the resolved features and the estimated peak memory, then exit (needs only config.json: no GPU, no weights, no data)
 PREVIEW_QUESTIONS = 3  # val questions answered greedily at the end (printed and logged to SwanLab)
 PREVIEW_MAX_NEW_TOKENS = 256  # tokens per preview answer at most
 
 
 def main():
     cfg = configure(globals())
-    # 1. Fail fast, before loading weights: data present, OUTPUT_DIR state, a model this machine can train
+    # 1. Fail fast, before loading weights: data present, memory estimate vs this GPU, OUTPUT_DIR state
+    #    (--dry_run=true prints the estimate and exits here)
     resume_from = training.preflight(cfg, kind="full")
     cfg.update(training.resolve_features(cfg))
     # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted)

@@ -2,8 +2,8 @@
 
 Trains three configurations one after another in this process, on the same examples (real rows, real lengths) and
 so the same number of tokens, timing only after warm-up:
-  a. tutorial: batch size 1 x gradient accumulation 4, gradient checkpointing, bf16, plain padding collator,
-     default loss, plain AdamW (torch), sdpa attention;
+  a. tutorial: batch size 1 x gradient accumulation 4, gradient checkpointing, bf16 weights, plain padding
+     collator, plain loss (full logits), plain AdamW (torch), sdpa attention;
   b. full:     this project's full fine-tuning defaults (train.py's constants, every "auto" resolved here);
   c. lora:     this project's LoRA defaults (train_lora.py's constants).
 Then generates answers to the same questions, greedy, MAX_NEW_TOKENS at most: the tutorial's one-at-a-time
@@ -120,9 +120,9 @@ def training_configs(cuda: bool) -> dict:
         raise MedsftError(f"{lora_script} not found: the LoRA configuration (c) takes its defaults from it")
     full = script_defaults(_ROOT / "train.py")
     tutorial = {**full, "BATCH_SIZE": 1, "GRAD_ACCUM": 4, "GRADIENT_CHECKPOINTING": True,
-                "PRECISION": "bf16-pure" if cuda else "fp32",  # the tutorial loads and trains bf16 weights; CPU has no bf16 path
+                "PRECISION": "bf16" if cuda else "fp32",  # the tutorial loads and trains bf16 weights (plain AdamW)
                 "ATTN_IMPLEMENTATION": "sdpa",  # transformers' default attention
-                "PADDING_FREE": False, "LIGER_KERNEL": False, "OPTIM": "adamw_torch"}
+                "PADDING_FREE": False, "LOSS": "plain", "OPTIM": "adamw_torch"}
     return {"tutorial": tutorial, "full": full, "lora": script_defaults(lora_script)}
 
 
@@ -362,6 +362,7 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
                  measured_epochs: int, peak: float | None, cuda: bool) -> dict:
     """Load the random model, train `name` for warm-up + measured epochs, return its measurements."""
     from medsft import training
+    from medsft.memory import estimate
 
     cfg = {**cfg, "MODEL": str(model_dir), "OUTPUT_DIR": str(work / f"run-{name}"), "MAX_STEPS": -1,
            "EPOCHS": float(warmup_epochs + measured_epochs), "SAVE_STEPS": 10 ** 9, "RUN_NAME": f"bench-{name}"}
@@ -372,6 +373,7 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
     if lora:
         model = training.add_lora(model, cfg)
     trainable, total = training.count_parameters(model)
+    est = estimate({**cfg, "MAX_LENGTH": max(lengths)}, model_dir, lora)
     timer = epoch_timer(warmup_epochs, cuda)
     trainer = training.build_trainer(model, tokenizer, examples, None, cfg, callbacks=[timer])
     trainer.data_collator = counter = CountingCollator(trainer.data_collator)
@@ -381,8 +383,7 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
     tokens = epoch_tokens * measured_epochs
     result = {
         "label": _CONFIG_LABELS[name],
-        "settings": {k: cfg[k] for k in ("BATCH_SIZE", "GRAD_ACCUM", "GRADIENT_CHECKPOINTING", "PRECISION",
-                                         "ATTN_IMPLEMENTATION", "PADDING_FREE", "LIGER_KERNEL", "OPTIM")},
+        "settings": {k: cfg[k] for k in ("BATCH_SIZE", "GRAD_ACCUM", "GRADIENT_CHECKPOINTING") + training.FEATURES},
         "examples_per_step": cfg["BATCH_SIZE"] * cfg["GRAD_ACCUM"],
         "timed_steps": timer.step1 - timer.step0,
         "trained_tokens": tokens,
@@ -394,6 +395,10 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
         "trainable_params": trainable,
         "total_params": total,
         "peak_memory": memory,
+        # medsft.memory's preflight estimate for these settings at this data's longest example
+        "estimated_peak_gib": round(est["total"] / 2 ** 30, 3),
+        "estimate_parts_gib": {k: round(est[k] / 2 ** 30, 3) for k in ("weights", "grads", "optimizer", "activations",
+                                                                        "logits")},
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
     }
     if lora:
@@ -405,7 +410,7 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
                              weight_grads=False)
         result["mfu_4n"] = round(flops4 * measured_epochs / seconds / (peak * 1e12), 4) if peak else None
     print(f"{name}: {tokens:,} tokens in {seconds:.2f} s = {result['tokens_per_s']:,.1f} tokens/s, peak "
-          f"{peak_gib(memory):.2f} GiB ({memory['kind']})")
+          f"{peak_gib(memory):.2f} GiB ({memory['kind']}), estimated {result['estimated_peak_gib']:.2f} GiB")
     del trainer, model
     free_memory()
     return result
@@ -531,7 +536,8 @@ def table(result: dict) -> str:
     lines = [f"{result['device']}" + (f"  [{_CPU_LABEL}]" if result["mode"] == "cpu" else ""),
              f"training: {result['data']['examples']} examples, {result['training']['tutorial']['trained_tokens']:,} "
              f"non-padding tokens timed per configuration",
-             f"  {'config':<24}{'tokens/s':>12}{'MFU':>8}   {'peak memory (' + mem + ')':<34}{'vs tutorial':>12}"]
+             f"  {'config':<24}{'tokens/s':>12}{'MFU':>8}   {'peak memory (' + mem + ')':<34}{'estimate':>10}"
+             f"{'vs tutorial':>12}"]
     for name in _CONFIGS:
         r = result["training"][name]
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
@@ -539,7 +545,7 @@ def table(result: dict) -> str:
         memory = (f"{p['peak_rss_gib']:.2f} GiB" if p["kind"] == "cpu_peak_rss"
                   else f"{p['max_allocated_gib']:.2f} / {p['max_reserved_gib']:.2f} GiB")
         lines.append(f"  {r['label']:<24}{r['tokens_per_s']:>12,.1f}{mfu:>8}   {memory:<34}"
-                     f"{r['ratio_to_tutorial']:>11.2f}x")
+                     f"{r['estimated_peak_gib']:>6.2f} GiB{r['ratio_to_tutorial']:>11.2f}x")
     g = result["generation"]
     lines.append(f"generation: {g['questions']} questions, {g['max_new_tokens']} new tokens at most, greedy")
     lines.append(f"  {'method':<34}{'tokens/s':>12}{'vs loop':>10}")

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
-import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from .io import MedsftError
@@ -26,7 +28,9 @@ TINY_VERSION = 1  # bump when the tiny recipe changes, so caches are rebuilt
 TINY_SEED = 1234
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = PROJECT_ROOT / "demo" / "medical_demo.jsonl"
-MODELSCOPE_HOST = "modelscope.cn"
+MODELSCOPE_HOST = "modelscope.cn"  # for older messages; modelscope_unreachable_reason() names what was tried
+# modelscope_hub's DEFAULT_ENDPOINT and DEFAULT_INTL_ENDPOINT: the client tries the second when the first fails
+MODELSCOPE_ENDPOINTS = ("https://modelscope.cn", "https://www.modelscope.ai")
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 # A Qwen3-style chat template for the project-built tiny tokenizer: same rendering of system/user/assistant turns
@@ -163,12 +167,60 @@ def ensure_tiny() -> Path:
 # --- resolution and loading ------------------------------------------------------------------------------------
 
 
-def _modelscope_reachable(timeout: float = 3.0) -> bool:
+def modelscope_endpoints() -> list[str]:
+    """The hub URLs the modelscope client would use, read from the same settings (modelscope_hub's HubConfig and
+    HubApi.resolve_endpoint_for_read): MODELSCOPE_ENDPOINT, else the deprecated MODELSCOPE_DOMAIN (https:// added
+    to a bare host), else modelscope.cn then www.modelscope.ai (the other way round with MODELSCOPE_PREFER_AI_SITE)."""
+    configured = os.environ.get("MODELSCOPE_ENDPOINT", "").strip() or os.environ.get("MODELSCOPE_DOMAIN", "").strip()
+    if configured:
+        has_scheme = configured.lower().startswith(("http://", "https://"))
+        return [(configured if has_scheme else "https://" + configured).rstrip("/")]
+    prefer_ai = os.environ.get("MODELSCOPE_PREFER_AI_SITE", "").strip().lower() in ("1", "true", "yes", "on")
+    return list(MODELSCOPE_ENDPOINTS[::-1] if prefer_ai else MODELSCOPE_ENDPOINTS)
+
+
+def _answers(url: str, timeout: float) -> bool:
+    import requests
+
     try:
-        socket.create_connection((MODELSCOPE_HOST, 443), timeout=timeout).close()
-        return True
-    except OSError:
+        requests.head(url, timeout=timeout, allow_redirects=False)
+    except requests.RequestException:
         return False
+    return True  # any HTTP answer, even an error status, means the hub can be reached
+
+
+def _modelscope_reachable(timeout: float = 3.0) -> bool:
+    """Whether a hub endpoint answers within ``timeout`` seconds in all.
+
+    It asks over HTTP(S) through ``requests``, as the modelscope client does, so HTTPS_PROXY/NO_PROXY and the
+    endpoint settings apply (a raw socket to modelscope.cn told users behind a proxy the hub was down). The probes
+    run in daemon threads because requests' timeout does not cover DNS, which can hang for long when offline.
+    """
+    urls = modelscope_endpoints()
+    answers: queue.Queue[bool] = queue.Queue()
+    for url in urls:
+        threading.Thread(target=lambda u=url: answers.put(_answers(u, timeout)), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    for _ in urls:
+        try:
+            if answers.get(timeout=max(0.0, deadline - time.monotonic())):
+                return True
+        except queue.Empty:
+            return False
+    return False
+
+
+def modelscope_unreachable_reason() -> str:
+    """For error messages: which URLs were tried and through which proxy (without its credentials)."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    proxy, via = getproxies().get("https"), ""
+    if proxy:
+        parts = urlsplit(proxy if "://" in proxy else "//" + proxy)
+        via = f" through the proxy {parts.hostname}:{parts.port}"
+    return (f"{' and '.join(modelscope_endpoints())} did not answer{via}; a mirror is set with MODELSCOPE_ENDPOINT, "
+            "a proxy with HTTPS_PROXY")
 
 
 def download(spec: str) -> Path:
@@ -181,7 +233,7 @@ def download(spec: str) -> Path:
         pass
     if not _modelscope_reachable():
         raise MedsftError(
-            f"cannot download '{spec}' from ModelScope ({MODELSCOPE_HOST} is unreachable). Point at a local copy "
+            f"cannot download '{spec}' from ModelScope ({modelscope_unreachable_reason()}). Point at a local copy "
             f"instead: --model=/path/to/Qwen3-1.7B (a directory with config.json and *.safetensors), or use "
             f"--model=tiny for an offline CPU demo")
     try:

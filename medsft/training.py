@@ -42,14 +42,13 @@ from pathlib import Path
 
 from .chat import IGNORE_INDEX
 from .io import MedsftError, iter_jsonl, write_json
+from .memory import check_fits, describe, estimate, ways_out
 
 KINDS = ("full", "lora")
 RESULTS_NAME = "train_{kind}.json"
 CHARTS = {"loss": "trainloss.png", "eval_loss": "evalloss.png"}
 CHART_SMOOTHING = 0.6  # TensorBoard-style EMA weight for the smoothed curves
-CPU_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reaches on CPU (for the slowness estimate)
-CPU_LIMIT_HOURS = 1.0  # refuse (unless ALLOW_CPU) a CPU run estimated to take longer than this
-TOKENS_PER_CHAR = 0.65  # Qwen3 tokens per character of this Chinese data (~0.61 measured on the 200 sample rows, template included)
+CPU_MAX_PARAMS = 100_000_000  # more parameters than this need a GPU (or ALLOW_CPU): Qwen3-0.6B already takes days
 HISTORY_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "num_input_tokens_seen",
                 "tokens_per_second", "peak_memory_gib")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -133,97 +132,70 @@ def check_output_dir(cfg: dict) -> Path | None:
     return None
 
 
-def _cuda_available() -> bool:
-    import torch
+def check_versions(requirements=None) -> None:
+    """Stop before loading anything when an installed library is older than requirements.txt's floor: an older
+    transformers, say, lacks TrainingArguments this code passes and would crash after minutes of loading."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return torch.cuda.is_available()
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import Version
 
-
-def _param_count(model_dir: Path) -> int | None:
-    """Parameters of a local model from its config alone (built on the meta device: no memory, no weights)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(model_dir)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError):
-        return None
-    return sum(p.numel() for p in model.parameters())
-
-
-def _cpu_flops() -> float:
-    """This CPU's fp32 matmul speed in FLOP/s, measured in a fraction of a second."""
-    import torch
-
-    a = torch.randn(768, 768)
-    a @ a
-    n, t = 0, time.perf_counter()
-    while time.perf_counter() - t < 0.3:
-        a @ a
-        n += 1
-    return 2 * 768 ** 3 * n / (time.perf_counter() - t)
-
-
-def _estimate_tokens(train_path: Path, epochs: float, max_steps: int, examples_per_step: int) -> float:
-    chars, rows = 0, 0
-    for _, obj, _ in iter_jsonl(train_path):
-        if obj:
-            rows += 1
-            chars += sum(len(str(obj.get(k) or "")) for k in ("question", "think", "answer"))
-    per_row = TOKENS_PER_CHAR * chars / max(rows, 1) + 40  # + the chat template around it
-    n_rows = max_steps * examples_per_step if max_steps > 0 else rows * epochs
-    return per_row * n_rows
-
-
-def _params_from_name(spec: str) -> int | None:
-    """Parameter count read off a hub id such as ``Qwen/Qwen3-1.7B`` (no download needed), or None."""
-    m = re.search(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", spec.rsplit("/", 1)[-1])
-    return int(float(m.group(1)) * 1e9) if m else None
-
-
-def _duration(hours: float) -> str:
-    return f"~{hours / 24:,.1f} days" if hours >= 48 else f"~{hours:,.1f} hours"
-
-
-def check_hardware(cfg: dict, train_path: Path, lora: bool) -> None:
-    """Refuse a real-size model without a GPU (saying how slow it would be) unless ALLOW_CPU; tiny always runs.
-
-    The estimate: ~6 FLOPs per parameter per token (forward + backward; LoRA still back-propagates through the
-    base), at CPU_EFFICIENCY of this CPU's measured matmul speed; runs estimated under CPU_LIMIT_HOURS go ahead.
-    """
-    from .models import TINY, is_hub_id
-
-    spec = str(cfg["MODEL"])
-    if spec == TINY or cfg.get("ALLOW_CPU") or _cuda_available():
+    path = Path(requirements) if requirements else Path(__file__).resolve().parent.parent / "requirements.txt"
+    if not path.is_file():
         return
-    if Path(spec).expanduser().is_dir():
-        params = _param_count(Path(spec).expanduser())
-    elif is_hub_id(spec):
-        params = _params_from_name(spec)
-    else:
-        return  # resolve_model will say what is wrong with the spec
-    what = "LoRA fine-tuning" if lora else "full fine-tuning"
-    fix = ("Run it on a GPU, or try the whole pipeline on CPU in minutes with --model=tiny (a random 2-layer "
-           "Qwen3). To train on CPU anyway, add --allow_cpu=true")
-    if params is None:
-        raise MedsftError(f"no CUDA GPU found: {what} of {spec} (a real-size model, size unknown) on CPU would "
-                          f"take days. {fix}")
-    tokens = _estimate_tokens(train_path, cfg["EPOCHS"], cfg["MAX_STEPS"], cfg["BATCH_SIZE"] * cfg["GRAD_ACCUM"])
-    tok_s = CPU_EFFICIENCY * _cpu_flops() / (6 * params)
-    hours = tokens / tok_s / 3600
-    if hours > CPU_LIMIT_HOURS:
-        raise MedsftError(
-            f"no CUDA GPU found: {what} of {spec} ({params / 1e9:.2f}B parameters) on this CPU would take "
-            f"{_duration(hours)} (~{tokens:,.0f} tokens at ~{tok_s:,.1f} tokens/s). {fix}")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            req = Requirement(line.split("#", 1)[0].strip())
+        except InvalidRequirement:
+            continue  # blank lines and comments
+        floors = [s.version for s in req.specifier if s.operator in (">=", "==")]
+        if not floors or (req.marker is not None and not req.marker.evaluate()):
+            continue
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            raise MedsftError(f"{req.name} is not installed ({path.name} needs {req}): pip install -r {path}") from None
+        if Version(have.split("+")[0]) < Version(floors[0]):
+            raise MedsftError(f"{req.name} {have} is installed but this project needs {req} ({path.name}): "
+                              f"pip install -r {path}")
+
+
+def check_cpu(cfg: dict, est: dict) -> None:
+    """A real-size model without a GPU takes days per epoch: refuse unless ALLOW_CPU (tiny is the CPU demo)."""
+    import torch
+
+    if torch.cuda.is_available() or cfg.get("ALLOW_CPU") or est["params"] < CPU_MAX_PARAMS:
+        return
+    raise MedsftError(f"no CUDA GPU found, and {cfg['MODEL']} has {est['params'] / 1e9:.2f}B parameters: training "
+                      "it on a CPU takes days. Run it on a GPU, or try the whole pipeline on CPU in minutes with "
+                      "--model=tiny. To train on CPU anyway, add --allow_cpu=true")
+
+
+def dry_run(cfg: dict, kind: str) -> None:
+    """Print the resolved features and the memory estimate for the GPU this run is meant for, then exit 0.
+    Needs only config.json (no weights, no GPU, no data)."""
+    from .models import resolve_model
+
+    lora = kind == "lora"
+    feats = resolve_features(cfg, lora=lora, assume_gpu=True)
+    est = estimate({**cfg, **feats}, resolve_model(str(cfg["MODEL"])), lora)
+    print(describe(est))
+    print(f"dry run: {est['params'] / 1e9:.3f}B parameters, {est['trainable'] / 1e6:,.1f}M trainable, "
+          f"{est['tokens_per_micro_batch']:,} tokens per micro-batch (BATCH_SIZE x MAX_LENGTH); nothing loaded or "
+          "written")
+    raise SystemExit(0)
 
 
 def preflight(cfg: dict, kind: str) -> Path | None:
-    """All fail-fast checks, before any weights load. Returns the checkpoint to resume from (or None)."""
+    """All fail-fast checks, before any weights load. Returns the checkpoint to resume from (or None).
+
+    With DRY_RUN it prints the resolved features and the memory estimate and exits instead.
+    """
+    from .models import resolve_model
+
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    train_path, _ = check_data(cfg["DATA_DIR"])
+    lora = kind == "lora"
     for name in ("BATCH_SIZE", "GRAD_ACCUM", "LOGGING_STEPS", "EVAL_STEPS", "SAVE_STEPS", "MAX_LENGTH"):
         if cfg[name] < 1:
             raise MedsftError(f"--{name.lower()}={cfg[name]}: must be at least 1")
@@ -231,16 +203,24 @@ def preflight(cfg: dict, kind: str) -> Path | None:
         raise MedsftError("nothing to train: set --epochs > 0 or --max_steps > 0")
     if not 0 <= cfg["SEED"] < 2 ** 32:
         raise MedsftError(f"--seed={cfg['SEED']}: must be between 0 and 2**32 - 1")
-    if kind == "lora":
+    if lora:
         if cfg["LORA_R"] < 1 or cfg["LORA_ALPHA"] <= 0:
             raise MedsftError(f"--lora_r={cfg['LORA_R']} --lora_alpha={cfg['LORA_ALPHA']}: the rank must be at least 1 "
                               "and alpha positive")
         if not 0 <= cfg["LORA_DROPOUT"] < 1:
             raise MedsftError(f"--lora_dropout={cfg['LORA_DROPOUT']}: must be in [0, 1)")
-    resolve_features(cfg, lora=(kind == "lora"), log=False)  # bad precision/attention/optim choices, before loading
-    resume_from = check_output_dir(cfg)
-    check_same_run(cfg, resume_from)
-    check_hardware(cfg, train_path, lora=(kind == "lora"))
+    check_versions()
+    if cfg.get("DRY_RUN"):
+        dry_run(cfg, kind)
+    check_data(cfg["DATA_DIR"])
+    feats = resolve_features(cfg, lora=lora, log=False)  # bad precision/attention/optim choices, before loading
+    est = estimate({**cfg, **feats}, resolve_model(str(cfg["MODEL"])), lora)
+    print(describe(est))
+    cfg["ESTIMATED_PEAK_GIB"] = round(est["total"] / 2 ** 30, 3)
+    check_cpu(cfg, est)
+    check_fits(est, lora)
+    resume_from = check_output_dir(cfg)  # last: --overwrite deletes, so every other check must have passed
+    check_same_run(cfg, resume_from, feats)
     return resume_from
 
 
@@ -248,23 +228,32 @@ RUN_KEYS = ("MODEL", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_AC
             "WARMUP", "WEIGHT_DECAY", "SEED", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
 
 
-def check_same_run(cfg: dict, resume_from) -> None:
-    """Record what defines a run (data bytes + schedule) in OUTPUT_DIR/run_fingerprint.json; refuse to resume a run
-    whose data or schedule changed since (e.g. data.py re-run), which would silently mix two runs."""
+def check_same_run(cfg: dict, resume_from, feats: dict) -> None:
+    """Record what defines a run (data bytes, schedule, resolved features) in OUTPUT_DIR/run_fingerprint.json;
+    refuse to resume a run whose data or schedule changed since (e.g. data.py re-run), or whose ``auto`` features
+    would now resolve differently (e.g. bitsandbytes or flash-attn installed meanwhile), which would silently mix
+    two runs."""
     import hashlib
 
     digest = hashlib.sha256()
     for name in ("train.jsonl", "val.jsonl"):
         digest.update((Path(cfg["DATA_DIR"]) / name).read_bytes())
-    fp = {"data_sha256": digest.hexdigest(), **{k: cfg[k] for k in RUN_KEYS if k in cfg}}
+    fp = {"data_sha256": digest.hexdigest(), **{k: cfg[k] for k in RUN_KEYS if k in cfg}, "features": feats}
     path = Path(cfg["OUTPUT_DIR"]) / "run_fingerprint.json"
     if resume_from is not None and path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in fp if old.get(k) != fp[k]]
+        changed = [k for k in fp if k != "features" and old.get(k) != fp[k]]
         if changed:
             raise MedsftError(f"--resume=true: {path.parent} was trained with other {', '.join(changed)} (the data "
                               "when data_sha256): resuming would mix two runs; start over with --overwrite=true, or "
                               "use another --output_dir")
+        was = old.get("features") or {}
+        moved = {k: v for k, v in was.items() if feats.get(k) != v}
+        if moved:
+            now = ", ".join(f"{k}={feats.get(k)} (was {v})" for k, v in moved.items())
+            keep = " ".join(f"--{k.lower()}={str(v).lower() if isinstance(v, bool) else v}" for k, v in moved.items())
+            raise MedsftError(f"--resume=true: the features now resolve to {now}, e.g. a library was installed or "
+                              f"removed since the run started; resume as before with {keep}")
     write_json(path, fp)
 
 
@@ -285,31 +274,62 @@ def _tristate(name: str, value) -> bool | None:
     raise MedsftError(f"--{name.lower()}={value}: expected auto, true or false")
 
 
-def resolve_features(cfg: dict, lora: bool = False, log: bool = True) -> dict:
-    """Concrete values for PRECISION, ATTN_IMPLEMENTATION, PADDING_FREE, LIGER_KERNEL, OPTIM on this machine.
+FEATURES = ("PRECISION", "ATTN_IMPLEMENTATION", "PADDING_FREE", "LOSS", "OPTIM")
+PRECISIONS = ("bf16", "bf16-mixed", "fp16", "fp32")
+LOSSES = ("liger", "chunked", "plain")
+TORCHAO_OPTIMS = ("adamw_torch_8bit", "adamw_torch_4bit")
 
-    auto means: on a CUDA GPU, bf16 (fp16 mixed precision on GPUs without bf16), flash_attention_2 with
-    padding-free batches when flash-attn is installed, Liger's fused linear+cross-entropy when liger-kernel is
-    installed, 8-bit AdamW for full fine-tuning when bitsandbytes is installed (fused AdamW otherwise); on CPU,
-    fp32 + sdpa + length-grouped padded batches + plain AdamW. Explicit values are kept (and checked).
-    """
+
+def weight_dtype(precision: str, lora: bool):
+    """The dtype the weights load in. bf16: bf16 weights (LoRA's frozen base too); bf16-mixed: fp32 master weights
+    under bf16 autocast for full fine-tuning (+8 bytes/param), a bf16 base for LoRA; fp16 and fp32: fp32 weights."""
     import torch
-    from transformers.utils import is_bitsandbytes_available, is_flash_attn_2_available, is_liger_kernel_available
 
-    cuda = torch.cuda.is_available()
+    if precision == "bf16" or (precision == "bf16-mixed" and lora):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _gpu_facts(assume_gpu: bool) -> dict:
+    """What the feature choice depends on: CUDA, real bf16, sm80+ (flash-attn). ``assume_gpu`` describes a bf16
+    GPU on a machine without one (the dry run estimates for the GPU the user will train on)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"cuda": True, "bf16": torch.cuda.is_bf16_supported(including_emulation=False),
+                "ampere": torch.cuda.get_device_capability()[0] >= 8, "name": torch.cuda.get_device_name(0)}
+    if assume_gpu:
+        return {"cuda": True, "bf16": True, "ampere": True, "name": "a bf16 CUDA GPU (assumed: no GPU here)"}
+    return {"cuda": False, "bf16": False, "ampere": False, "name": "CPU"}
+
+
+def resolve_features(cfg: dict, lora: bool = False, log: bool = True, assume_gpu: bool = False) -> dict:
+    """Concrete values for PRECISION, ATTN_IMPLEMENTATION, PADDING_FREE, LOSS, OPTIM on this machine.
+
+    auto means, on a CUDA GPU: bf16 weights (fp16 mixed precision on GPUs without bf16); flash_attention_2 with
+    padding-free batches when flash-attn is installed; Liger's fused linear + cross-entropy when liger-kernel is
+    installed, else the project's chunked loss; for full fine-tuning with bf16 weights torchao's 8-bit AdamW with
+    bf16 stochastic rounding (6 bytes/param for weights + grads + optimizer, and updates smaller than half a bf16
+    ulp still land on average), else fused AdamW. On CPU: fp32, sdpa, length-grouped padded batches, the chunked
+    loss, plain AdamW. Explicit values are kept (and checked).
+    """
+    from transformers.utils import is_bitsandbytes_available, is_flash_attn_2_available, is_liger_kernel_available
+    from transformers.utils.import_utils import is_torchao_available
+
+    gpu = _gpu_facts(assume_gpu)
+    cuda = gpu["cuda"]
     precision = str(cfg.get("PRECISION", "auto")).lower()
     if precision == "auto":
         # emulated bf16 (pre-Ampere GPUs such as T4/V100) is slow: those get fp16 mixed precision
-        precision = ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16") if cuda else "fp32"
-    if precision not in ("bf16", "bf16-pure", "fp16", "fp32"):
-        raise MedsftError(f"--precision={precision}: expected auto, bf16, bf16-pure, fp16 or fp32")
-    if precision != "fp32" and not cuda:
-        raise MedsftError(f"--precision={precision} needs a CUDA GPU; use --precision=fp32 (or auto) on CPU")
+        precision = ("bf16" if gpu["bf16"] else "fp16") if cuda else "fp32"
+    if precision not in PRECISIONS:
+        raise MedsftError(f"--precision={precision}: expected auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and not cuda:
+        raise MedsftError("--precision=fp16 needs a CUDA GPU; use --precision=fp32 (or auto) on CPU")
 
     attn = str(cfg.get("ATTN_IMPLEMENTATION", "auto"))
-    if attn == "auto":
-        ampere = cuda and torch.cuda.get_device_capability()[0] >= 8  # flash-attn 2 kernels need sm80+
-        attn = "flash_attention_2" if ampere and precision != "fp32" and is_flash_attn_2_available() else "sdpa"
+    if attn == "auto":  # flash-attn 2 kernels need sm80+ and half precision
+        attn = "flash_attention_2" if gpu["ampere"] and precision != "fp32" and is_flash_attn_2_available() else "sdpa"
     if attn not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"):
         raise MedsftError(f"--attn_implementation={attn}: expected auto, sdpa, eager, flash_attention_2, "
                           "flash_attention_3 or flex_attention")
@@ -326,31 +346,35 @@ def resolve_features(cfg: dict, lora: bool = False, log: bool = True) -> dict:
         # per-sample separation needs a (tokens x tokens) mask, so padded length-grouped batches are cheaper
         padding_free = flash
 
-    liger = _tristate("LIGER_KERNEL", cfg.get("LIGER_KERNEL", "auto"))
-    if liger is None:
-        liger = cuda and is_liger_kernel_available()
-    elif liger and not is_liger_kernel_available():
-        raise MedsftError("--liger_kernel=true but liger-kernel is not installed: pip install liger-kernel "
-                          "(needs a CUDA GPU), or use --liger_kernel=auto")
+    loss = str(cfg.get("LOSS", "auto")).lower()
+    if loss == "auto":
+        loss = "liger" if cuda and is_liger_kernel_available() else "chunked"
+    if loss not in LOSSES:
+        raise MedsftError(f"--loss={loss}: expected auto, {', '.join(LOSSES)}")
+    if loss == "liger" and not is_liger_kernel_available():
+        raise MedsftError("--loss=liger but liger-kernel is not installed: pip install liger-kernel (needs a CUDA "
+                          "GPU), or use --loss=auto (the chunked loss saves the same memory)")
 
     optim = str(cfg.get("OPTIM", "auto"))
     if optim == "auto":
-        if not cuda:
-            optim = "adamw_torch"
-        elif not lora and is_bitsandbytes_available():
-            optim = "adamw_8bit"  # full FT: Adam's two moments are the largest memory item; LoRA's are tiny
+        if not lora and weight_dtype(precision, lora) != weight_dtype("fp32", lora):
+            optim = "adamw_torch_8bit"  # bf16 weights need stochastic rounding; its 8-bit moments are a bonus
         else:
-            optim = "adamw_torch_fused"
-    if "8bit" in optim and not is_bitsandbytes_available():
+            optim = "adamw_torch_fused" if cuda else "adamw_torch"
+    if optim in TORCHAO_OPTIMS and not is_torchao_available():
+        raise MedsftError(f"--optim={optim} needs torchao: pip install -r requirements.txt, or use --optim=adamw_torch")
+    if "8bit" in optim and optim not in TORCHAO_OPTIMS and not is_bitsandbytes_available():
         raise MedsftError(f"--optim={optim} needs bitsandbytes: pip install bitsandbytes, or use --optim=auto")
 
-    out = {"PRECISION": precision, "ATTN_IMPLEMENTATION": attn, "PADDING_FREE": padding_free,
-           "LIGER_KERNEL": liger, "OPTIM": optim}
+    out = {"PRECISION": precision, "ATTN_IMPLEMENTATION": attn, "PADDING_FREE": padding_free, "LOSS": loss,
+           "OPTIM": optim}
     if log:
-        device = torch.cuda.get_device_name(0) if cuda else "CPU"
         batching = "padding-free (flattened)" if padding_free else "length-grouped padded"
-        print(f"efficiency on {device}: precision={precision} attention={attn} batches={batching} "
-              f"liger_kernel={liger} optim={optim} gradient_checkpointing={cfg.get('GRADIENT_CHECKPOINTING')}")
+        print(f"efficiency on {gpu['name']}: precision={precision} attention={attn} batches={batching} "
+              f"loss={loss} optim={optim} gradient_checkpointing={cfg.get('GRADIENT_CHECKPOINTING')}")
+        if not lora and precision == "bf16" and optim not in TORCHAO_OPTIMS:
+            print(f"warning: bf16 weights with --optim={optim}: updates smaller than half a bf16 ulp round away "
+                  "(most of them at LR 1e-5); --optim=auto uses stochastic rounding")
     return out
 
 
@@ -405,24 +429,12 @@ def prepare_examples(path, tokenizer, max_length: int, system=None) -> tuple[lis
 
 
 def load_training_model(cfg: dict):
-    """Load ``cfg["MODEL"]`` for training with the resolved precision and attention implementation.
-
-    bf16 is mixed precision: bf16 compute under autocast over fp32 master weights. Full fine-tuning needs the fp32
-    copy: at LR 1e-5 an AdamW update (~LR per step) is far below half a bf16 ulp of a typical weight (~6e-5 at
-    0.02), so bf16 weights would silently not learn. LoRA's base is frozen, so its base weights load in bf16 (the
-    adapter stays fp32 in peft). bf16-pure keeps even the full model's weights in bf16 (the tutorial's setup:
-    less memory, but small updates round away). fp16 keeps fp32 weights under fp16 autocast; fp32 is the CPU
-    default.
-    """
-    import torch
-
+    """Load ``cfg["MODEL"]`` for training in the resolved precision (``weight_dtype``) and attention."""
     from .models import load_model, pick_device
 
-    feats = resolve_features(cfg, log=False)
     lora = "LORA_R" in cfg
-    bf16_weights = feats["PRECISION"] == "bf16-pure" or (feats["PRECISION"] == "bf16" and lora)
-    dtype = torch.bfloat16 if bf16_weights else torch.float32
-    model = load_model(cfg["MODEL"], dtype=dtype, device=pick_device(),
+    feats = resolve_features(cfg, lora=lora, log=False)
+    model = load_model(cfg["MODEL"], dtype=weight_dtype(feats["PRECISION"], lora), device=pick_device(),
                        attn_implementation=feats["ATTN_IMPLEMENTATION"])
     model.config.use_cache = False  # no KV cache while training (and incompatible with gradient checkpointing)
     return model
@@ -476,6 +488,8 @@ def _trainer_classes():
     """Trainer subclass and callbacks, defined lazily so importing this module does not import transformers."""
     import torch
     from transformers import Trainer, TrainerCallback
+
+    from .loss import chunked_forward_loss
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
     class EpochLengthGroupedSampler(LengthGroupedSampler):
@@ -580,6 +594,13 @@ def _trainer_classes():
                                              [len(e["input_ids"]) for e in dataset],
                                              self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not getattr(self, "chunked_loss", False):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # the sum over supervised tokens divided by num_items_in_batch: already scaled for accumulation
+            loss = chunked_forward_loss(model, inputs, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
         @property
         def interrupted(self) -> bool:
             return self.graceful_stop.requested
@@ -631,9 +652,11 @@ def build_trainer(model, tokenizer, train_examples, eval_examples, cfg: dict, ca
     except ValueError as e:  # e.g. an unknown SCHEDULER or OPTIM name
         raise MedsftError(f"invalid training settings: {e}") from None
     trainer_cls = _trainer_classes()
-    return trainer_cls(model=model, args=args, train_dataset=train_examples,
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                        eval_dataset=eval_examples if has_eval else None, data_collator=collator,
                        processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.chunked_loss = feats["LOSS"] == "chunked"
+    return trainer
 
 
 def _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, cuda):
@@ -650,11 +673,14 @@ def _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, c
         weight_decay=cfg.get("WEIGHT_DECAY", 0.0),
         max_grad_norm=cfg.get("MAX_GRAD_NORM", 1.0),
         optim=feats["OPTIM"],
-        bf16=feats["PRECISION"] in ("bf16", "bf16-pure"),
+        # bf16 weights move by stochastic rounding (torchao), or updates below half a bf16 ulp would vanish
+        optim_args="bf16_stochastic_round=True" if feats["OPTIM"] in TORCHAO_OPTIMS and feats["PRECISION"] == "bf16"
+        and "LORA_R" not in cfg else None,
+        bf16=feats["PRECISION"] in ("bf16", "bf16-mixed"),
         fp16=feats["PRECISION"] == "fp16",
         activation_checkpointing=bool(cfg["GRADIENT_CHECKPOINTING"]),
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg["GRADIENT_CHECKPOINTING"] else None,
-        use_liger_kernel=bool(feats["LIGER_KERNEL"]),
+        use_liger_kernel=feats["LOSS"] == "liger",
         train_sampling_strategy="random" if padding_free else "group_by_length",
         logging_steps=cfg["LOGGING_STEPS"],
         logging_first_step=True,
@@ -670,6 +696,7 @@ def _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, c
         run_name=cfg.get("RUN_NAME"),
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # else bf16 on a CPU (tests, the CPU real-architecture bench) is refused
         disable_tqdm=False,
     )
 
@@ -682,7 +709,7 @@ def run_training(trainer, resume_from=None) -> dict:
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
-        error = training_error(e)
+        error = training_error(e, lora=hasattr(trainer.model, "peft_config"))
         if error is None:
             raise
         raise error from e
@@ -786,7 +813,7 @@ def save_final(trainer, tokenizer, cfg: dict) -> list[Path]:
         tokenizer.save_pretrained(out)
         written = [out / "adapter_model.safetensors", out / "adapter_config.json"]
     else:
-        if str(cfg.get("PRECISION", "")).startswith("bf16"):
+        if cfg.get("PRECISION") == "bf16-mixed":
             import torch
 
             model.to(torch.bfloat16)  # fp32 master weights were for the updates; ship bf16 like Qwen3 itself
@@ -825,8 +852,8 @@ def write_results(trainer, cfg: dict, kind: str, summary: dict, data_stats: dict
         "model": str(cfg["MODEL"]),
         "output_dir": str(cfg["OUTPUT_DIR"]),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "features": {k: cfg.get(k) for k in ("PRECISION", "ATTN_IMPLEMENTATION", "PADDING_FREE", "LIGER_KERNEL",
-                                              "OPTIM", "GRADIENT_CHECKPOINTING")},
+        "features": {k: cfg.get(k) for k in FEATURES + ("GRADIENT_CHECKPOINTING",)},
+        "estimated_peak_gib": cfg.get("ESTIMATED_PEAK_GIB"),
         "steps": state.global_step,
         "max_steps": state.max_steps,
         "epochs": round(state.epoch or 0.0, 4),
@@ -937,11 +964,9 @@ def preview(model, tokenizer, val_path, cfg: dict) -> list[dict]:
     return items
 
 
-def training_error(e: Exception) -> MedsftError | None:
+def training_error(e: Exception, lora: bool = False) -> MedsftError | None:
     """A user-facing error for well-known failures (out of memory), or None."""
     text = str(e)
     if "out of memory" in text.lower():
-        return MedsftError(f"out of memory ({text.splitlines()[0][:200]}): lower --batch_size (and raise "
-                           "--grad_accum to keep examples per step), keep --gradient_checkpointing=true, lower "
-                           "--max_length, or install liger-kernel / bitsandbytes for the auto memory savers")
+        return MedsftError(f"out of memory ({text.splitlines()[0][:200]}); {ways_out(lora)}")
     return None

@@ -1,15 +1,28 @@
-"""Shared fixtures. Tests that need the real files in ../shared skip cleanly when it is absent."""
+"""Shared fixtures. Tests that need the real files in ../shared skip cleanly when it is absent.
+
+Environment switches:
+  MEDSFT_NO_SHARED=1  behave as on a fresh clone without ../shared: the fixtures that need it skip, SHARED and
+                      the paths under it point nowhere, and MEDSFT_TOKENIZER is neither set here nor kept when it
+                      points into ../shared (so the tiny model uses the project-built tokenizer).
+  MEDSFT_CACHE        where the tiny model is cached. Unset, each session uses a fresh
+                      $PYTEST_TMPDIR/medsft-test-<pid> (PYTEST_TMPDIR defaults to /tmp) and removes it at the end;
+                      a folder you set yourself is kept.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+_REAL_SHARED = ROOT.parent / "shared"
+NO_SHARED = os.environ.get("MEDSFT_NO_SHARED", "").strip().lower() in ("1", "true", "yes", "on")
+# /dev/null/shared can never exist, so every "is it there?" check on these paths says no
+SHARED = Path(os.devnull) / "shared" if NO_SHARED else _REAL_SHARED
 REAL_TOKENIZER = SHARED / "qwen3-1.7b"
 SAMPLE_ROWS = SHARED / "data" / "medical_r1_sample.jsonl"
 DEMO_DATA = ROOT / "demo" / "medical_demo.jsonl"
@@ -17,12 +30,25 @@ DEMO_DATA = ROOT / "demo" / "medical_demo.jsonl"
 sys.path.insert(0, str(ROOT))
 # The tiny model is cached per session so tests never see a stale one from an older recipe; it uses the real
 # Qwen3 tokenizer when ../shared is present (as CI does), else the project-built one.
-os.environ.setdefault("MEDSFT_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"medsft-test-{os.getpid()}"))
+_OWN_CACHE = None if os.environ.get("MEDSFT_CACHE") else \
+    Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / f"medsft-test-{os.getpid()}"
+if _OWN_CACHE:
+    os.environ["MEDSFT_CACHE"] = str(_OWN_CACHE)
+if NO_SHARED and os.environ.get("MEDSFT_TOKENIZER") and \
+        Path(os.environ["MEDSFT_TOKENIZER"]).resolve().is_relative_to(_REAL_SHARED.resolve()):
+    del os.environ["MEDSFT_TOKENIZER"]
 if REAL_TOKENIZER.is_dir():
     os.environ.setdefault("MEDSFT_TOKENIZER", str(REAL_TOKENIZER))
 os.environ.setdefault("SWANLAB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # ~50 MB of tiny models per session would otherwise pile up in the temp folder; only a folder this
+    # conftest chose is removed (pytest-xdist workers inherit the controller's, so the controller removes it)
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +59,7 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.skip("../shared is absent (real tokenizer and sample rows)")
+        pytest.skip("../shared is absent (real tokenizer and sample rows)" + (" (MEDSFT_NO_SHARED)" if NO_SHARED else ""))
     return SHARED
 
 

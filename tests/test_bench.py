@@ -58,6 +58,7 @@ def test_three_training_configs_train_the_same_tokens(cpu_run):
         assert r["tokens_per_s"] == pytest.approx(n / r["seconds"], rel=1e-3)
         assert r["timed_steps"] * r["examples_per_step"] == result["data"]["examples"]
         assert r["mfu"] is None  # MFU means nothing on a CPU
+        assert r["estimated_peak_gib"] == pytest.approx(sum(r["estimate_parts_gib"].values()), abs=0.01)
         assert r["peak_memory"]["kind"] == "cpu_peak_rss" and r["peak_memory"]["peak_rss_gib"] > 0
 
 
@@ -77,7 +78,7 @@ def test_configs_are_the_tutorial_and_the_scripts_defaults(cpu_run):
     tutorial = training["tutorial"]["settings"]
     assert (tutorial["BATCH_SIZE"], tutorial["GRAD_ACCUM"]) == (1, 4)
     assert tutorial["GRADIENT_CHECKPOINTING"] is True
-    assert tutorial["OPTIM"] == "adamw_torch" and tutorial["LIGER_KERNEL"] is False
+    assert tutorial["OPTIM"] == "adamw_torch" and tutorial["LOSS"] == "plain"
     assert tutorial["PADDING_FREE"] is False
     full_defaults = script_defaults(ROOT / "train.py")
     lora_defaults = script_defaults(ROOT / "train_lora.py")

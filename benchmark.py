@@ -1,0 +1,135 @@
+"""Medical knowledge: accuracy on CMMLU's seven medical subjects (1,333 four-option questions), with 95% intervals.
+
+The model gets each question with its options in Chinese, thinks, and ends with a line `答案：X`; the letter is read
+after `</think>` (medsft/knowledge.py). Run it once per model, each under its own NAME:
+
+  python benchmark.py                                            # untuned Qwen/Qwen3-1.7B, CMMLU from ModelScope
+  python benchmark.py --model_dir=output/full --name=full        # the full fine-tune
+  python benchmark.py --model_dir=output/lora --name=lora        # a LoRA adapter, on the base it records
+  python benchmark.py --dataset=/path/to/CMMLU/data/test         # offline: a folder of CMMLU <subject>.csv
+  python benchmark.py --model_dir=tiny --limit=2 --dataset=...   # CPU smoke test (a random model: mostly no answer)
+  python benchmark.py --score=results/benchmark_full.jsonl --name=full   # re-score answers, no model
+
+Writes in RESULTS_DIR: benchmark_<NAME>.jsonl (per item: subject, index, question, choices, gold, output, pred,
+correct, extraction, ...), benchmark_<NAME>.json (per subject and overall: accuracy, 95% Wilson interval,
+unextractable and truncated counts, decoding settings), benchmark_<NAME>.config.json, benchmark.png (every
+benchmark_*.json there), and rebuilds README.md there like the other evaluation stages. Resumable: rows are saved
+after every batch and a re-run generates only what is missing.
+"""
+
+import re
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medsft import knowledge, report
+from medsft.chat import SYSTEM_PROMPT
+from medsft.config import configure, save_config
+from medsft.generate import check_decoding
+from medsft.io import MedsftError
+from medsft.predict import check_adapter, check_model, lora_base, weights_fingerprint
+
+DATASET = "opencompass/cmmlu"  # ModelScope id (one subset per subject, split test) or a local folder of <subject>.csv
+MODEL_DIR = "Qwen/Qwen3-1.7B"  # model spec (ModelScope id, trained dir, tiny) or a LoRA adapter dir (on its base)
+NAME = "base"  # this model's label in file names, the chart and the report: base | full | lora
+SUBJECTS = "anatomy,clinical_knowledge,college_medicine,genetics,nutrition,traditional_chinese_medicine,virology"  # CMMLU's
+LIMIT = 0  # items per subject, the first in file order; 0 = all (1,333 for the seven medical subjects)
+RESULTS_DIR = "results"  # benchmark_<NAME>.json(l), benchmark_<NAME>.config.json, benchmark.png
+MAX_NEW_TOKENS = 2048  # a think (~900 tokens for the fine-tuned model, often more for the base) plus the 答案 line
+BATCH_SIZE = 16  # questions generated together (prompts are short: ~150 tokens)
+DO_SAMPLE = True  # Qwen3's thinking-mode sampling from the model's generation_config (its card warns against greedy)
+ENABLE_THINKING = True  # Qwen3 thinks first; false needs medsft.generate to pass enable_thinking to the template
+SEED = 42  # sampling seed (same seed, settings and batches => same answers)
+SCORE = ""  # re-score this predictions JSONL (rows with gold and output) without a model; "" = generate
+
+
+def main():
+    cfg = configure(globals())
+    results = Path(RESULTS_DIR)
+    config_path = results / f"benchmark_{NAME}.config.json"
+    # 1. Checks that need neither a model nor the data
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(NAME)):
+        raise MedsftError(f"--name={NAME}: use letters, digits, _ or - (it names the files), e.g. base, full, lora")
+    if BATCH_SIZE < 1:
+        raise MedsftError(f"--batch_size={BATCH_SIZE}: must be at least 1")
+    check_decoding(MAX_NEW_TOKENS, DO_SAMPLE)
+    if not ENABLE_THINKING and not knowledge.thinking_switch_supported():
+        raise MedsftError("--enable_thinking=false: medsft.generate cannot pass enable_thinking to the chat template "
+                          "yet, so thinking stays on; drop the option")
+
+    # 2. --score: re-score an existing predictions file with today's extraction, no model
+    if SCORE:
+        rows = knowledge.read_predictions(SCORE)
+        old = knowledge.load_summaries(Path(SCORE).parent).get(Path(SCORE).stem.removeprefix("benchmark_"), {})
+        meta = {k: v for k, v in old.items() if k not in ("overall", "macro_accuracy", "by_subject", "extraction")}
+        meta = {"model": rows[0].get("model"), "adapter": rows[0].get("adapter"), **meta, "name": NAME,
+                "scored_from": str(SCORE)}
+        finish(rows, meta, cfg, config_path)
+        return
+
+    # 3. The model, the items and what an earlier run left (all before loading a model)
+    adapter = str(MODEL_DIR) if (Path(str(MODEL_DIR)).expanduser() / "adapter_config.json").is_file() else None
+    if adapter:
+        model = lora_base(check_adapter(adapter, flag="--model_dir"))
+    else:
+        model = check_model(MODEL_DIR, flag="--model_dir", producer="train.py")
+    items = knowledge.load_items(DATASET, knowledge.parse_subjects(SUBJECTS), LIMIT)
+    rows_path = results / f"benchmark_{NAME}.jsonl"
+    done = knowledge.load_done(rows_path, items, model, adapter)
+    previous = knowledge.load_summaries(results).get(NAME) if rows_path.is_file() else None
+    weights = weights_fingerprint(model, adapter)
+    requested = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": DO_SAMPLE, "enable_thinking": ENABLE_THINKING}
+    if DO_SAMPLE:  # under sampling an answer depends on its seed and batch too
+        requested.update(seed=SEED, batch_size=BATCH_SIZE)
+    if previous is not None:
+        old = previous.get("decoding") or {}
+        diff = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in requested.items() if k in old and old[k] != v]
+        if previous.get("weights", weights) != weights:
+            diff.append("other weights (retrained since?)")
+        if diff:
+            raise MedsftError(f"{rows_path} was started with {', '.join(diff)}: rerun with those, or pass another "
+                              "--name / --results_dir")
+    todo = [it for it in items if (it["subject"], it["index"]) not in done]
+    print(f"{DATASET}: {len(items)} items; {len(done)} already in {rows_path}, {len(todo)} to generate")
+
+    # 4. Generate what is missing, saving the rows and the summary after every batch
+    meta = {"name": NAME, "model": model, "adapter": adapter, "weights": weights, "dataset": str(DATASET),
+            "split": "test", "limit": LIMIT, "n_items": len(items), "system": SYSTEM_PROMPT, "prompt": knowledge.PROMPT}
+    decoding = (previous or {}).get("decoding")
+    if todo or decoding is None:
+        used, run = knowledge.load_generator(model, adapter, max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE,
+                                             seed=SEED, batch_size=BATCH_SIZE, enable_thinking=ENABLE_THINKING)
+        decoding = {**used, "seed": SEED, "batch_size": BATCH_SIZE, "enable_thinking": ENABLE_THINKING}
+    bar = tqdm(total=len(items), initial=len(done), desc="benchmark", unit="q")
+
+    def save(new_rows):
+        done.update({(r["subject"], r["index"]): r for r in new_rows})
+        knowledge.write_outputs(results, NAME, in_order(), {**meta, "complete": False, "decoding": decoding},
+                                with_chart=False)
+        bar.update(len(new_rows))
+
+    def in_order():
+        return [done[k] for k in ((it["subject"], it["index"]) for it in items) if k in done]
+
+    if todo:
+        run(todo, save)
+    bar.close()
+
+    # 5. Final summary, chart and config
+    finish(in_order(), {**meta, "complete": len(done) == len(items), "decoding": decoding}, cfg, config_path)
+
+
+def finish(rows, meta, cfg, config_path):
+    written = knowledge.write_outputs(RESULTS_DIR, NAME, rows, meta)
+    written += report.build(RESULTS_DIR)  # results/README.md, as every stage that adds results rebuilds it
+    written.append(save_config(cfg, config_path))
+    overall = knowledge.summarize(rows, meta)["overall"]
+    lo, hi = overall["ci95"]
+    print(f"{NAME}: accuracy {overall['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}) on {overall['n']} items; "
+          f"{overall['unextractable']} unextractable, {overall['truncated']} truncated at max_new_tokens")
+    for path in written:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

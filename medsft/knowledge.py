@@ -1,0 +1,349 @@
+"""Medical knowledge accuracy on CMMLU's medical subjects: items, prompt, answer extraction, scores, chart, report.
+
+benchmark.py is the stage script; everything here but ``load_generator`` needs no model, so a re-score
+(``--score``), the tests and the report use the very same extraction and numbers. CMMLU (Li et al., 2023) is
+CC BY-NC-SA 4.0: it is read from ModelScope or a local folder at run time and never shipped with the project.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+from .chat import THINK_CLOSE, THINK_OPEN
+from .io import MedsftError, atomic_write_bytes, iter_jsonl, write_json, write_jsonl
+
+SUBJECTS = {"anatomy": "解剖学", "clinical_knowledge": "临床知识", "college_medicine": "大学医学", "genetics": "遗传学",
+            "nutrition": "营养学", "traditional_chinese_medicine": "中医中药", "virology": "病毒学"}
+LETTERS = "ABCD"
+COLUMNS = ("Question", "A", "B", "C", "D", "Answer")
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+CHANCE = 0.25
+PROMPT = ("以下是关于{subject}的单项选择题，请选出唯一正确的答案。\n\n{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n\n"
+          "请先思考，然后在最后一行只写“答案：X”，X 为 A、B、C、D 中的一个字母。")
+LOCAL_HINT = ("pass a local folder of CMMLU CSVs instead: --dataset=/path/to/CMMLU/data/test (files <subject>.csv "
+              "with columns ,Question,A,B,C,D,Answer, as in github.com/haonan-li/CMMLU)")
+SUMMARY_NAME = re.compile(r"^benchmark_([A-Za-z0-9_-]+)\.json$")  # not benchmark_<name>.config.json
+
+# The answer marker the prompt asks for; bold (**答案：D**, **答案**：D), 是/为, brackets and 选项 are tolerated.
+# A letter glued to more Latin letters ("答案是Apple") is a word, not an option.
+_MARKER = re.compile(r"答案\s*(?:\*\*)?\s*(?:[:：]|是|为)\s*[:：]?\s*(?:\*\*)?\s*(?:选项)?\s*[(（【\[]?\s*([A-D])(?![A-Za-z])")
+_ENGLISH = re.compile(r"(?i:answer\s+is)\s*[:：]?\s*(?:\*\*)?\s*[(（]?\s*([A-D])(?![A-Za-z])")
+_LETTER = re.compile(r"(?<![A-Za-z0-9_])([A-D])(?![A-Za-z0-9_])")
+
+
+# --- items -----------------------------------------------------------------------------------------------------
+def parse_subjects(text) -> list[str]:
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    bad = [s for s in names if not re.fullmatch(r"[a-z_]+", s)]
+    if not names or bad or len(set(names)) != len(names):
+        raise MedsftError(f"--subjects={text}: expected distinct comma-separated CMMLU subjects, e.g. "
+                          f"{','.join(SUBJECTS)}")
+    return names
+
+
+def _item(subject: str, index: int, rec: dict, where: str) -> dict:
+    """One validated item; ModelScope records may spell the columns in lower case."""
+    vals = {c: rec.get(c, rec.get(c.lower())) for c in COLUMNS}
+    for c, v in vals.items():
+        if not isinstance(v, str) or not v.strip():
+            raise MedsftError(f"{where}: empty or missing '{c}'; every item needs Question, A, B, C, D and Answer")
+    gold = vals["Answer"].strip()
+    if gold not in LETTERS:
+        raise MedsftError(f"{where}: Answer {vals['Answer']!r} is not one of A, B, C, D")
+    return {"subject": subject, "index": index, "question": vals["Question"].strip(),
+            "choices": [vals[c].strip() for c in LETTERS], "gold": gold}
+
+
+def read_csv(path: Path, subject: str) -> list[dict]:
+    """Items of one CMMLU CSV; fields may hold line breaks, so errors name the line where a record starts."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                raise MedsftError(f"{path}:1: missing column(s) {', '.join(missing)} (header: {','.join(header)}); "
+                                  "expected CMMLU's ,Question,A,B,C,D,Answer")
+            items, start = [], reader.line_num + 1
+            for rec in reader:
+                where, start = f"{path}:{start}", reader.line_num + 1
+                if any(field.strip() for field in rec):
+                    row = {h: rec[k] if k < len(rec) else None for k, h in enumerate(header)}
+                    items.append(_item(subject, len(items), row, where))
+    except UnicodeDecodeError as e:
+        raise MedsftError(f"{path}: not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+    if not items:
+        raise MedsftError(f"{path}: no items")
+    return items
+
+
+def _from_modelscope(dataset: str, subject: str) -> list[dict]:
+    from modelscope.msdatasets import MsDataset
+
+    try:
+        records = MsDataset.load(dataset, subset_name=subject, split="test")
+    except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
+        raise MedsftError(f"loading {dataset} ({subject}, test) from ModelScope failed: {type(e).__name__}: {e}; "
+                          f"or {LOCAL_HINT}") from e
+    return [_item(subject, i, dict(r), f"{dataset}:{subject}:{i}") for i, r in enumerate(records)]
+
+
+def load_items(dataset: str, subjects: list[str], limit: int = 0) -> list[dict]:
+    """The first ``limit`` (0 = all) test items of each subject, from a local folder or ModelScope."""
+    from .models import MODELSCOPE_HOST, _modelscope_reachable, is_hub_id
+
+    if limit < 0:
+        raise MedsftError(f"--limit={limit}: must be >= 0 (0 = every item)")
+    folder = Path(str(dataset)).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.csv")) and (folder / "test").is_dir():
+        folder = folder / "test"  # the CMMLU repo's data/ (or ../shared/cmmlu-medical) holds test/ and dev/
+    if folder.is_dir():
+        have = sorted(p.stem for p in folder.glob("*.csv"))
+        absent = [s for s in subjects if s not in have]
+        if absent:
+            raise MedsftError(f"{folder}: no {', '.join(s + '.csv' for s in absent)} (subjects there: "
+                              f"{', '.join(have) or 'none'}); pass --subjects=... or another --dataset")
+        load = lambda s: read_csv(folder / f"{s}.csv", s)  # noqa: E731
+    elif folder.exists() or not is_hub_id(str(dataset)):
+        raise MedsftError(f"--dataset={dataset}: no such folder, and not a ModelScope id (org/name); {LOCAL_HINT}")
+    elif not _modelscope_reachable():  # before any model loads: seconds, not a 1.7B load, to learn we are offline
+        raise MedsftError(f"cannot load '{dataset}' from ModelScope ({MODELSCOPE_HOST} is unreachable); {LOCAL_HINT}")
+    else:
+        load = lambda s: _from_modelscope(str(dataset), s)  # noqa: E731
+    return [it for s in subjects for it in (load(s)[:limit] if limit else load(s))]
+
+
+def prompt(item: dict) -> str:
+    name = SUBJECTS.get(item["subject"], item["subject"].replace("_", " "))
+    return PROMPT.format(subject=name, question=item["question"], **dict(zip(LETTERS, item["choices"])))
+
+
+# --- extraction and scores -------------------------------------------------------------------------------------
+def answer_part(output: str) -> str:
+    """The text after the last ``</think>``; empty for a think cut off before it closed (it holds no answer)."""
+    if THINK_CLOSE in output:
+        return output.rpartition(THINK_CLOSE)[2]
+    return "" if THINK_OPEN in output else output
+
+
+def extract(output: str) -> tuple[str | None, str]:
+    """(letter or None, how): the last ``答案：X``, else ``answer is X``, else the last standalone A-D."""
+    text = answer_part(output)
+    for how, pattern in (("marker", _MARKER), ("english", _ENGLISH), ("letter", _LETTER)):
+        found = pattern.findall(text)
+        if found:
+            return found[-1], how
+    return None, "none"
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials (sound near 0% and 100%, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p, z2 = k / n, z * z
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # exact ends at 0 of n and n of n, where the two terms cancel only up to rounding
+    return (0.0 if k == 0 else center - half), (1.0 if k == n else center + half)
+
+
+def _stats(rows: list[dict]) -> dict:
+    n, k = len(rows), sum(bool(r["correct"]) for r in rows)
+    lo, hi = wilson(k, n)
+    none = sum(r["pred"] is None for r in rows)
+    return {"n": n, "correct": k, "accuracy": round(k / n, 6) if n else None, "ci95": [round(lo, 6), round(hi, 6)],
+            "unextractable": none, "unextractable_rate": round(none / n, 6) if n else None,
+            "truncated": sum(r.get("finished") is False for r in rows)}
+
+
+def summarize(rows: list[dict], meta: dict) -> dict:
+    """Per subject and overall accuracy with 95% Wilson intervals; unextractable answers count as wrong."""
+    subjects = list(dict.fromkeys(r["subject"] for r in rows))
+    by_subject = {s: _stats([r for r in rows if r["subject"] == s]) for s in subjects}
+    accs = [v["accuracy"] for v in by_subject.values()]
+    return {**meta, "overall": _stats(rows), "macro_accuracy": round(sum(accs) / len(accs), 6) if accs else None,
+            "by_subject": by_subject, "extraction": dict(sorted(Counter(r["extraction"] for r in rows).items()))}
+
+
+def make_row(item: dict, result: dict, model: str, adapter: str | None) -> dict:
+    pred, how = extract(result["output"])
+    row = {**item, "output": result["output"], "pred": pred, "correct": pred == item["gold"], "extraction": how,
+           "new_tokens": result.get("new_tokens"), "finished": result.get("finished"), "model": model}
+    return {**row, "adapter": adapter} if adapter else row
+
+
+def read_predictions(path) -> list[dict]:
+    """Rows of a predictions file (at least gold and output), re-scored; a bad row raises with file:line."""
+    rows = []
+    for lineno, obj, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err:
+            raise MedsftError(f"{where}: {err}; fix or remove that line")
+        for key in ("gold", "output"):
+            if not isinstance(obj.get(key), str):
+                raise MedsftError(f"{where}: missing '{key}'; each row needs gold (A-D) and output (the model's text)")
+        if obj["gold"].strip() not in LETTERS:
+            raise MedsftError(f"{where}: gold {obj['gold']!r} is not one of A, B, C, D")
+        pred, how = extract(obj["output"])
+        rows.append({"subject": "all", "index": lineno, **obj, "gold": obj["gold"].strip(), "pred": pred,
+                     "correct": pred == obj["gold"].strip(), "extraction": how})
+    if not rows:
+        raise MedsftError(f"{path}: no rows")
+    return rows
+
+
+# --- generation (resumable) ------------------------------------------------------------------------------------
+def thinking_switch_supported() -> bool:
+    """Whether medsft.generate.generate passes enable_thinking to the chat template (Qwen3 thinks by default)."""
+    from . import generate as gen
+
+    return "enable_thinking" in inspect.signature(gen.generate).parameters
+
+
+def load_done(path, items: list[dict], model: str, adapter: str | None) -> dict:
+    """Rows already generated in ``path`` by this model, keyed by (subject, index); other items or models raise."""
+    from .predict import _spec_key
+
+    path, done = Path(path), {}
+    if not path.is_file():
+        return done
+    wanted = {(it["subject"], it["index"]): it for it in items}
+    for lineno, obj, err in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if err or "output" not in obj:  # e.g. a line of a non-atomic writer: generate that item again
+            print(f"warning: {where}: {err or 'not a benchmark row'}; it will be generated again")
+            continue
+        key = (obj.get("subject"), obj.get("index"))
+        if wanted.get(key, {}).get("question") != obj.get("question"):
+            raise MedsftError(f"{where}: item {key[0]}#{key[1]} is not in this selection (or its question differs): "
+                              "the file was made with other --dataset/--subjects/--limit; pass those, or another "
+                              "--name/--results_dir")
+        if (_spec_key(obj.get("model")), _spec_key(obj.get("adapter"))) != (_spec_key(model), _spec_key(adapter)):
+            by = " + ".join(str(obj[k]) for k in ("model", "adapter") if obj.get(k))
+            raise MedsftError(f"{where}: generated by {by}, not by this model; pass another --name so two models' "
+                              "answers are never mixed")
+        done[key] = obj
+    return done
+
+
+def load_generator(model: str, adapter: str | None, *, max_new_tokens: int, do_sample: bool, seed: int,
+                   batch_size: int, enable_thinking: bool = True):
+    """(decoding settings actually used, run(todo, on_rows)): run answers items with the project's batched
+    generation and hands their rows to ``on_rows`` after each batch."""
+    from . import generate as gen
+    from .predict import load_for_inference
+
+    net, tokenizer = load_for_inference(model, adapter)
+    used = gen.used_settings(gen.generation_config(net, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample))
+    extra = {"enable_thinking": enable_thinking} if thinking_switch_supported() else {}
+
+    def run(todo: list[dict], on_rows) -> None:
+        gen.generate(net, tokenizer, [prompt(it) for it in todo], max_new_tokens=max_new_tokens, do_sample=do_sample,
+                     seed=seed, batch_size=batch_size, progress=False, **extra,
+                     on_batch=lambda pairs: on_rows([make_row(todo[i], r, model, adapter) for i, r in pairs]))
+
+    return used, run
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+def load_summaries(results_dir) -> dict[str, dict]:
+    """Every benchmark_<name>.json in ``results_dir``: base, full, lora first, then the others by name."""
+    import json
+
+    from .report import TAGS
+
+    found = {}
+    for p in sorted(Path(results_dir).glob("benchmark_*.json")):
+        match = SUMMARY_NAME.match(p.name)
+        if match:
+            try:
+                found[match.group(1)] = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise MedsftError(f"{p}: not a valid summary ({e}); delete it and rerun benchmark.py") from None
+    return dict(sorted(found.items(), key=lambda kv: (TAGS.index(kv[0]) if kv[0] in TAGS else len(TAGS), kv[0])))
+
+
+def chart(summaries: dict[str, dict]) -> bytes:
+    """Accuracy by subject and overall, one bar per model with its 95% Wilson interval, chance at 25%."""
+    from .report import COLORS, LABELS, _figure, _png
+
+    groups = list(dict.fromkeys(s for v in summaries.values() for s in v["by_subject"])) + ["overall"]
+    fig = _figure((12, 5.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(summaries))
+    spare = iter(["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"])
+    for k, (name, s) in enumerate(summaries.items()):
+        cells = [(i, s["overall"] if g == "overall" else s["by_subject"].get(g)) for i, g in enumerate(groups)]
+        cells = [(i, c) for i, c in cells if c and c["n"]]
+        xs = [i - 0.4 + width * (k + 0.5) for i, _ in cells]
+        acc = [c["accuracy"] for _, c in cells]
+        err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)], [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
+        bars = ax.bar(xs, acc, width, yerr=err, capsize=2, label=f"{LABELS.get(name, name)} (n={s['overall']['n']})",
+                      color=COLORS.get(name) or next(spare, "#7f7f7f"), error_kw={"linewidth": 0.8})
+        ax.bar_label(bars, labels=[f"{100 * a:.0f}" for a in acc], fontsize=6, padding=1)
+    ax.axhline(CHANCE, color="black", linestyle="dashed", linewidth=1, label="chance (25%)")
+    ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title("CMMLU medical subjects: accuracy with 95% Wilson intervals (unextractable answers count as wrong)",
+                 fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()  # lines come first there: models first, chance last
+    fig.legend(handles[1:] + handles[:1], labels[1:] + labels[:1], loc="outside lower center",
+               ncol=len(summaries) + 1, fontsize=8)
+    return _png(fig)
+
+
+def _cell(stats: dict | None) -> str:
+    if not stats or not stats["n"]:
+        return "–"
+    lo, hi = stats["ci95"]
+    return f"{100 * stats['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def markdown_section(runs: dict[str, dict]) -> str:
+    """The report's knowledge section from ``load_summaries(results_dir)``: accuracy per subject and model, then who
+    was run how ("" when none ran)."""
+    from .report import LABELS, _fmt, _table
+
+    if not runs:
+        return ""
+    subjects = list(dict.fromkeys(s for v in runs.values() for s in v["by_subject"]))
+    out = ["## Medical knowledge (CMMLU)", "",
+           "Accuracy (%) with 95% Wilson interval on CMMLU's medical subjects (four options: chance 25%), "
+           "`benchmark_<model>.json` in this folder. The model thinks, then ends with `答案：X`; the letter is read "
+           "after `</think>`: the last `答案：X`, else `answer is X`, else the last standalone A-D. No letter "
+           "(including a think cut off at max_new_tokens) counts as wrong and is counted as unextractable.", ""]
+    rows = []
+    for s in subjects + ["overall"]:
+        cells = {t: (v["overall"] if s == "overall" else v["by_subject"].get(s)) for t, v in runs.items()}
+        ns = sorted({c["n"] for c in cells.values() if c})
+        label = f"**{s}**" if s == "overall" else s
+        rows.append([label, "/".join(map(str, ns))] + [_cell(c) for c in cells.values()])
+    out += _table(["subject", "n"] + [LABELS.get(t, t) for t in runs], rows)
+    keys = ("max_new_tokens", "do_sample", "enable_thinking", "seed")
+    rows = []
+    for t, v in runs.items():
+        o = v["overall"]
+        rows.append([LABELS.get(t, t), _fmt(v.get("model")), _fmt(v.get("adapter")), o["n"], _fmt(v.get("macro_accuracy"), 3),
+                     f"{o['unextractable']} ({_fmt(o['unextractable_rate'], 3)})", o["truncated"]]
+                    + [_fmt((v.get("decoding") or {}).get(k)) for k in keys])
+    out += _table(["model", "model spec", "adapter", "n", "macro accuracy", "unextractable", "truncated",
+                   "max_new_tokens", "do_sample", "thinking", "seed"], rows)
+    return "\n".join(out)
+
+
+def write_outputs(results_dir, name: str, rows: list[dict], meta: dict, with_chart: bool = True) -> list[Path]:
+    """benchmark_<name>.jsonl and .json, then benchmark.png from every summary now in ``results_dir``."""
+    d = Path(results_dir)
+    written = [write_jsonl(d / f"benchmark_{name}.jsonl", rows), write_json(d / f"benchmark_{name}.json",
+                                                                             summarize(rows, meta))]
+    if with_chart:  # not after every batch: a chart costs more than the rows
+        written.append(atomic_write_bytes(d / "benchmark.png", chart(load_summaries(d))))
+    return written

@@ -1,0 +1,239 @@
+"""benchmark.py / medsft.knowledge on the real CMMLU medical items in ../shared (skipped without it): loading,
+answer extraction, Wilson intervals, scores of scripted models, resume, the tiny end-to-end run, bad input."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SHARED, run_script
+
+from medsft import knowledge
+from medsft.io import MedsftError, read_jsonl
+
+CMMLU = SHARED / "cmmlu-medical"
+COUNTS = {"anatomy": 148, "clinical_knowledge": 237, "college_medicine": 273, "genetics": 176, "nutrition": 145,
+          "traditional_chinese_medicine": 185, "virology": 169}
+
+
+@pytest.fixture(scope="module")
+def cmmlu_dir(shared_dir) -> Path:
+    if not (CMMLU / "test").is_dir():
+        pytest.skip("../shared/cmmlu-medical is absent")
+    return CMMLU / "test"
+
+
+@pytest.fixture(scope="module")
+def items(cmmlu_dir) -> list[dict]:
+    return knowledge.load_items(cmmlu_dir, list(knowledge.SUBJECTS))
+
+
+def run_main(monkeypatch, *args: str):
+    """benchmark.py's main() in this process, as `python benchmark.py args` would run it."""
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", *args])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # configure() installs its own; restore it afterwards
+    runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# --- items -----------------------------------------------------------------------------------------------------
+def test_loads_the_1333_real_items(items, cmmlu_dir):
+    assert len(items) == 1333 and Counter(it["subject"] for it in items) == COUNTS
+    assert all(it["gold"] in "ABCD" and len(it["choices"]) == 4 and all(it["choices"]) for it in items)
+    assert [it["index"] for it in items if it["subject"] == "genetics"] == list(range(176))
+    assert items[0]["question"] == "女性生殖腺是" and items[0]["gold"] == "A"
+    limited = knowledge.load_items(cmmlu_dir.parent, ["virology", "anatomy"], limit=3)  # the folder above test/ too
+    assert [(it["subject"], it["index"]) for it in limited] == [(s, i) for s in ("virology", "anatomy") for i in range(3)]
+    text = knowledge.prompt(items[0])
+    assert "解剖学" in text and "女性生殖腺是\nA. 卵巢\nB. 前庭大腺" in text and text.endswith("X 为 A、B、C、D 中的一个字母。")
+
+
+# --- extraction ------------------------------------------------------------------------------------------------
+THINK = "<think>\n题目问女性生殖腺。A 卵巢产生卵子；B 前庭大腺分泌黏液，不是生殖腺；答案：B 显然不对。\n</think>\n\n"
+CASES = [
+    (THINK + "女性的生殖腺是卵巢，产生卵子并分泌激素。\n答案：C", "C", "marker"),  # the think's A, B and 答案：B ignored
+    (THINK + "综上所述。\n\n**答案：D**", "D", "marker"),
+    (THINK + "**答案**：D", "D", "marker"),
+    (THINK + "答案是B", "B", "marker"),
+    (THINK + "答案为 A。", "A", "marker"),
+    (THINK + "答案: A", "A", "marker"),  # half-width colon
+    (THINK + "答案：（C）", "C", "marker"),
+    (THINK + "初步答案：A，但复核后发现 A 有误。\n答案：B", "B", "marker"),  # the last marker wins
+    (THINK + "卵巢是女性生殖腺。The answer is B.", "B", "english"),
+    (THINK + "应选 C 项，卵巢。", "C", "letter"),
+    (THINK + "DNA 与卵巢无关，我无法确定。", None, "none"),  # letters inside a word are not options
+    (THINK + "答案是Apple", None, "none"),
+    ("<think>\n先看 A，再看 B，答案：C\n", None, "none"),  # cut off mid-think: no answer yet
+    ("答案：D", "D", "marker"),  # no think block at all
+    ("", None, "none"),
+]
+
+
+@pytest.mark.parametrize("output,pred,how", CASES)
+def test_extraction_on_realistic_outputs(output, pred, how):
+    assert knowledge.extract(output) == (pred, how)
+
+
+# --- statistics ------------------------------------------------------------------------------------------------
+def test_wilson_interval_against_hand_computed_values():
+    # 8 of 10, z = 1.96: (p + z²/2n) / (1 + z²/n) = (0.8 + 0.19207) / 1.38415 = 0.71674,
+    # half = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n) = 1.95996 · sqrt(0.016 + 0.0096037) / 1.38415 = 0.22658
+    lo, hi = knowledge.wilson(8, 10)
+    assert lo == pytest.approx(0.71674 - 0.22658, abs=2e-5) and hi == pytest.approx(0.71674 + 0.22658, abs=2e-5)
+    # 0 of 10: [0, z²/(n + z²)] = [0, 3.84146 / 13.84146]; n of n mirrors it
+    assert knowledge.wilson(0, 10) == (0.0, pytest.approx(0.277533, abs=1e-6))
+    assert knowledge.wilson(10, 10) == (pytest.approx(1 - 0.277533, abs=1e-6), 1.0)
+
+
+# --- scripted models -------------------------------------------------------------------------------------------
+def test_scripted_models_right_gives_100_and_always_a_gives_the_share_of_a(items, tmp_path):
+    right = [{**it, "output": f"<think>\n逐一排除：A 不对，B 不对。\n</think>\n\n**答案：{it['gold']}**"} for it in items]
+    always_a = [{"subject": it["subject"], "index": it["index"], "gold": it["gold"], "output": "答案：A"} for it in items]
+    results = tmp_path / "results"
+    for name, rows in (("full", right), ("base", always_a)):
+        proc = run_script("benchmark.py", f"--score={write_rows(tmp_path / f'{name}.jsonl', rows)}", f"--name={name}",
+                          f"--results_dir={results}")
+        assert f"wrote {results / f'benchmark_{name}.json'}" in proc.stdout
+    full = json.loads((results / "benchmark_full.json").read_text(encoding="utf-8"))
+    assert full["overall"]["accuracy"] == 1.0 and full["overall"]["n"] == 1333 and full["overall"]["unextractable"] == 0
+    assert all(s["accuracy"] == 1.0 for s in full["by_subject"].values())
+    base = json.loads((results / "benchmark_base.json").read_text(encoding="utf-8"))
+    golds = Counter(it["gold"] for it in items)
+    assert base["overall"]["correct"] == golds["A"] and base["overall"]["accuracy"] == round(golds["A"] / 1333, 6)
+    for subject, stats in base["by_subject"].items():
+        assert stats["correct"] == sum(it["gold"] == "A" for it in items if it["subject"] == subject)
+    assert base["overall"]["ci95"][0] < base["overall"]["accuracy"] < base["overall"]["ci95"][1]
+    # the chart holds both models and is a pure function of the summaries; the report section lists both
+    png = knowledge.chart(knowledge.load_summaries(results))
+    assert png == (results / "benchmark.png").read_bytes() and png[:8] == b"\x89PNG\r\n\x1a\n"
+    section = knowledge.markdown_section(knowledge.load_summaries(results))
+    assert "| base (untuned) | full fine-tune |" in section and "| **overall** | 1333 | " in section
+    assert "100.0 [99.7, 100.0]" in section
+
+
+# A scripted model behind the real generation call: it answers from the prompt, so the prompt and row wiring run.
+def _fake_generate(items, calls, stop_after=None):
+    answers = {knowledge.prompt(it): it["gold"] for it in items}
+
+    def generate(model, tokenizer, questions, *, batch_size, on_batch, **kw):
+        calls.append(len(questions))
+        for start in range(0, len(questions), batch_size):
+            if stop_after is not None and start >= stop_after * batch_size:
+                raise KeyboardInterrupt  # as a Ctrl-C mid-run
+            batch = range(start, min(start + batch_size, len(questions)))
+            on_batch([(i, {"output": f"<think>\n想一想 A 和 B。\n</think>\n\n答案：{answers[questions[i]]}",
+                           "new_tokens": 9, "finished": True}) for i in batch])
+        return []
+
+    return generate
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_files(items, cmmlu_dir, tmp_path, monkeypatch):
+    from medsft import generate
+
+    args = ["--model_dir=tiny", "--limit=3", f"--dataset={cmmlu_dir}", "--batch_size=4", "--max_new_tokens=8"]
+    calls = []
+    monkeypatch.setattr(generate, "generate", _fake_generate(items, calls))
+    run_main(monkeypatch, *args, f"--results_dir={tmp_path / 'once'}")
+    monkeypatch.setattr(generate, "generate", _fake_generate(items, calls, stop_after=2))
+    with pytest.raises(KeyboardInterrupt):
+        run_main(monkeypatch, *args, f"--results_dir={tmp_path / 'twice'}")
+    partial = read_jsonl(tmp_path / "twice" / "benchmark_base.jsonl")
+    assert len(partial) == 8 and not json.loads((tmp_path / "twice" / "benchmark_base.json").read_text())["complete"]
+    monkeypatch.setattr(generate, "generate", _fake_generate(items, calls))
+    run_main(monkeypatch, *args, f"--results_dir={tmp_path / 'twice'}")
+    assert calls == [21, 21, 13]  # the resumed run generated only the missing items
+    for name in ("benchmark_base.jsonl", "benchmark_base.json"):
+        assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "twice" / name).read_bytes()
+    summary = json.loads((tmp_path / "once" / "benchmark_base.json").read_text(encoding="utf-8"))
+    assert summary["complete"] and summary["overall"]["accuracy"] == 1.0 and summary["overall"]["n"] == 21
+    with pytest.raises(MedsftError, match="max_new_tokens=8 \\(now 9\\)"):  # other settings are never mixed in
+        run_main(monkeypatch, *args[:-1], "--max_new_tokens=9", "--limit=4", f"--results_dir={tmp_path / 'twice'}")
+
+
+def test_lora_adapter_as_model_dir(items, cmmlu_dir, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from medsft import generate
+    from medsft.models import load_model
+
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    get_peft_model(load_model("tiny"), lora).save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "tiny"}))
+    calls = []
+    monkeypatch.setattr(generate, "generate", _fake_generate(items, calls))
+    run_main(monkeypatch, f"--model_dir={adapter}", "--name=lora", "--limit=1", f"--dataset={cmmlu_dir}",
+             f"--results_dir={tmp_path}")
+    summary = json.loads((tmp_path / "benchmark_lora.json").read_text(encoding="utf-8"))
+    assert (summary["model"], summary["adapter"], summary["overall"]["n"]) == ("tiny", str(adapter), 7)
+    assert all(r["adapter"] == str(adapter) for r in read_jsonl(tmp_path / "benchmark_lora.jsonl"))
+
+
+# --- the real script, offline ----------------------------------------------------------------------------------
+def test_tiny_end_to_end_offline_and_a_rerun_changes_nothing(cmmlu_dir, tmp_path):
+    results = tmp_path / "results"
+    args = ["--model_dir=tiny", "--limit=2", f"--dataset={cmmlu_dir}", f"--results_dir={results}", "--max_new_tokens=8"]
+    run_script("benchmark.py", *args)
+    names = {"benchmark_base.jsonl", "benchmark_base.json", "benchmark_base.config.json", "benchmark.png", "README.md"}
+    assert {p.name for p in results.iterdir()} == names
+    rows = read_jsonl(results / "benchmark_base.jsonl")
+    assert [(r["subject"], r["index"]) for r in rows] == [(s, i) for s in knowledge.SUBJECTS for i in range(2)]
+    assert all({"subject", "index", "question", "gold", "output", "pred", "correct"} <= r.keys() for r in rows)
+    summary = json.loads((results / "benchmark_base.json").read_text(encoding="utf-8"))
+    assert summary["overall"]["n"] == 14 and summary["complete"] and summary["model"] == "tiny"
+    assert {s: v["n"] for s, v in summary["by_subject"].items()} == dict.fromkeys(knowledge.SUBJECTS, 2)
+    assert summary["decoding"]["max_new_tokens"] == 8 and summary["decoding"]["enable_thinking"] is True
+    assert json.loads((results / "benchmark_base.config.json").read_text())["LIMIT"] == 2
+    before = {n: (results / n).read_bytes() for n in names}
+    proc = run_script("benchmark.py", *args)
+    assert "14 already in" in proc.stdout and "0 to generate" in proc.stdout and "loading" not in proc.stdout
+    assert {n: (results / n).read_bytes() for n in names} == before
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+def test_bad_input_gives_one_clear_message_with_file_and_line(tmp_path, monkeypatch):
+    header = ",Question,A,B,C,D,Answer\n"
+    good = '0,"多行\n题干",甲,乙,丙,丁,A\n'
+    (tmp_path / "anatomy.csv").write_text(",Question,A,B,C,D\n0,题,甲,乙,丙,丁\n", encoding="utf-8")
+    (tmp_path / "genetics.csv").write_text(header + good + "1,题,甲,乙,丙,丁,E\n", encoding="utf-8")
+    (tmp_path / "virology.csv").write_text(header + good + "1,,甲,乙,丙,丁,B\n", encoding="utf-8")
+    for subject, expected in (("anatomy", "anatomy.csv:1: missing column(s) Answer"),
+                              ("genetics", "genetics.csv:4: Answer 'E' is not one of A, B, C, D"),
+                              ("virology", "virology.csv:4: empty or missing 'Question'"),
+                              ("nutrition", "no nutrition.csv (subjects there: anatomy, genetics, virology)")):
+        with pytest.raises(MedsftError, match=expected.replace("(", "\\(").replace(")", "\\)")):
+            knowledge.load_items(tmp_path, [subject])
+    preds = write_rows(tmp_path / "p.jsonl", [{"gold": "A", "output": "答案：A"}, {"gold": "E", "output": "答案：A"}])
+    write_rows(tmp_path / "q.jsonl", [{"gold": "A"}])
+    for args, expected in (([f"--dataset={tmp_path}", "--model_dir=tiny", "--subjects=genetics"],
+                            "genetics.csv:4: Answer 'E'"),
+                           ([f"--score={preds}"], "p.jsonl:2: gold 'E' is not one of A, B, C, D"),
+                           ([f"--score={tmp_path / 'q.jsonl'}"], "q.jsonl:1: missing 'output'"),
+                           (["--subjects=Anatomy"], "--subjects=Anatomy: expected"),
+                           (["--name=my model"], "--name=my model: use letters")):
+        proc = run_script("benchmark.py", *args, f"--results_dir={tmp_path / 'r'}", check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_modelscope_offline_fails_fast_pointing_at_a_local_folder(monkeypatch):
+    from medsft import models
+
+    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
+    with pytest.raises(MedsftError, match=r"cannot load 'opencompass/cmmlu' from ModelScope .*--dataset=/path/"):
+        knowledge.load_items("opencompass/cmmlu", ["anatomy"])
+    if not knowledge.thinking_switch_supported():  # until medsft.generate passes enable_thinking to the template
+        with pytest.raises(MedsftError, match="--enable_thinking=false"):
+            run_main(monkeypatch, "--enable_thinking=false")

@@ -1,0 +1,250 @@
+"""The lean full fine-tuning default: chunked loss, bf16 weights + 8-bit AdamW with stochastic rounding, the
+memory estimate (exact bytes, dry run, preflight) and the version floors check."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import ROOT, run_script
+
+
+def _small_config(vocab=4096, layers=2, hidden=256):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                       tie_word_embeddings=True, max_position_embeddings=2048)
+
+
+def _batch(vocab, n=3, length=40, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, length), generator=g)
+    labels = ids.clone()
+    labels[:, :15] = -100  # a masked prompt
+    mask = torch.ones_like(ids)
+    if n > 1:
+        labels[1, 30:] = -100  # and a padded tail
+        mask[1, 30:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# --- the chunked loss -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_items", [None, 50])
+def test_chunked_loss_equals_the_plain_loss_and_its_gradients(num_items):
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from medsft.loss import chunked_forward_loss
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(_small_config(vocab=1000, hidden=64))
+    batch = _batch(1000)
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    plain = model(**batch, **kwargs).loss
+    plain.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    # chunks of 7 tokens: many chunks, the last one partial
+    import medsft.loss as L
+
+    chunked = L.chunked_causal_lm_loss(*(lambda h: (h, model.lm_head.weight))(
+        model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state),
+        batch["labels"], kwargs.get("num_items_in_batch"), chunk_tokens=7)
+    chunked.backward()
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6, msg=n)
+    model.zero_grad()
+    assert chunked_forward_loss(model, batch, kwargs.get("num_items_in_batch")).item() == pytest.approx(plain.item(),
+                                                                                                     rel=1e-5)
+
+
+def test_chunked_loss_of_a_batch_that_supervises_nothing_is_zero_and_differentiable():
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from medsft.loss import chunked_forward_loss
+
+    model = Qwen3ForCausalLM(_small_config(vocab=500, hidden=64))
+    batch = _batch(500)
+    batch["labels"][:] = -100
+    loss = chunked_forward_loss(model, batch)
+    loss.backward()  # no "does not require grad" error: an all-prompt micro-batch must not crash training
+    assert loss.item() == 0.0
+
+
+# --- exact bytes ----------------------------------------------------------------------------------------------------
+
+
+def _tensor_bytes(t) -> int:
+    inner = [getattr(t, a) for a in getattr(t, "tensor_attrs", ())]  # torchao's OptimState8bit: codes + scale + qmap
+    if inner:
+        return sum(_tensor_bytes(x) for x in inner if x is not None)
+    return t.numel() * t.element_size()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_estimate_counts_the_bytes_a_real_step_allocates(tmp_path, lora):
+    """weights, grads and optimizer of the estimate equal the bytes of the tensors after one real optimizer step
+    of the lean default (bf16 weights, torchao 8-bit AdamW with stochastic rounding; LoRA: fp32 adapter, AdamW)."""
+    import torch
+    from torchao.optim import AdamW8bit
+    from transformers import Qwen3ForCausalLM
+
+    from medsft.memory import estimate
+
+    config = _small_config()
+    config.save_pretrained(tmp_path)
+    cfg = {"PRECISION": "bf16", "OPTIM": "adamw_torch" if lora else "adamw_torch_8bit", "LOSS": "chunked",
+           "BATCH_SIZE": 1, "MAX_LENGTH": 64, "GRADIENT_CHECKPOINTING": True, "LORA_R": 8,
+           "LORA_TARGET_MODULES": "all-linear"}
+    est = estimate(cfg, tmp_path, lora=lora)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if lora else AdamW8bit(params, lr=1e-4, bf16_stochastic_round=True)
+    model(**_batch(config.vocab_size, n=1)).loss.backward()
+    opt.step()
+    weights = sum(_tensor_bytes(p) for p in {id(p): p for p in model.parameters()}.values())
+    grads = sum(_tensor_bytes(p.grad) for p in params)
+    states = sum(_tensor_bytes(v) for s in opt.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq"))
+    assert est["weights"] == weights
+    assert est["grads"] == grads
+    qmaps = 0 if lora else 2 * 256 * 4 * sum(1 for p in params if p.numel() >= 4096)  # a 256-entry code book per state
+    assert est["moments"] == states - qmaps
+    assert est["trainable"] == sum(p.numel() for p in params)
+
+
+def test_qwen3_1_7b_parameter_count(shared_dir):
+    """The meta-device count against Qwen3-1.7B's architecture worked out by hand from its config.json."""
+    from medsft.memory import estimate
+
+    c = json.loads((shared_dir / "qwen3-1.7b" / "config.json").read_text())
+    d, i, h, kv, hd = (c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_key_value_heads"],
+                       c["head_dim"])
+    layer = d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * i + 2 * d + 2 * hd  # q,k,v,o, MLP, 2 norms, q/k norms
+    expected = c["vocab_size"] * d + c["num_hidden_layers"] * layer + d  # tied head, final norm
+    cfg = {"PRECISION": "bf16", "OPTIM": "adamw_torch_8bit", "LOSS": "chunked", "BATCH_SIZE": 2, "MAX_LENGTH": 2048,
+           "GRADIENT_CHECKPOINTING": True}
+    est = estimate(cfg, shared_dir / "qwen3-1.7b", lora=False)
+    assert est["params"] == expected
+    assert est["weights"] == est["grads"] == 2 * expected  # bf16 weights and grads
+    assert 2.0 * expected < est["moments"] < 2.05 * expected  # 8-bit moments + block scales
+
+
+def _estimated_gib(proc) -> float:
+    m = re.search(r"estimated peak: ([\d.]+) GiB \(weights [\d.]+, grads [\d.]+, optimizer [\d.]+, activations "
+                  r"[\d.]+, logits [\d.]+\)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    return float(m.group(1))
+
+
+def test_dry_run_of_the_defaults_fits_a_16_gb_card(shared_dir, tmp_path):
+    """The issue's acceptance: full FT of Qwen3-1.7B <= 16 GB, LoRA <= 8 GB, from config.json alone, no data."""
+    model = f"--model={shared_dir / 'qwen3-1.7b'}"
+    full = run_script("train.py", model, "--dry_run=true", cwd=tmp_path)
+    lora = run_script("train_lora.py", model, "--dry_run=true", cwd=tmp_path)
+    assert _estimated_gib(full) <= 16 and _estimated_gib(lora) <= 8
+    assert "precision=bf16" in full.stdout and "optim=adamw_torch_8bit" in full.stdout and "loss=chunked" in full.stdout
+    mixed = run_script("train.py", model, "--dry_run=true", "--precision=bf16-mixed", "--loss=plain", cwd=tmp_path)
+    assert _estimated_gib(mixed) > 24  # fp32 master weights + fp32 AdamW + full logits: the old heavy path
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_estimate_against_a_measured_peak(shared_dir, tmp_path):
+    """bench/cpu_real.py on one layer of the real Qwen3-1.7B architecture (its 151,936 x 2048 embedding is most of
+    the memory): peak RSS above the baseline within 20% of the estimate, for full FT and LoRA. The whole
+    architecture's run (28 layers, 512 tokens) is committed in bench/results/cpu-real-arch.json."""
+    out = tmp_path / "cpu-real.json"
+    run_script("bench/cpu_real.py", "--layers=1", "--max_length=128", f"--output={out}", timeout=900)
+    runs = {r["kind"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"full", "lora"}
+    for kind, r in runs.items():
+        assert r["steps"] == 2 and r["settings"]["PRECISION"] == "bf16", r
+        assert 0.8 <= r["measured_over_estimate"] <= 1.2, (kind, r)
+
+
+# --- the lean default learns like fp32 ------------------------------------------------------------------------------
+
+
+TOPICS = ["高血压", "糖尿病", "感冒", "胃炎", "偏头痛", "哮喘", "贫血", "失眠", "湿疹", "痛风", "肺炎", "关节炎"]
+
+
+def _examples(tokenizer):
+    from medsft.chat import tokenize_example
+
+    rows = [{"question": f"{t}有哪些常见症状？", "think": f"用户问{t}。先说典型表现，再给建议。",
+             "answer": f"{t}的症状因人而异，建议及时就医。"} for t in TOPICS]
+    return [tokenize_example(tokenizer, r, 256) for r in rows]
+
+
+def _cfg(tmp_path, **over):
+    return {"MODEL": "tiny", "OUTPUT_DIR": str(tmp_path), "EPOCHS": 1, "MAX_STEPS": 40, "BATCH_SIZE": 4,
+            "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-4, "SCHEDULER": "constant", "WARMUP": 0, "LOGGING_STEPS": 1,
+            "EVAL_STEPS": 1000, "SAVE_STEPS": 1000, "SAVE_TOTAL_LIMIT": 1, "SEED": 0, "GRADIENT_CHECKPOINTING": False,
+            "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LOSS": "chunked", "OPTIM": "auto", **over}
+
+
+def _train(cfg, examples, tokenizer, start=None) -> tuple[float, dict]:
+    """(loss gain, final weights): mean of the first 5 losses minus mean of the last 5."""
+    from medsft.training import build_trainer, load_training_model
+
+    model = load_training_model(cfg)
+    if start is not None:
+        model.load_state_dict(start)  # cast to this run's weight dtype
+    trainer = build_trainer(model, tokenizer, examples, None, cfg)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return sum(losses[:5]) / 5 - sum(losses[-5:]) / 5, {k: v.float().clone() for k, v in model.state_dict().items()}
+
+
+def test_lean_default_reaches_the_fp32_gain_and_pure_bf16_does_not(tmp_path):
+    """As the issue measured it: from a partly trained checkpoint, 40 steps at a small LR (2e-4 against weights of
+    ~0.3, whose half bf16 ulp is ~1e-3). fp32 + AdamW is the reference; the lean default (bf16 weights, torchao
+    8-bit AdamW with stochastic rounding) must reach >= 95% of its gain; plain AdamW on bf16 weights must not."""
+    from medsft.models import load_tokenizer
+    from medsft.training import resolve_features
+
+    assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), log=False)["OPTIM"] == "adamw_torch_8bit"
+    tok = load_tokenizer("tiny")
+    examples = _examples(tok)
+    _, warm = _train(_cfg(tmp_path / "warm", PRECISION="fp32", OPTIM="adamw_torch", LEARNING_RATE=1e-2,
+                          MAX_STEPS=15), examples, tok)
+    ref, _ = _train(_cfg(tmp_path / "fp32", PRECISION="fp32", OPTIM="adamw_torch"), examples, tok, warm)
+    lean, _ = _train(_cfg(tmp_path / "lean", PRECISION="bf16"), examples, tok, warm)
+    pure, _ = _train(_cfg(tmp_path / "pure", PRECISION="bf16", OPTIM="adamw_torch"), examples, tok, warm)
+    assert ref > 0.05, ref  # the reference really learns
+    assert lean >= 0.95 * ref, (ref, lean, pure)
+    assert pure < 0.8 * ref, (ref, lean, pure)  # most updates round away
+
+
+# --- version floors -------------------------------------------------------------------------------------------------
+
+
+def test_an_installed_library_below_its_floor_stops_before_loading(tmp_path):
+    from importlib.metadata import version
+
+    from medsft.io import MedsftError
+    from medsft.training import check_versions
+
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"# comment\ntransformers>={version('transformers')},<99\n\ntqdm>=1.0  # fine\n")
+    check_versions(req)  # the installed version meets its own floor
+    req.write_text("transformers>=99.0\n")
+    with pytest.raises(MedsftError, match=r"transformers .* is installed but this project needs transformers>=99.0"):
+        check_versions(req)
+    req.write_text("no-such-package-medsft>=1.0\n")
+    with pytest.raises(MedsftError, match="no-such-package-medsft is not installed"):
+        check_versions(req)
+    check_versions()  # the project's own requirements.txt holds in this environment

@@ -1,0 +1,403 @@
+"""Issue 11 (data side): BOMs, wrong encodings, near-duplicate questions, all-or-nothing publishing of the split,
+file modes, the ModelScope reachability check behind proxies/mirrors, and the test-suite's own hygiene."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import runpy
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_script
+
+from medsft import io, models
+from medsft.io import MedsftError
+
+PUBLISHED = ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json", "data_config.json")
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+              "no_proxy", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN", "MODELSCOPE_PREFER_AI_SITE")
+
+
+def rows(n: int, prefix: str = "问题") -> list[dict]:
+    return [{"question": f"{prefix}{i}：头痛怎么办？", "think": f"思考{i}", "answer": f"回答{i}"} for i in range(n)]
+
+
+def jsonl_text(items: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items)
+
+
+def out_rows(d: Path) -> list[dict]:
+    return [json.loads(line) for name in ("train", "val", "test")
+            for line in (d / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def run_data(monkeypatch, *args: str) -> None:
+    """data.py in this process (so a test can make one of its writes fail), without token-length stats."""
+    monkeypatch.delenv("MEDSFT_TOKENIZER", raising=False)
+    monkeypatch.setattr(sys, "argv", ["data.py", *args])
+    runpy.run_path(str(ROOT / "data.py"), run_name="__main__")
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    """Every entry of ``d``, hidden temp/backup files included, so leftovers count as a difference."""
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+# --- 1. byte-order marks --------------------------------------------------------------------------------------------
+
+
+def test_bom_jsonl_keeps_its_first_row(tmp_path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + jsonl_text(rows(10)).encode("utf-8"))
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_bad"] == 0 and stats["rows_kept"] == 10 and "skip " not in p.stdout
+    assert sorted(r["question"] for r in out_rows(tmp_path / "out")) == sorted(r["question"] for r in rows(10))
+
+
+def test_bom_json_and_csv_are_read_transparently(tmp_path):
+    d = tmp_path / "src"
+    d.mkdir()
+    items = rows(12)
+    (d / "a.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(items[:6], ensure_ascii=False).encode("utf-8"))
+    csv = "question,think,answer\n" + "".join(f"{r['question']},{r['think']},{r['answer']}\n" for r in items[6:])
+    (d / "b.csv").write_bytes(b"\xef\xbb\xbf" + csv.encode("utf-8"))
+    p = run_script("data.py", f"--dataset={d}", f"--data_dir={tmp_path / 'out'}")
+    assert "skip " not in p.stdout
+    assert sorted(r["question"] for r in out_rows(tmp_path / "out")) == sorted(r["question"] for r in items)
+
+
+def test_bom_at_the_start_of_a_concatenated_part_is_ignored(tmp_path):
+    part = b"\xef\xbb\xbf" + jsonl_text(rows(3)).encode("utf-8")
+    src = tmp_path / "cat.jsonl"
+    src.write_bytes(part + b"\xef\xbb\xbf" + jsonl_text(rows(3, prefix="另一个")).encode("utf-8"))
+    assert [err for _, _, err in io.iter_jsonl(src)] == [None] * 6
+
+
+# --- 2. files in another encoding --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_gbk_file_is_one_clear_error(tmp_path, suffix):
+    items = rows(10)
+    if suffix == ".jsonl":
+        text = jsonl_text(items)
+    elif suffix == ".json":
+        text = json.dumps(items, ensure_ascii=False, indent=1)
+    else:
+        text = "question,think,answer\n" + "".join(f"{r['question']},{r['think']},{r['answer']}\n" for r in items)
+    src = tmp_path / f"gbk{suffix}"
+    src.write_bytes(text.encode("gbk"))
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "skip " not in p.stdout
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, p.stderr
+    first_bad = next(i for i, line in enumerate(text.encode("gbk").split(b"\n"), 1) if not line.isascii())
+    msg = errors[0]
+    assert f"{src}" in msg and "not UTF-8" in msg and f"line {first_bad}" in msg and "byte " in msg
+    assert "iconv -f GBK -t UTF-8" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_gbk_error_names_the_byte_offset(tmp_path):
+    src = tmp_path / "gbk.jsonl"
+    data = jsonl_text(rows(4)).encode("gbk")
+    src.write_bytes(data)
+    offset = next(i for i, b in enumerate(data) if b >= 0x80)
+    with pytest.raises(MedsftError, match=rf"{src}:1: .*not UTF-8.*byte {offset}\b"):
+        list(io.iter_jsonl(src))
+
+
+def test_a_single_bad_byte_stays_a_per_row_error(tmp_path):
+    good = jsonl_text(rows(9)).encode("utf-8").splitlines()
+    src = tmp_path / "one-bad.jsonl"
+    src.write_bytes(b"\n".join(good[:4] + ['{"question": "\xff"}'.encode("latin-1")] + good[4:]) + b"\n")
+    found = list(io.iter_jsonl(src))
+    assert [lineno for lineno, _, err in found if err] == [5] and "UTF-8" in found[4][2]
+    assert sum(row is not None for _, row, _ in found) == 9
+
+
+def test_a_torn_last_line_stays_a_per_row_error(tmp_path):
+    src = tmp_path / "appended.jsonl"  # a writer killed mid-append cut the only row inside a character
+    src.write_bytes(jsonl_text(rows(1)).encode("utf-8")[:-5])
+    [(lineno, row, err)] = list(io.iter_jsonl(src))
+    assert lineno == 1 and row is None and "UTF-8" in err
+
+
+def test_utf16_file_is_named_as_such(tmp_path):
+    src = tmp_path / "u16.jsonl"
+    src.write_bytes(jsonl_text(rows(3)).encode("utf-16"))
+    with pytest.raises(MedsftError, match="UTF-16.*iconv -f UTF-16 -t UTF-8"):
+        list(io.iter_jsonl(src))
+
+
+# --- 3. near-duplicate questions ---------------------------------------------------------------------------------
+
+
+def test_questions_differing_only_in_whitespace_or_width_are_merged(tmp_path):
+    base = rows(10)
+    variants = [
+        {**base[0], "question": base[0]["question"].replace("头痛", "头 痛")},        # inner space
+        {**base[1], "question": base[1]["question"].replace("头痛", "头\u3000痛")},   # ideographic space
+        {**base[2], "question": base[2]["question"].replace("怎么办", "怎么\n办")},    # a line break
+        {**base[3], "question": base[3]["question"] + "\t", "answer": "另一个回答"},   # trailing tab: stripped
+        {**base[4], "question": base[4]["question"].replace("？", "?")},             # full-width vs ASCII
+        {**base[5], "question": base[5]["question"].replace("头痛", "头\u200b痛")},   # zero-width space
+    ]
+    src = tmp_path / "near.jsonl"
+    src.write_text(jsonl_text(base + variants + [base[6]]), encoding="utf-8")
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}")
+    out = out_rows(tmp_path / "out")
+    assert sorted(r["question"] for r in out) == sorted(r["question"] for r in base)  # the first one wins
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["duplicates_dropped"] == 7 and stats["near_duplicates_merged"] == 5
+    assert [d["where"] for d in stats["duplicates"]] == [f"{src}:{n}" for n in range(11, 18)]
+    assert [d["exact"] for d in stats["duplicates"]] == [False, False, False, True, False, False, True]
+    assert "7 duplicate questions dropped (5 differing only in whitespace or character width)" in p.stdout
+    # ids of rows that are not duplicates keep their old derivation: sha1 of the cleaned question text
+    assert all(r["id"] == "med-" + hashlib.sha1(r["question"].encode()).hexdigest()[:12] for r in out)
+
+
+# --- 4. all-or-nothing publishing ----------------------------------------------------------------------------------
+
+
+def fail_nth(monkeypatch, target, name: str, n: int, exc: BaseException, persistent: bool = False) -> list:
+    """Make the n-th call of ``target.name`` (and, if persistent, every later one) raise ``exc``."""
+    real, calls = getattr(target, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == n or (persistent and len(calls) > n):
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, flaky)
+    return calls
+
+
+@pytest.mark.parametrize("target,name,exc", [(os, "replace", OSError(28, "No space left on device")),
+                                             (os, "fsync", KeyboardInterrupt()),
+                                             (io, "dumps_jsonl", ValueError("serialisation failed"))])
+def test_a_failure_at_any_point_leaves_every_old_file(monkeypatch, tmp_path, demo_data_path, target, name, exc):
+    out = tmp_path / "out"
+    run_data(monkeypatch, f"--dataset={demo_data_path}", f"--data_dir={out}")
+    old = snapshot(out)
+    assert set(old) == set(PUBLISHED)
+    for n in range(1, 100):  # fail the 1st call, then the 2nd, ... until a run makes fewer calls than that
+        with monkeypatch.context() as m:
+            calls = fail_nth(m, target, name, n, exc)
+            try:
+                run_data(m, f"--dataset={demo_data_path}", f"--data_dir={out}", "--seed=7")
+            except type(exc):
+                assert snapshot(out) == old, f"{name} call {n} failed: the folder mixes old and new files"
+                continue
+        assert len(calls) < n
+        break
+    assert n > 1, f"data.py never called os.{name} while publishing"
+    new = snapshot(out)
+    assert set(new) == set(PUBLISHED) and all(new[k] != old[k] for k in ("train.jsonl", "stats.json"))
+
+
+def test_a_failure_on_a_fresh_folder_leaves_nothing(monkeypatch, tmp_path, demo_data_path):
+    out = tmp_path / "out"
+    for n in (1, 3):
+        with monkeypatch.context() as m:
+            fail_nth(m, os, "replace", n, OSError(28, "No space left on device"))
+            with pytest.raises(OSError):
+                run_data(m, f"--dataset={demo_data_path}", f"--data_dir={out}")
+        assert snapshot(out) == {}
+
+
+def test_an_interrupted_publish_is_refused_on_read_and_rolled_back_next_run(monkeypatch, tmp_path, demo_data_path):
+    out = tmp_path / "out"
+    run_data(monkeypatch, f"--dataset={demo_data_path}", f"--data_dir={out}")
+    old = snapshot(out)
+    with monkeypatch.context() as m:  # the disk stays broken during the rollback too, as in a crash
+        fail_nth(m, os, "replace", 3, OSError(5, "Input/output error"), persistent=True)
+        with pytest.raises(OSError) as e:
+            run_data(m, f"--dataset={demo_data_path}", f"--data_dir={out}", "--seed=7")
+    assert "data.py again" in "".join(getattr(e.value, "__notes__", []))
+    assert (out / "train.jsonl").read_bytes() != old["train.jsonl"]  # half published: some new, some old
+    with pytest.raises(MedsftError, match=r"interrupted.*data\.py again"):
+        io.read_jsonl(out / "val.jsonl")
+    assert io.recover_publish(out) is True
+    assert snapshot(out) == old and io.recover_publish(out) is False
+    run_data(monkeypatch, f"--dataset={demo_data_path}", f"--data_dir={out}", "--seed=7")
+    assert set(snapshot(out)) == set(PUBLISHED) and snapshot(out)["train.jsonl"] != old["train.jsonl"]
+
+
+def test_publish_keeps_other_files_in_the_folder(tmp_path):
+    (tmp_path / "raw.jsonl").write_text("mine\n")
+    io.publish_files(tmp_path, {"a.json": b"1", "b.json": b"2"}, writer="test")
+    io.publish_files(tmp_path, {"a.json": b"3", "b.json": b"4"}, writer="test")
+    assert snapshot(tmp_path) == {"a.json": b"3", "b.json": b"4", "raw.jsonl": b"mine\n"}
+
+
+# --- 11. file modes ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_written_files_get_the_mode_the_umask_allows(monkeypatch, tmp_path, demo_data_path, umask):
+    old = os.umask(umask)
+    try:
+        single = io.write_json(tmp_path / "one.json", {"a": 1})
+        run_data(monkeypatch, f"--dataset={demo_data_path}", f"--data_dir={tmp_path / 'out'}")
+    finally:
+        os.umask(old)
+    for p in [single, *(tmp_path / "out" / name for name in PUBLISHED)]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p
+
+
+# --- 13. ModelScope reachability behind a proxy or a mirror ---------------------------------------------------------
+
+
+class FakeServer:
+    """A local TCP server that records each request line and answers every connection with ``reply``."""
+
+    def __init__(self, reply: bytes):
+        self.reply, self.requests = reply, []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed by the test
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.requests.append(head.split(b"\r\n", 1)[0].decode())
+                conn.sendall(self.reply)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def no_hub_env(monkeypatch):
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def refusing_proxy():
+    server = FakeServer(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    yield server
+    server.close()
+
+
+def test_hub_check_offline_is_false_within_seconds(no_hub_env):
+    start = time.monotonic()
+    assert models._modelscope_reachable(timeout=2.0) is False
+    assert time.monotonic() - start < 4
+
+
+def test_hub_check_goes_through_https_proxy(no_hub_env, monkeypatch, refusing_proxy):
+    monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
+    assert models._modelscope_reachable(timeout=2.0) is False  # the proxy refused the tunnel
+    assert any(r.startswith("CONNECT modelscope.cn:443 ") for r in refusing_proxy.requests)
+
+
+def test_hub_check_uses_modelscope_domain(no_hub_env, monkeypatch, refusing_proxy):
+    monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "mirror.example.org")
+    assert models.modelscope_endpoints() == ["https://mirror.example.org"]
+    assert models._modelscope_reachable(timeout=2.0) is False
+    assert [r.split()[:2] for r in refusing_proxy.requests] == [["CONNECT", "mirror.example.org:443"]]
+
+
+def test_hub_check_is_true_when_the_configured_endpoint_answers(no_hub_env, monkeypatch):
+    proxy = FakeServer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://hub.internal")  # MODELSCOPE_ENDPOINT beats _DOMAIN
+        monkeypatch.setenv("MODELSCOPE_DOMAIN", "mirror.example.org")
+        assert models._modelscope_reachable(timeout=2.0) is True
+        assert proxy.requests and proxy.requests[0].split()[1].startswith("http://hub.internal")
+    finally:
+        proxy.close()
+
+
+def test_default_endpoints_follow_the_client(no_hub_env, monkeypatch):
+    assert models.modelscope_endpoints() == ["https://modelscope.cn", "https://www.modelscope.ai"]
+    monkeypatch.setenv("MODELSCOPE_PREFER_AI_SITE", "true")
+    assert models.modelscope_endpoints() == ["https://www.modelscope.ai", "https://modelscope.cn"]
+
+
+def test_hub_check_gives_up_on_a_silent_host_within_the_timeout(no_hub_env, monkeypatch):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts the connection, never answers
+    try:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.monotonic()
+        assert models._modelscope_reachable(timeout=1.0) is False
+        assert time.monotonic() - start < 2.5
+    finally:
+        silent.close()
+
+
+@pytest.mark.filterwarnings("ignore:Environment variable MODELSCOPE_DOMAIN is deprecated:FutureWarning")
+def test_offline_download_error_names_the_configured_mirror(no_hub_env, monkeypatch):
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", "mirror.example.org")
+    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
+    with pytest.raises(MedsftError, match=r"mirror\.example\.org.*--model=/path/to"):
+        models.resolve_model("Qwen/Qwen3-1.7B")
+
+
+# --- 14/15. the test suite: MEDSFT_NO_SHARED and cleaning up its cache --------------------------------------------
+
+INNER_TESTS = '''
+import os
+from pathlib import Path
+
+def test_cache_is_written():
+    d = Path(os.environ["MEDSFT_CACHE"])
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tiny-model").write_bytes(b"x" * 1000)
+    print("TOKENIZER=" + os.environ.get("MEDSFT_TOKENIZER", ""))
+
+def test_shared_is_hidden(shared_dir):
+    pass
+'''
+
+
+def run_inner_pytest(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """A pytest session that loads the project's conftest (as a plugin) on a throwaway test file."""
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MEDSFT_CACHE", "MEDSFT_TOKENIZER", "MEDSFT_NO_SHARED")}
+    full_env.update(PYTHONPATH=str(ROOT / "tests"), PYTEST_TMPDIR=str(tmp_path), **env)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "conftest", "-p", "no:cacheprovider",
+                           "test_inner.py"], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def test_session_removes_the_cache_it_created(tmp_path):
+    p = run_inner_pytest(tmp_path)
+    assert p.returncode == 0 and "TOKENIZER=" in p.stdout, p.stdout + p.stderr
+    assert not list(tmp_path.glob("medsft-test-*"))
+
+
+def test_session_keeps_a_cache_the_caller_chose(tmp_path):
+    mine = tmp_path / "my-cache"
+    p = run_inner_pytest(tmp_path, MEDSFT_CACHE=str(mine))
+    assert p.returncode == 0 and "TOKENIZER=" in p.stdout, p.stdout + p.stderr
+    assert (mine / "tiny-model").is_file()
+
+
+def test_medsft_no_shared_hides_shared(tmp_path):
+    # a MEDSFT_TOKENIZER inherited from a CI script that points into ../shared is dropped too
+    p = run_inner_pytest(tmp_path, MEDSFT_NO_SHARED="1", MEDSFT_TOKENIZER=str(ROOT.parent / "shared" / "qwen3-1.7b"))
+    assert "1 passed, 1 skipped" in p.stdout and "TOKENIZER=\n" in p.stdout, p.stdout + p.stderr
