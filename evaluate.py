@@ -11,10 +11,13 @@ Writes  RESULTS_DIR/cot_full.json + cot_full.jsonl and cot_base.json + cot_base.
     python evaluate.py --predictions=results/my_predictions.jsonl --eval_base=false
     OPENAI_API_KEY=... python evaluate.py --judge=openai --judge_model=gpt-4o-mini   # plus an LLM judge
 
-Scores: reasoning steps (line breaks and sentence ends) of the generated think vs the reference, compared by
-IDF-weighted character-bigram Dice. Recall = share of reference think steps matched (similarity >= TAU); precision =
-share of generated steps supported by the reference think or answer: supported by the reference, NOT medically
-verified. Each score is shown beside a chance floor (the same metric against another question's reference).
+Scores: reasoning steps (line breaks and sentence ends) of the generated think vs those of the reference think,
+compared by IDF-weighted character-bigram Dice. Each generated step matches at most one reference step (greedy, most
+similar pair first; matched = similarity >= TAU), so repeated or copied steps count against precision. Recall =
+share of reference think steps matched; precision = share of generated steps matched: supported by the reference,
+NOT medically verified; F1 is the headline. Each score is shown beside three baselines on the same split: chance (the
+same metric against another question's reference), answer-as-think (the reference answer's sentences as the think)
+and reference-as-think (the ceiling).
 """
 from pathlib import Path
 
@@ -35,6 +38,7 @@ BATCH_SIZE = 8  # questions generated together, for predictions made here
 TAU = 0.2  # step similarity (0-1) from which a step counts as matched
 REPEAT_THRESHOLD = 0.8  # step similarity (0-1) from which a generated step repeats an earlier one
 FLOOR_SEED = 0  # seed of the fixed permutation (no sample paired with itself) behind the chance floor
+WORKERS = 2  # processes sharing the scoring (1 = in this process); results do not depend on it
 JUDGE = "none"  # none (offline scores only) | openai (also an LLM judge through an OpenAI-compatible API)
 JUDGE_BASE_URL = "https://api.openai.com/v1"  # OpenAI-compatible endpoint; /chat/completions is appended
 JUDGE_MODEL = "gpt-4o-mini"  # judge model name at that endpoint

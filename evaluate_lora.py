@@ -10,7 +10,8 @@ Writes  RESULTS_DIR/cot_lora.json + cot_lora.jsonl and cot_base.json + cot_base.
     python evaluate_lora.py
     OPENAI_API_KEY=... python evaluate_lora.py --judge=openai
 
-What the scores mean: see evaluate.py (precision = supported by the reference, not medically verified).
+What the scores mean and their baselines: see evaluate.py (precision = supported by the reference, not medically
+verified).
 """
 from pathlib import Path
 
@@ -31,6 +32,7 @@ BATCH_SIZE = 8  # questions generated together, for predictions made here
 TAU = 0.2  # step similarity (0-1) from which a step counts as matched
 REPEAT_THRESHOLD = 0.8  # step similarity (0-1) from which a generated step repeats an earlier one
 FLOOR_SEED = 0  # seed of the fixed permutation (no sample paired with itself) behind the chance floor
+WORKERS = 2  # processes sharing the scoring (1 = in this process); results do not depend on it
 JUDGE = "none"  # none (offline scores only) | openai (also an LLM judge through an OpenAI-compatible API)
 JUDGE_BASE_URL = "https://api.openai.com/v1"  # OpenAI-compatible endpoint; /chat/completions is appended
 JUDGE_MODEL = "gpt-4o-mini"  # judge model name at that endpoint

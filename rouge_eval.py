@@ -10,9 +10,11 @@ Writes  RESULTS_DIR/rouge_full.json + rouge_full.jsonl and rouge_base.json + rou
     python rouge_eval.py
     python rouge_eval.py --predictions=results/my_predictions.jsonl --eval_base=false --workers=4
 
-ROUGE-1/2/L precision, recall and F (x100, macro-averaged) from rouge-chinese on jieba-segmented, space-joined
-text, in three views: answer vs reference answer (the headline), think vs reference think, whole output vs
-reference think + answer. An empty prediction scores 0 and is counted, never skipped.
+ROUGE-1/2/L precision, recall and F (x100, macro-averaged) on jieba words, as ROUGE-1.5.5 and Google's rouge-score
+define them (clipped n-gram counts: repeating an answer k times divides its precision by about k; ROUGE-L from the
+longest common subsequence), in three views: answer vs reference answer (the headline), think vs reference think,
+whole output vs reference think + answer. An empty prediction scores 0 and is counted, never skipped. rouge-chinese's
+old numbers (n-gram sets) are kept in the summary as rouge_chinese_exclusive, for comparison only.
 """
 from pathlib import Path
 

@@ -73,7 +73,7 @@ _PEAK_BF16_TFLOPS = [
 _CONFIGS = ("tutorial", "full", "lora")
 _CONFIG_LABELS = {"tutorial": "a. tutorial", "full": "b. full FT (defaults)", "lora": "c. LoRA (defaults)"}
 _CPU_LABEL = "CPU smoke test: scaled-down model, NOT GPU results"
-_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "flash-attn", "liger-kernel", "bitsandbytes", "vllm")
+_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "flash-attn", "liger-kernel", "torchao", "bitsandbytes", "vllm")
 
 
 # --- setup ----------------------------------------------------------------------------------------------------

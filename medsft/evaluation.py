@@ -224,13 +224,13 @@ def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
     rows = load_predictions(t.path)
     info = describe(t.path, rows, cfg["TEST_FILE"])
     summary, per_sample = metrics.cot_scores(rows, tau=cfg["TAU"], repeat_threshold=cfg["REPEAT_THRESHOLD"],
-                                             floor_seed=cfg["FLOOR_SEED"])
+                                             floor_seed=cfg["FLOOR_SEED"], workers=cfg.get("WORKERS", 2))
     summary = {"tag": t.tag, "predictions": info, **summary,
                "judge": run_judge(cfg, api_key, rows, per_sample) if api_key else None}
-    s, floor = summary["scores"], summary["chance_floor"]
-    print(f"{t.tag}: chain of thought recall {s['recall']:.3f}, precision {s['precision']:.3f}, F1 {s['f1']:.3f}"
-          + (f" (chance floor F1 {floor['f1']:.3f})" if floor else "")
-          + f"; n={summary['n']}, no think {summary['n_no_think']}")
+    s, base = summary["scores"], summary["baselines"]
+    lines = ", ".join(f"{name.replace('_', '-')} {base[name]['f1']:.3f}" for name in metrics.BASELINES if base[name])
+    print(f"{t.tag}: chain of thought recall {s['recall']:.3f}, precision {s['precision']:.3f}, F1 {s['f1']:.3f} "
+          f"(baseline F1: {lines}); n={summary['n']}, no think {summary['n_no_think']}")
     return write_outputs(cfg["RESULTS_DIR"], "cot", t.tag, summary, per_sample)
 
 

@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+from . import knowledge
 from .io import MedsftError, atomic_write_bytes, atomic_write_text
 
 TAGS = ("base", "full", "lora")
@@ -18,6 +19,11 @@ COLORS = {"base": "#9e9e9e", "full": "#1f77b4", "lora": "#ff7f0e"}
 ROUGE_METRICS = (("rouge-1", "R-1"), ("rouge-2", "R-2"), ("rouge-l", "R-L"))
 STATS = (("p", "P"), ("r", "R"), ("f", "F"))
 COT_MAIN = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"))
+# reference lines of cot.png: (summary key, legend label, line style, colour)
+COT_BASELINES = (("chance", "chance (another question's reference)", "dashed", "black"),
+                 ("answer_as_think", "answer-as-think (reference answer as the think)", "dotted", "#d62728"),
+                 ("reference_as_think", "reference-as-think (ceiling)", "dashdot", "#2ca02c"))
+OLD_MARK = "†"  # a summary written before the metric definitions of this version: its numbers are not comparable
 
 
 def _read(path: Path) -> dict:
@@ -35,6 +41,7 @@ def collect(results_dir) -> dict:
     for kind in ("rouge", "cot"):
         out[kind] = {t: _read(d / f"{kind}_{t}.json") for t in TAGS if (d / f"{kind}_{t}.json").is_file()}
     out["train"] = {t: _read(d / f"train_{t}.json") for t in ("full", "lora") if (d / f"train_{t}.json").is_file()}
+    out["benchmark"] = knowledge.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
     return out
 
 
@@ -81,33 +88,42 @@ def rouge_chart(rouge: dict) -> bytes:
         ns = ", ".join(f"{t} n={s['n']}" for t, s in rouge.items())
         ax.set_title(f"ROUGE, {title} ({ns})", fontsize=10)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(rouge), fontsize=9)
-    fig.suptitle("ROUGE (rouge-chinese on jieba words, macro-averaged)", fontsize=11)
+    fig.suptitle("ROUGE (clipped n-gram counts on jieba words, macro-averaged)", fontsize=11)
     return _png(fig)
 
 
+def _cot_baselines(summary: dict) -> dict:
+    """{baseline: scores} of a cot summary; an older summary has only its chance floor."""
+    found = dict(summary.get("baselines") or {})
+    if not found and summary.get("chance_floor"):
+        found["chance"] = summary["chance_floor"]
+    return {name: found[name] for name, *_ in COT_BASELINES if found.get(name)}
+
+
 def cot_chart(cot: dict) -> bytes:
-    """Recall / precision / F1 per model, with each model's chance floor drawn across its bar."""
+    """Recall / precision / F1 per model, with each model's baselines drawn across its bar."""
     fig = _figure((9, 5.5))
     ax = fig.subplots()
     groups = [label for _, label in COT_MAIN]
     series = {t: [s["scores"][k] for k, _ in COT_MAIN] for t, s in cot.items()}
     _bars(ax, groups, series, "score (0-1)", 1.08, ".2f")
     width = 0.8 / max(1, len(cot))
-    drawn = False
+    drawn = set()
     for k, (tag, s) in enumerate(cot.items()):
-        floor = s.get("chance_floor")
-        if not floor:
-            continue
-        for i, (key, _) in enumerate(COT_MAIN):
-            x = i - 0.4 + width * (k + 0.5)
-            ax.hlines(floor[key], x - width / 2, x + width / 2, colors="black", linestyles="dashed", linewidth=1.2,
-                      label=None if drawn else "chance floor (other sample's reference)")
-            drawn = True
+        baselines = _cot_baselines(s)
+        for name, label, style, color in COT_BASELINES:
+            if name not in baselines:
+                continue
+            for i, (key, _) in enumerate(COT_MAIN):
+                x = i - 0.4 + width * (k + 0.5)
+                ax.hlines(baselines[name][key], x - width / 2, x + width / 2, colors=color, linestyles=style,
+                          linewidth=1.2, label=None if name in drawn else label)
+                drawn.add(name)
     tau = next(iter(cot.values())).get("tau")
     ns = ", ".join(f"{t} n={s['n']}" for t, s in cot.items())
-    ax.set_title(f"Chain of thought vs reference steps (offline, tau={tau}; {ns})", fontsize=10)
+    ax.set_title(f"Chain of thought vs reference think steps (offline, one-to-one, tau={tau}; {ns})", fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     return _png(fig)
 
 
@@ -146,19 +162,43 @@ def _runs(data: dict) -> list[str]:
                    "temperature", "top_p", "top_k", "seed"], rows)
 
 
+def _label(tag: str, summary: dict, current_key: str) -> str:
+    return LABELS[tag] + ("" if current_key in summary else f" {OLD_MARK}")
+
+
+def _old_note(summaries: dict, current_key: str, what: str) -> list[str]:
+    if all(current_key in s for s in summaries.values()):
+        return []
+    return [f"{OLD_MARK} written by an older version ({what}): not comparable with the other rows; rerun its "
+            "evaluation script.", ""]
+
+
 def _rouge_section(rouge: dict) -> list[str]:
     first = next(iter(rouge.values()))
     versions = ", ".join(f"{k} {v}" for k, v in sorted(first.get("versions", {}).items()))
     out = ["## ROUGE", "",
-           f"rouge-chinese on {first.get('tokenizer')}-segmented words ({versions}); ROUGE-1/2/L precision (P), "
-           "recall (R) and F ×100, macro-averaged over samples. An empty prediction (or an unclosed think, which has "
-           "no answer) scores 0 and is counted in `empty`, never skipped.", ""]
+           f"ROUGE-1/2/L precision (P), recall (R) and F ×100 on {first.get('tokenizer')}-segmented words "
+           f"({versions}), macro-averaged over samples, as ROUGE-1.5.5 and Google's rouge-score define them: n-grams are counted "
+           "with their multiplicity and clipped, so an answer repeated k times has about 1/k of the precision; "
+           "ROUGE-L is the longest common subsequence of the word sequences. An empty prediction (or an unclosed "
+           "think, which has no answer) scores 0 and is counted in `empty`, never skipped.", ""]
     for view, title in (("answer", "Answer vs reference answer (headline)"), ("think", "Think vs reference think"),
                         ("full", "Whole output vs reference think + answer")):
         out += [f"### {title}", ""]
         header = ["model"] + [f"{m} {s}" for _, m in ROUGE_METRICS for _, s in STATS] + ["n", "empty"]
-        rows = [[LABELS[t]] + [_fmt(s["views"][view][m][st]) for m, _ in ROUGE_METRICS for st, _ in STATS]
+        rows = [[_label(t, s, "definition")] + [_fmt(s["views"][view][m][st]) for m, _ in ROUGE_METRICS
+                                                 for st, _ in STATS]
                 + [s["n"], s["views"][view]["n_empty"]] for t, s in rouge.items()]
+        out += _table(header, rows)
+    out += _old_note(rouge, "definition", "rouge-chinese's n-gram sets")
+    old = {t: s["rouge_chinese_exclusive"]["views"] for t, s in rouge.items() if s.get("rouge_chinese_exclusive")}
+    if old:
+        out += ["### For comparison: rouge-chinese's old numbers (F)", "",
+                "rouge-chinese 1.0.3 with `exclusive=True` on the same words counts each n-gram once (a set), so "
+                "repetition costs it nothing. Earlier results used it; it is not the headline.", ""]
+        header = ["model"] + [f"{view} {m}" for view in ("answer", "think") for _, m in ROUGE_METRICS]
+        rows = [[LABELS[t]] + [_fmt(v[view][m]["f"]) for view in ("answer", "think") for m, _ in ROUGE_METRICS]
+                for t, v in old.items()]
         out += _table(header, rows)
     return out
 
@@ -166,20 +206,33 @@ def _rouge_section(rouge: dict) -> list[str]:
 def _cot_section(cot: dict) -> list[str]:
     first = next(iter(cot.values()))
     out = ["## Chain of thought (offline)", "",
-           f"Steps of the generated think vs steps of the reference (IDF-weighted character-bigram Dice, "
-           f"match at similarity ≥ {first.get('tau')}). Recall: share of reference think steps the generated "
-           "reasoning covers. Precision: share of generated steps supported by the reference think or answer — "
-           "supported by the reference, not medically verified. Soft: mean best similarity, no threshold. Chance "
-           f"floor: the same scores against another sample's reference (fixed permutation, seed "
-           f"{first.get('floor_seed')}). A sample without generated think scores 0 (`no think`).", ""]
-    header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "floor R", "floor P", "floor F1",
-              "n", "no think"]
+           f"Steps of the generated think vs steps of the reference think (IDF-weighted character-bigram Dice). Each "
+           f"generated step is paired with at most one reference step (greedy, most similar pair first) and a pair "
+           f"matches from similarity {first.get('tau')}, so a repeated or copied step matches once and its copies "
+           "count against precision. Recall: share of reference think steps matched. Precision: share of generated "
+           "steps matched — supported by the reference, not medically verified. F1 is the headline. Soft: the "
+           "matched similarities summed instead of counted. A sample without generated think scores 0 "
+           "(`no think`).", ""]
+    header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "n", "no think"]
     rows = []
     for t, s in cot.items():
-        sc, fl = s["scores"], s.get("chance_floor") or {}
-        rows.append([LABELS[t]] + [_fmt(sc[k], 3) for k in ("recall", "precision", "f1", "soft_recall",
-                                                            "soft_precision", "soft_f1")]
-                    + [_fmt(fl.get(k), 3) for k in ("recall", "precision", "f1")] + [s["n"], s["n_no_think"]])
+        sc = s["scores"]
+        rows.append([_label(t, s, "matching")] + [_fmt(sc[k], 3) for k in ("recall", "precision", "f1", "soft_recall",
+                                                                           "soft_precision", "soft_f1")]
+                    + [s["n"], s["n_no_think"]])
+    out += _table(header, rows)
+    out += _old_note(cot, "matching", "many-to-one matching, precision against think + answer")
+    out += ["### Baselines on the same split", "",
+            "Chance: the model's think against another question's reference (a fixed permutation, seed "
+            f"{first.get('floor_seed')}); a score near it means nothing was learned. Answer-as-think: the reference "
+            "answer's sentences used as the think — what restating the answer earns. Reference-as-think: the "
+            "reference think itself, the ceiling.", ""]
+    header = ["model"] + [f"{short} {k}" for short in ("chance", "answer", "ceiling") for k in ("R", "P", "F1")]
+    rows = []
+    for t, s in cot.items():
+        b = _cot_baselines(s)
+        rows.append([_label(t, s, "matching")] + [_fmt((b.get(name) or {}).get(k), 3) for name, *_ in COT_BASELINES
+                                                  for k in ("recall", "precision", "f1")])
     out += _table(header, rows)
     judged = {t: s["judge"] for t, s in cot.items() if s.get("judge")}
     if judged:
@@ -222,6 +275,8 @@ def report_text(data: dict, charts: list[str]) -> str:
         out += _cot_section(data["cot"])
     if data["train"]:
         out += _train_section(data["train"])
+    if data["benchmark"]:
+        out += [knowledge.markdown_section(data["benchmark"])]
     if charts:
         out += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(out)
@@ -238,6 +293,6 @@ def build(results_dir) -> list[Path]:
     if data["cot"]:
         written.append(atomic_write_bytes(d / "cot.png", cot_chart(data["cot"])))
         charts.append("cot.png")
-    charts += [c for c in ("trainloss.png", "evalloss.png") if (d / c).is_file()]
+    charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png") if (d / c).is_file()]
     written.append(atomic_write_text(d / "README.md", report_text(data, charts)))
     return written

@@ -6,7 +6,7 @@ A stage script resolves its constants block with ``medsft.config.configure`` and
 * ``preflight(cfg, kind)`` - fail fast before any weights are loaded: data present, OUTPUT_DIR state, a model
   that is realistic for the hardware. Returns the checkpoint to resume from (or None).
 * ``resolve_features(cfg, lora=False, log=True)`` - turn every ``"auto"`` efficiency constant (PRECISION,
-  ATTN_IMPLEMENTATION, PADDING_FREE, LIGER_KERNEL, OPTIM) into a concrete choice for this machine; prints the
+  ATTN_IMPLEMENTATION, PADDING_FREE, LOSS, OPTIM) into a concrete choice for this machine; prints the
   choice in one line. Returns ``{NAME: value}`` to ``cfg.update()`` with.
 * ``prepare_examples(path, tokenizer, max_length, system=None) -> (examples, stats)`` - tokenized rows (prompt
   masked); rows over ``max_length`` are skipped and counted, never truncated.
@@ -20,7 +20,7 @@ A stage script resolves its constants block with ``medsft.config.configure`` and
 Constants ``build_trainer`` reads from ``cfg`` (all from the scripts' constants blocks): OUTPUT_DIR, EPOCHS,
 MAX_STEPS, BATCH_SIZE, GRAD_ACCUM, LEARNING_RATE, SCHEDULER, WARMUP, WEIGHT_DECAY, MAX_GRAD_NORM, LOGGING_STEPS,
 EVAL_STEPS, SAVE_STEPS, SAVE_TOTAL_LIMIT, SEED, GRADIENT_CHECKPOINTING, PRECISION, ATTN_IMPLEMENTATION,
-PADDING_FREE, LIGER_KERNEL, OPTIM, RUN_NAME. The efficiency constants may still be ``"auto"`` (or booleans).
+PADDING_FREE, LOSS, OPTIM, RUN_NAME. The efficiency constants may still be ``"auto"`` (or booleans).
 
 Heavy libraries (torch, transformers, peft, swanlab, matplotlib) are imported inside functions, so the fail-fast
 checks answer in about a second.

@@ -85,10 +85,13 @@ def test_perfect_predictions_score_full_marks(results):
         assert rouge["views"][view]["rouge-1"]["f"] == pytest.approx(100, abs=1e-4)
         assert rouge["views"][view]["n_empty"] == 0
     assert rouge["tokenizer"] == "jieba" and rouge["n"] == 40
-    assert rouge["versions"]["rouge-chinese"] and rouge["versions"]["jieba"]
+    assert rouge["versions"]["jieba"] and "clipped" in rouge["definition"]
+    assert rouge["rouge_chinese_exclusive"]["views"]["answer"]["rouge-1"]["f"] == pytest.approx(100, abs=1e-4)
     cot = json.loads((results / "cot_full.json").read_text(encoding="utf-8"))
     assert cot["scores"]["recall"] == 1.0 and cot["scores"]["precision"] == 1.0
-    assert cot["chance_floor"]["f1"] < 0.35
+    assert cot["chance_floor"]["f1"] < 0.35 and cot["baselines"]["chance"] == cot["chance_floor"]
+    assert cot["baselines"]["reference_as_think"]["f1"] == 1.0
+    assert cot["baselines"]["chance"]["f1"] < cot["baselines"]["answer_as_think"]["f1"] < 1.0
     assert cot["predictions"]["decoding"]["max_new_tokens"] == 2048 and cot["predictions"]["model"] == "output/full"
 
 
@@ -106,27 +109,46 @@ def test_shuffled_and_empty_predictions(results):
     assert json.loads((results / "rouge_lora.json").read_text(encoding="utf-8"))["views"]["answer"]["n_empty"] == 20
 
 
-def test_rouge_equals_independent_rouge_chinese_on_jieba(results, workdir):
+def _jieba_words(text):
     import jieba
-    from rouge_chinese import Rouge
 
     jieba.setLogLevel(logging.WARNING)
-    rouge = Rouge()
+    return [w for token in jieba.lcut(text) for w in token.split()]
+
+
+def test_rouge_equals_rouge_score_on_jieba_words(results, workdir):
+    """The summary's headline numbers vs Google's rouge-score fed jieba's words (its tokenizer bypassed), and the
+    labelled old numbers vs rouge-chinese itself."""
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    rouge_chinese = pytest.importorskip("rouge_chinese")
+
+    class Words:
+        def tokenize(self, text):
+            return text.split(" ") if text else []
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=Words())
+    names = {"rouge1": "rouge-1", "rouge2": "rouge-2", "rougeL": "rouge-l"}
     preds = read_jsonl(workdir / "predictions_base.jsonl")
-    totals = {m: {s: 0.0 for s in "prf"} for m in ("rouge-1", "rouge-2", "rouge-l")}
+    totals = {m: {s: 0.0 for s in "prf"} for m in names.values()}
+    old = {m: {s: 0.0 for s in "prf"} for m in names.values()}
     for p in preds:
-        hyp = " ".join(w for w in jieba.lcut(p["answer"]) if w.strip())
-        ref = " ".join(w for w in jieba.lcut(p["ref_answer"]) if w.strip())
+        hyp, ref = " ".join(_jieba_words(p["answer"])), " ".join(_jieba_words(p["ref_answer"]))
         if not hyp:
             continue  # scores 0
-        score = rouge.get_scores(hyp, ref)[0]
-        for m in totals:
+        score = scorer.score(ref, hyp)
+        for t, m in names.items():
+            for s, value in zip("prf", (score[t].precision, score[t].recall, score[t].fmeasure)):
+                totals[m][s] += value * 100
+        legacy = rouge_chinese.Rouge().get_scores(hyp, ref)[0]
+        for m in old:
             for s in "prf":
-                totals[m][s] += score[m][s] * 100
+                old[m][s] += legacy[m][s] * 100
     summary = json.loads((results / "rouge_base.json").read_text(encoding="utf-8"))
     for m in totals:
         for s in "prf":
-            assert summary["views"]["answer"][m][s] == pytest.approx(totals[m][s] / len(preds), abs=1e-9)
+            assert summary["views"]["answer"][m][s] == pytest.approx(totals[m][s] / len(preds), abs=1e-6)
+            assert summary["rouge_chinese_exclusive"]["views"]["answer"][m][s] == pytest.approx(
+                old[m][s] / len(preds), abs=1e-9)
 
 
 def test_report_lists_every_number_and_is_byte_stable(results):
@@ -139,11 +161,32 @@ def test_report_lists_every_number_and_is_byte_stable(results):
         assert f"{rouge['views']['answer']['rouge-l']['f']:.2f}" in text
         assert f"{rouge['views']['think']['rouge-2']['r']:.2f}" in text
         assert f"{cot['scores']['soft_f1']:.3f}" in text and f"{cot['chance_floor']['recall']:.3f}" in text
-    assert "not medically verified" in text
+        for name in ("answer_as_think", "reference_as_think"):
+            assert f"{cot['baselines'][name]['precision']:.3f}" in text
+        old = rouge["rouge_chinese_exclusive"]["views"]["answer"]["rouge-1"]["f"]
+        assert f"{old:.2f}" in text
+    assert "not medically verified" in text and "Answer-as-think" in text and "clipped" in text
+    assert "†" not in text  # every summary was written with this version's definitions
     assert "| 2048 | true | 0.60 | 0.95 | 20 | 42 |" in text
     before = {name: (results / name).read_bytes() for name in ("rouge.png", "cot.png", "README.md")}
     report.build(results)
     assert {name: (results / name).read_bytes() for name in before} == before
+
+
+def test_report_marks_summaries_of_older_definitions(results, tmp_path):
+    """A summary left in RESULTS_DIR by an older version (rouge-chinese sets, many-to-one CoT matching) is marked,
+    never silently compared with the new numbers."""
+    for name in ("rouge_base.json", "rouge_full.json", "cot_base.json", "cot_full.json"):
+        summary = json.loads((results / name).read_text(encoding="utf-8"))
+        if name.endswith("base.json"):  # as the older version wrote it
+            for key in ("definition", "rouge_chinese_exclusive", "matching", "baselines"):
+                summary.pop(key, None)
+        (tmp_path / name).write_text(json.dumps(summary), encoding="utf-8")
+    report.build(tmp_path)
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "| base (untuned) † |" in text and "| full fine-tune |" in text
+    assert text.count("written by an older version") == 2
+    assert (tmp_path / "cot.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):

@@ -1,0 +1,386 @@
+"""Offline chain-of-thought scores: the steps of the generated think against the steps of the reference think.
+
+Texts are split into steps (medsft.steps); two steps are compared with an IDF-weighted character-bigram Dice
+coefficient. Each generated step is paired with at most one reference step (greedy, most similar pair first), so a
+step said twice matches once and the copies count against precision. Recall = matched reference steps / reference
+steps, precision = matched generated steps / generated steps (matched = similarity >= tau), F1 is the headline.
+Every score comes with three baselines on the same rows: chance (another row's reference), answer-as-think (the
+reference answer's sentences used as the think) and reference-as-think (the ceiling). "Supported by the reference" is
+all precision means: nothing here checks medical correctness.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import random
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from .steps import content_chars, split_steps
+
+SCORE_KEYS = ("recall", "precision", "f1", "soft_recall", "soft_precision", "soft_f1")
+BASELINES = ("chance", "answer_as_think", "reference_as_think")
+MATCHING = "one-to-one: greedy, most similar pair first; a pair matches from similarity tau"
+MIN_ROWS_FOR_WORKERS = 400  # fewer rows are scored in this process: starting a worker costs ~1 s
+
+# ----------------------------------------------------------------------------------------------------------------
+# Similarity: the definition, one pair at a time
+# ----------------------------------------------------------------------------------------------------------------
+
+def bigrams(text: str) -> Counter:
+    """Character bigrams of the content characters (a single character counts as its own feature)."""
+    chars = content_chars(text)
+    if len(chars) == 1:
+        return Counter([chars])
+    return Counter(chars[i:i + 2] for i in range(len(chars) - 1))
+
+
+class Idf:
+    """Smoothed inverse document frequency of bigrams: ln((1 + N) / (1 + df)) + 1 over N documents."""
+
+    def __init__(self, documents: list[str]):
+        self.n_docs = len(documents)
+        df: Counter = Counter()
+        for doc in documents:
+            df.update(set(bigrams(doc)))
+        self.df = df
+        self.unseen = math.log((1 + self.n_docs) / 1) + 1  # bigrams in no document weigh the most
+
+    def weight(self, gram: str) -> float:
+        d = self.df.get(gram)
+        return self.unseen if d is None else math.log((1 + self.n_docs) / (1 + d)) + 1
+
+
+class Step:
+    """A step ready for comparison: its bigram counts, their IDF weights and the total weight."""
+
+    __slots__ = ("text", "grams", "weights", "total")
+
+    def __init__(self, text: str, idf: Idf):
+        self.text = text
+        self.grams = bigrams(text)
+        self.weights = {g: idf.weight(g) for g in self.grams}
+        self.total = sum(c * self.weights[g] for g, c in self.grams.items())
+
+
+def similarity(a: Step, b: Step) -> float:
+    """IDF-weighted bigram Dice (= F1 of weighted bigram precision and recall), in [0, 1]; 1 for identical texts."""
+    den = a.total + b.total
+    if den <= 0:
+        return 0.0
+    if len(a.grams) > len(b.grams):
+        a, b = b, a
+    bg = b.grams
+    num = 0.0
+    for g, c in a.grams.items():
+        other = bg.get(g)
+        if other:
+            num += min(c, other) * a.weights[g]
+    return 2.0 * num / den
+
+
+def text_similarity(x: str, y: str, idf: Idf) -> float:
+    return similarity(Step(x, idf), Step(y, idf))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Similarity: all step pairs of two texts at once (the same numbers as `similarity`, as arrays)
+# ----------------------------------------------------------------------------------------------------------------
+
+_PLANE = 0x110000  # code points: a bigram (a, b) is the integer (a + 1) * _PLANE + b, a lone character its code
+_LEVEL = 1 << 41  # above every bigram key: the k-th occurrence of a bigram in a step is key + (k - 1) * _LEVEL,
+#                   so sum(min(count_a, count_b) * weight) becomes the weight of a set intersection (a dot product)
+
+
+def _codes(chars: str) -> np.ndarray:
+    return np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+
+
+def _gram_keys(codes: np.ndarray) -> np.ndarray:
+    if len(codes) == 1:
+        return codes.copy()
+    return (codes[:-1] + 1) * _PLANE + codes[1:]
+
+
+class BigramIdf:
+    """`Idf` over integer bigram keys, as arrays: the weight of many bigrams in one lookup."""
+
+    def __init__(self, documents):
+        n_docs = 0
+        seen = []
+        for doc in documents:
+            n_docs += 1
+            seen.append(np.unique(_gram_keys(_codes(content_chars(doc)))))
+        self.n_docs = n_docs
+        self.keys, df = np.unique(np.concatenate(seen) if seen else np.zeros(0, np.int64), return_counts=True)
+        # math.log, as Idf: numpy's vectorised log may differ in the last bit between CPUs, and the same inputs must
+        # give the same bytes everywhere (few distinct df values, so this costs nothing)
+        counts, where = np.unique(df, return_inverse=True)
+        self.key_weights = np.array([math.log((1 + n_docs) / (1 + int(d))) + 1 for d in counts])[where]
+        self.unseen = math.log(1 + n_docs) + 1  # bigrams in no document weigh the most
+
+    def weights(self, keys: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return np.full(len(keys), self.unseen)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[pos] == keys, self.key_weights[pos], self.unseen)
+
+
+class StepSet:
+    """The steps of one text as arrays: one feature per bigram occurrence (key with its level), its step and IDF
+    weight, and each step's total weight. Made once per text, compared with many."""
+
+    __slots__ = ("n", "feats", "step", "w", "total", "_cols", "_dense")
+
+    def __init__(self, steps: list[str], idf: BigramIdf):
+        contents = [content_chars(s) for s in steps]
+        self.n = n = len(contents)
+        self._cols = self._dense = None
+        lens = np.fromiter(map(len, contents), dtype=np.int64, count=n)
+        codes = _codes("".join(contents))
+        step_of = np.repeat(np.arange(n), lens)
+        inside = step_of[1:] == step_of[:-1]
+        keys = ((codes[:-1] + 1) * _PLANE + codes[1:])[inside]
+        kstep = step_of[:-1][inside]
+        single = np.flatnonzero(lens == 1)  # a one-character step is that character
+        if len(single):
+            starts = np.cumsum(lens) - lens
+            keys = np.concatenate([keys, codes[starts[single]]])
+            kstep = np.concatenate([kstep, single])
+        order = np.lexsort((keys, kstep))
+        keys, kstep = keys[order], kstep[order]
+        index = np.arange(len(keys))
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = (keys[1:] != keys[:-1]) | (kstep[1:] != kstep[:-1])
+        level = index - np.maximum.accumulate(np.where(first, index, 0))
+        self.feats = keys + level * _LEVEL
+        self.step = kstep
+        self.w = idf.weights(keys)
+        self.total = np.bincount(kstep, weights=self.w, minlength=n)
+
+    def dense(self):
+        """(sorted unique features, steps x features matrix of weights), built on first use."""
+        if self._dense is None:
+            cols, inv = np.unique(self.feats, return_inverse=True)
+            dense = np.zeros((self.n, len(cols)))
+            dense[self.step, inv] = self.w
+            self._cols, self._dense = cols, dense
+        return self._cols, self._dense
+
+
+def similarity_matrix(a: StepSet, b: StepSet) -> np.ndarray:
+    """similarity(a_i, b_j) for every step pair, shape (a.n, b.n)."""
+    num = np.zeros((a.n, b.n))
+    if a.n == 0 or b.n == 0:
+        return num
+    cols, dense_a = a.dense()
+    pos = np.minimum(np.searchsorted(cols, b.feats), len(cols) - 1)
+    hit = cols[pos] == b.feats
+    if hit.any():
+        # Column sums per step of b instead of a matrix product: BLAS would start threads for a 30x30 result, which
+        # costs milliseconds per call on a busy machine.
+        steps = b.step[hit]
+        starts = np.flatnonzero(np.concatenate(([True], steps[1:] != steps[:-1])))
+        num[:, steps[starts]] = np.add.reduceat(dense_a[:, pos[hit]], starts, axis=1)
+    return 2.0 * num / (a.total[:, None] + b.total[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scores
+# ----------------------------------------------------------------------------------------------------------------
+
+def one_to_one(sim: np.ndarray) -> np.ndarray:
+    """Similarities of the pairs of a one-to-one matching of rows (generated steps) to columns (reference steps).
+
+    Greedy, most similar pair first (ties: lower row, then lower column); pairs of similarity 0 are never matched.
+    Computed in rounds: every pair that is the best of both its row and its column is the next greedy choice of
+    the strict order, so all such pairs are taken at once.
+    """
+    s = np.array(sim, dtype=float)
+    if s.size == 0:
+        return np.zeros(0)
+    rows_all = np.arange(s.shape[0])
+    taken = []
+    while True:
+        best_col = s.argmax(axis=1)
+        best_row = s.argmax(axis=0)
+        value = s[rows_all, best_col]
+        rows = np.flatnonzero((best_row[best_col] == rows_all) & (value > 0))
+        if not len(rows):
+            break
+        cols = best_col[rows]
+        taken.append(value[rows])
+        s[rows, :] = -1.0
+        s[:, cols] = -1.0
+    return np.concatenate(taken) if taken else np.zeros(0)
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def match_scores(sim: np.ndarray, tau: float) -> dict:
+    """Recall, precision, F1 (pairs matched at similarity >= tau) and their soft versions (sum of the matched
+    similarities) of generated steps (rows of `sim`) against reference steps (columns), one-to-one."""
+    n_gen, n_ref = sim.shape
+    if not n_gen or not n_ref:
+        return {k: 0.0 for k in SCORE_KEYS}
+    pairs = one_to_one(sim)
+    hits = int(np.count_nonzero(pairs >= tau))
+    soft = float(pairs.sum())
+    recall, precision = hits / n_ref, hits / n_gen
+    soft_recall, soft_precision = soft / n_ref, soft / n_gen
+    return {"recall": recall, "precision": precision, "f1": _f1(precision, recall),
+            "soft_recall": soft_recall, "soft_precision": soft_precision, "soft_f1": _f1(soft_precision, soft_recall)}
+
+
+def repeated_steps(self_sim: np.ndarray, threshold: float) -> int:
+    """How many steps repeat an earlier step of the same reasoning (similarity >= threshold), from its own
+    similarity matrix."""
+    return int(np.count_nonzero(np.tril(self_sim >= threshold, k=-1).any(axis=1)))
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A fixed permutation with no fixed point (Sattolo's single cycle), so no sample meets its own reference."""
+    perm = list(range(n))
+    rng = random.Random(seed)
+    for i in range(n - 1, 0, -1):
+        j = rng.randrange(i)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def _cycle_order(perm: list[int]) -> list[int]:
+    """Indices along the cycles of `perm` (i, perm[i], perm[perm[i]], ...): a row's chance reference is the next
+    row's own reference, so each reference is split into steps once and only one is held between rows."""
+    seen = [False] * len(perm)
+    order = []
+    for start in range(len(perm)):
+        i = start
+        while not seen[i]:
+            seen[i] = True
+            order.append(i)
+            i = perm[i]
+    return order
+
+
+def _score_rows(items: list[tuple], idf: BigramIdf, tau: float, repeat_threshold: float) -> list[dict]:
+    """Scores of (row, think, ref_think, ref_answer, chance_row, chance_ref_think) items, given in cycle order."""
+    out = []
+    held: dict[int, StepSet] = {}  # the previous item's chance reference: this item's own, in cycle order
+    for i, think, ref_think, ref_answer, j, chance_think in items:
+        gen = StepSet(split_steps(think), idf)
+        ref = held.pop(i, None) or StepSet(split_steps(ref_think), idf)
+        answer = StepSet(split_steps(ref_answer), idf)
+        item = {"n_ref_steps": ref.n, "n_gen_steps": gen.n, "no_think": not gen.n, "empty_reference": not ref.n,
+                **match_scores(similarity_matrix(gen, ref), tau),
+                "repeated_steps": repeated_steps(similarity_matrix(gen, gen), repeat_threshold)}
+        held.clear()
+        if j is not None:
+            chance = StepSet(split_steps(chance_think), idf)
+            item.update({"floor_" + k: v for k, v in match_scores(similarity_matrix(gen, chance), tau).items()})
+            held[j] = chance
+        for name, steps in (("answer_as_think", answer), ("reference_as_think", ref)):
+            item.update({f"{name}_{k}": v for k, v in match_scores(similarity_matrix(steps, ref), tau).items()})
+        out.append(item)
+    return out
+
+
+_WORKER_IDF: BigramIdf | None = None
+
+
+def _init_worker(idf: BigramIdf):
+    global _WORKER_IDF
+    _WORKER_IDF = idf
+
+
+def _score_chunk(args) -> list[dict]:
+    items, tau, repeat_threshold = args
+    return _score_rows(items, _WORKER_IDF, tau, repeat_threshold)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def cot_scores(rows: list[dict], *, tau: float = 0.2, repeat_threshold: float = 0.8, floor_seed: int = 0,
+               workers: int = 2, progress: bool = True):
+    """Offline chain-of-thought scores of prediction rows, with their baselines. Returns (summary, per_sample).
+
+    IDF comes from the reference think+answer texts of these rows, so every model scored on the same split is on
+    the same scale. A sample whose generated think has no step scores 0 and is counted in n_no_think. `workers`
+    processes share the rows (1 = this process); the results do not depend on it.
+    """
+    from tqdm import tqdm
+
+    idf = BigramIdf((r.get("ref_think") or "") + "\n" + (r.get("ref_answer") or "") for r in rows)
+    n = len(rows)
+    perm = derangement(n, floor_seed) if n >= 2 else None
+    items = [(i, rows[i].get("think") or "", rows[i].get("ref_think") or "", rows[i].get("ref_answer") or "",
+              None if perm is None else perm[i], "" if perm is None else rows[perm[i]].get("ref_think") or "")
+             for i in (_cycle_order(perm) if perm else range(n))]
+    # Consecutive items share references, so chunks are runs of the cycle; small enough to keep both workers busy.
+    size = max(1, min(256, math.ceil(n / (max(1, workers) * 8))))
+    chunks = [(items[k:k + size], tau, repeat_threshold) for k in range(0, n, size)]
+    results: list[dict] = []
+    bar = tqdm(total=n, desc="chain of thought", unit="sample", disable=not progress)
+    if workers <= 1 or n < MIN_ROWS_FOR_WORKERS:
+        for chunk, _, _ in chunks:
+            results.extend(_score_rows(chunk, idf, tau, repeat_threshold))
+            bar.update(len(chunk))
+    else:
+        # spawn, not fork: the caller may hold torch threads, which fork does not copy safely.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(idf,)) as pool:
+            for part in pool.map(_score_chunk, chunks):
+                results.extend(part)
+                bar.update(len(part))
+    bar.close()
+
+    per_sample: list = [None] * n
+    for (i, *_), scores in zip(items, results):
+        r = rows[i]
+        item = {"id": r.get("id"), "think_status": r.get("think_status"), "finished": r.get("finished"), **scores}
+        if perm is not None:
+            item["floor_reference"] = rows[perm[i]].get("id")
+        per_sample[i] = item
+
+    scores = {k: _mean(item[k] for item in per_sample) for k in SCORE_KEYS}
+    floor = ({k: _mean(item["floor_" + k] for item in per_sample) for k in SCORE_KEYS} if perm is not None else None)
+    baselines = {"chance": floor}
+    for name in BASELINES[1:]:
+        baselines[name] = {k: _mean(item[f"{name}_{k}"] for item in per_sample) for k in SCORE_KEYS}
+    summary = {
+        "n": n, "tau": tau, "repeat_threshold": repeat_threshold, "floor_seed": floor_seed,
+        "similarity": "IDF-weighted character-bigram Dice; IDF from the reference think+answer texts of these rows",
+        "matching": MATCHING, "reference": "steps of the reference think (recall and precision alike)",
+        "scores": scores, "chance_floor": floor, "baselines": baselines,
+        "n_no_think": sum(1 for item in per_sample if item["no_think"]),
+        "n_empty_reference": sum(1 for item in per_sample if item["empty_reference"]),
+        "format": format_stats(rows, per_sample),
+    }
+    return summary, per_sample
+
+
+def format_stats(rows: list[dict], per_sample: list[dict]) -> dict:
+    """Shape of the reasoning: think closed/unclosed/absent, truncation, length, step counts, repetition."""
+    n = len(rows)
+    status = Counter(r.get("think_status") for r in rows)
+    total_steps = sum(item["n_gen_steps"] for item in per_sample)
+    new_tokens = [r["new_tokens"] for r in rows if isinstance(r.get("new_tokens"), int)]
+    return {
+        "closed_rate": status["closed"] / n if n else 0.0,
+        "unclosed_rate": status["unclosed"] / n if n else 0.0,
+        "absent_rate": status["absent"] / n if n else 0.0,
+        "truncation_rate": sum(1 for r in rows if r.get("finished") is False) / n if n else 0.0,
+        "mean_think_chars": _mean(len(r.get("think") or "") for r in rows),
+        "ref_mean_think_chars": _mean(len(r.get("ref_think") or "") for r in rows),
+        "mean_gen_steps": _mean(item["n_gen_steps"] for item in per_sample),
+        "mean_ref_steps": _mean(item["n_ref_steps"] for item in per_sample),
+        "repeated_step_share": (sum(item["repeated_steps"] for item in per_sample) / total_steps
+                                if total_steps else 0.0),
+        "mean_new_tokens": _mean(new_tokens) if new_tokens else None,
+    }
