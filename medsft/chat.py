@@ -10,6 +10,11 @@ SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IGNORE_INDEX = -100  # label of tokens that carry no loss (transformers' convention)
 STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answer (see split_output)
+# How an example asks for reasoning. think: the default, <think>…</think> then the answer. no_think_hard: the
+# template's enable_thinking=False (the prompt itself closes an empty think block; the model writes the answer).
+# no_think_soft: "/no_think" at the end of the user turn; the model writes the empty think block, then the answer.
+MODES = ("think", "no_think_hard", "no_think_soft")
+SOFT_SWITCH = {"no_think_soft": " /no_think"}
 
 
 def build_messages(question, think=None, answer=None, system=None, history=None) -> list[dict]:
@@ -26,11 +31,18 @@ def build_messages(question, think=None, answer=None, system=None, history=None)
     return messages
 
 
-def prompt_text(tokenizer, question, system=None, history=None) -> str:
-    """The generation prompt inference feeds the model (ends with ``<|im_start|>assistant\\n``)."""
-    return tokenizer.apply_chat_template(
-        build_messages(question, system=system, history=history), tokenize=False, add_generation_prompt=True
-    )
+def _template(tokenizer, messages, mode: str, **kw) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+    return tokenizer.apply_chat_template(messages, tokenize=False, enable_thinking=mode != "no_think_hard", **kw)
+
+
+def prompt_text(tokenizer, question, system=None, history=None, mode: str = "think") -> str:
+    """The generation prompt inference feeds the model (ends with ``<|im_start|>assistant\\n``, plus the closed
+    empty think block in ``no_think_hard`` mode)."""
+    question = question + SOFT_SWITCH.get(mode, "")
+    return _template(tokenizer, build_messages(question, system=system, history=history), mode,
+                     add_generation_prompt=True)
 
 
 def format_reference(think: str, answer: str) -> str:
@@ -42,17 +54,23 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_example(tokenizer, row: dict, max_length: int, system=None) -> dict | None:
-    """Tokenize one {question, think, answer} row for SFT.
+def tokenize_example(tokenizer, row: dict, max_length: int, system=None, mode: str = "think") -> dict | None:
+    """Tokenize one {question, think, answer} row for SFT, in one of ``MODES``.
 
     ``input_ids`` are the chat template of [system, user, assistant]; ``labels`` are -100 over the generation
-    prompt and equal to ``input_ids`` from ``<think>`` through the answer's ``<|im_end|>``. Template text after
-    ``<|im_end|>`` (a newline the model never generates) is masked too. Returns None when the example is longer
-    than ``max_length``: a truncated example would teach the model not to stop.
+    prompt (for ``mode``) and equal to ``input_ids`` from there through the answer's ``<|im_end|>``: ``<think>``,
+    the reasoning, ``</think>`` and the answer in think mode; the empty think block and the answer in soft
+    no-think mode; the answer alone in hard no-think mode (the prompt holds the empty block). A row whose think is
+    empty is never a thinking example: it becomes a hard no-think one. Template text after ``<|im_end|>`` (a
+    newline the model never generates) is masked too. Returns None when the example is longer than ``max_length``:
+    a truncated example would teach the model not to stop.
     """
-    messages = build_messages(row["question"], row["think"], row["answer"], system=system)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    if mode == "think" and not str(row.get("think") or "").strip():
+        mode = "no_think_hard"
+    think = row["think"] if mode == "think" else ""
+    messages = build_messages(row["question"] + SOFT_SWITCH.get(mode, ""), think, row["answer"], system=system)
+    full = _template(tokenizer, messages, mode)
+    prompt = _template(tokenizer, messages[:-1], mode, add_generation_prompt=True)
     if not full.startswith(prompt):
         raise ValueError("chat template does not render the generation prompt as a prefix of the full conversation")
     prompt_ids = _ids(tokenizer, prompt)
@@ -65,6 +83,21 @@ def tokenize_example(tokenizer, row: dict, max_length: int, system=None) -> dict
     end = len(input_ids) - input_ids[::-1].index(eos)  # just past the assistant's <|im_end|>
     labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids):end] + [IGNORE_INDEX] * (len(input_ids) - end)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
+
+
+def example_modes(ids: list[str], no_think_ratio: float, seed: int) -> list[str]:
+    """The mode of each training row: a ``no_think_ratio`` share of rows, chosen by a hash of (seed, row id) so the
+    choice is the same on every run and resume, becomes non-thinking, half hard and half soft."""
+    import hashlib
+
+    out = []
+    for row_id in ids:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{row_id}".encode()).digest()[:8], "big") / 2 ** 64
+        if h >= no_think_ratio:
+            out.append("think")
+        else:
+            out.append("no_think_hard" if h < no_think_ratio / 2 else "no_think_soft")
+    return out
 
 
 def split_output(text: str) -> tuple[str, str, str]:

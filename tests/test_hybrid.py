@@ -1,0 +1,77 @@
+"""Qwen3's hybrid thinking formats (think, /no_think, enable_thinking=False), token-exact against the REAL
+tokenizer's own template in ../shared, with the same masking rule as thinking rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medsft.chat import IGNORE_INDEX, SYSTEM_PROMPT, example_modes, prompt_text, tokenize_example
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def rows(sample_rows_path):
+    rows = [json.loads(line) for line in sample_rows_path.read_text(encoding="utf-8").splitlines()][:40]
+    return [{k: r[k].strip() for k in ("question", "think", "answer")} for r in rows]
+
+
+def test_hard_no_think_is_the_templates_enable_thinking_false(real_tokenizer, rows):
+    for row in rows:
+        ex = tokenize_example(real_tokenizer, row, 100_000, mode="no_think_hard")
+        # written out independently: the template's enable_thinking=False prompt closes an empty think block
+        prompt = (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{row['question']}<|im_end|>\n"
+                  "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert ex["input_ids"] == _ids(real_tokenizer, prompt + row["answer"] + "<|im_end|>\n")
+        gen = real_tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT},
+                                                  {"role": "user", "content": row["question"]}], tokenize=False,
+                                                 add_generation_prompt=True, enable_thinking=False)
+        assert gen == prompt == prompt_text(real_tokenizer, row["question"], mode="no_think_hard")
+        n = len(_ids(real_tokenizer, prompt))
+        assert ex["labels"][:n] == [IGNORE_INDEX] * n  # the prompt, empty think block included, is masked
+        trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
+        assert trained == _ids(real_tokenizer, row["answer"] + "<|im_end|>")
+
+
+def test_soft_no_think_trains_the_empty_think_block(real_tokenizer, rows):
+    for row in rows:
+        ex = tokenize_example(real_tokenizer, row, 100_000, mode="no_think_soft")
+        question = row["question"] + " /no_think"
+        prompt = (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                  "<|im_start|>assistant\n")
+        target = f"<think>\n\n</think>\n\n{row['answer']}<|im_end|>"
+        assert ex["input_ids"] == _ids(real_tokenizer, prompt + target + "\n")
+        assert prompt == prompt_text(real_tokenizer, row["question"], mode="no_think_soft")
+        trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
+        assert trained == _ids(real_tokenizer, target)
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question},
+                    {"role": "assistant", "content": row["answer"], "reasoning_content": ""}]
+        assert real_tokenizer.apply_chat_template(messages, tokenize=False) == prompt + target + "\n"
+
+
+def test_a_row_with_an_empty_think_never_becomes_a_thinking_example(real_tokenizer, rows):
+    row = {**rows[0], "think": "  \n"}
+    assert tokenize_example(real_tokenizer, row, 100_000) == tokenize_example(real_tokenizer, row, 100_000,
+                                                                               mode="no_think_hard")
+
+
+def test_thinking_prompt_is_unchanged(real_tokenizer, rows):
+    assert prompt_text(real_tokenizer, rows[0]["question"]).endswith("<|im_start|>assistant\n")
+    assert prompt_text(real_tokenizer, rows[0]["question"], mode="think") == prompt_text(real_tokenizer,
+                                                                                         rows[0]["question"])
+
+
+def test_example_modes_are_seeded_and_near_the_ratio():
+    ids = [f"r{i}" for i in range(4000)]
+    a = example_modes(ids, 0.25, seed=42)
+    assert a == example_modes(ids, 0.25, seed=42)  # the same rows on every run and resume
+    assert a != example_modes(ids, 0.25, seed=7)
+    share = {m: a.count(m) / len(a) for m in set(a)}
+    assert share["think"] == pytest.approx(0.75, abs=0.03)
+    assert share["no_think_hard"] == pytest.approx(0.125, abs=0.02)
+    assert share["no_think_soft"] == pytest.approx(0.125, abs=0.02)
+    assert set(example_modes(ids, 0.0, seed=1)) == {"think"}
