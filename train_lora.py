@@ -38,6 +38,7 @@ EVAL_STEPS = 50  # eval loss on val.jsonl every N steps (and at the end)
 SAVE_STEPS = 50  # checkpoint every N steps: a kill -9 loses at most this many
 SAVE_TOTAL_LIMIT = 2  # checkpoints kept in OUTPUT_DIR (older ones deleted)
 LOGGING_STEPS = 5  # log train loss, LR, grad norm, tokens/s, peak memory every N steps
+NO_THINK_RATIO = 0.25  # share of train rows turned into non-thinking examples (half enable_thinking=False, half /no_think), chosen by SEED; 0 = all thinking
 SEED = 42  # seed of data order, init and dropout: same seed, same loss curve
 GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass: ~25% slower, a fraction of the memory
 PRECISION = "auto"  # auto | bf16 (bf16 weights: the lean default) | bf16-mixed (fp32 master weights, +8 bytes/param) | fp16 | fp32; auto = bf16 on a bf16 GPU, fp16 on older GPUs, fp32 on CPU
@@ -60,29 +61,34 @@ LORA_TARGET_MODULES = "all-linear"  # "all-linear" (q/k/v/o and MLP projections 
 
 
 def main():
+    training.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
     cfg = configure(globals())
     # 1. Fail fast, before loading weights: data present, memory estimate vs this GPU, OUTPUT_DIR state
     #    (--dry_run=true prints the estimate and exits here)
     resume_from = training.preflight(cfg, kind="lora")
     cfg.update(training.resolve_features(cfg, lora=True))
-    # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted)
+    # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted;
+    #    NO_THINK_RATIO of the train rows in Qwen3's non-thinking forms, so both switches keep working)
     tokenizer = load_tokenizer(MODEL)
-    train_examples, train_stats = training.prepare_examples(f"{DATA_DIR}/train.jsonl", tokenizer, MAX_LENGTH)
+    train_examples, train_stats = training.prepare_examples(f"{DATA_DIR}/train.jsonl", tokenizer, MAX_LENGTH,
+                                                            no_think_ratio=NO_THINK_RATIO, seed=SEED)
     val_examples, val_stats = training.prepare_examples(f"{DATA_DIR}/val.jsonl", tokenizer, MAX_LENGTH)
     # 3. Start SwanLab (never prompts), load the model, train; Ctrl-C saves a checkpoint and stops
-    callbacks = training.start_swanlab(cfg, kind="lora")
+    callbacks = training.start_swanlab(cfg, kind="lora", resume_from=resume_from)
     model = training.add_lora(training.load_training_model(cfg), cfg)
     trainer = training.build_trainer(model, tokenizer, train_examples, val_examples, cfg, callbacks)
     summary = training.run_training(trainer, resume_from)
     if summary["interrupted"]:
-        training.finish_swanlab(interrupted=True)
-        print(f"stopped at step {trainer.state.global_step}: checkpoint saved in {OUTPUT_DIR}; continue with "
-              f"--resume=true")
+        stopped = (f"stopped at step {trainer.state.global_step}: checkpoint saved in {OUTPUT_DIR}; continue with "
+                   "--resume=true")
+        training.finish_swanlab(interrupted=True, reason=stopped)
+        print(stopped)
         raise SystemExit(130)
-    # 4. Save the adapter, results and charts; answer a few val questions as a preview
-    written = training.save_final(trainer, tokenizer, cfg)
-    written.append(training.write_results(trainer, cfg, "lora", summary, {"train": train_stats, "val": val_stats}))
+    # 4. Save results, charts and the adapter (its trainer_state.json, last, marks the run finished); answer a few
+    #    val questions as a preview
+    written = [training.write_results(trainer, cfg, "lora", summary, {"train": train_stats, "val": val_stats})]
     written += training.write_charts(RESULTS_DIR)
+    written += training.save_final(trainer, tokenizer, cfg)
     training.preview(trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
     training.finish_swanlab()
     print(f"done: {trainer.state.global_step} steps, {summary['tokens_per_s']:,.0f} tokens/s, "

@@ -16,6 +16,11 @@ A stage script resolves its constants block with ``medsft.config.configure`` and
 * ``start_swanlab(cfg, kind)`` / ``finish_swanlab(...)`` - SwanLab logging that never prompts or hangs offline.
 * ``run_training(trainer, resume_from)`` - train; Ctrl-C saves a checkpoint and returns ``interrupted=True``.
 * ``save_final(trainer, tokenizer, cfg)``, ``write_results(...)``, ``write_charts(results_dir)``, ``preview(...)``.
+  ``save_final`` writes ``trainer_state.json`` (what marks a run finished) last, so scripts call it after the
+  results and charts.
+* ``guard_output()`` - let a run outlive the reader of its stdout/stderr (``| tee`` killed by Ctrl-C).
+* ``checkpoint_problem(path)`` - why a checkpoint cannot be resumed from (None when it can).
+* ``lock_output_dir(path)`` / ``unlock_output_dir(path)`` - one training run per OUTPUT_DIR.
 
 Constants ``build_trainer`` reads from ``cfg`` (all from the scripts' constants blocks): OUTPUT_DIR, EPOCHS,
 MAX_STEPS, BATCH_SIZE, GRAD_ACCUM, LEARNING_RATE, SCHEDULER, WARMUP, WEIGHT_DECAY, MAX_GRAD_NORM, LOGGING_STEPS,
@@ -28,6 +33,8 @@ checks answer in about a second.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
@@ -36,8 +43,10 @@ import resource
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 from .chat import IGNORE_INDEX
@@ -52,6 +61,80 @@ CPU_MAX_PARAMS = 100_000_000  # more parameters than this need a GPU (or ALLOW_C
 HISTORY_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "num_input_tokens_seen",
                 "tokens_per_second", "peak_memory_gib")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+GIB = 2 ** 30
+# What a finished run leaves at the top of OUTPUT_DIR. trainer_state.json comes first: it marks the run finished,
+# so --overwrite removes it before anything else, and save_final writes it last.
+FINAL_FILES = ("trainer_state.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "config.json",
+               "generation_config.json", "train_config.json", "training_args.bin", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+               "added_tokens.json", "run_fingerprint.json", "swanlab_run.json")
+CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")  # torch zip files a resume loads
+CHECKPOINT_SMALL_BYTES = 64 * 2 ** 20  # tokenizer, scheduler, RNG and trainer state of a checkpoint, generously
+LOCK_NAME = ".lock"
+_LOCKS: dict[str, int] = {}  # OUTPUT_DIR -> fd holding its flock, for the life of the process
+
+
+# --- output that outlives its reader ------------------------------------------------------------------------------
+
+
+class _PipeSafe:
+    """sys.stdout/sys.stderr that keep the run alive when their reader dies (``python train.py | tee log`` and
+    Ctrl-C kills tee too): on EPIPE (or EIO, a hung-up terminal) the stream's fd is pointed at /dev/null and
+    writing goes on silently, so a checkpoint save never fails because a print did."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _silence(self) -> None:
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)  # the stream's buffered bytes then flush into /dev/null instead of failing again
+        finally:
+            os.close(null)
+
+    def write(self, data):
+        try:
+            return self._stream.write(data)
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self._silence()
+            return len(data)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self._silence()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def guard_output() -> None:
+    """Wrap sys.stdout and sys.stderr in ``_PipeSafe`` (once). Scripts call it first thing: progress bars and
+    loggers created later write through it."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _PipeSafe):
+            setattr(sys, name, _PipeSafe(stream))
+
+
+def _notice(text: str) -> None:
+    """Write one line to fd 2 from a signal handler. Not print(): the handler may run in the middle of a print to
+    the same buffered stream (a reentrant write raises RuntimeError), and a dead reader raises BrokenPipeError;
+    either would abort the step instead of saving the checkpoint."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass  # nobody is reading: the message is lost, the checkpoint is not
 
 
 # --- fail fast ---------------------------------------------------------------------------------------------------
@@ -61,7 +144,7 @@ def checkpoints(output_dir) -> list[tuple[int, Path, bool]]:
     """``[(step, path, complete)]`` of the ``checkpoint-N`` folders in ``output_dir``, oldest first.
 
     A checkpoint is complete when its ``trainer_state.json`` (written last by the Trainer) parses: a ``kill -9``
-    during saving leaves a folder without it.
+    during saving leaves a folder without it. ``checkpoint_problem`` checks the rest before a resume.
     """
     out = []
     d = Path(output_dir)
@@ -94,35 +177,129 @@ def check_data(data_dir) -> tuple[Path, Path]:
     return train, val
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (None when it is). Reads only the header: the file must be
+    exactly 8 bytes + header + the data the header's offsets describe, so a save cut short by a full disk shows."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 + n:
+                return f"{path.name} is truncated ({size:,} bytes, its header alone claims {8 + n:,})"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"{path.name} is unreadable ({e.strerror or e})"
+    except ValueError:
+        return f"{path.name} has a corrupt header"
+    if not isinstance(header, dict):
+        return f"{path.name} has a corrupt header"
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return f"{path.name} has a corrupt header"
+    if size != 8 + n + end:
+        return f"{path.name} is truncated ({size:,} of {8 + n + end:,} bytes)"
+    return None
+
+
+def _torch_zip_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole torch.save file (None when it is). torch.save writes a zip whose directory is
+    at the end, so a truncated file has none; the entries must also lie within the file. Nothing is loaded."""
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"{path.name} is truncated (entry {info.filename} runs past its end)"
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except OSError as e:
+        return f"{path.name} is unreadable ({e.strerror or e})"
+    except zipfile.BadZipFile:
+        return f"{path.name} is truncated or corrupt (no readable zip directory)"
+    return None
+
+
+def checkpoint_problem(path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it can: its trainer_state.json
+    parses, its weights (model, shards or LoRA adapter) are whole safetensors files, and its optimizer, scheduler
+    and RNG states are whole torch files. Cheap: headers and zip directories only."""
+    p = Path(path)
+    try:
+        json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable trainer_state.json (its save was interrupted)"
+    if (p / "adapter_config.json").is_file():
+        weights = [p / "adapter_model.safetensors"]
+    elif (p / "model.safetensors.index.json").is_file():
+        try:
+            index = json.loads((p / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            weights = [p / name for name in sorted(set(index["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, AttributeError):
+            return "model.safetensors.index.json is unreadable"
+    else:
+        weights = [p / "model.safetensors"]
+    for f in weights:
+        why = _safetensors_problem(f) if f.is_file() else f"{f.name} is missing"
+        if why:
+            return why
+    for name in CHECKPOINT_STATE_FILES:
+        why = _torch_zip_problem(p / name)
+        if why:
+            return why
+    return None
+
+
+def _final_outputs(out: Path) -> list[Path]:
+    """The previous run's top-level outputs in OUTPUT_DIR, finished marker first (the user's own files stay)."""
+    found = [out / n for n in FINAL_FILES if (out / n).is_file()]
+    return found + sorted(p for p in out.glob("model-*-of-*.safetensors") if p.is_file())
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def check_output_dir(cfg: dict) -> Path | None:
     """Decide what to do with OUTPUT_DIR; return the checkpoint to resume from, or None to start fresh.
 
     A finished run or an unfinished one's checkpoints are never silently mixed with a new run: without RESUME the
-    user must choose (resume, another OUTPUT_DIR, or OVERWRITE, which deletes the old checkpoints).
+    user must choose (resume, another OUTPUT_DIR, or OVERWRITE). OVERWRITE deletes the previous run's final outputs
+    (the finished marker first) and checkpoints before anything trains, so a new run killed early never looks
+    finished nor leaves the old model for later stages. RESUME verifies checkpoints newest first and removes the
+    damaged ones; with none usable it starts from scratch, saying why (the damaged files hold nothing to save).
     """
     out = Path(cfg["OUTPUT_DIR"])
     ckpts = checkpoints(out)
     if cfg.get("OVERWRITE"):
         if cfg.get("RESUME"):
             raise MedsftError("--resume=true and --overwrite=true contradict each other: pick one")
+        old = _final_outputs(out)
+        for f in old:
+            f.unlink()
         for _, path, _ in ckpts:
             shutil.rmtree(path)
-        (out / "trainer_state.json").unlink(missing_ok=True)
-        if ckpts:
-            print(f"overwrite: deleted {len(ckpts)} old checkpoint(s) in {out}")
+        if old or ckpts:
+            print(f"overwrite: deleted the previous run in {out} ({len(old)} output file(s), {len(ckpts)} "
+                  "checkpoint(s))")
         return None
     if cfg.get("RESUME"):
-        complete = [(s, p) for s, p, ok in ckpts if ok]
-        for step, path, ok in ckpts:
-            if not ok:  # a save interrupted by kill -9: useless, and would shadow the real newest checkpoint
-                print(f"resume: removing incomplete {path.name} (no readable trainer_state.json)")
-                shutil.rmtree(path)
-        if not complete:
-            print(f"resume: no checkpoint in {out}; starting from scratch")
-            return None
-        step, path = complete[-1]
-        print(f"resume: continuing from {path} (step {step})")
-        return path
+        damaged = 0
+        for step, path, _ in reversed(ckpts):
+            why = checkpoint_problem(path)
+            if why is None:
+                print(f"resume: continuing from {path} (step {step})")
+                return path
+            # a damaged checkpoint would shadow the older good one in every later resume
+            print(f"resume: removing {path.name}: {why}")
+            shutil.rmtree(path)
+            damaged += 1
+        print(f"resume: no usable checkpoint in {out}" + (f" ({damaged} damaged, removed)" if damaged else "")
+              + "; starting from scratch")
+        (out / "swanlab_run.json").unlink(missing_ok=True)  # a fresh start is a new SwanLab experiment too
+        return None
     fix = ("continue it with --resume=true, write elsewhere with --output_dir=DIR, or start over with "
            "--overwrite=true (deletes its checkpoints)")
     if is_finished(out):
@@ -130,6 +307,136 @@ def check_output_dir(cfg: dict) -> Path | None:
     if ckpts:
         raise MedsftError(f"{out} holds checkpoints of an unfinished run (newest {ckpts[-1][1].name}): {fix}")
     return None
+
+
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "storagefull")
+
+
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether ``e`` (or an exception it chains) is the disk running out. torch and safetensors report it in
+    their own exception types, so their messages count too."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        text = str(e).lower()
+        if any(t in text for t in _DISK_FULL_TEXT):
+            return True
+        # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ..." or
+        # "file write failed", without errno: believed when the disk is indeed nearly full
+        if any(t in text for t in ("inline_container", "file write failed", "failed writing file")):
+            try:
+                return shutil.disk_usage(folder).free < GIB
+            except OSError:
+                return False
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_errors(folder, what: str, option: str, resume: bool = False):
+    """Turn the disk filling up while writing ``what`` into ``folder`` into a MedsftError that names the folder
+    and the fix, instead of a traceback from deep inside torch or safetensors."""
+    folder = Path(folder)
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - torch/safetensors raise their own types; anything else is re-raised
+        if not _disk_full(e, folder):
+            raise
+        try:
+            free = f"{shutil.disk_usage(folder).free / GIB:.2f} GiB free now"
+        except OSError:
+            free = "free space unknown"
+        then = (", then continue with --resume=true (it skips a half-written checkpoint)" if resume else
+                ", then run the script again")
+        raise MedsftError(f"disk full while writing {what} in {folder} ({free}): free up space there, or point "
+                          f"--{option} at a disk with room{then}") from e
+
+
+def check_writable(folder, option: str) -> None:
+    """Create ``folder`` and write a file there now, so a read-only or missing path stops the run before the
+    model loads rather than after hours of training."""
+    d = Path(folder)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".medsft-write-test-")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)  # a full disk may only refuse the data when it is flushed
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise MedsftError(f"{d} is not writable ({e.strerror or e}): fix its permissions or free space there, or "
+                          f"choose another --{option}=DIR") from None
+
+
+def checkpoint_bytes(est: dict, lora: bool) -> int:
+    """Disk bytes of one checkpoint: the trainable weights (LoRA: the fp32 adapter only), the optimizer's moments
+    and small files."""
+    weights = est["trainable"] * 4 if lora else est["weights"]
+    return weights + est["moments"] + CHECKPOINT_SMALL_BYTES
+
+
+def check_disk(cfg: dict, est: dict, lora: bool) -> None:
+    """Refuse when OUTPUT_DIR's disk cannot hold one checkpoint; warn (one line) when it cannot hold what the run
+    keeps at its peak: SAVE_TOTAL_LIMIT checkpoints, one more being written, and the final model. Space that
+    --overwrite is about to free counts as free."""
+    out = Path(cfg["OUTPUT_DIR"])
+    free = shutil.disk_usage(out).free
+    if cfg.get("OVERWRITE"):
+        free += sum(_tree_bytes(p) for p in _final_outputs(out) + [c for _, c, _ in checkpoints(out)])
+    one = checkpoint_bytes(est, lora)
+    if free < one:
+        weights = est["trainable"] * 4 if lora else est["weights"]
+        raise MedsftError(f"{out}: {free / GIB:.2f} GiB free on its disk, but one checkpoint needs ~{one / GIB:.2f} "
+                          f"GiB (weights {weights / GIB:.2f} + optimizer state {est['moments'] / GIB:.2f}): free up "
+                          "space there, or write elsewhere with --output_dir=DIR")
+    keep = cfg.get("SAVE_TOTAL_LIMIT") or 1
+    peak = (keep + 1) * one + (est["trainable"] * 4 if lora else est["weights"])
+    if free < peak:
+        print(f"warning: {out}: {free / GIB:.2f} GiB free, but {keep} kept checkpoint(s), one being saved and the "
+              f"final model need ~{peak / GIB:.2f} GiB; the run may stop with 'disk full' (lower --save_total_limit "
+              "or free up space)")
+
+
+def lock_output_dir(output_dir) -> None:
+    """Hold an exclusive lock on OUTPUT_DIR/.lock for the life of this process (the kernel drops it when the
+    process dies, kill -9 included), so two runs never write one OUTPUT_DIR. The holder's pid is written into the
+    file for the refusal message. No-op where fcntl is missing (Windows) or the file system has no locks."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    d = Path(output_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    key = str(d.resolve())
+    if key in _LOCKS:
+        return
+    path = d / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise MedsftError(f"{d} is in use by another training run (pid {holder}, holding {path}): wait for it to "
+                          f"finish or stop it, or write elsewhere with --output_dir=DIR") from None
+    except OSError as e:  # e.g. ENOLCK on some network file systems: run unguarded rather than not at all
+        os.close(fd)
+        print(f"warning: cannot lock {path} ({e.strerror or e}); make sure no other run writes {d}")
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    _LOCKS[key] = fd
+
+
+def unlock_output_dir(output_dir) -> None:
+    """Release ``lock_output_dir``'s lock early (tests, and callers that train twice in one process)."""
+    fd = _LOCKS.pop(str(Path(output_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def check_versions(requirements=None) -> None:
@@ -214,18 +521,94 @@ def preflight(cfg: dict, kind: str) -> Path | None:
         dry_run(cfg, kind)
     check_data(cfg["DATA_DIR"])
     feats = resolve_features(cfg, lora=lora, log=False)  # bad precision/attention/optim choices, before loading
+    check_finished(cfg, kind, run_fingerprint(cfg, feats))  # before anything below writes a file
+    check_writable(cfg["OUTPUT_DIR"], "output_dir")  # before the estimate, which may download the model
+    if cfg.get("RESULTS_DIR"):
+        check_writable(cfg["RESULTS_DIR"], "results_dir")
     est = estimate({**cfg, **feats}, resolve_model(str(cfg["MODEL"])), lora)
     print(describe(est))
     cfg["ESTIMATED_PEAK_GIB"] = round(est["total"] / 2 ** 30, 3)
     check_cpu(cfg, est)
     check_fits(est, lora)
+    check_disk(cfg, est, lora)
+    lock_output_dir(cfg["OUTPUT_DIR"])  # before deleting or writing anything there
     resume_from = check_output_dir(cfg)  # last: --overwrite deletes, so every other check must have passed
     check_same_run(cfg, resume_from, feats)
     return resume_from
 
 
 RUN_KEYS = ("MODEL", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_ACCUM", "LEARNING_RATE", "SCHEDULER",
-            "WARMUP", "WEIGHT_DECAY", "SEED", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
+            "WARMUP", "WEIGHT_DECAY", "SEED", "NO_THINK_RATIO", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT",
+            "LORA_TARGET_MODULES")
+
+
+def run_fingerprint(cfg: dict, feats: dict) -> dict:
+    """What defines a run: the data bytes, the schedule (RUN_KEYS) and the resolved features, as JSON values."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "val.jsonl"):
+        digest.update((Path(cfg["DATA_DIR"]) / name).read_bytes())
+    fp = {"data_sha256": digest.hexdigest(), **{k: cfg[k] for k in RUN_KEYS if k in cfg}, "features": feats}
+    return json.loads(json.dumps(fp))  # tuples become lists, as in the file it is compared with
+
+
+def _read_fingerprint(output_dir) -> dict | None:
+    path = Path(output_dir) / "run_fingerprint.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise MedsftError(f"{path}: unreadable ({e}); start over with --overwrite=true, or use another "
+                          "--output_dir") from None
+
+
+def _changed(old: dict, fp: dict) -> list[str]:
+    return [k for k in fp if k != "features" and old.get(k) != fp[k]]
+
+
+def _moved_features(old: dict, feats: dict) -> str | None:
+    """``"X=new (was old); resume as before with --x=old"`` when the auto features resolve differently now."""
+    moved = {k: v for k, v in (old.get("features") or {}).items() if feats.get(k) != v}
+    if not moved:
+        return None
+    now = ", ".join(f"{k}={feats.get(k)} (was {v})" for k, v in moved.items())
+    keep = " ".join(f"--{k.lower()}={str(v).lower() if isinstance(v, bool) else v}" for k, v in moved.items())
+    return (f"the features now resolve to {now}, e.g. a library was installed or removed since the run started; "
+            f"resume as before with {keep}")
+
+
+def check_finished(cfg: dict, kind: str, fp: dict) -> None:
+    """A finished run asked to run again (the pipeline re-run, or --resume=true) with the same fingerprint: say so
+    in one line and exit 0, touching no file; re-training from its last checkpoint would train nothing and
+    overwrite its results with a 0 tokens/s session. With another fingerprint, --resume=true is refused here (it
+    would mix two runs) and so is a plain run (check_output_dir's refusal), before any file is written.
+    OVERWRITE starts over in any case."""
+    out = Path(cfg["OUTPUT_DIR"])
+    if cfg.get("OVERWRITE") or not is_finished(out):
+        return
+    old = _read_fingerprint(out)
+    if old == fp:
+        try:
+            step = json.loads((out / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", "?")
+        except (OSError, ValueError):
+            step = "?"
+        results = Path(cfg.get("RESULTS_DIR") or ".") / RESULTS_NAME.format(kind=kind)
+        where = f"results in {results}" if results.is_file() else f"no {results} (it went to that run's --results_dir)"
+        print(f"{out} already holds this finished run (step {step}, same data and settings): nothing to do; "
+              f"{where}; to train it again use --overwrite=true")
+        raise SystemExit(0)
+    if not cfg.get("RESUME"):
+        check_output_dir(cfg)  # refuses: a finished run with other settings is never silently replaced
+    changed = _changed(old, fp) if old else []
+    moved = _moved_features(old, fp["features"]) if old and not changed else None
+    if moved:
+        raise MedsftError(f"--resume=true: {out} holds a finished run; {moved}")
+    what = (f"was trained with other {', '.join(changed)} (the data when data_sha256)" if old else
+            "has no run_fingerprint.json to compare its settings with")
+    raise MedsftError(f"--resume=true: {out} holds a finished run that {what}: resuming would mix two runs; "
+                      "start over with --overwrite=true, or use another --output_dir")
 
 
 def check_same_run(cfg: dict, resume_from, feats: dict) -> None:
@@ -233,28 +616,20 @@ def check_same_run(cfg: dict, resume_from, feats: dict) -> None:
     refuse to resume a run whose data or schedule changed since (e.g. data.py re-run), or whose ``auto`` features
     would now resolve differently (e.g. bitsandbytes or flash-attn installed meanwhile), which would silently mix
     two runs."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in ("train.jsonl", "val.jsonl"):
-        digest.update((Path(cfg["DATA_DIR"]) / name).read_bytes())
-    fp = {"data_sha256": digest.hexdigest(), **{k: cfg[k] for k in RUN_KEYS if k in cfg}, "features": feats}
+    fp = run_fingerprint(cfg, feats)
     path = Path(cfg["OUTPUT_DIR"]) / "run_fingerprint.json"
-    if resume_from is not None and path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in fp if k != "features" and old.get(k) != fp[k]]
+    old = _read_fingerprint(cfg["OUTPUT_DIR"]) if resume_from is not None else None
+    if old is not None:
+        changed = _changed(old, fp)
         if changed:
             raise MedsftError(f"--resume=true: {path.parent} was trained with other {', '.join(changed)} (the data "
                               "when data_sha256): resuming would mix two runs; start over with --overwrite=true, or "
                               "use another --output_dir")
-        was = old.get("features") or {}
-        moved = {k: v for k, v in was.items() if feats.get(k) != v}
+        moved = _moved_features(old, fp["features"])
         if moved:
-            now = ", ".join(f"{k}={feats.get(k)} (was {v})" for k, v in moved.items())
-            keep = " ".join(f"--{k.lower()}={str(v).lower() if isinstance(v, bool) else v}" for k, v in moved.items())
-            raise MedsftError(f"--resume=true: the features now resolve to {now}, e.g. a library was installed or "
-                              f"removed since the run started; resume as before with {keep}")
-    write_json(path, fp)
+            raise MedsftError(f"--resume=true: {moved}")
+    with disk_errors(path.parent, "run_fingerprint.json", "output_dir"):
+        write_json(path, fp)
 
 
 # --- efficiency features --------------------------------------------------------------------------------------
@@ -381,8 +756,13 @@ def resolve_features(cfg: dict, lora: bool = False, log: bool = True, assume_gpu
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
-def prepare_examples(path, tokenizer, max_length: int, system=None) -> tuple[list[dict], dict]:
+def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_ratio: float = 0.0,
+                     seed: int = 0) -> tuple[list[dict], dict]:
     """Tokenize the {question, think, answer} rows of a JSONL file for SFT.
+
+    A ``no_think_ratio`` share of rows, chosen by seed and row id (``medsft.chat.example_modes``), become
+    non-thinking examples (half Qwen3's hard switch, half the soft ``/no_think``), so the tuned model keeps
+    obeying both; rows with an empty think are always non-thinking. ``stats["modes"]`` counts each kind.
 
     Returns ``(examples, stats)``: examples are ``{"input_ids", "labels", "attention_mask"}`` lists (prompt
     labels -100, see ``medsft.chat.tokenize_example``); stats are ``{"path", "rows", "kept",
@@ -392,7 +772,7 @@ def prepare_examples(path, tokenizer, max_length: int, system=None) -> tuple[lis
     """
     from tqdm import tqdm
 
-    from .chat import tokenize_example
+    from .chat import example_modes, tokenize_example
 
     path = Path(path)
     rows = []
@@ -406,19 +786,26 @@ def prepare_examples(path, tokenizer, max_length: int, system=None) -> tuple[lis
         rows.append(obj)
     if not rows:
         raise MedsftError(f"{path} has no rows: re-run data.py")
-    examples, skipped = [], 0
-    for row in tqdm(rows, desc=f"tokenize {path.name}", unit="row", disable=len(rows) < 200):
-        ex = tokenize_example(tokenizer, row, max_length, system=system)
+    if not 0 <= no_think_ratio <= 1:
+        raise MedsftError(f"--no_think_ratio={no_think_ratio}: must be between 0 and 1")
+    modes = example_modes([str(r.get("id") or r["question"]) for r in rows], no_think_ratio, seed)
+    examples, skipped, counts = [], 0, {}
+    for row, mode in tqdm(list(zip(rows, modes)), desc=f"tokenize {path.name}", unit="row", disable=len(rows) < 200):
+        mode = mode if row["think"].strip() else "no_think_hard"  # never a thinking example with an empty think
+        ex = tokenize_example(tokenizer, row, max_length, system=system, mode=mode)
         if ex is None:
             skipped += 1
         else:
             examples.append(ex)
+            counts[mode] = counts.get(mode, 0) + 1
     stats = {"path": str(path), "rows": len(rows), "kept": len(examples), "skipped_too_long": skipped,
              "tokens": sum(len(e["input_ids"]) for e in examples),
              "supervised_tokens": sum(sum(t != IGNORE_INDEX for t in e["labels"]) for e in examples),
-             "longest": max((len(e["input_ids"]) for e in examples), default=0)}
+             "longest": max((len(e["input_ids"]) for e in examples), default=0),
+             "modes": {m: counts.get(m, 0) for m in ("think", "no_think_hard", "no_think_soft")}}
     print(f"{path}: {stats['kept']}/{stats['rows']} rows kept, {skipped} skipped as longer than "
-          f"MAX_LENGTH={max_length} tokens; {stats['tokens']:,} tokens ({stats['supervised_tokens']:,} trained)")
+          f"MAX_LENGTH={max_length} tokens; {stats['tokens']:,} tokens ({stats['supervised_tokens']:,} trained)"
+          + (f"; modes {stats['modes']}" if no_think_ratio or counts.get("no_think_hard") else ""))
     if not examples:
         raise MedsftError(f"{path}: all {len(rows)} rows are longer than MAX_LENGTH={max_length} tokens; raise "
                           f"--max_length (the longest row needs more)")
@@ -558,8 +945,8 @@ def _trainer_classes():
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                  "(press Ctrl-C again to abort without saving)", flush=True)
+            _notice(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                    "(press Ctrl-C again to abort without saving)\n")
 
         def on_train_begin(self, args, state, control, **kwargs):
             if threading.current_thread() is threading.main_thread():
@@ -707,7 +1094,8 @@ def run_training(trainer, resume_from=None) -> dict:
     Running out of GPU memory becomes a MedsftError that says which constants to lower.
     """
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with disk_errors(trainer.args.output_dir, "a checkpoint", "output_dir", resume=True):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
         error = training_error(e, lora=hasattr(trainer.model, "peft_config"))
         if error is None:
@@ -740,11 +1128,37 @@ def swanlab_mode() -> tuple[str, str]:
     return ("cloud", "logged in") if logged_in else ("local", "not logged in to SwanLab")
 
 
-def start_swanlab(cfg: dict, kind: str) -> list:
+def _cloud_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the SwanLab API host cannot be reached (None when a TCP connection opens). One quick probe instead of
+    swanlab's login, which retries with a warning line per attempt for ~15 s when the network is down."""
+    import socket
+    from urllib.parse import urlparse
+
+    import swanlab
+
+    try:
+        url = urlparse(swanlab.Settings().api_host)
+    except ValueError:  # unreadable settings: let swanlab.init report it
+        return None
+    if not url.hostname:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or e or type(e).__name__}"
+    return None
+
+
+def start_swanlab(cfg: dict, kind: str, resume_from=None) -> list:
     """Start a SwanLab run for this training; returns the callbacks to pass to ``build_trainer``.
 
     Never prompts: cloud mode without working credentials or network falls back to local logging in swanlog/
-    (view it with ``swanlab watch swanlog``); ``disabled`` logs nothing.
+    (view it with ``swanlab watch swanlog``), said in the one line this prints; ``disabled`` logs nothing.
+    A resumed run (RESUME, with the run id kept in OUTPUT_DIR/swanlab_run.json) continues its experiment in cloud
+    mode. Local mode cannot continue one (swanlab's local dashboard makes a new experiment per init), so the
+    resumed part is a new experiment named "RUN_NAME (resumed at step N)", and the line says so. Offline mode saves
+    each part under the same run id; ``swanlab sync`` uploads them into one cloud experiment.
     """
     mode, why = swanlab_mode()
     if mode == "disabled":
@@ -756,20 +1170,35 @@ def start_swanlab(cfg: dict, kind: str) -> list:
     init = dict(project=cfg["SWANLAB_PROJECT"], name=cfg.get("RUN_NAME"), config={**cfg, "KIND": kind},
                 log_dir=str(cfg.get("SWANLAB_LOG_DIR", "swanlog")), settings=swanlab.Settings(interactive=False))
     id_file = Path(cfg["OUTPUT_DIR"]) / "swanlab_run.json"
-    if cfg.get("RESUME") and id_file.is_file():  # a resumed run continues its SwanLab experiment
+    resumed = bool(cfg.get("RESUME") and id_file.is_file())
+    if resumed:
         init.update(id=json.loads(id_file.read_text(encoding="utf-8"))["id"], resume="allow")
-    try:
-        swanlab.init(mode="online" if mode == "cloud" else mode, **init)
-    except Exception as e:  # noqa: BLE001 - login/network errors come in many types; training must go on
-        if mode != "cloud":
-            raise
-        print(f"SwanLab: cloud logging failed ({type(e).__name__}: {e}); logging locally in {init['log_dir']}/ "
-              "instead")
-        mode = "local"
-        swanlab.init(mode="local", **init)
-    write_json(id_file, {"id": swanlab.get_run().id})
+    if mode == "cloud":
+        unreachable = _cloud_unreachable()
+        if unreachable:
+            mode, why = "local", f"the SwanLab cloud is unreachable: {unreachable}"
+    if mode == "cloud":
+        try:
+            swanlab.init(mode="online", **init)
+        except Exception as e:  # noqa: BLE001 - login/network errors come in many types; training must go on
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            mode, why = "local", f"cloud login failed: {type(e).__name__}: {first}"
+    if mode != "cloud":
+        if resumed and mode == "local":
+            m = _CHECKPOINT.match(Path(resume_from).name) if resume_from else None
+            init["name"] = f"{cfg.get('RUN_NAME')} (resumed" + (f" at step {m.group(1)})" if m else ")")
+        swanlab.init(mode=mode, **init)
+    run_id = swanlab.get_run().id
+    write_json(id_file, {"id": run_id})
     where = "the SwanLab cloud" if mode == "cloud" else f"{init['log_dir']}/ (view: swanlab watch {init['log_dir']})"
-    print(f"SwanLab: {mode} ({why}), logging to {where}")
+    note = ""
+    if resumed:
+        note = {"cloud": f"; continuing experiment {run_id}",
+                "local": f"; local mode cannot continue an experiment, so this resumed part is a new experiment, "
+                         f"'{init['name']}'",
+                "offline": f"; saved under the interrupted part's run id {run_id}: swanlab sync uploads both into one "
+                           "cloud experiment"}.get(mode, "")
+    print(f"SwanLab: {mode} ({why}), logging to {where}{note}")
     return [SwanLabCallback()]
 
 
@@ -778,14 +1207,20 @@ def swanlab_active() -> bool:
         return False
     import swanlab
 
-    return swanlab.get_run() is not None
+    return swanlab.has_run()
 
 
-def finish_swanlab(interrupted: bool = False) -> None:
+def finish_swanlab(interrupted: bool = False, reason: str | None = None) -> None:
+    """End the SwanLab run: "success", or for an interrupted run "aborted" with a reason. The reason matters in
+    local mode, whose dashboard shows a run without an error text as Finished."""
     if swanlab_active():
         import swanlab
 
-        swanlab.finish(state="aborted" if interrupted else "success")
+        if interrupted:
+            swanlab.finish(state="aborted", error=reason or "interrupted (Ctrl-C or SIGTERM): a checkpoint was saved; "
+                                                            "continue with --resume=true")
+        else:
+            swanlab.finish(state="success")
 
 
 # --- outputs ------------------------------------------------------------------------------------------------------
@@ -793,14 +1228,20 @@ def finish_swanlab(interrupted: bool = False) -> None:
 
 def save_final(trainer, tokenizer, cfg: dict) -> list[Path]:
     """Save the trained model (or adapter), tokenizer (chat template included), generation config,
-    ``trainer_state.json`` and ``train_config.json`` in OUTPUT_DIR. Returns the paths written.
+    ``train_config.json`` and, last, ``trainer_state.json`` (the finished marker) in OUTPUT_DIR. Returns the paths
+    written. A full disk raises MedsftError naming OUTPUT_DIR.
 
     A LoRA adapter records the base model's spec (``cfg["MODEL"]``, e.g. ``tiny`` or ``Qwen/Qwen3-1.7B``) as
     ``base_model_name_or_path``, so later stages find the base without being told.
     """
+    out = Path(cfg["OUTPUT_DIR"])
+    with disk_errors(out, "the final model", "output_dir", resume=True):
+        return _save_final(trainer, tokenizer, cfg, out)
+
+
+def _save_final(trainer, tokenizer, cfg: dict, out: Path) -> list[Path]:
     from .config import save_config
 
-    out = Path(cfg["OUTPUT_DIR"])
     model = trainer.model
     model.config.use_cache = True  # inference wants the KV cache back
     tokenizer.padding_side = "left"  # what generation uses; load_tokenizer sets it anyway
@@ -819,10 +1260,13 @@ def save_final(trainer, tokenizer, cfg: dict) -> list[Path]:
             model.to(torch.bfloat16)  # fp32 master weights were for the updates; ship bf16 like Qwen3 itself
         trainer.save_model(str(out))  # model.safetensors + config + generation_config + tokenizer
         written = sorted(out.glob("model*.safetensors"))
-    trainer.state.save_to_json(str(out / "trainer_state.json"))
     save_config(cfg, out / "train_config.json")
-    return written + [out / "tokenizer_config.json", out / "generation_config.json", out / "trainer_state.json",
-                      out / "train_config.json"]
+    # last, and atomically: trainer_state.json is what marks the run finished
+    tmp = out / ".trainer_state.json.tmp"
+    trainer.state.save_to_json(str(tmp))
+    os.replace(tmp, out / "trainer_state.json")
+    return written + [out / "tokenizer_config.json", out / "generation_config.json", out / "train_config.json",
+                      out / "trainer_state.json"]
 
 
 def history(log_history: list[dict]) -> list[dict]:
@@ -840,10 +1284,23 @@ def _last(hist: list[dict], key: str):
 
 
 def write_results(trainer, cfg: dict, kind: str, summary: dict, data_stats: dict) -> Path:
-    """Write ``RESULTS_DIR/train_{kind}.json``: steps, tokens, time, tokens/s, peak memory, final losses, curves."""
+    """Write ``RESULTS_DIR/train_{kind}.json``: steps, tokens, time, tokens/s, peak memory, final losses, curves.
+
+    A session that trained nothing (resumed from the final checkpoint of a run killed while saving its outputs)
+    keeps the timing of the results it replaces, rather than reporting 0 tokens/s.
+    """
     import torch
 
+    path = Path(cfg["RESULTS_DIR"]) / RESULTS_NAME.format(kind=kind)
     state = trainer.state
+    if not summary.get("session_tokens"):
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if old.get("output_dir") == str(cfg["OUTPUT_DIR"]) and old.get("steps") == state.global_step:
+            summary = {**summary, **{k: old[k] for k in ("wall_time_s", "train_time_s", "tokens_per_s",
+                                                          "session_tokens") if k in old}}
     hist = history(state.log_history)
     peak, peak_kind = peak_memory()
     trainable, total = count_parameters(trainer.model)
@@ -873,7 +1330,8 @@ def write_results(trainer, cfg: dict, kind: str, summary: dict, data_stats: dict
         "data": data_stats,
         "log_history": hist,
     }
-    return write_json(Path(cfg["RESULTS_DIR"]) / RESULTS_NAME.format(kind=kind), result)
+    with disk_errors(path.parent, path.name, "results_dir"):
+        return write_json(path, result)
 
 
 def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
@@ -934,7 +1392,8 @@ def write_charts(results_dir) -> list[Path]:
             buf = _io.BytesIO()
             fig.savefig(buf, format="png", metadata={"Software": None})
             plt.close(fig)
-        written.append(atomic_write_bytes(results_dir / name, buf.getvalue()))
+        with disk_errors(results_dir, name, "results_dir"):
+            written.append(atomic_write_bytes(results_dir / name, buf.getvalue()))
     return written
 
 

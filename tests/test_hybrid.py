@@ -75,3 +75,26 @@ def test_example_modes_are_seeded_and_near_the_ratio():
     assert share["no_think_hard"] == pytest.approx(0.125, abs=0.02)
     assert share["no_think_soft"] == pytest.approx(0.125, abs=0.02)
     assert set(example_modes(ids, 0.0, seed=1)) == {"think"}
+
+
+def test_training_examples_mix_the_modes_by_seed(tmp_path):
+    """prepare_examples turns NO_THINK_RATIO of the rows into non-thinking examples, the same ones on every run;
+    an empty think is never trained as thinking (any tokenizer: the tiny one here)."""
+    from medsft.models import load_tokenizer
+    from medsft.training import prepare_examples
+
+    tok = load_tokenizer("tiny")
+    rows = [{"id": f"r{i}", "question": f"问题{i}？", "think": "" if i == 0 else f"思考{i}。", "answer": f"回答{i}。"}
+            for i in range(60)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    a, stats = prepare_examples(path, tok, 512, no_think_ratio=0.5, seed=3)
+    b, _ = prepare_examples(path, tok, 512, no_think_ratio=0.5, seed=3)
+    assert a == b
+    assert sum(stats["modes"].values()) == 60 and min(stats["modes"].values()) >= 10, stats["modes"]
+    _, none = prepare_examples(path, tok, 512)
+    assert none["modes"] == {"think": 59, "no_think_hard": 1, "no_think_soft": 0}  # row 0 has an empty think
+    think_open = tok.convert_tokens_to_ids("<think>")
+    trained = [[t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100] for e in a]
+    hard = sum(1 for t in trained if think_open not in t)
+    assert hard == stats["modes"]["no_think_hard"]  # hard examples train the answer alone

@@ -1,0 +1,416 @@
+"""Reliability of train.py / train_lora.py (issue 11): re-runs of a finished run, Ctrl-C with a dead pipe, damaged
+checkpoints, unwritable or full disks, --overwrite and concurrent runs, SwanLab resume/interrupt/offline."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT, run_script
+
+MAX_STEPS = 4
+# tiny and fast: 2 examples per step, a checkpoint every 2 steps, no eval until the end, no preview
+COMMON = ["--model=tiny", "--max_length=256", "--batch_size=2", "--grad_accum=1", "--logging_steps=1",
+          "--eval_steps=100", "--save_steps=2", "--save_total_limit=3", "--preview_questions=0",
+          "--learning_rate=1e-3"]
+TOPICS = ["高血压", "糖尿病", "感冒", "胃炎", "偏头痛", "哮喘", "贫血", "失眠", "湿疹", "痛风", "肺炎", "关节炎"]
+FINAL_OUTPUTS = ("model.safetensors", "config.json", "generation_config.json", "tokenizer_config.json",
+                 "trainer_state.json", "train_config.json")
+
+
+def _row(i: int, topic: str) -> dict:
+    return {"id": f"r{i}", "question": f"{topic}有哪些常见症状？应该如何处理？",
+            "think": f"用户问的是{topic}的症状和处理。先说典型表现，再给就医建议。",
+            "answer": f"{topic}的常见症状因人而异。建议及时就医，遵医嘱治疗，注意休息和饮食。"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    for name, rows in (("train.jsonl", [_row(i, t) for i, t in enumerate(TOPICS[:8])]),
+                       ("val.jsonl", [_row(100 + i, t) for i, t in enumerate(TOPICS[8:])])):
+        (d / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return d
+
+
+def _args(data_dir, out, results, *extra, max_steps=MAX_STEPS):
+    return [*COMMON, f"--max_steps={max_steps}", f"--data_dir={data_dir}", f"--output_dir={out}",
+            f"--results_dir={results}", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """A finished train.py run (checkpoint-2, checkpoint-4 and the final model)."""
+    work = tmp_path_factory.mktemp("finished")
+    out, results = work / "out", work / "results"
+    run_script("train.py", *_args(data_dir, out, results))
+    return out, results
+
+
+def _losses(out: Path) -> list:
+    state = json.loads((out / "trainer_state.json").read_text())
+    return [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+
+
+def _snapshot(*dirs: Path) -> dict:
+    """Every file under ``dirs`` with its size, mtime and bytes: any write shows up."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for d in dirs for p in
+            sorted(d.rglob("*")) if p.is_file()}
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def _cfg(data_dir, out, results, **over):
+    from medsft.config import script_defaults
+
+    cfg = script_defaults(ROOT / "train.py")
+    cfg.update(MODEL="tiny", DATA_DIR=str(data_dir), OUTPUT_DIR=str(out), RESULTS_DIR=str(results), MAX_LENGTH=256,
+               BATCH_SIZE=2, GRAD_ACCUM=1, LOGGING_STEPS=1, EVAL_STEPS=100, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=3,
+               PREVIEW_QUESTIONS=0, LEARNING_RATE=1e-3, MAX_STEPS=MAX_STEPS)
+    cfg.update(over)
+    return cfg
+
+
+# --- 5. a finished run is left alone --------------------------------------------------------------------------------
+
+
+def test_rerun_of_a_finished_run_touches_nothing(data_dir, finished):
+    out, results = finished
+    before = _snapshot(out, results)
+    for extra in (["--resume=true"], []):  # the pipeline re-run (--resume=true) and a plain re-run
+        proc = run_script("train.py", *_args(data_dir, out, results, *extra))
+        lines = [line for line in proc.stdout.splitlines() if "nothing to do" in line]
+        assert len(lines) == 1 and "finished run" in lines[0] and "--overwrite=true" in lines[0], proc.stdout
+        assert "rows kept" not in proc.stdout  # stopped before tokenizing or loading anything
+        assert _snapshot(out, results) == before  # results/train_full.json keeps its real tokens/s and wall time
+    res = json.loads((results / "train_full.json").read_text())
+    assert res["tokens_per_s"] > 0 and res["steps"] == MAX_STEPS
+
+
+def test_rerun_of_a_finished_run_with_other_settings_is_refused(data_dir, finished):
+    out, results = finished
+    before = _snapshot(out, results)
+    resumed = run_script("train.py", *_args(data_dir, out, results, "--resume=true", "--learning_rate=5e-3"),
+                         check=False)
+    assert resumed.returncode == 1 and "resuming would mix two runs" in resumed.stderr, resumed.stderr
+    assert "LEARNING_RATE" in resumed.stderr and "Traceback" not in resumed.stderr
+    plain = run_script("train.py", *_args(data_dir, out, results, "--learning_rate=5e-3"), check=False)
+    assert plain.returncode == 1 and "already holds a finished run" in plain.stderr, plain.stderr
+    assert _snapshot(out, results) == before
+
+
+def test_a_session_that_trained_nothing_keeps_the_timing_it_replaces(tmp_path):
+    """Killed after writing its results but before its finished marker, a run resumes from its final checkpoint
+    and trains nothing: its results keep the real tokens/s instead of 0."""
+    import torch
+    from transformers import TrainerState
+
+    from medsft.training import write_results
+
+    cfg = {"MODEL": "tiny", "OUTPUT_DIR": str(tmp_path / "out"), "RESULTS_DIR": str(tmp_path / "results"),
+           "BATCH_SIZE": 2, "GRAD_ACCUM": 1}
+    trainer = SimpleNamespace(state=TrainerState(global_step=4, max_steps=4, num_input_tokens_seen=600),
+                              model=torch.nn.Linear(2, 2))
+    real = {"wall_time_s": 9.0, "train_time_s": 8.0, "tokens_per_s": 75.0, "session_tokens": 600}
+    path = write_results(trainer, cfg, "full", real, {})
+    write_results(trainer, cfg, "full", {"wall_time_s": 0.01, "train_time_s": 0.01, "tokens_per_s": 0.0,
+                                         "session_tokens": 0, "resumed_from": "checkpoint-4"}, {})
+    res = json.loads(path.read_text())
+    assert {k: res[k] for k in real} == real and res["resumed_from"] == "checkpoint-4"
+
+
+# --- 6. Ctrl-C with the reader of stdout gone -------------------------------------------------------------------------
+
+
+def test_ctrl_c_with_a_dead_pipe_saves_a_checkpoint_and_resumes(data_dir, tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    steps = 6
+    args = [sys.executable, str(ROOT / "train.py"), *_args(data_dir, out, results, "--save_steps=1000",
+                                                              max_steps=steps)]
+    r, w = os.pipe()  # `python train.py 2>&1 | tee log`
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=w, stderr=w)
+    os.close(w)
+    seen, deadline = b"", time.time() + 300
+    try:
+        while b"'loss'" not in seen:  # training has started
+            assert proc.poll() is None and time.time() < deadline, seen.decode(errors="replace")[-3000:]
+            if select.select([r], [], [], 0.5)[0]:
+                seen += os.read(r, 1 << 16)
+    finally:
+        os.close(r)  # Ctrl-C kills tee too: every later write to the pipe fails with EPIPE
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(300) == 130
+    from medsft.training import checkpoint_problem, checkpoints
+
+    ckpts = checkpoints(out)
+    assert len(ckpts) == 1 and ckpts[0][2], ckpts  # saved on Ctrl-C, long before SAVE_STEPS
+    step, path, _ = ckpts[0]
+    assert 0 < step < steps and checkpoint_problem(path) is None
+    assert not (out / "trainer_state.json").exists()
+
+    resumed = run_script("train.py", *_args(data_dir, out, results, "--save_steps=1000", "--resume=true",
+                                            max_steps=steps))
+    assert f"resume: continuing from {path}" in resumed.stdout
+    assert [s for s, _ in _losses(out)] == list(range(1, steps + 1))
+
+
+# --- 7. damaged checkpoints ---------------------------------------------------------------------------------------
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(int(path.stat().st_size * keep))
+
+
+def test_checkpoint_problem_names_the_damaged_file(finished, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from medsft.training import checkpoint_problem
+
+    out, _ = finished
+    good = out / "checkpoint-2"
+    assert checkpoint_problem(good) is None
+    cases = {
+        "model.safetensors": lambda p: _truncate(p),
+        "optimizer.pt": lambda p: _truncate(p),
+        "scheduler.pt": lambda p: p.unlink(),
+        "rng_state.pth": lambda p: p.write_bytes(b"not a zip"),
+        "trainer_state.json": lambda p: p.write_text("{"),
+    }
+    for i, (name, damage) in enumerate(cases.items()):
+        ckpt = _copy_run(good, tmp_path / f"checkpoint-{i}")
+        damage(ckpt / name)
+        why = checkpoint_problem(ckpt)
+        assert why and name in why, (name, why)
+    header = _copy_run(good, tmp_path / "checkpoint-header")
+    data = (header / "model.safetensors").read_bytes()
+    (header / "model.safetensors").write_bytes((10 ** 12).to_bytes(8, "little") + data[8:])  # header length garbage
+    assert "model.safetensors" in checkpoint_problem(header)
+
+    # a LoRA checkpoint holds the adapter instead of the model
+    lora = _copy_run(good, tmp_path / "checkpoint-lora")
+    (lora / "model.safetensors").unlink()
+    (lora / "adapter_config.json").write_text("{}")
+    assert "adapter_model.safetensors" in checkpoint_problem(lora)
+    save_file({"lora_A": torch.zeros(4, 8), "lora_B": torch.ones(8, 4)}, lora / "adapter_model.safetensors")
+    assert checkpoint_problem(lora) is None
+    _truncate(lora / "adapter_model.safetensors", keep=0.9)
+    assert "adapter_model.safetensors" in checkpoint_problem(lora)
+
+
+def _unfinished_copy(finished_out: Path, dst: Path) -> Path:
+    """The finished run as if killed after its last checkpoint: the final outputs are gone."""
+    out = _copy_run(finished_out, dst)
+    for name in FINAL_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+def test_resume_falls_back_past_a_truncated_newest_checkpoint(data_dir, finished, tmp_path):
+    ref, _ = finished
+    out = _unfinished_copy(ref, tmp_path / "out")
+    _truncate(out / f"checkpoint-{MAX_STEPS}" / "model.safetensors")  # the disk filled during its save
+    proc = run_script("train.py", *_args(data_dir, out, tmp_path / "results", "--resume=true"))
+    assert re.search(rf"checkpoint-{MAX_STEPS}.*model\.safetensors", proc.stdout), proc.stdout
+    assert f"resume: continuing from {out / 'checkpoint-2'}" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert _losses(out) == _losses(ref)  # steps 3-4 replayed exactly from checkpoint-2
+
+
+def test_resume_without_a_usable_checkpoint_starts_fresh_and_says_why(data_dir, finished, tmp_path, capsys):
+    from medsft.training import check_output_dir
+
+    out = _unfinished_copy(finished[0], tmp_path / "out")
+    _truncate(out / "checkpoint-2" / "optimizer.pt")
+    (out / f"checkpoint-{MAX_STEPS}" / "rng_state.pth").unlink()
+    assert check_output_dir(_cfg(data_dir, out, tmp_path / "r", RESUME=True)) is None
+    text = capsys.readouterr().out
+    assert "optimizer.pt" in text and "rng_state.pth" in text and "starting from scratch" in text
+    assert not list(out.glob("checkpoint-*"))  # damaged checkpoints would shadow the new run's
+
+
+# --- 8. unwritable folders, too little disk, disk full while saving ------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["output_dir", "results_dir"])
+def test_unwritable_folder_fails_before_loading(data_dir, tmp_path, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    dirs = {"output_dir": tmp_path / "out", "results_dir": tmp_path / "results"}
+    dirs[option] = blocker / "sub"  # root ignores permissions; a file in the path stops anyone
+    proc = run_script("train.py", *_args(data_dir, dirs["output_dir"], dirs["results_dir"]), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert str(blocker / "sub") in proc.stderr and f"--{option}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "rows kept" not in proc.stdout  # nothing tokenized or loaded
+
+
+def test_too_little_free_disk_fails_before_loading(data_dir, tmp_path, monkeypatch):
+    from medsft import training
+    from medsft.io import MedsftError
+
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=1000))
+    out = tmp_path / "out"
+    with pytest.raises(MedsftError, match=r"free") as e:
+        training.preflight(_cfg(data_dir, out, tmp_path / "results"), kind="full")
+    assert str(out) in str(e.value) and "--output_dir" in str(e.value)
+    assert not (out / "run_fingerprint.json").exists()
+
+
+def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch):
+    import torch
+
+    from medsft import io as medsft_io
+    from medsft import training
+    from medsft.io import MedsftError
+    from medsft.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny")
+    examples, _ = training.prepare_examples(data_dir / "train.jsonl", tokenizer, 256)
+    out, results = tmp_path / "out", tmp_path / "results"
+    cfg = _cfg(data_dir, out, results, SAVE_STEPS=1, MAX_STEPS=1)
+    cfg.update(training.resolve_features(cfg, log=False))
+    trainer = training.build_trainer(training.load_training_model(cfg), tokenizer, examples, None, cfg)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", full)  # the optimizer state of checkpoint-1
+        with pytest.raises(MedsftError) as e:
+            training.run_training(trainer)
+    assert str(out) in str(e.value) and "disk" in str(e.value) and "--resume=true" in str(e.value)
+
+    with monkeypatch.context() as m:
+        m.setattr(medsft_io, "_write_durably", full)
+        with pytest.raises(MedsftError) as e:
+            training.save_final(trainer, tokenizer, cfg)
+        assert str(out) in str(e.value) and "disk" in str(e.value)
+        summary = {"wall_time_s": 1.0, "train_time_s": 1.0, "tokens_per_s": 1.0, "session_tokens": 1}
+        with pytest.raises(MedsftError) as e:
+            training.write_results(trainer, cfg, "full", summary, {})
+        assert str(results) in str(e.value) and "--results_dir" in str(e.value)
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    Exception("No space left on device (os error 28)"),  # safetensors, as raised on a full tmpfs
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 546752 vs 546640"),  # torch.save
+])
+def test_disk_full_is_recognised_in_the_forms_torch_and_safetensors_raise(tmp_path, monkeypatch, error):
+    from medsft import training
+    from medsft.io import MedsftError
+
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=0))
+    with pytest.raises(MedsftError, match="disk full while writing a checkpoint in"):
+        with training.disk_errors(tmp_path, "a checkpoint", "output_dir", resume=True):
+            raise error
+    with pytest.raises(RuntimeError, match="something else"):  # other errors pass through untouched
+        with training.disk_errors(tmp_path, "a checkpoint", "output_dir"):
+            raise RuntimeError("something else")
+
+
+# --- 10. --overwrite removes the old outputs first; one run per OUTPUT_DIR --------------------------------------------
+
+
+def test_overwrite_removes_the_previous_outputs_before_training(data_dir, finished, tmp_path):
+    from medsft import training
+
+    out = _copy_run(finished[0], tmp_path / "out")
+    (out / "notes.txt").write_text("the user's own file")
+    try:
+        assert training.preflight(_cfg(data_dir, out, tmp_path / "results", OVERWRITE=True), kind="full") is None
+    finally:
+        training.unlock_output_dir(out)
+    # a run killed from here on must not look finished, nor leave the old model for inference to pick up
+    assert not training.is_finished(out)
+    for name in FINAL_OUTPUTS:
+        assert not (out / name).exists(), name
+    assert not list(out.glob("checkpoint-*")) and (out / "notes.txt").is_file()
+
+
+def test_second_run_in_the_same_output_dir_is_refused(data_dir, finished, tmp_path):
+    from medsft import training
+
+    out = _copy_run(finished[0], tmp_path / "out")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from medsft.training import "
+                               "lock_output_dir; lock_output_dir(sys.argv[1]); print('locked', flush=True); "
+                               "time.sleep(600)", str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(out)
+        proc = run_script("train.py", *_args(data_dir, out, tmp_path / "results", "--overwrite=true"), check=False)
+        assert proc.returncode == 1 and f"pid {holder.pid}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert {k: v for k, v in _snapshot(out).items() if not k.endswith(".lock")} == \
+               {k: v for k, v in before.items() if not k.endswith(".lock")}  # the holder's files untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    training.lock_output_dir(out)  # the lock dies with its holder
+    training.unlock_output_dir(out)
+
+
+# --- 12. SwanLab ----------------------------------------------------------------------------------------------------
+
+
+def _experiments(log_dir: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(log_dir / "runs.swanlab") as db:
+        return list(db.execute("select name, status from experiment order by id"))
+
+
+def test_swanlab_local_marks_interrupts_and_says_what_a_resume_does(data_dir, tmp_path, monkeypatch, capsys):
+    from medsft.training import finish_swanlab, start_swanlab
+
+    log_dir = tmp_path / "swanlog"
+    monkeypatch.setenv("SWANLAB_MODE", "local")
+    monkeypatch.setenv("SWANLAB_LOG_DIR", str(log_dir))  # swanlab sets it for its dashboard; restored after
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(data_dir, tmp_path / "out", tmp_path / "results", SWANLAB_LOG_DIR=str(log_dir), RUN_NAME="run")
+    start_swanlab(cfg, kind="full")
+    finish_swanlab(interrupted=True)  # Ctrl-C
+    capsys.readouterr()
+    start_swanlab({**cfg, "RESUME": True}, kind="full", resume_from=tmp_path / "out" / "checkpoint-2")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("SwanLab:")]
+    finish_swanlab()
+    assert len(said) == 1 and "new experiment" in said[0], said
+    (name, status), (resumed_name, resumed_status) = _experiments(log_dir)
+    assert (name, status) == ("run", -1)  # shown as stopped, not "Finished"
+    assert resumed_name in said[0] and resumed_status == 1
+
+
+def test_swanlab_cloud_unreachable_says_so_in_one_line(data_dir, tmp_path, monkeypatch, capfd, caplog):
+    from medsft.training import finish_swanlab, start_swanlab
+
+    monkeypatch.delenv("SWANLAB_MODE", raising=False)
+    monkeypatch.setenv("SWANLAB_API_KEY", "a-key")  # logged in ...
+    monkeypatch.setenv("SWANLAB_API_HOST", "http://127.0.0.1:9")  # ... but nothing answers there
+    monkeypatch.setenv("SWANLAB_LOG_DIR", str(tmp_path / "swanlog"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(data_dir, tmp_path / "out", tmp_path / "results", SWANLAB_LOG_DIR=str(tmp_path / "swanlog"))
+    t = time.time()
+    start_swanlab(cfg, kind="full")
+    finish_swanlab()
+    assert time.time() - t < 30
+    text = "\n".join(capfd.readouterr())
+    ours = [line for line in text.splitlines() if line.startswith("SwanLab:")]
+    assert len(ours) == 1 and "unreachable" in ours[0] and "SwanLab: local" in ours[0], text
+    noise = [r.getMessage() for r in caplog.records if "retry" in r.getMessage().lower()]
+    assert not noise and "retry" not in text.lower(), noise or text
