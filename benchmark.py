@@ -23,11 +23,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medsft import knowledge, report
+from medsft.adapters import check_adapter, lora_base
 from medsft.chat import SYSTEM_PROMPT
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError
-from medsft.predict import check_adapter, check_model, lora_base, weights_fingerprint
+from medsft.model_checks import check_model, weights_fingerprint
 
 DATASET = "opencompass/cmmlu"  # ModelScope id (one subset per subject, split test) or a local folder of <subject>.csv
 MODEL_DIR = "Qwen/Qwen3-1.7B"  # model spec (ModelScope id, trained dir, tiny) or a LoRA adapter dir (on its base)

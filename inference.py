@@ -17,10 +17,14 @@ It is resumable: rows already in OUTPUT are skipped, and OUTPUT is rewritten ato
 
 from pathlib import Path
 
+from medsft.adapters import load_for_inference
+from medsft.backends import check_backend
+from medsft.chat_repl import chat, choose_mode
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError
-from medsft.predict import check_backend, check_model, chat, choose_mode, load_for_inference, predict_file
+from medsft.model_checks import check_model
+from medsft.predict import predict_file
 
 MODEL_DIR = "output/full"  # model spec: a trained dir, a ModelScope id (Qwen/Qwen3-1.7B = untuned base) or tiny
 QUESTION = ""  # one question to answer (streamed), then exit; "" = no single question

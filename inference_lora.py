@@ -15,11 +15,13 @@ AutoModelForCausalLM and gives the same greedy answers as base + adapter: `pytho
 
 from pathlib import Path
 
+from medsft.adapters import check_adapter, load_for_inference, lora_base, merge_lora
+from medsft.backends import check_backend
+from medsft.chat_repl import chat, choose_mode
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError
-from medsft.predict import (check_adapter, check_backend, chat, choose_mode, load_for_inference, lora_base,
-                            merge_lora, predict_file)
+from medsft.predict import predict_file
 
 ADAPTER_DIR = "output/lora"  # LoRA adapter directory (adapter_config.json + adapter weights)
 BASE_MODEL = None  # base model spec; None = the base recorded in the adapter (adapter_config.json)

@@ -1,8 +1,8 @@
 """ROUGE of the full fine-tune's answers and reasoning, beside the untuned base model.
 
 Reads   PREDICTIONS (default results/predictions_full.jsonl, written by inference.py) and BASE_PREDICTIONS
-        (results/predictions_base.jsonl). A missing file is predicted here with the inference code: PREDICTIONS from
-        MODEL_DIR, the base file once from the run's base model (then reused by every eval script), both on TEST_FILE.
+        (results/predictions_base.jsonl, written by inference.py --model_dir=<base>). Scores only: a missing file stops
+        the script with the inference command that makes it (MODEL_DIR, the run's base model, TEST_FILE).
 Writes  RESULTS_DIR/rouge_full.json + rouge_full.jsonl and rouge_base.json + rouge_base.jsonl (summary, per-sample
         scores), then rebuilds RESULTS_DIR/rouge.png, cot.png and README.md from every summary there, and saves
         RESULTS_DIR/rouge_eval_config.json.
@@ -21,29 +21,23 @@ from pathlib import Path
 from medsft import evaluation, report
 from medsft.config import configure, save_config
 
-PREDICTIONS = "results/predictions_full.jsonl"  # predictions of the full fine-tune (made from MODEL_DIR if missing)
-MODEL_DIR = "output/full"  # the full fine-tune; only used to predict a missing PREDICTIONS and to find its base
-TEST_FILE = "data/test.jsonl"  # split predicted when a predictions file is missing
+PREDICTIONS = "results/predictions_full.jsonl"  # predictions of the full fine-tune (made by inference.py)
+MODEL_DIR = "output/full"  # the full fine-tune: records its base; named in the command for a missing file
+TEST_FILE = "data/test.jsonl"  # the split the predictions must be of
 RESULTS_DIR = "results"  # scores, charts and README.md go here
 EVAL_BASE = True  # also score the untuned base model, for comparison
-BASE_PREDICTIONS = "results/predictions_base.jsonl"  # base model predictions (made once if missing, then reused)
-BASE_MODEL = ""  # base model spec for a missing BASE_PREDICTIONS; "" = the one MODEL_DIR records (train_config.json)
-MAX_NEW_TOKENS = 2048  # tokens per answer at most, for predictions made here
-DO_SAMPLE = True  # predictions made here: Qwen3's thinking-mode sampling (true) or greedy (false)
-SEED = 42  # sampling seed for predictions made here
-BATCH_SIZE = 8  # questions generated together, for predictions made here
+BASE_PREDICTIONS = "results/predictions_base.jsonl"  # base model predictions (made by inference.py)
+BASE_MODEL = ""  # base model spec named for a missing BASE_PREDICTIONS; "" = the one MODEL_DIR records
 WORKERS = 2  # processes sharing the ROUGE work (1 = in this process); results do not depend on it
 
 
 def main():
     cfg = configure(globals())
-    # 1. Check the prediction files (or the models and split that would make them)
+    # 1. Check that the prediction files exist (else stop with the command that makes them)
     targets = evaluation.targets(cfg, "full")
-    # 2. Predict the missing files with the inference code (base first: every eval script reuses it)
-    evaluation.produce_missing(targets, cfg)
-    # 3. Score base and full fine-tune in the three views
+    # 2. Score base and full fine-tune in the three views
     written = [path for t in targets for path in evaluation.score_rouge(cfg, t)]
-    # 4. Rebuild the charts and the report from every summary in RESULTS_DIR
+    # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
     written += report.build(RESULTS_DIR)
     written.append(save_config(cfg, Path(RESULTS_DIR) / "rouge_eval_config.json"))
     for path in written:

@@ -1,47 +1,35 @@
-"""The flow shared by evaluate.py, evaluate_lora.py, rouge_eval.py and rouge_eval_lora.py.
+"""The flow shared by evaluate.py, evaluate_lora.py, rouge_eval.py and rouge_eval_lora.py: they score files only.
 
-Which prediction files to score (the tuned model's and, unless EVAL_BASE is off, the untuned base model's), making
-the missing ones with the inference code (`medsft.predict.predict_file`, never a copy), reading and checking them,
-and writing each model's summary + per-sample files. Model tags: base / full / lora.
+Which prediction files to score (the tuned model's and, unless EVAL_BASE is off, the untuned base model's),
+reading and checking them, and writing each model's summary + per-sample files. Model tags: base / full / lora.
+A missing prediction file stops the script with the exact inference.py / inference_lora.py command that makes it,
+because scoring must never silently generate with settings that differ from the predictions of the other models.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import metrics
 from .chat import STATUSES
 from .io import MedsftError, iter_jsonl, read_jsonl, write_json, write_jsonl
+from .judge import Judge, JudgeConfigError
+from .models import base_model_of
+from .predict import summary_path
 
-TAGS = ("base", "full", "lora")
 DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "backend")
 
 
 @dataclass
 class Target:
-    """One prediction file to score, and how to make it when it is missing."""
+    """One prediction file to score, and the inference command that makes it."""
 
     tag: str
     path: Path
-    model: str | None = None  # spec to predict with (for a LoRA adapter: its base, None = the one it records)
-    adapter_dir: str | None = None
-
-    @property
-    def missing(self) -> bool:
-        return not self.path.is_file()
-
-
-def _why(path: Path, source: str, err: MedsftError) -> MedsftError:
-    return MedsftError(f"{path} not found, so it would be predicted with {source}, but {err} — or pass "
-                       "--predictions=<file.jsonl> (made by inference.py --input=data/test.jsonl)")
-
-
-def _check_test_file(cfg: dict, path: Path, source: str):
-    test = Path(cfg["TEST_FILE"])
-    if not test.is_file():
-        raise MedsftError(f"{path} not found, so it would be predicted with {source} from {test}, but {test} does "
-                          "not exist: run data.py first, or pass --test_file=<file.jsonl> / --predictions=<file.jsonl>")
+    command: str = ""
 
 
 def _rows_model(path: Path) -> tuple[str | None, str | None]:
@@ -54,71 +42,48 @@ def _rows_model(path: Path) -> tuple[str | None, str | None]:
     return (first.get("model"), first.get("adapter")) if isinstance(first, dict) else (None, None)
 
 
-def targets(cfg: dict, tag: str) -> list[Target]:
-    """The prediction files to score, base first; every missing one is checked to be producible, before any model
-    is loaded. `cfg` is a script's resolved constants (MODEL_DIR for full, ADAPTER_DIR for lora)."""
-    from .models import base_model_of
-    from .predict import check_adapter, check_model, lora_base
+def _command(script: str, flags: dict, cfg: dict, output) -> str:
+    """``python <script> --flag=value ... --input=TEST_FILE --output=<output>``, each value quoted for a shell (a
+    ``<placeholder>`` is left as it is)."""
+    flags = {**flags, "input": cfg["TEST_FILE"], "output": output}
+    return " ".join(["python", script] + [f"--{k}={v if str(v).startswith('<') else shlex.quote(str(v))}"
+                                          for k, v in flags.items() if v])
 
+
+def _base_spec(cfg: dict, run_dir, tuned: Path) -> str | None:
+    """The base model of the run: BASE_MODEL, else the one its directory records, else the one its predictions name."""
+    spec = cfg.get("BASE_MODEL") or None
+    if not spec and Path(str(run_dir)).is_dir():
+        spec = base_model_of(run_dir)
+    if not spec and tuned.is_file():  # the run's directory may be gone; its predictions still say
+        model, adapter = _rows_model(tuned)
+        spec = model if adapter else (base_model_of(model) if model and Path(model).is_dir() else None)
+    return spec
+
+
+def targets(cfg: dict, tag: str) -> list[Target]:
+    """The prediction files to score, base first. A missing one stops the script (before anything is scored) with
+    the inference command that makes it. `cfg` is a script's resolved constants (MODEL_DIR for full, ADAPTER_DIR
+    for lora)."""
     if tag not in ("full", "lora"):
         raise ValueError(f"tag must be full or lora, not {tag!r}")
-    out = []
-    tuned = Target(tag, Path(cfg["PREDICTIONS"]))
     run_dir = cfg["MODEL_DIR"] if tag == "full" else cfg["ADAPTER_DIR"]
-    if tuned.missing:
-        if tag == "full":
-            source = f"--model_dir={run_dir}"
-            _check_test_file(cfg, tuned.path, source)
-            try:
-                tuned.model = check_model(run_dir, flag="--model_dir", producer="train.py")
-            except MedsftError as e:
-                raise _why(tuned.path, source, e) from None
-        else:
-            source = f"--adapter_dir={run_dir}"
-            _check_test_file(cfg, tuned.path, source)
-            try:
-                check_adapter(run_dir)
-                tuned.model = lora_base(run_dir, cfg.get("BASE_MODEL") or None)
-            except MedsftError as e:
-                raise _why(tuned.path, source, e) from None
-            tuned.adapter_dir = str(run_dir)
-
+    script, flags = (("inference.py", {"model_dir": run_dir}) if tag == "full" else
+                     ("inference_lora.py", {"adapter_dir": run_dir, "base_model": cfg.get("BASE_MODEL")}))
+    tuned = Target(tag, Path(cfg["PREDICTIONS"]), _command(script, flags, cfg, cfg["PREDICTIONS"]))
+    out = [tuned]
     if cfg["EVAL_BASE"]:
-        base = Target("base", Path(cfg["BASE_PREDICTIONS"]))
-        if base.missing:
-            spec = cfg.get("BASE_MODEL") or None
-            if not spec and Path(str(run_dir)).is_dir():
-                spec = base_model_of(run_dir)
-            if not spec and not tuned.missing:  # the run's directory may be gone; its predictions still say
-                model, adapter = _rows_model(tuned.path)
-                spec = model if adapter else (base_model_of(model) if model and Path(model).is_dir() else None)
-            if not spec:
-                raise MedsftError(f"{base.path} not found and the base model of {run_dir} is unknown (no "
-                                  "train_config.json / adapter_config.json naming it): pass --base_model=<spec, e.g. "
-                                  "Qwen/Qwen3-1.7B or tiny>, --base_predictions=<file.jsonl>, or --eval_base=false")
-            _check_test_file(cfg, base.path, f"the base model {spec}")
-            try:
-                base.model = check_model(spec, flag="--base_model", producer=None)
-            except MedsftError as e:
-                raise MedsftError(f"{base.path} not found, so it would be predicted with the base model, but {e}; "
-                                  "or pass --eval_base=false") from None
-        out.append(base)
-    out.append(tuned)
+        spec = _base_spec(cfg, run_dir, tuned.path) or "<the base model of the run, e.g. Qwen/Qwen3-1.7B>"
+        out.insert(0, Target("base", Path(cfg["BASE_PREDICTIONS"]),
+                             _command("inference.py", {"model_dir": spec}, cfg, cfg["BASE_PREDICTIONS"])))
+    missing = [t for t in out if not t.path.is_file()]
+    if missing:
+        also = " (or pass --eval_base=false)" if any(t.tag == "base" for t in missing) else ""
+        raise MedsftError(f"{' and '.join(str(t.path) for t in missing)} not found: the evaluation scripts only score "
+                          "predictions and never make them, so every model is scored on predictions made with the "
+                          f"same settings; make {'them' if len(missing) > 1 else 'it'} first{also}:\n"
+                          + "\n".join(f"  {t.command}" for t in missing))
     return out
-
-
-def produce_missing(items: list[Target], cfg: dict) -> None:
-    """Predict TEST_FILE into every missing prediction file, with the inference stage's own code."""
-    from .predict import predict_file
-
-    for t in items:
-        if not t.missing:
-            continue
-        print(f"{t.path} not found: predicting {cfg['TEST_FILE']} with {t.model}"
-              + (f" + {t.adapter_dir}" if t.adapter_dir else ""))
-        predict_file(t.model, cfg["TEST_FILE"], t.path, adapter_dir=t.adapter_dir,
-                     max_new_tokens=cfg["MAX_NEW_TOKENS"], do_sample=cfg["DO_SAMPLE"], seed=cfg["SEED"],
-                     batch_size=cfg["BATCH_SIZE"])
 
 
 def load_predictions(path) -> list[dict]:
@@ -155,8 +120,6 @@ def load_predictions(path) -> list[dict]:
 
 def describe(path, rows: list[dict], test_file=None) -> dict:
     """What was scored: the file, its model, n, and the decoding settings from the inference summary beside it."""
-    from .predict import summary_path
-
     path = Path(path)
     info = {"path": str(path), "n": len(rows), "model": None, "adapter": None, "decoding": None}
     models = sorted({str(r.get("model")) for r in rows if r.get("model") is not None})
@@ -205,9 +168,6 @@ def judge_key(cfg: dict) -> str | None:
 
 
 def run_judge(cfg: dict, api_key: str, rows: list[dict], per_sample: list[dict]) -> dict:
-    from . import metrics
-    from .judge import Judge, JudgeConfigError
-
     judge = Judge(cfg["JUDGE_BASE_URL"], cfg["JUDGE_MODEL"], api_key, Path(cfg["RESULTS_DIR"]) / "judge_cache.jsonl",
                   retries=cfg["JUDGE_RETRIES"], workers=cfg["JUDGE_WORKERS"])
     try:
@@ -219,8 +179,6 @@ def run_judge(cfg: dict, api_key: str, rows: list[dict], per_sample: list[dict])
 
 def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
     """Chain-of-thought scores of one prediction file -> RESULTS_DIR/cot_<tag>.json + .jsonl."""
-    from . import metrics
-
     rows = load_predictions(t.path)
     info = describe(t.path, rows, cfg["TEST_FILE"])
     summary, per_sample = metrics.cot_scores(rows, tau=cfg["TAU"], repeat_threshold=cfg["REPEAT_THRESHOLD"],
@@ -236,8 +194,6 @@ def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
 
 def score_rouge(cfg: dict, t: Target) -> list[Path]:
     """ROUGE of one prediction file in the three views -> RESULTS_DIR/rouge_<tag>.json + .jsonl."""
-    from . import metrics
-
     rows = load_predictions(t.path)
     info = describe(t.path, rows, cfg["TEST_FILE"])
     summary, per_sample = metrics.rouge_scores(rows, workers=cfg["WORKERS"])

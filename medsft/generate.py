@@ -1,4 +1,4 @@
-"""Generation shared by inference, the training preview, evaluation and the benchmark.
+"""Generation shared by inference, the training preview and the benchmark.
 
 ``generate`` answers many questions in batches (transformers), ``stream`` answers one question token by token
 for the chat, and ``generate_vllm`` is the optional vLLM backend with the same result format.
@@ -7,12 +7,18 @@ for the chat, and ``generate_vllm`` is the optional vLLM backend with the same r
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import threading
+from pathlib import Path
 
 from tqdm import tqdm
 
 from .chat import prompt_text
 from .io import MedsftError
+
+# torch and transformers (seconds to import) are imported inside the functions that generate, so the scripts'
+# --help and fail-fast checks (check_decoding) stay instant; vllm is optional and heavy, imported only when used.
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -169,8 +175,6 @@ def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, se
 
 
 def vllm_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("vllm") is not None
 
 
@@ -182,9 +186,6 @@ def require_vllm() -> None:
 
 def load_vllm(model_dir, *, seed=42, adapter_dir=None, max_model_len=None):
     """A vLLM engine for a local model directory, with LoRA support switched on when an adapter is given."""
-    import json
-    from pathlib import Path
-
     require_vllm()
     from vllm import LLM
 

@@ -1,95 +1,32 @@
-"""Inference shared by inference.py and inference_lora.py (and the evaluation scripts, for missing predictions).
+"""Batch predictions of a JSONL split, as inference.py --input / inference_lora.py --input run them.
 
-* ``predict_file``: batch predictions over a JSONL split, resumable, the output rewritten atomically after each
-  batch, with a ``<output stem>.summary.json`` beside it;
-* ``chat``: the streamed terminal chat (one ``--question`` or an interactive multi-turn session);
-* ``load_for_inference`` / ``merge_lora``: a full model or a base + LoRA adapter, and the adapter merged into a
-  plain Hugging Face model directory.
-
-Everything that can be checked without a model (model and adapter directories, input rows, output path, backend)
+``predict_file`` predicts every row into OUTPUT and writes ``<output stem>.summary.json`` beside it. It is
+resumable: the rows already in OUTPUT are kept (``load_done``) if they come from the same split, model, weights and
+decoding settings (``_check_settings``), and OUTPUT is rewritten atomically after every batch, so a kill never leaves
+half a line. Everything that can be checked without a model (model and adapter, input rows, output path, backend)
 is checked first, so a mistake costs seconds, not a model load.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .chat import STATUSES, THINK_CLOSE, THINK_OPEN, split_output
+from .adapters import check_adapter, lora_base
+from .backends import check_backend, load_backend
+from .chat import STATUSES, split_output
 from .generate import check_decoding
 from .io import MedsftError, iter_jsonl, write_json, write_jsonl
-from .models import TINY, base_model_of, is_hub_id
-
-BACKENDS = ("transformers", "vllm")
-LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
-VLLM_MIN_CHUNK = 64  # vLLM schedules its own batches; hand it at least this many questions between saves
+from .model_checks import check_model, spec_key, weights_fingerprint
 
 
-# --- checks that need no model ---------------------------------------------------------------------------------
-
-
-def _looks_local(spec: str) -> bool:
-    """True when a missing spec is meant as a local path (so it must not be looked up on ModelScope)."""
-    if spec.startswith((".", "/", "~")) or "\\" in spec:
-        return True
-    first = spec.split("/", 1)[0]
-    return first in LOCAL_ROOTS or Path(first).is_dir() or not is_hub_id(spec)
-
-
-def check_model(spec, *, flag="--model_dir", producer="train.py") -> str:
-    """Fail fast on a model spec that cannot work: a missing local directory or one without config.json."""
-    if spec is None or not str(spec).strip():
-        raise MedsftError(f"{flag} is empty: pass a model directory, a ModelScope id like Qwen/Qwen3-1.7B, or tiny")
-    spec = str(spec)
-    if spec == TINY:
-        return spec
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            hint = " (it is a LoRA adapter: use inference_lora.py --adapter_dir)" if (path / "adapter_config.json").is_file() else ""
-            raise MedsftError(f"{spec} is not a model directory (no config.json){hint}; pass {flag}=<a trained "
-                              "model dir | Qwen/Qwen3-1.7B | tiny>")
-        return spec
-    if path.exists() or _looks_local(spec):
-        run = f"run {producer} first, or " if producer else ""
-        raise MedsftError(f"model directory {spec} not found: {run}pass {flag}=<a trained model dir | "
-                          "Qwen/Qwen3-1.7B | tiny>")
-    return spec  # a ModelScope id: resolved (downloaded or found in the cache) when loading
-
-
-def check_adapter(adapter_dir, *, flag="--adapter_dir", producer="train_lora.py") -> Path:
-    path = Path(str(adapter_dir)).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        what = "not found" if not path.exists() else "has no adapter_config.json"
-        raise MedsftError(f"LoRA adapter directory {adapter_dir} {what}: run {producer} first, or pass {flag}=<dir>")
-    return path
-
-
-def lora_base(adapter_dir, base_model=None, *, flag="--base_model") -> str:
-    """The base model spec of an adapter: ``base_model`` if given, else the one recorded in the adapter."""
-    base = base_model or base_model_of(adapter_dir)
-    if not base:
-        raise MedsftError(f"{adapter_dir}/adapter_config.json names no base model: pass {flag}=<spec>")
-    return check_model(base, flag=flag, producer=None)
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise MedsftError(f"--backend={backend}: expected one of {', '.join(BACKENDS)}")
-    if backend == "vllm":
-        from .generate import require_vllm
-
-        require_vllm()
+# --- checks and resume bookkeeping (no model needed) -----------------------------------------------------------
 
 
 def check_writable(path) -> Path:
@@ -141,13 +78,6 @@ def read_questions(path) -> list[dict]:
     return rows
 
 
-def _spec_key(spec) -> str | None:
-    if spec is None:
-        return None
-    path = Path(str(spec)).expanduser()
-    return str(path.resolve()) if path.exists() else str(spec)
-
-
 def load_done(output, rows: list[dict], model: str, adapter) -> dict:
     """Rows of an earlier run of the same split and model in ``output``, by id (for resuming).
 
@@ -167,7 +97,7 @@ def load_done(output, rows: list[dict], model: str, adapter) -> dict:
         if questions.get(rid, None) != obj.get("question"):
             raise MedsftError(f"{output}:{lineno}: id {rid!r} is not in the input split (or its question differs): "
                               "this file holds predictions for another split; delete it or pass another --output")
-        if _spec_key(obj.get("model")) != _spec_key(model) or _spec_key(obj.get("adapter")) != _spec_key(adapter):
+        if spec_key(obj.get("model")) != spec_key(model) or spec_key(obj.get("adapter")) != spec_key(adapter):
             by = obj.get("model") if obj.get("adapter") is None else f"{obj.get('model')} + {obj.get('adapter')}"
             raise MedsftError(f"{output}:{lineno}: predicted by {by}, not by this model; delete it or pass another "
                               "--output so predictions of two models are not mixed")
@@ -175,26 +105,8 @@ def load_done(output, rows: list[dict], model: str, adapter) -> dict:
     return done
 
 
-def weights_fingerprint(model: str, adapter: str | None) -> str | None:
-    """A hash of the weight files behind a local model (and adapter), recorded in the summary so predictions of
-    retrained weights are never resumed into, or mistaken for, an older file. None for a hub id (its files are
-    fixed by the revision). Reads the weights once (a few seconds for 1.7B)."""
-    from .models import TINY, ensure_tiny
-
-    dirs = [ensure_tiny()] if model == TINY else [Path(model).expanduser()] if Path(model).expanduser().is_dir() else []
-    dirs += [Path(adapter)] if adapter else []
-    files = [f for d in dirs for f in sorted(d.glob("*.safetensors"))]
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def summary_path(output) -> Path:
+    """``<output stem>.summary.json`` beside a predictions file: how it was made (model, settings, counts)."""
     output = Path(output)
     return output.with_name(f"{output.stem}.summary.json")
 
@@ -219,59 +131,6 @@ def _check_settings(output, requested: dict) -> dict | None:
         raise MedsftError(f"{output} was started with other decoding settings: {', '.join(diff)}; rerun with those, "
                           "or delete it (and its summary) / pass another --output")
     return old
-
-
-# --- models ----------------------------------------------------------------------------------------------------
-
-
-def load_for_inference(model, adapter_dir=None, dtype=None, device=None):
-    """(model, tokenizer) for a model spec, with a LoRA adapter on top when ``adapter_dir`` is given."""
-    from .models import load_model, load_tokenizer
-
-    print(f"loading {model}" + (f" + LoRA adapter {adapter_dir}" if adapter_dir else ""))
-    base = load_model(model, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(model)
-    if adapter_dir is None:
-        return base, tokenizer
-    from peft import PeftModel
-
-    if (Path(adapter_dir) / "tokenizer_config.json").is_file():  # the tokenizer saved with the adapter at training
-        tokenizer = load_tokenizer(adapter_dir)
-    return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
-
-
-def merge_lora(adapter_dir, merged_dir, base_model=None) -> Path:
-    """Fold a LoRA adapter into its base and save a plain Hugging Face model directory (safetensors, tokenizer with
-    its chat template, generation_config), written next to ``merged_dir`` and moved into place when complete."""
-    import torch
-    from transformers import AutoConfig
-
-    from .models import resolve_model
-
-    base = lora_base(adapter_dir, base_model)
-    # merge in fp32 on the CPU (exact W + BA), then store in the base's own dtype (bf16 for Qwen3): one rounding
-    model, tokenizer = load_for_inference(base, adapter_dir, dtype=torch.float32, device="cpu")
-    merged = model.merge_and_unload()
-    config = AutoConfig.from_pretrained(resolve_model(base))
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    merged = merged.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    merged_dir = Path(merged_dir)
-    merged_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{merged_dir.name}-", dir=merged_dir.parent))
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "merge_config.json", {"MODEL": base, "ADAPTER_DIR": str(adapter_dir)})
-        old = None
-        if merged_dir.exists():  # replace an older merge only once the new one is complete
-            old = merged_dir.with_name(f".{merged_dir.name}-old-{os.getpid()}")
-            os.replace(merged_dir, old)
-        os.replace(tmp, merged_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return merged_dir
 
 
 # --- batch predictions -----------------------------------------------------------------------------------------
@@ -334,9 +193,9 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     load_s = 0.0
     if todo or previous is None:
         t0 = time.perf_counter()
-        _, _, settings, run = _backend(backend, model, adapter_dir, max_new_tokens=max_new_tokens,
-                                       do_sample=do_sample, seed=seed, batch_size=batch_size, system=system,
-                                       temperature=temperature, top_p=top_p, top_k=top_k)
+        settings, run = load_backend(backend, model, adapter_dir, max_new_tokens=max_new_tokens,
+                                     do_sample=do_sample, seed=seed, batch_size=batch_size, system=system,
+                                     temperature=temperature, top_p=top_p, top_k=top_k)
         load_s = time.perf_counter() - t0
     else:  # nothing to do: the earlier summary says how the file was made
         settings = {k: previous.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")}
@@ -373,40 +232,6 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     return summary
 
 
-def _backend(backend, model, adapter_dir, *, max_new_tokens, do_sample, seed, batch_size, system, temperature,
-             top_p, top_k):
-    """Load ``model`` on ``backend``; return (engine, tokenizer, decoding settings, run(questions, on_batch))."""
-    from . import generate as gen
-
-    if backend == "vllm":
-        from .models import load_tokenizer, resolve_model
-
-        model_dir = resolve_model(model)
-        tokenizer = load_tokenizer(adapter_dir if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").is_file() else model)
-        settings = gen.vllm_settings(model_dir, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                     temperature=temperature, top_p=top_p, top_k=top_k)
-        llm = gen.load_vllm(model_dir, seed=seed, adapter_dir=adapter_dir)
-        stop = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
-
-        def run(questions, on_batch):
-            return gen.generate_vllm(llm, tokenizer, questions, settings=settings, stop_ids=stop, seed=seed,
-                                     system=system, adapter_dir=adapter_dir, on_batch=on_batch,
-                                     batch_size=max(batch_size, VLLM_MIN_CHUNK))
-
-        return llm, tokenizer, settings, run
-    net, tokenizer = load_for_inference(model, adapter_dir)
-    settings = gen.used_settings(gen.generation_config(net, tokenizer, max_new_tokens=max_new_tokens,
-                                                       do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                                       top_k=top_k))
-
-    def run(questions, on_batch):
-        return gen.generate(net, tokenizer, questions, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
-                            batch_size=batch_size, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
-                            progress=False, on_batch=on_batch)
-
-    return net, tokenizer, settings, run
-
-
 def _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started) -> dict:
     preds = [done[r["id"]] for r in rows if r["id"] in done]
     status = Counter(p.get("think_status") for p in preds)
@@ -426,172 +251,3 @@ def _write_summary(output_path, done, rows, model, adapter, settings, stats, loa
     }
     write_json(summary_path(output_path), summary)
     return summary
-
-
-# --- the chat --------------------------------------------------------------------------------------------------
-
-
-class SectionPrinter:
-    """Print a streamed assistant text with its reasoning and its answer under separate headers.
-
-    Chunks may split the ``<think>``/``</think>`` tags anywhere; the tags themselves are never printed. The
-    reasoning is dimmed on a terminal.
-    """
-
-    THINK_HEADER = "【思考】"
-    ANSWER_HEADER = "【回答】"
-
-    def __init__(self, write, color: bool = False):
-        self.write = write
-        self.color = color
-        self.buf = ""
-        self.state = "start"  # start -> think_lead -> think -> answer_lead -> answer, or start -> answer
-
-    def _header(self, text: str) -> None:
-        if self.color:
-            self.write("\033[0m")
-        self.write(("\n" if self.state != "start" else "") + text + "\n")
-        if self.color and text == self.THINK_HEADER:
-            self.write("\033[2m")
-
-    def feed(self, text: str) -> None:
-        self.buf += text
-        while True:
-            if self.state == "start":
-                head = self.buf.lstrip()
-                if not head or (THINK_OPEN.startswith(head) and head != THINK_OPEN):
-                    return  # nothing yet, or a <think> tag still arriving
-                if head.startswith(THINK_OPEN):
-                    self._header(self.THINK_HEADER)
-                    self.state, self.buf = "think_lead", head[len(THINK_OPEN):]
-                else:
-                    self._header(self.ANSWER_HEADER)
-                    self.state, self.buf = "answer", head
-                continue
-            if self.state in ("think_lead", "answer_lead"):  # whitespace right after a tag is not shown
-                self.buf = self.buf.lstrip()
-                if not self.buf:
-                    return
-                self.state = "think" if self.state == "think_lead" else "answer"
-                continue
-            if self.state == "think":
-                end = self.buf.find(THINK_CLOSE)
-                if end >= 0:
-                    self.write(self.buf[:end].rstrip())
-                    self._header(self.ANSWER_HEADER)
-                    self.state, self.buf = "answer_lead", self.buf[end + len(THINK_CLOSE):]
-                    continue
-                keep = next((k for k in range(min(len(THINK_CLOSE) - 1, len(self.buf)), 0, -1)
-                             if THINK_CLOSE.startswith(self.buf[-k:])), 0)
-                body, tail = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
-                stripped = body.rstrip()  # whitespace before </think> is not shown
-                self.write(stripped)
-                self.buf = body[len(stripped):] + tail
-                return
-            self.write(self.buf)
-            self.buf = ""
-            return
-
-    def close(self) -> None:
-        """End the message: flush what was held back (an unfinished tag is shown as text)."""
-        if self.state == "start" and self.buf.strip():
-            self._header(self.ANSWER_HEADER)
-            self.state = "answer"
-        if self.state in ("think", "answer"):
-            self.write(self.buf.rstrip() if self.state == "think" else self.buf)
-        if self.color:
-            self.write("\033[0m")
-        self.write("\n")
-        self.buf, self.state = "", "start"
-
-
-CHAT_HELP = "输入问题后回车。/reset 清空对话历史，/exit 退出（Ctrl-D 也可）；回答中按 Ctrl-C 可中止当前回答。"
-
-
-def _answer(model, tokenizer, question, history, out, *, color, turn, gen_kwargs) -> dict | None:
-    """Stream one answer to ``out``; return the result, or None when the user stopped it with Ctrl-C."""
-    from .generate import stream
-
-    printer = SectionPrinter(lambda s: (out.write(s), out.flush()), color=color)
-    stop = threading.Event()
-    try:
-        result = stream(model, tokenizer, question, printer.feed, history=history, stop_event=stop,
-                        **{**gen_kwargs, "seed": gen_kwargs["seed"] + turn})
-    except KeyboardInterrupt:
-        printer.close()
-        out.write("（已中止）\n")
-        return None
-    printer.close()
-    if not result["finished"]:
-        out.write(f"（达到 max_new_tokens={gen_kwargs['max_new_tokens']}，回答被截断）\n")
-    out.flush()
-    return result
-
-
-def chat(model, tokenizer, *, question=None, max_new_tokens=2048, do_sample=True, seed=42, system=None,
-         temperature=None, top_p=None, top_k=None, stdin=None, out=None) -> int:
-    """Answer ``question`` (streamed) and return, or run the interactive multi-turn chat on ``stdin``.
-
-    History is kept as Qwen3's template expects (the assistant's answer as content, its reasoning as
-    reasoning_content, which the template drops for earlier turns). Works with a pipe as stdin. Returns 0.
-    """
-    stdin = stdin or sys.stdin
-    out = out or sys.stdout
-    color = out.isatty() if hasattr(out, "isatty") else False
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "system": system,
-                  "temperature": temperature, "top_p": top_p, "top_k": top_k}
-    if question is not None:
-        _answer(model, tokenizer, question, None, out, color=color, turn=0, gen_kwargs=gen_kwargs)
-        return 0
-    tty = stdin is sys.stdin and stdin.isatty()
-    out.write(CHAT_HELP + "\n")
-    history: list[dict] = []
-    turn = 0
-    while True:
-        try:
-            if tty:
-                line = input("\n用户> ")
-            else:
-                out.write("\n用户> ")
-                line = stdin.readline()
-                if not line:
-                    raise EOFError
-                out.write(line if line.endswith("\n") else line + "\n")  # echo, so a piped transcript reads well
-        except (EOFError, KeyboardInterrupt):
-            out.write("\n")
-            return 0
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            return 0
-        if text == "/reset":
-            history, turn = [], 0
-            out.write("（对话历史已清空）\n")
-            continue
-        if text.startswith("/"):
-            out.write(f"未知命令 {text}。{CHAT_HELP}\n")
-            continue
-        result = _answer(model, tokenizer, text, history, out, color=color, turn=turn, gen_kwargs=gen_kwargs)
-        if result is None:
-            continue
-        think, answer, _ = split_output(result["output"])
-        history += [{"role": "user", "content": text},
-                    {"role": "assistant", "content": answer, "reasoning_content": think}]
-        turn += 1
-
-
-# --- the scripts' shared front end -----------------------------------------------------------------------------
-
-
-def choose_mode(question, input_path, argv=None) -> str:
-    """'question', 'predict' or 'chat' from the QUESTION and INPUT constants; an empty --question is an error."""
-    argv = sys.argv[1:] if argv is None else argv
-    given = any(a.split("=", 1)[0] == "--question" for a in argv)
-    if question is not None and not isinstance(question, str):
-        question = str(question)
-    if (given or question) and not (question or "").strip():
-        raise MedsftError("empty question: pass --question=\"your question\", or leave it out for the interactive chat")
-    if question and input_path:
-        raise MedsftError("pass either --question (one answer) or --input (batch predictions), not both")
-    return "question" if question else "predict" if input_path else "chat"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import pytest
 from conftest import run_script
@@ -193,12 +192,18 @@ def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
     for script in SCRIPTS:
         proc = run_script(script, "--help")
         assert "--predictions" in proc.stdout and "--results_dir" in proc.stdout
-    cases = [
+        assert "--max_new_tokens" not in proc.stdout and "--batch_size" not in proc.stdout  # scores only
+    cases = [  # a missing predictions file: the exact inference command that makes it, nothing generated
         (["--predictions=" + str(tmp_path / "none.jsonl"), f"--test_file={workdir}/test.jsonl",
-          f"--model_dir={tmp_path}/no_model"], "run train.py first"),
-        (["--predictions=" + str(tmp_path / "none.jsonl"), f"--test_file={tmp_path}/no_test.jsonl"], "run data.py"),
+          f"--model_dir={tmp_path}/no_model"],
+         f"python inference.py --model_dir={tmp_path}/no_model --input={workdir}/test.jsonl "
+         f"--output={tmp_path}/none.jsonl"),
+        (["--predictions=" + str(tmp_path / "none.jsonl"), f"--test_file={tmp_path}/no_test.jsonl"],
+         f"python inference.py --model_dir=output/full --input={tmp_path}/no_test.jsonl "
+         f"--output={tmp_path}/none.jsonl"),
         ([f"--predictions={workdir}/predictions_full.jsonl", f"--base_predictions={tmp_path}/nb.jsonl",
-          f"--model_dir={tmp_path}"], "--base_model"),
+          f"--model_dir={tmp_path}"], "--model_dir=<the base model of the run, e.g. Qwen/Qwen3-1.7B> "
+                                      f"--input=data/test.jsonl --output={tmp_path}/nb.jsonl"),
         ([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", "--judge=openai",
           "--judge_api_key_env=MEDSFT_NO_SUCH_KEY"], "MEDSFT_NO_SUCH_KEY"),
     ]
@@ -244,26 +249,42 @@ def test_judge_end_to_end_against_local_server(workdir, tmp_path):
     assert key not in proc.stdout and key not in proc.stderr
 
 
-def test_missing_predictions_are_made_with_the_inference_code(tmp_path, demo_data_path):
+def test_missing_predictions_stop_with_the_inference_commands_that_make_them(tmp_path, demo_data_path):
+    """The eval scripts only score: a missing file stops them with the exact inference.py / inference_lora.py
+    command (the run's base model read from its directory), and those commands make files the scripts score."""
     rows = read_jsonl(demo_data_path)[:3]
     _write(tmp_path / "test.jsonl", [{"id": f"q{i}", "question": r["question"], "think": r["think"],
                                       "answer": r["answer"]} for i, r in enumerate(rows)])
-    args = [f"--predictions={tmp_path}/pred_full.jsonl", f"--base_predictions={tmp_path}/pred_base.jsonl",
-            f"--test_file={tmp_path}/test.jsonl", f"--results_dir={tmp_path}/results", "--model_dir=tiny",
-            "--base_model=tiny", "--max_new_tokens=8", "--do_sample=false", "--batch_size=2"]
-    proc = run_script("rouge_eval.py", *args)
-    assert "pred_base.jsonl not found: predicting" in proc.stdout
-    assert "pred_full.jsonl not found: predicting" in proc.stdout
-    for name in ("pred_full", "pred_base"):
-        preds = read_jsonl(tmp_path / f"{name}.jsonl")
-        assert [p["id"] for p in preds] == ["q0", "q1", "q2"] and all(p["model"] == "tiny" for p in preds)
-        assert all(p["new_tokens"] <= 8 for p in preds)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "train_config.json").write_text(json.dumps({"MODEL": "tiny"}), encoding="utf-8")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny"}),
+                                                          encoding="utf-8")
+    test, base = tmp_path / "test.jsonl", tmp_path / "pred_base.jsonl"
+    expected = {
+        "rouge_eval.py": [f"python inference.py --model_dir=tiny --input={test} --output={base}",
+                          f"python inference.py --model_dir={tmp_path}/full --input={test} "
+                          f"--output={tmp_path}/pred_full.jsonl"],
+        "evaluate_lora.py": [f"python inference.py --model_dir=tiny --input={test} --output={base}",
+                             f"python inference_lora.py --adapter_dir={tmp_path}/lora --input={test} "
+                             f"--output={tmp_path}/pred_lora.jsonl"],
+    }
+    for script, commands in expected.items():
+        tag = "lora" if "lora" in script else "full"
+        run_dir = f"--adapter_dir={tmp_path}/lora" if tag == "lora" else f"--model_dir={tmp_path}/full"
+        proc = run_script(script, f"--predictions={tmp_path}/pred_{tag}.jsonl", f"--base_predictions={base}",
+                          f"--test_file={test}", f"--results_dir={tmp_path}/results", run_dir, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "only score predictions" in proc.stderr and "--eval_base=false" in proc.stderr
+        assert [line.strip() for line in proc.stderr.splitlines()[1:]] == commands
+        assert "loading" not in proc.stdout and not base.exists() and not (tmp_path / "results").exists()
+
+    # the commands it names make the files (shortened here with greedy decoding); then the script scores them
+    base_cmd = expected["rouge_eval.py"][0].split()[2:]
+    run_script("inference.py", *base_cmd, "--max_new_tokens=8", "--do_sample=false")
+    proc = run_script("rouge_eval.py", f"--predictions={base}", "--eval_base=false", f"--test_file={test}",
+                      f"--results_dir={tmp_path}/results")
+    assert "not found" not in proc.stdout
     summary = json.loads((tmp_path / "results" / "rouge_full.json").read_text(encoding="utf-8"))
+    assert summary["predictions"]["model"] == "tiny" and summary["n"] == 3
     assert summary["predictions"]["decoding"]["max_new_tokens"] == 8
-    assert summary["predictions"]["decoding"]["do_sample"] is False
-    before = (tmp_path / "pred_base.jsonl").stat().st_mtime_ns
-    proc = run_script("evaluate.py", *args)  # every eval script reuses the base predictions
-    assert "not found: predicting" not in proc.stdout
-    assert (tmp_path / "pred_base.jsonl").stat().st_mtime_ns == before
-    assert {"cot_base.json", "cot_full.json", "rouge.png", "cot.png", "README.md"} <= set(
-        os.listdir(tmp_path / "results"))

@@ -1,5 +1,6 @@
-"""inference.py / inference_lora.py / medsft.predict on the tiny model: batch = one-at-a-time under greedy decoding,
-resume after an interruption, the streamed chat through stdin, LoRA merge, and the fail-fast error messages."""
+"""inference.py / inference_lora.py / medsft.predict / medsft.chat_repl on the tiny model: batch = one-at-a-time
+under greedy decoding, resume after an interruption, the streamed chat through stdin, LoRA merge, and the fail-fast
+error messages."""
 
 from __future__ import annotations
 
@@ -247,7 +248,7 @@ def test_script_killed_mid_run_leaves_whole_rows_then_resumes(tiny, tmp_path, mo
 
 
 def test_section_printer_separates_think_and_answer_however_chunked():
-    from medsft.predict import SectionPrinter
+    from medsft.chat_repl import SectionPrinter
 
     text = "<think>\n先考虑感染。\n再排除其他原因。\n</think>\n\n建议就医，多喝水。"
     outputs = set()
@@ -303,7 +304,7 @@ def test_interactive_chat_through_stdin_keeps_history_resets_and_exits_on_eof(ti
 
 
 def test_chat_exit_command_and_single_question(tiny):
-    from medsft.predict import chat
+    from medsft.chat_repl import chat
 
     model, tokenizer = tiny
     out = StringIO()

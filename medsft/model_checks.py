@@ -1,0 +1,70 @@
+"""Checks on a model spec before any model is loaded, and the identity of what it names.
+
+* ``check_model``: fail fast on a spec that cannot work (a missing local directory, one without config.json);
+* ``spec_key``: one key per model, however its path is spelled, so rows of two models are never mixed;
+* ``weights_fingerprint``: a hash of the weight files, so predictions of retrained weights are never resumed into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .io import MedsftError
+from .models import TINY, ensure_tiny, is_hub_id
+
+LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
+
+
+def _looks_local(spec: str) -> bool:
+    """True when a missing spec is meant as a local path (so it must not be looked up on ModelScope)."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec:
+        return True
+    first = spec.split("/", 1)[0]
+    return first in LOCAL_ROOTS or Path(first).is_dir() or not is_hub_id(spec)
+
+
+def check_model(spec, *, flag="--model_dir", producer="train.py") -> str:
+    """Fail fast on a model spec that cannot work: a missing local directory or one without config.json."""
+    if spec is None or not str(spec).strip():
+        raise MedsftError(f"{flag} is empty: pass a model directory, a ModelScope id like Qwen/Qwen3-1.7B, or tiny")
+    spec = str(spec)
+    if spec == TINY:
+        return spec
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            hint = " (it is a LoRA adapter: use inference_lora.py --adapter_dir)" if (path / "adapter_config.json").is_file() else ""
+            raise MedsftError(f"{spec} is not a model directory (no config.json){hint}; pass {flag}=<a trained "
+                              "model dir | Qwen/Qwen3-1.7B | tiny>")
+        return spec
+    if path.exists() or _looks_local(spec):
+        run = f"run {producer} first, or " if producer else ""
+        raise MedsftError(f"model directory {spec} not found: {run}pass {flag}=<a trained model dir | "
+                          "Qwen/Qwen3-1.7B | tiny>")
+    return spec  # a ModelScope id: resolved (downloaded or found in the cache) when loading
+
+
+def spec_key(spec) -> str | None:
+    """The key two spellings of one model share: the resolved path of a local one, else the spec itself."""
+    if spec is None:
+        return None
+    path = Path(str(spec)).expanduser()
+    return str(path.resolve()) if path.exists() else str(spec)
+
+
+def weights_fingerprint(model: str, adapter: str | None) -> str | None:
+    """A hash of the weight files behind a local model (and adapter), recorded in the summary so predictions of
+    retrained weights are never resumed into, or mistaken for, an older file. None for a hub id (its files are
+    fixed by the revision). Reads the weights once (a few seconds for 1.7B)."""
+    dirs = [ensure_tiny()] if model == TINY else [Path(model).expanduser()] if Path(model).expanduser().is_dir() else []
+    dirs += [Path(adapter)] if adapter else []
+    files = [f for d in dirs for f in sorted(d.glob("*.safetensors"))]
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
