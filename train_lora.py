@@ -18,7 +18,7 @@ and schedule. Every efficiency constant defaults to "auto" (the choice is printe
 
 from medsft.config import configure
 from medsft.models import load_tokenizer
-from medsft import training
+from medsft import report, training
 
 MODEL = "Qwen/Qwen3-1.7B"  # model spec: ModelScope id, local Hugging Face dir, or "tiny" (random 2-layer Qwen3 for CPU demos)
 DATA_DIR = "data"  # folder with train.jsonl and val.jsonl (written by data.py)
@@ -87,7 +87,7 @@ def main():
     # 4. Save results, charts and the adapter (its trainer_state.json, last, marks the run finished); answer a few
     #    val questions as a preview
     written = [training.write_results(trainer, cfg, "lora", summary, {"train": train_stats, "val": val_stats})]
-    written += training.write_charts(RESULTS_DIR)
+    written += report.write_charts(RESULTS_DIR)
     written += training.save_final(trainer, tokenizer, cfg)
     training.preview(trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
     training.finish_swanlab()

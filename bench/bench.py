@@ -602,6 +602,7 @@ def main():
         # 2. A random-weight model (real architecture on GPU, scaled down on CPU) saved with its tokenizer
         from medsft.models import load_tokenizer
         from medsft import training
+        from medsft.chat import IGNORE_INDEX
         from medsft.io import read_jsonl
 
         torch.manual_seed(SEED)
@@ -621,7 +622,7 @@ def main():
         examples = [examples[i % len(examples)] for i in range(n_examples)]
         lengths = [len(e["input_ids"]) for e in examples]
         epoch_tokens = sum(lengths)
-        epoch_supervised = sum(sum(t != training.IGNORE_INDEX for t in e["labels"]) for e in examples)
+        epoch_supervised = sum(sum(t != IGNORE_INDEX for t in e["labels"]) for e in examples)
         questions = [r["question"] for r in read_jsonl(data_path)[:n_questions]]
 
         # 4. Train each configuration: warm-up epoch(s), then the timed epoch(s) over the same examples

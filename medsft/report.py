@@ -1,8 +1,9 @@
 """Charts and the results report, rebuilt from whatever evaluation summaries exist in a results directory.
 
 Reads RESULTS_DIR/rouge_{base,full,lora}.json and cot_{base,full,lora}.json (and train_{full,lora}.json when the
-training stage wrote them); writes rouge.png, cot.png and README.md. The same summaries give the same bytes: no
-timestamps, PNG metadata without the software version, fixed styles and colours.
+training stage wrote them); writes rouge.png, cot.png and README.md, and for the training scripts the loss curves
+trainloss.png and evalloss.png (``write_charts``). The same summaries give the same bytes: no timestamps, PNG
+metadata without the software version, fixed styles and colours.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from pathlib import Path
 
 from . import knowledge
 from .io import MedsftError, atomic_write_bytes, atomic_write_text
+from .training.disk import disk_errors
+from .training.outputs import KINDS, RESULTS_NAME
+
+# matplotlib is imported inside the chart functions: it loads slowly, and the scripts' --help should not wait for it.
 
 TAGS = ("base", "full", "lora")
 LABELS = {"base": "base (untuned)", "full": "full fine-tune", "lora": "LoRA"}
@@ -24,6 +29,8 @@ COT_BASELINES = (("chance", "chance (another question's reference)", "dashed", "
                  ("answer_as_think", "answer-as-think (reference answer as the think)", "dotted", "#d62728"),
                  ("reference_as_think", "reference-as-think (ceiling)", "dashdot", "#2ca02c"))
 OLD_MARK = "†"  # a summary written before the metric definitions of this version: its numbers are not comparable
+LOSS_CHARTS = {"loss": "trainloss.png", "eval_loss": "evalloss.png"}  # history key -> chart of the training runs
+CHART_SMOOTHING = 0.6  # TensorBoard-style EMA weight for the smoothed loss curves
 
 
 def _read(path: Path) -> dict:
@@ -125,6 +132,64 @@ def cot_chart(cot: dict) -> bytes:
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     return _png(fig)
+
+
+def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
+    """TensorBoard's debiased exponential moving average."""
+    out, last, n = [], 0.0, 0
+    for v in values:
+        n += 1
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n))
+    return out
+
+
+def write_charts(results_dir) -> list[Path]:
+    """Redraw ``trainloss.png`` and ``evalloss.png`` with every run whose ``train_{kind}.json`` exists.
+
+    Each run is drawn raw (thin) and smoothed (EMA); same results ⇒ same PNG bytes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    results_dir = Path(results_dir)
+    runs = {}
+    for kind in KINDS:
+        p = results_dir / RESULTS_NAME.format(kind=kind)
+        if p.is_file():
+            try:
+                runs[kind] = json.loads(p.read_text(encoding="utf-8")).get("log_history", [])
+            except ValueError as e:
+                raise MedsftError(f"{p}: invalid JSON ({e}); delete it and re-run its training") from None
+    colors = {"full": "tab:blue", "lora": "tab:orange"}
+    written = []
+    for key, name in LOSS_CHARTS.items():
+        with plt.rc_context({"svg.hashsalt": "medsft", "path.simplify": False}):
+            fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+            for kind, hist in runs.items():
+                pts = [(e["step"], e[key]) for e in hist if key in e and e[key] is not None]
+                if not pts:
+                    continue
+                steps, vals = zip(*pts)
+                ax.plot(steps, vals, color=colors[kind], alpha=0.3, linewidth=1,
+                        marker="o" if key == "eval_loss" else None, markersize=3, label=f"{kind} (raw)")
+                ax.plot(steps, _smooth(list(vals)), color=colors[kind], linewidth=2, label=f"{kind} (smoothed)")
+            title = "Train loss" if key == "loss" else "Eval loss (val.jsonl)"
+            ax.set_title(title)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("cross-entropy loss")
+            ax.grid(True, alpha=0.3)
+            if ax.lines:
+                ax.legend()
+            else:
+                ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
+            png = _png(fig)
+            plt.close(fig)
+        with disk_errors(results_dir, name, "results_dir"):
+            written.append(atomic_write_bytes(results_dir / name, png))
+    return written
 
 
 # ---------------------------------------------------------------------------------------------------------- report

@@ -265,7 +265,7 @@ def test_too_little_free_disk_fails_before_loading(data_dir, tmp_path, monkeypat
     from medsft import training
     from medsft.io import MedsftError
 
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=1000))
     out = tmp_path / "out"
     with pytest.raises(MedsftError, match=r"free") as e:
         training.preflight(_cfg(data_dir, out, tmp_path / "results"), kind="full")
@@ -317,7 +317,7 @@ def test_disk_full_is_recognised_in_the_forms_torch_and_safetensors_raise(tmp_pa
     from medsft import training
     from medsft.io import MedsftError
 
-    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=0))
     with pytest.raises(MedsftError, match="disk full while writing a checkpoint in"):
         with training.disk_errors(tmp_path, "a checkpoint", "output_dir", resume=True):
             raise error

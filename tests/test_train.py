@@ -150,7 +150,7 @@ def test_lora_end_to_end(lora_run):
 
 
 def test_charts_hold_every_run_and_are_deterministic(full_run, lora_run, tmp_path):
-    from medsft.training import write_charts
+    from medsft.report import write_charts
 
     _, results, _ = lora_run
     both = tmp_path / "both"
@@ -342,9 +342,8 @@ def test_auto_features_on_cpu(tmp_path):
     with pytest.raises(MedsftError, match="expected auto, liger, chunked, plain"):
         resolve_features(_cfg(tmp_path, LOSS="fused"), log=False)
     # full FT with bf16 weights gets stochastic rounding (torchao 8-bit AdamW); LoRA's fp32 adapter does not need it
-    assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), log=False)["OPTIM"] == "adamw_torch"  # _cfg is LoRA
-    full = {k: v for k, v in _cfg(tmp_path, PRECISION="bf16").items() if not k.startswith("LORA_")}
-    assert resolve_features(full, log=False)["OPTIM"] == "adamw_torch_8bit"
+    assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), lora=True, log=False)["OPTIM"] == "adamw_torch"
+    assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), log=False)["OPTIM"] == "adamw_torch_8bit"
     with pytest.raises(MedsftError, match="expected auto, true or false"):
         resolve_features(_cfg(tmp_path, PADDING_FREE="maybe"), log=False)
 
@@ -358,9 +357,10 @@ def test_auto_features_on_cpu(tmp_path):
 ])
 def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expected):
     from medsft import models, training
+    from medsft.training import model as training_model  # where load_training_model looks resolve_features up
 
     seen = {}
-    monkeypatch.setattr(training, "resolve_features", lambda cfg, **kw: {
+    monkeypatch.setattr(training_model, "resolve_features", lambda cfg, **kw: {
         "PRECISION": precision, "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LOSS": "chunked",
         "OPTIM": "adamw_torch"})
     monkeypatch.setattr(models, "load_model", lambda spec, dtype=None, **kw: seen.setdefault("dtype", dtype) and

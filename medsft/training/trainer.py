@@ -1,0 +1,275 @@
+"""The Trainer: transformers' Trainer with tokens/s, peak memory, Ctrl-C that saves a checkpoint, the chunked loss
+and a resumable length-grouped order; ``build_trainer`` configures it from the constants, ``run_training`` runs it."""
+
+from __future__ import annotations
+
+import functools
+import resource
+import signal
+import threading
+import time
+
+from ..chat import IGNORE_INDEX
+from ..io import MedsftError
+from ..memory import ways_out
+from .disk import disk_errors
+from .features import TORCHAO_OPTIMS, resolve_features
+from .stdio import notice
+
+# torch and transformers are imported inside the functions (the Trainer classes are built on first use):
+# importing this module stays fast (train.py --help).
+
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory of this process in GiB and what it measures (GPU allocations, or CPU resident set)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30, "cuda_max_allocated"
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss_kib / 2 ** 20, "cpu_max_rss"
+
+
+@functools.lru_cache(maxsize=None)
+def _trainer_classes():
+    """Trainer subclass and callbacks, defined lazily so importing this module does not import transformers."""
+    import torch
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    from ..loss import chunked_forward_loss  # imports torch
+
+    class EpochLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped order drawn from ``seed + epoch`` rather than the global RNG, so a resumed run replays
+        the interrupted epoch's order exactly (the Trainer calls ``set_epoch``)."""
+
+        def __init__(self, batch_size, lengths, seed):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+    class Clock(TrainerCallback):
+        """Session timing: training time excludes evaluation so tokens/s measures training alone."""
+
+        def __init__(self):
+            self.start = self.end = None
+            self.tokens0 = 0
+            self.eval_s = 0.0
+            self.mark = None  # (time, tokens, eval_s) at the previous training log
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+            self.tokens0 = state.num_input_tokens_seen  # restored from the checkpoint when resuming
+            self.mark = (self.start, self.tokens0, 0.0)
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log = True  # the final train loss is always in the history
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.end = time.perf_counter()
+
+        def interval(self, tokens: int) -> float | None:
+            now = time.perf_counter()
+            t0, tok0, ev0 = self.mark
+            seconds = now - t0 - (self.eval_s - ev0)
+            self.mark = (now, tokens, self.eval_s)
+            return (tokens - tok0) / seconds if seconds > 0 else None
+
+        def summary(self, state) -> dict:
+            wall = (self.end or time.perf_counter()) - self.start
+            tokens = state.num_input_tokens_seen - self.tokens0
+            train_s = max(wall - self.eval_s, 1e-9)
+            return {"wall_time_s": round(wall, 3), "train_time_s": round(train_s, 3), "session_tokens": tokens,
+                    "tokens_per_s": round(tokens / train_s, 2)}
+
+    class GracefulStop(TrainerCallback):
+        """Ctrl-C (SIGINT) or SIGTERM: finish the current optimizer step, save a checkpoint, stop training.
+
+        A second Ctrl-C aborts at once without saving.
+        """
+
+        def __init__(self):
+            self.requested = False
+            self._previous = {}
+
+        def _handler(self, signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            notice(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                    "(press Ctrl-C again to abort without saving)\n")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self._previous[sig] = signal.signal(sig, self._handler)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous = {}
+
+    class MedsftTrainer(Trainer):
+        """transformers' Trainer plus tokens/s and peak memory in every training log (and so in SwanLab)."""
+
+        def __init__(self, *args, **kwargs):
+            self.clock = Clock()
+            self.graceful_stop = GracefulStop()
+            super().__init__(*args, **kwargs)
+            self.add_callback(self.clock)
+            self.add_callback(self.graceful_stop)
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+                return super()._get_train_sampler(train_dataset)
+            return EpochLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                             [len(e["input_ids"]) for e in dataset],
+                                             self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not getattr(self, "chunked_loss", False):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # the sum over supervised tokens divided by num_items_in_batch: already scaled for accumulation
+            loss = chunked_forward_loss(model, inputs, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+        @property
+        def interrupted(self) -> bool:
+            return self.graceful_stop.requested
+
+        def evaluate(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.clock.eval_s += time.perf_counter() - t
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self.clock.mark is not None:
+                speed = self.clock.interval(self.state.num_input_tokens_seen)
+                if speed is not None:
+                    logs["tokens_per_second"] = round(speed, 2)
+                logs["peak_memory_gib"] = round(peak_memory()[0], 4)
+            super().log(logs, start_time)
+
+    return MedsftTrainer
+
+
+def build_trainer(model, tokenizer, train_examples, eval_examples, cfg: dict, callbacks=()):
+    """A ``transformers.Trainer`` for ``cfg`` (the resolved constants of train.py / train_lora.py).
+
+    ``train_examples`` / ``eval_examples`` come from ``prepare_examples`` (eval may be empty or None: no eval).
+    Batches are padding-free (``DataCollatorWithFlattening``: one row of concatenated samples with restarting
+    position_ids) when PADDING_FREE resolves true, else right-padded and grouped by length. Every training log
+    carries loss, grad_norm, learning_rate, tokens_per_second and peak_memory_gib; checkpoints every SAVE_STEPS
+    keep optimizer, scheduler and RNG state for an exact resume. The returned trainer has ``.interrupted``
+    (Ctrl-C / SIGTERM seen) and ``.clock.summary(state)`` (session wall time and tokens/s).
+    """
+    import torch
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
+
+    feats = resolve_features(cfg, lora=hasattr(model, "peft_config"), log=False)  # keeps explicit values
+    padding_free = feats["PADDING_FREE"]
+    cuda = torch.cuda.is_available()
+    tokenizer.padding_side = "right"  # positions count from the first token: padding must come after it
+    if padding_free:
+        collator = DataCollatorWithFlattening(
+            return_flash_attn_kwargs=str(feats["ATTN_IMPLEMENTATION"]).startswith("flash_attention"))
+    else:
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX,
+                                          pad_to_multiple_of=8 if cuda else None, return_tensors="pt")
+    has_eval = bool(eval_examples)
+    try:
+        args = _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, cuda)
+    except ValueError as e:  # e.g. an unknown SCHEDULER or OPTIM name
+        raise MedsftError(f"invalid training settings: {e}") from None
+    trainer_cls = _trainer_classes()
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
+                       eval_dataset=eval_examples if has_eval else None, data_collator=collator,
+                       processing_class=tokenizer, callbacks=list(callbacks))
+    trainer.chunked_loss = feats["LOSS"] == "chunked"
+    return trainer
+
+
+def _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, cuda):
+    return TrainingArguments(
+        output_dir=str(cfg["OUTPUT_DIR"]),
+        num_train_epochs=cfg["EPOCHS"],
+        max_steps=cfg["MAX_STEPS"],
+        per_device_train_batch_size=cfg["BATCH_SIZE"],
+        per_device_eval_batch_size=cfg["BATCH_SIZE"],
+        gradient_accumulation_steps=cfg["GRAD_ACCUM"],
+        learning_rate=cfg["LEARNING_RATE"],
+        lr_scheduler_type=cfg["SCHEDULER"],
+        warmup_steps=cfg["WARMUP"],
+        weight_decay=cfg.get("WEIGHT_DECAY", 0.0),
+        max_grad_norm=cfg.get("MAX_GRAD_NORM", 1.0),
+        optim=feats["OPTIM"],
+        # bf16 weights move by stochastic rounding (torchao), or updates below half a bf16 ulp would vanish
+        optim_args="bf16_stochastic_round=True" if feats["OPTIM"] in TORCHAO_OPTIMS and feats["PRECISION"] == "bf16"
+        and "LORA_R" not in cfg else None,
+        bf16=feats["PRECISION"] in ("bf16", "bf16-mixed"),
+        fp16=feats["PRECISION"] == "fp16",
+        activation_checkpointing=bool(cfg["GRADIENT_CHECKPOINTING"]),
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg["GRADIENT_CHECKPOINTING"] else None,
+        use_liger_kernel=feats["LOSS"] == "liger",
+        train_sampling_strategy="random" if padding_free else "group_by_length",
+        logging_steps=cfg["LOGGING_STEPS"],
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg["EVAL_STEPS"] if has_eval else None,
+        save_strategy="steps",
+        save_steps=cfg["SAVE_STEPS"],
+        save_total_limit=cfg.get("SAVE_TOTAL_LIMIT"),
+        seed=cfg["SEED"],
+        data_seed=cfg["SEED"],
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",  # SwanLab is attached as a callback by start_swanlab (mode chosen there)
+        run_name=cfg.get("RUN_NAME"),
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # else bf16 on a CPU (tests, the CPU real-architecture bench) is refused
+        disable_tqdm=False,
+    )
+
+
+def run_training(trainer, resume_from=None) -> dict:
+    """Train (resuming from ``resume_from`` if given). Returns the session summary plus ``interrupted``.
+
+    Running out of GPU memory becomes a MedsftError that says which constants to lower.
+    """
+    try:
+        with disk_errors(trainer.args.output_dir, "a checkpoint", "output_dir", resume=True):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        error = training_error(e, lora=hasattr(trainer.model, "peft_config"))
+        if error is None:
+            raise
+        raise error from e
+    summary = trainer.clock.summary(trainer.state)
+    summary["interrupted"] = trainer.interrupted
+    summary["resumed_from"] = str(resume_from) if resume_from else None
+    return summary
+
+
+def training_error(e: Exception, lora: bool = False) -> MedsftError | None:
+    """A user-facing error for well-known failures (out of memory), or None."""
+    text = str(e)
+    if "out of memory" in text.lower():
+        return MedsftError(f"out of memory ({text.splitlines()[0][:200]}); {ways_out(lora)}")
+    return None
