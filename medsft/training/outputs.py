@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .. import generate as gen
@@ -19,6 +20,7 @@ from .trainer import peak_memory
 # torch and swanlab are imported inside the functions: importing this module stays fast (train.py --help).
 
 KINDS = ("full", "lora")
+STAGING = ".final-staging"  # where save_final writes before renaming into OUTPUT_DIR
 RESULTS_NAME = "train_{kind}.json"
 HISTORY_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "num_input_tokens_seen",
                 "tokens_per_second", "peak_memory_gib")
@@ -38,6 +40,12 @@ def save_final(trainer, tokenizer, cfg: dict) -> list[Path]:
 
 
 def _save_final(trainer, tokenizer, cfg: dict, out: Path) -> list[Path]:
+    # Everything is written into a hidden staging folder first, then renamed into OUTPUT_DIR file by file: a kill at
+    # any moment leaves each top-level file whole (old or new), never an empty config.json that inference would
+    # choke on. trainer_state.json, the finished marker, comes last.
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)  # a save killed earlier
+    stage.mkdir(parents=True)
     model = trainer.model
     model.config.use_cache = True  # inference wants the KV cache back
     tokenizer.padding_side = "left"  # what generation uses; load_tokenizer sets it anyway
@@ -45,23 +53,25 @@ def _save_final(trainer, tokenizer, cfg: dict, out: Path) -> list[Path]:
         for adapter in model.peft_config.values():
             adapter.base_model_name_or_path = str(cfg["MODEL"])
         # save_embedding_layers=False: peft's "auto" would look the spec up on the Hugging Face Hub
-        model.save_pretrained(out, save_embedding_layers=False)
-        model.get_base_model().generation_config.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        written = [out / "adapter_model.safetensors", out / "adapter_config.json"]
+        model.save_pretrained(stage, save_embedding_layers=False)
+        model.get_base_model().generation_config.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
     else:
         if cfg.get("PRECISION") == "bf16-mixed":
             import torch
 
             model.to(torch.bfloat16)  # fp32 master weights were for the updates; ship bf16 like Qwen3 itself
-        trainer.save_model(str(out))  # model.safetensors + config + generation_config + tokenizer
-        written = sorted(out.glob("model*.safetensors"))
-    save_config(cfg, out / "train_config.json")
-    # last, and atomically: trainer_state.json is what marks the run finished
+        trainer.save_model(str(stage))  # model.safetensors + config + generation_config + tokenizer
+    save_config(cfg, stage / "train_config.json")
+    names = sorted(p.name for p in stage.iterdir() if p.is_file())
+    for name in names:
+        os.replace(stage / name, out / name)
+    shutil.rmtree(stage, ignore_errors=True)
     tmp = out / ".trainer_state.json.tmp"
     trainer.state.save_to_json(str(tmp))
     os.replace(tmp, out / "trainer_state.json")
-    return written + [out / "tokenizer_config.json", out / "generation_config.json", out / "train_config.json",
+    weights = [out / n for n in names if n.endswith(".safetensors")]
+    return weights + [out / "tokenizer_config.json", out / "generation_config.json", out / "train_config.json",
                       out / "trainer_state.json"]
 
 
