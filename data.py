@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from medsft.chat import tokenize_example
 from medsft.config import configure
-from medsft.io import MedsftError, check_utf8, dumps_json, dumps_jsonl, iter_jsonl, publish_files
+from medsft.io import (MedsftError, check_utf8, check_writable_dir, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
+                       publish_files)
 
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
 SUBSET = "default"  # ModelScope subset name (ignored for local files)
@@ -192,6 +193,7 @@ def main():
                           "ModelScope id")
     if not 0 < VAL_RATIO < 1 or not 0 < TEST_RATIO < 1 or VAL_RATIO + TEST_RATIO >= 1:
         raise MedsftError(f"--val_ratio={VAL_RATIO} --test_ratio={TEST_RATIO}: each must be in (0, 1), sum < 1")
+    check_writable_dir(out_dir, "data_dir")  # before a download and a pass over every row, not after
 
     # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows
     source = read_local(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT)
@@ -231,7 +233,8 @@ def main():
     files = {f"{name}.jsonl": dumps_jsonl(rows).encode("utf-8") for name, rows in splits.items()}
     files["stats.json"] = dumps_json(stats).encode("utf-8")
     files["data_config.json"] = dumps_json(cfg).encode("utf-8")
-    written = publish_files(out_dir, files, writer="data.py")
+    with disk_errors(out_dir, "data_dir"):  # publish_files has put the previous files back by then
+        written = publish_files(out_dir, files, writer="data.py")
     print(f"split {n} rows: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}")
     if lengths:
         print(f"tokens per row: mean {lengths['mean']}, p95 {lengths['p95']}, max {lengths['max']}, "

@@ -45,14 +45,16 @@ JUDGE_WORKERS = 4  # judge requests in flight at once
 
 def main():
     cfg = configure(globals())
-    # 1. Check that the prediction files exist (else stop with the command that makes them) and the judge key
+    # 1. Check the prediction files (else stop with the command that makes them), the judge key, RESULTS_DIR
     targets = evaluation.targets(cfg, "full")
     api_key = evaluation.judge_key(cfg)
+    evaluation.check_results_dir(cfg)
     # 2. Score base and full fine-tune on the same split and IDF scale
     written = [path for t in targets for path in evaluation.score_cot(cfg, t, api_key)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    written += report.build(RESULTS_DIR)
-    written.append(save_config(cfg, Path(RESULTS_DIR) / "evaluate_config.json"))
+    with evaluation.writing_results(RESULTS_DIR):
+        written += report.build(RESULTS_DIR)
+        written.append(save_config(cfg, Path(RESULTS_DIR) / "evaluate_config.json"))
     for path in written:
         print(f"wrote {path}")
 

@@ -20,7 +20,7 @@ from medsft.backends import check_backend
 from medsft.chat_repl import chat, choose_mode
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
-from medsft.io import MedsftError
+from medsft.io import MedsftError, disk_errors
 from medsft.predict import predict_file
 
 ADAPTER_DIR = "output/lora"  # LoRA adapter directory (adapter_config.json + adapter weights)
@@ -62,7 +62,8 @@ def main():
     # 3. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
     if mode == "predict":
         predict_file(base, INPUT, OUTPUT, adapter_dir=ADAPTER_DIR, batch_size=BATCH_SIZE, backend=BACKEND, **decoding)
-        print(f"wrote {save_config(cfg, Path(OUTPUT).with_suffix('.config.json'))}")
+        with disk_errors(Path(OUTPUT).parent, None):  # the predictions are complete: a re-run only writes this
+            print(f"wrote {save_config(cfg, Path(OUTPUT).with_suffix('.config.json'))}")
         return
 
     # 4. One question or the interactive chat, streamed token by token

@@ -28,13 +28,15 @@ WORKERS = 2  # processes sharing the ROUGE work (1 = in this process); results d
 
 def main():
     cfg = configure(globals())
-    # 1. Check that the prediction files exist (else stop with the command that makes them)
+    # 1. Check the prediction files (else stop with the command that makes them) and that RESULTS_DIR is writable
     targets = evaluation.targets(cfg, "lora")
+    evaluation.check_results_dir(cfg)
     # 2. Score base and LoRA in the three views
     written = [path for t in targets for path in evaluation.score_rouge(cfg, t)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    written += report.build(RESULTS_DIR)
-    written.append(save_config(cfg, Path(RESULTS_DIR) / "rouge_eval_lora_config.json"))
+    with evaluation.writing_results(RESULTS_DIR):
+        written += report.build(RESULTS_DIR)
+        written.append(save_config(cfg, Path(RESULTS_DIR) / "rouge_eval_lora_config.json"))
     for path in written:
         print(f"wrote {path}")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import metrics
 from .chat import STATUSES
-from .io import MedsftError, iter_jsonl, read_jsonl, write_json, write_jsonl
+from .io import MedsftError, check_writable_dir, disk_errors, iter_jsonl, read_jsonl, write_json, write_jsonl
 from .judge import Judge, JudgeConfigError
 from .models import base_model_of
 from .predict import summary_path
@@ -147,11 +147,22 @@ def describe(path, rows: list[dict], test_file=None) -> dict:
     return info
 
 
+def check_results_dir(cfg: dict) -> None:
+    """Stop before scoring (minutes with many workers or a judge) when RESULTS_DIR cannot be written."""
+    check_writable_dir(cfg["RESULTS_DIR"], "results_dir")
+
+
+def writing_results(results_dir):
+    """Around the writes into RESULTS_DIR: a full disk or a read-only folder becomes one MedsftError."""
+    return disk_errors(results_dir, "results_dir")
+
+
 def write_outputs(results_dir, kind: str, tag: str, summary: dict, per_sample: list[dict]) -> list[Path]:
     """RESULTS_DIR/<kind>_<tag>.json (summary) and .jsonl (one row per sample), atomically."""
     results_dir = Path(results_dir)
-    return [write_json(results_dir / f"{kind}_{tag}.json", summary),
-            write_jsonl(results_dir / f"{kind}_{tag}.jsonl", per_sample)]
+    with writing_results(results_dir):
+        return [write_json(results_dir / f"{kind}_{tag}.json", summary),
+                write_jsonl(results_dir / f"{kind}_{tag}.jsonl", per_sample)]
 
 
 def judge_key(cfg: dict) -> str | None:

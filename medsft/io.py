@@ -3,10 +3,14 @@ file:line errors and one clear message for a file that is not UTF-8."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,7 +25,103 @@ class MedsftError(Exception):
     """
 
 
+class DiskWriteError(MedsftError, OSError):
+    """A full disk or an unwritable folder, told as a MedsftError (one line, the folder and the fix). Still an
+    OSError with the original errno, so code that handles write failures as OSError keeps working."""
+
+    def __str__(self):
+        return BaseException.__str__(self)  # the message alone, not OSError's "[Errno N] ..." form
+
+
 # --- writing -----------------------------------------------------------------------------------------------------
+
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# the hidden names atomic_write_bytes (.NAME.HEX.tmp) and publish_files (.NAME.TXN.new/old) write before renaming
+_TEMP_NAME = re.compile(r"^\.(.+)\.[0-9a-f-]+\.(tmp|new|old)$")
+
+
+def _shown(filename, folder: Path) -> Path:
+    """The file a user knows: the real name behind one of our temp names (else ``folder`` itself)."""
+    if not filename:
+        return folder
+    path = Path(os.fsdecode(filename))
+    m = _TEMP_NAME.match(path.name)
+    return path.with_name(m.group(1)) if m else path
+
+
+def free_space(folder) -> str:
+    """``'1.23 GiB free'`` on the disk of ``folder`` (or of its nearest existing parent)."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{shutil.disk_usage(p).free / 2**30:.2f} GiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def write_error(e: OSError, folder, option: str | None,
+                then: str = "then re-run the same command") -> DiskWriteError | None:
+    """The one-line error for a full disk or an unwritable folder met while writing into ``folder`` (None for any
+    other OSError: that one is not about the user's disk). ``option`` names the flag that picks another folder
+    (None where only the same output can continue the run)."""
+    folder = Path(folder)
+    target = _shown(e.filename, folder)
+    notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))  # e.g. publish_files' failed rollback
+    elsewhere = f" or pass another --{option}" if option else ""
+    if e.errno in DISK_FULL:
+        message = (f"disk full while writing {target} ({free_space(folder)} on the disk of {folder}){notes}: "
+                   f"free up space there{elsewhere}, {then}")
+    elif e.errno in NOT_WRITABLE:
+        message = (f"cannot write {target} ({e.strerror or e}){notes}: give yourself write access to {folder}"
+                   f"{elsewhere}, {then}")
+    else:
+        return None
+    err = DiskWriteError(message)
+    err.errno, err.strerror, err.filename = e.errno, e.strerror, e.filename
+    return err
+
+
+@contextlib.contextmanager
+def disk_errors(folder, option: str | None, then: str = "then re-run the same command"):
+    """Turn a full disk or an unwritable ``folder`` met inside the block into one DiskWriteError (see write_error)."""
+    try:
+        yield
+    except OSError as e:
+        err = write_error(e, folder, option, then)
+        if err is None:
+            raise
+        raise err from e
+
+
+def check_writable_dir(folder, option: str) -> Path:
+    """Write a file in ``folder`` now, so a read-only folder or a full disk stops a stage before its work instead
+    of at the end of it. Folders this creates for the test are removed again: a stage that fails later leaves
+    nothing behind."""
+    folder = Path(folder)
+    created = []
+    try:
+        for d in reversed([folder, *folder.parents]):
+            if not d.exists():
+                d.mkdir()
+                created.append(d)
+        # an unnamed temp file (O_TMPFILE) leaves nothing behind even after kill -9
+        with tempfile.TemporaryFile(dir=folder, prefix=".medsft-write-test-") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk may refuse the data only when it is flushed
+    except OSError as e:
+        err = write_error(e, folder, option, "then run the command again")
+        raise (err or MedsftError(f"{folder} cannot be used as an output folder ({e.strerror or e}): pass another "
+                                  f"--{option}")) from None
+    finally:
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:  # not empty after all (another process wrote there): it is no longer only ours
+                break
+    return folder
 
 
 def _create_new(path: Path) -> int:

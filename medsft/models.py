@@ -228,9 +228,13 @@ def download(spec: str) -> Path:
     from modelscope import snapshot_download
 
     try:
-        return Path(snapshot_download(spec, local_files_only=True))
+        cached = Path(snapshot_download(spec, local_files_only=True))
     except Exception:  # noqa: BLE001 - any cache miss means: try the network
-        pass
+        cached = None
+    # a download that failed or was cut off leaves a cache folder without config.json (seen: only .mdl), which
+    # modelscope still returns: it is not a model
+    if cached is not None and (cached / "config.json").is_file():
+        return cached
     if not _modelscope_reachable():
         raise MedsftError(
             f"cannot download '{spec}' from ModelScope ({modelscope_unreachable_reason()}). Point at a local copy "

@@ -22,7 +22,7 @@ from .adapters import check_adapter, lora_base
 from .backends import check_backend, load_backend
 from .chat import STATUSES, split_output
 from .generate import check_decoding
-from .io import MedsftError, iter_jsonl, write_json, write_jsonl
+from .io import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
 from .model_checks import check_model, spec_key, weights_fingerprint
 
 
@@ -135,6 +135,9 @@ def _check_settings(output, requested: dict) -> dict | None:
 
 # --- batch predictions -----------------------------------------------------------------------------------------
 
+# every rewrite of OUTPUT is atomic, so the rows saved before the failure are whole and a re-run skips them
+CONTINUE = "then re-run the same command: it continues where it stopped"
+
 
 def _row(src: dict, result: dict, model: str, adapter) -> dict:
     think, answer, status = split_output(result["output"])
@@ -215,15 +218,19 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
             done[todo[i]["id"]] = _row(todo[i], result, model, adapter)
             stats["new_tokens"] += result["new_tokens"]
         stats["n_generated"] += len(pairs)
-        write_jsonl(output_path, [done[r["id"]] for r in rows if r["id"] in done])
-        _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
+        with disk_errors(output_path.parent, None, CONTINUE):
+            write_jsonl(output_path, [done[r["id"]] for r in rows if r["id"] in done])
+            _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
         bar.update(len(pairs))
         clock[0] = time.perf_counter()
 
-    if todo:
-        run([r["question"] for r in todo], save)
-    bar.close()
-    summary = _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
+    try:
+        if todo:
+            run([r["question"] for r in todo], save)
+    finally:  # ends the bar's line, so an error message starts a line of its own
+        bar.close()
+    with disk_errors(output_path.parent, None, CONTINUE):
+        summary = _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
     print(f"{len(done)} predictions ({summary['n_truncated']} truncated at max_new_tokens={settings['max_new_tokens']}, "
           f"think {summary['think_status']}); {stats['new_tokens']} new tokens, "
           f"{summary['tokens_per_s'] or 0:.1f} tokens/s")

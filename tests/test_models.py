@@ -80,3 +80,19 @@ def test_base_model_of(tmp_path):
     assert models.base_model_of(tmp_path / "lora") == "tiny"
     assert models.base_model_of(tmp_path / "full") == "Qwen/Qwen3-1.7B"
     assert models.base_model_of(tmp_path) is None
+
+
+def test_a_cache_folder_without_config_is_not_a_model(tmp_path, monkeypatch):
+    """modelscope returns the cache folder of a download that failed (only its .mdl marker): that is no model."""
+    import modelscope
+
+    from medsft import models
+    from medsft.io import MedsftError
+
+    (tmp_path / ".mdl").write_text("x")
+    monkeypatch.setattr(modelscope, "snapshot_download", lambda spec, **kw: str(tmp_path))
+    monkeypatch.setattr(models, "_modelscope_reachable", lambda *a, **k: False)
+    with pytest.raises(MedsftError, match="cannot download 'Qwen/Qwen3-1.7B'"):
+        models.download("Qwen/Qwen3-1.7B")
+    (tmp_path / "config.json").write_text("{}")
+    assert models.download("Qwen/Qwen3-1.7B") == tmp_path
