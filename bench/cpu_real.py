@@ -18,6 +18,7 @@ Writes  OUTPUT (JSON: per kind measured peak, baseline, estimate by component, r
 import json
 import multiprocessing
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -126,7 +127,15 @@ def main():
     kinds = [k.strip() for k in KINDS.split(",") if k.strip()]
     if not kinds or set(kinds) - {"full", "lora"}:
         raise MedsftError(f"--kinds={KINDS}: expected full, lora or full,lora")
-    # 2. Each kind in a fresh process, so one's memory never counts in the other's peak. glibc's malloc keeps freed
+    # 2. What the preflight says about the old fp32-master path at these settings and at train.py's defaults
+    from medsft.memory import GIB, estimate
+
+    heavy = {**script_defaults(_ROOT / "train.py"), "PRECISION": "bf16-mixed", "OPTIM": "adamw_torch_fused",
+             "LOSS": "plain"}
+    verdict = {name: round(estimate({**heavy, **over}, model_dir, lora=False)["total"] / GIB, 2)
+               for name, over in (("this_run_settings", {"BATCH_SIZE": BATCH_SIZE, "MAX_LENGTH": MAX_LENGTH}),
+                                  ("train_py_defaults", {}))} if not LAYERS else None
+    # 3. Each kind in a fresh process, so one's memory never counts in the other's peak. glibc's malloc keeps freed
     #    heap blocks up to 32 MB (its mmap threshold grows), which RSS counts and a GPU allocator's live-tensor
     #    peak would not (measured: +0.6 GiB on 12 layers of LoRA); a fixed threshold returns them to the system
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
@@ -143,17 +152,10 @@ def main():
         print(f"{kind}: measured {r['measured_gib']:.2f} GiB above a {r['baseline_rss_gib']:.2f} GiB baseline, "
               f"estimated {r['estimated_gib']:.2f} GiB ({r['measured_over_estimate']:.2f}x), {r['seconds']:.0f} s")
         results.append(r)
-    # 3. What the preflight says about the old fp32-master path at these settings and at train.py's defaults
-    from medsft.memory import GIB, estimate
-
-    heavy = {**script_defaults(_ROOT / "train.py"), "PRECISION": "bf16-mixed", "OPTIM": "adamw_torch_fused",
-             "LOSS": "plain"}
-    verdict = {name: round(estimate({**heavy, **over}, model_dir, lora=False)["total"] / GIB, 2)
-               for name, over in (("this_run_settings", {"BATCH_SIZE": BATCH_SIZE, "MAX_LENGTH": MAX_LENGTH}),
-                                  ("train_py_defaults", {}))} if not LAYERS else None
     out = Path(OUTPUT) if OUTPUT != "auto" else (_ROOT / "bench" / "results" / "cpu-real-arch.json" if not LAYERS
                                                  else Path(tempfile.gettempdir()) / "medsft-cpu-real.json")
-    result = {"device": "CPU", "model": str(model_dir), "layers": LAYERS or json.loads(
+    result = {"date": time.strftime("%Y-%m-%d"), "device": f"CPU ({platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} cores, {THREADS} torch threads)", "model": str(model_dir), "layers": LAYERS or json.loads(
         (model_dir / "config.json").read_text())["num_hidden_layers"], "measure": "peak resident set (VmHWM) minus "
               "the resident set before the model was built, glibc MALLOC_MMAP_THRESHOLD_="
               + os.environ["MALLOC_MMAP_THRESHOLD_"], "runs": results,
