@@ -39,7 +39,7 @@ RESULTS_DIR = "results"  # benchmark_<NAME>.json(l), benchmark_<NAME>.config.jso
 MAX_NEW_TOKENS = 2048  # a think (~900 tokens for the fine-tuned model, often more for the base) plus the 答案 line
 BATCH_SIZE = 16  # questions generated together (prompts are short: ~150 tokens)
 DO_SAMPLE = True  # Qwen3's thinking-mode sampling from the model's generation_config (its card warns against greedy)
-ENABLE_THINKING = True  # Qwen3 thinks first; false needs medsft.generate to pass enable_thinking to the template
+ENABLE_THINKING = True  # false: Qwen3's hard switch (enable_thinking=False): the answer line without a think
 SEED = 42  # sampling seed (same seed, settings and batches => same answers)
 SCORE = ""  # re-score this predictions JSONL (rows with gold and output) without a model; "" = generate
 
@@ -54,9 +54,6 @@ def main():
     if BATCH_SIZE < 1:
         raise MedsftError(f"--batch_size={BATCH_SIZE}: must be at least 1")
     check_decoding(MAX_NEW_TOKENS, DO_SAMPLE)
-    if not ENABLE_THINKING and not knowledge.thinking_switch_supported():
-        raise MedsftError("--enable_thinking=false: medsft.generate cannot pass enable_thinking to the chat template "
-                          "yet, so thinking stays on; drop the option")
 
     # 2. --score: re-score an existing predictions file with today's extraction, no model
     if SCORE:

@@ -10,12 +10,17 @@ as training. Three modes:
   python inference.py --input=data/test.jsonl          # batch predictions -> results/predictions_full.jsonl
   python inference.py --model_dir=Qwen/Qwen3-1.7B --input=data/test.jsonl --output=results/predictions_base.jsonl
 
-Batch mode writes OUTPUT (one row per input row: id, question, ref_think, ref_answer, output, think, answer,
+Batch mode writes OUTPUT (one row per input row: id, question, ref_think, ref_answer, mode, output, think, answer,
 think_status, new_tokens, finished, model) and OUTPUT's <stem>.summary.json (settings, truncations, tokens/s).
 It is resumable: rows already in OUTPUT are skipped, and OUTPUT is rewritten atomically after every batch.
+Thinking is on by default; Qwen3's two switches turn it off, and predictions in those modes go beside OUTPUT:
+
+  python inference.py --input=data/test.jsonl --soft_switch=/no_think     # -> predictions_full.no_think_soft.jsonl
+  python inference.py --input=data/test.jsonl --enable_thinking=false     # -> predictions_full.no_think_hard.jsonl
+
+In the chat, /no_think or /think in a message switches that answer; /thinking flips the default.
 """
 
-from pathlib import Path
 
 from medsft.adapters import load_for_inference
 from medsft.backends import check_backend
@@ -24,7 +29,7 @@ from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError, disk_errors
 from medsft.model_checks import check_model
-from medsft.predict import predict_file
+from medsft.predict import check_switches, mode_output, predict_file
 
 MODEL_DIR = "output/full"  # model spec: a trained dir, a ModelScope id (Qwen/Qwen3-1.7B = untuned base) or tiny
 QUESTION = ""  # one question to answer (streamed), then exit; "" = no single question
@@ -35,6 +40,8 @@ DO_SAMPLE = True  # true: Qwen3's thinking-mode sampling from the model's genera
 TEMPERATURE = None  # sampling temperature; None = the model's generation_config (Qwen3: 0.6)
 TOP_P = None  # nucleus sampling; None = the model's generation_config (Qwen3: 0.95)
 TOP_K = None  # top-k sampling; None = the model's generation_config (Qwen3: 20)
+ENABLE_THINKING = True  # false: Qwen3's hard switch (enable_thinking=False: the prompt closes an empty think; the model answers directly)
+SOFT_SWITCH = ""  # "" | /no_think | /think: appended to every question (Qwen3's soft switch; the model writes an empty think after /no_think)
 SEED = 42  # sampling seed (same seed, same settings => same predictions)
 BATCH_SIZE = 8  # questions generated together in batch mode (left-padded, sorted by prompt length)
 BACKEND = "transformers"  # transformers | vllm (batch mode only; needs `pip install vllm` and a CUDA GPU)
@@ -49,12 +56,15 @@ def main():
     decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
                     top_p=TOP_P, top_k=TOP_K)
     check_decoding(**decoding)
+    thinking = check_switches(ENABLE_THINKING, SOFT_SWITCH)
+    output = mode_output(OUTPUT, thinking)  # other modes go beside OUTPUT: <stem>.<mode>.jsonl
 
     # 2. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
     if mode == "predict":
-        predict_file(MODEL_DIR, INPUT, OUTPUT, batch_size=BATCH_SIZE, backend=BACKEND, **decoding)
-        with disk_errors(Path(OUTPUT).parent, None):  # the predictions are complete: a re-run only writes this
-            print(f"wrote {save_config(cfg, Path(OUTPUT).with_suffix('.config.json'))}")
+        predict_file(MODEL_DIR, INPUT, output, batch_size=BATCH_SIZE, backend=BACKEND, enable_thinking=ENABLE_THINKING,
+                     soft_switch=SOFT_SWITCH, **decoding)
+        with disk_errors(output.parent, None):  # the predictions are complete: a re-run only writes this
+            print(f"wrote {save_config({**cfg, 'OUTPUT': str(output)}, output.with_suffix('.config.json'))}")
         return
 
     # 3. One question or the interactive chat, streamed token by token
@@ -62,7 +72,8 @@ def main():
         raise MedsftError(f"--backend={BACKEND} serves batch predictions (--input); the chat streams with "
                           "transformers: drop --backend")
     model, tokenizer = load_for_inference(MODEL_DIR)
-    chat(model, tokenizer, question=QUESTION.strip() if mode == "question" else None, **decoding)
+    chat(model, tokenizer, question=QUESTION.strip() if mode == "question" else None, mode=thinking,
+         **decoding)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """inference.py for a LoRA adapter: chat with it, predict a split with it, or merge it into a plain model.
 
 Reads the adapter ADAPTER_DIR (default output/lora, written by train_lora.py) on top of its base model (the one
-recorded in the adapter; BASE_MODEL overrides). Same modes and rows as inference.py (rows also carry `adapter`):
+recorded in the adapter; BASE_MODEL overrides). Same modes, thinking switches (ENABLE_THINKING, SOFT_SWITCH) and
+rows as inference.py (rows also carry `adapter`):
 
   python inference_lora.py                                # interactive chat (思考 / 回答, /reset, /exit, Ctrl-D)
   python inference_lora.py --question="头痛三天，伴有低烧，怎么办？"
@@ -13,7 +14,6 @@ AutoModelForCausalLM and gives the same greedy answers as base + adapter: `pytho
 --model_dir=output/lora-merged`.
 """
 
-from pathlib import Path
 
 from medsft.adapters import check_adapter, load_for_inference, lora_base, merge_lora
 from medsft.backends import check_backend
@@ -21,7 +21,7 @@ from medsft.chat_repl import chat, choose_mode
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError, disk_errors
-from medsft.predict import predict_file
+from medsft.predict import check_switches, mode_output, predict_file
 
 ADAPTER_DIR = "output/lora"  # LoRA adapter directory (adapter_config.json + adapter weights)
 BASE_MODEL = None  # base model spec; None = the base recorded in the adapter (adapter_config.json)
@@ -35,6 +35,8 @@ DO_SAMPLE = True  # true: Qwen3's thinking-mode sampling from the model's genera
 TEMPERATURE = None  # sampling temperature; None = the model's generation_config (Qwen3: 0.6)
 TOP_P = None  # nucleus sampling; None = the model's generation_config (Qwen3: 0.95)
 TOP_K = None  # top-k sampling; None = the model's generation_config (Qwen3: 20)
+ENABLE_THINKING = True  # false: Qwen3's hard switch (enable_thinking=False: the prompt closes an empty think; the model answers directly)
+SOFT_SWITCH = ""  # "" | /no_think | /think: appended to every question (Qwen3's soft switch; the model writes an empty think after /no_think)
 SEED = 42  # sampling seed (same seed, same settings => same predictions)
 BATCH_SIZE = 8  # questions generated together in batch mode (left-padded, sorted by prompt length)
 BACKEND = "transformers"  # transformers | vllm (batch mode only, LoRA through vLLM's LoRA support)
@@ -53,6 +55,8 @@ def main():
     decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
                     top_p=TOP_P, top_k=TOP_K)
     check_decoding(**decoding)
+    thinking = check_switches(ENABLE_THINKING, SOFT_SWITCH)
+    output = mode_output(OUTPUT, thinking)  # other modes go beside OUTPUT: <stem>.<mode>.jsonl
 
     # 2. Merge: base + adapter -> a plain model directory
     if mode == "merge":
@@ -61,9 +65,10 @@ def main():
 
     # 3. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
     if mode == "predict":
-        predict_file(base, INPUT, OUTPUT, adapter_dir=ADAPTER_DIR, batch_size=BATCH_SIZE, backend=BACKEND, **decoding)
-        with disk_errors(Path(OUTPUT).parent, None):  # the predictions are complete: a re-run only writes this
-            print(f"wrote {save_config(cfg, Path(OUTPUT).with_suffix('.config.json'))}")
+        predict_file(base, INPUT, output, adapter_dir=ADAPTER_DIR, batch_size=BATCH_SIZE, backend=BACKEND,
+                     enable_thinking=ENABLE_THINKING, soft_switch=SOFT_SWITCH, **decoding)
+        with disk_errors(output.parent, None):  # the predictions are complete: a re-run only writes this
+            print(f"wrote {save_config({**cfg, 'OUTPUT': str(output)}, output.with_suffix('.config.json'))}")
         return
 
     # 4. One question or the interactive chat, streamed token by token
@@ -71,7 +76,8 @@ def main():
         raise MedsftError(f"--backend={BACKEND} serves batch predictions (--input); the chat streams with "
                           "transformers: drop --backend")
     model, tokenizer = load_for_inference(base, ADAPTER_DIR)
-    chat(model, tokenizer, question=QUESTION.strip() if mode == "question" else None, **decoding)
+    chat(model, tokenizer, question=QUESTION.strip() if mode == "question" else None, mode=thinking,
+         **decoding)
 
 
 if __name__ == "__main__":

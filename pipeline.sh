@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline, in order, each stage handing over files on disk:
-#   data → train (full) → train_lora → predictions base / full / LoRA → evaluate ×2 → rouge_eval ×2 (+ charts)
+#   data → train (full) → train_lora → predictions base / full / LoRA, each thinking on and off (both switches)
+#   → evaluate ×2 (chain of thought, mode adherence) → rouge_eval ×2 (+ charts)
 #   → benchmark ×3 (CMMLU medical knowledge of base / full / LoRA)
 #
 #   bash pipeline.sh              # the real run: Qwen/Qwen3-1.7B, dataset from ModelScope (GPU), in ./
@@ -45,9 +46,13 @@ step() { local script="$1"; shift; echo; echo "=== $script $*"; "$PY" "$ROOT/$sc
 step data.py --dataset="$DATASET" --tokenizer="$MODEL"
 step train.py --model="$MODEL" "${TRAIN[@]}"
 step train_lora.py --model="$MODEL" "${LORA[@]}"
-step inference.py --model_dir="$MODEL" --input=data/test.jsonl --output=results/predictions_base.jsonl "${GEN[@]}"
-step inference.py --input=data/test.jsonl "${GEN[@]}"
-step inference_lora.py --input=data/test.jsonl "${GEN[@]}"
+# each model in the three thinking modes: on (scored), /no_think and enable_thinking=False (mode adherence); the
+# no-think predictions land beside each file as <stem>.no_think_soft.jsonl / <stem>.no_think_hard.jsonl
+for SWITCH in "" --soft_switch=/no_think --enable_thinking=false; do
+  step inference.py --model_dir="$MODEL" --input=data/test.jsonl --output=results/predictions_base.jsonl "${GEN[@]}" $SWITCH
+  step inference.py --input=data/test.jsonl "${GEN[@]}" $SWITCH
+  step inference_lora.py --input=data/test.jsonl "${GEN[@]}" $SWITCH
+done
 step evaluate.py
 step evaluate_lora.py
 step rouge_eval.py

@@ -24,7 +24,7 @@ def check_backend(backend: str) -> None:
 
 def load_backend(backend, model, adapter_dir, *, max_new_tokens, do_sample, seed, batch_size, system, temperature,
                  top_p, top_k):
-    """Load ``model`` (+ ``adapter_dir``) on ``backend``; return (decoding settings, run(questions, on_batch))."""
+    """Load ``model`` (+ ``adapter_dir``) on ``backend``; return (decoding settings, run(questions, on_batch, modes))."""
     if backend == "vllm":
         model_dir = resolve_model(model)
         tokenizer = load_tokenizer(adapter_tokenizer_spec(model, adapter_dir))
@@ -33,10 +33,10 @@ def load_backend(backend, model, adapter_dir, *, max_new_tokens, do_sample, seed
         llm = gen.load_vllm(model_dir, seed=seed, adapter_dir=adapter_dir)
         stop = sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")})
 
-        def run(questions, on_batch):
+        def run(questions, on_batch, modes=None):
             return gen.generate_vllm(llm, tokenizer, questions, settings=settings, stop_ids=stop, seed=seed,
                                      system=system, adapter_dir=adapter_dir, on_batch=on_batch,
-                                     batch_size=max(batch_size, VLLM_MIN_CHUNK))
+                                     batch_size=max(batch_size, VLLM_MIN_CHUNK), modes=modes)
 
         return settings, run
     net, tokenizer = load_for_inference(model, adapter_dir)
@@ -44,9 +44,9 @@ def load_backend(backend, model, adapter_dir, *, max_new_tokens, do_sample, seed
                                                        do_sample=do_sample, temperature=temperature, top_p=top_p,
                                                        top_k=top_k))
 
-    def run(questions, on_batch):
+    def run(questions, on_batch, modes=None):
         return gen.generate(net, tokenizer, questions, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                             batch_size=batch_size, system=system, temperature=temperature, top_p=top_p, top_k=top_k,
-                            progress=False, on_batch=on_batch)
+                            progress=False, on_batch=on_batch, modes=modes)
 
     return settings, run

@@ -15,6 +15,26 @@ STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answe
 # no_think_soft: "/no_think" at the end of the user turn; the model writes the empty think block, then the answer.
 MODES = ("think", "no_think_hard", "no_think_soft")
 SOFT_SWITCH = {"no_think_soft": " /no_think"}
+SWITCHES = ("/think", "/no_think")  # Qwen3's soft switches, typed in a user turn
+
+
+def question_mode(question: str, enable_thinking: bool = True) -> str:
+    """The mode Qwen3 answers ``question`` in: enable_thinking=False is the hard switch (the prompt closes an empty
+    think, so no soft switch can reopen it); otherwise the last ``/think`` or ``/no_think`` in the question wins."""
+    if not enable_thinking:
+        return "no_think_hard"
+    return "no_think_soft" if question.rfind("/no_think") > question.rfind("/think") else "think"
+
+
+def follows_mode(output: str, mode: str) -> bool:
+    """Does a generated assistant text have the shape ``mode`` asks for? think: a closed, non-empty think, then a
+    non-empty answer. no_think_*: an empty think block or none, then a non-empty answer."""
+    think, answer, status = split_output(output)
+    if mode == "think":
+        return status == "closed" and bool(think) and bool(answer)
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+    return status in ("closed", "absent") and not think and bool(answer)
 
 
 def build_messages(question, think=None, answer=None, system=None, history=None) -> list[dict]:
@@ -39,8 +59,10 @@ def _template(tokenizer, messages, mode: str, **kw) -> str:
 
 def prompt_text(tokenizer, question, system=None, history=None, mode: str = "think") -> str:
     """The generation prompt inference feeds the model (ends with ``<|im_start|>assistant\\n``, plus the closed
-    empty think block in ``no_think_hard`` mode)."""
-    question = question + SOFT_SWITCH.get(mode, "")
+    empty think block in ``no_think_hard`` mode). ``no_think_soft`` appends `` /no_think`` to the question unless
+    the question already switches thinking off itself."""
+    if mode == "no_think_soft" and question_mode(question) != mode:
+        question = question + SOFT_SWITCH[mode]
     return _template(tokenizer, build_messages(question, system=system, history=history), mode,
                      add_generation_prompt=True)
 

@@ -2,7 +2,8 @@
 
 * ``choose_mode``: which of the scripts' three modes the constants ask for (one question, batch predictions, chat);
 * ``SectionPrinter``: a streamed answer printed as 【思考】 (the reasoning, dimmed on a terminal) then 【回答】;
-* ``chat``: the REPL (history kept as Qwen3's template expects, /reset, /exit, Ctrl-C stops an answer).
+* ``chat``: the REPL (history kept as Qwen3's template expects, /reset, /exit, Ctrl-C stops an answer, thinking
+  switched per message with ``/think`` / ``/no_think`` in it, or for every message with ``/thinking``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from .chat import THINK_CLOSE, THINK_OPEN, split_output
+from .chat import SWITCHES, THINK_CLOSE, THINK_OPEN, question_mode, split_output
 from .generate import stream
 from .io import MedsftError
 
@@ -31,8 +32,8 @@ def choose_mode(question, input_path, argv=None) -> str:
 class SectionPrinter:
     """Print a streamed assistant text with its reasoning and its answer under separate headers.
 
-    Chunks may split the ``<think>``/``</think>`` tags anywhere; the tags themselves are never printed. The
-    reasoning is dimmed on a terminal.
+    Chunks may split the ``<think>``/``</think>`` tags anywhere; the tags themselves are never printed, nor is the
+    header of an empty think (``/no_think`` answers). The reasoning is dimmed on a terminal.
     """
 
     THINK_HEADER = "【思考】"
@@ -47,7 +48,7 @@ class SectionPrinter:
     def _header(self, text: str) -> None:
         if self.color:
             self.write("\033[0m")
-        self.write(("\n" if self.state != "start" else "") + text + "\n")
+        self.write(("\n" if self.state not in ("start", "think_lead") else "") + text + "\n")
         if self.color and text == self.THINK_HEADER:
             self.write("\033[2m")
 
@@ -58,8 +59,7 @@ class SectionPrinter:
                 head = self.buf.lstrip()
                 if not head or (THINK_OPEN.startswith(head) and head != THINK_OPEN):
                     return  # nothing yet, or a <think> tag still arriving
-                if head.startswith(THINK_OPEN):
-                    self._header(self.THINK_HEADER)
+                if head.startswith(THINK_OPEN):  # its header waits for the first word: an empty think gets none
                     self.state, self.buf = "think_lead", head[len(THINK_OPEN):]
                 else:
                     self._header(self.ANSWER_HEADER)
@@ -69,6 +69,14 @@ class SectionPrinter:
                 self.buf = self.buf.lstrip()
                 if not self.buf:
                     return
+                if self.state == "think_lead":
+                    if THINK_CLOSE.startswith(self.buf) and self.buf != THINK_CLOSE:
+                        return  # a </think> still arriving
+                    if self.buf.startswith(THINK_CLOSE):  # the empty think of a non-thinking answer
+                        self._header(self.ANSWER_HEADER)
+                        self.state, self.buf = "answer_lead", self.buf[len(THINK_CLOSE):]
+                        continue
+                    self._header(self.THINK_HEADER)
                 self.state = "think" if self.state == "think_lead" else "answer"
                 continue
             if self.state == "think":
@@ -94,6 +102,9 @@ class SectionPrinter:
         if self.state == "start" and self.buf.strip():
             self._header(self.ANSWER_HEADER)
             self.state = "answer"
+        if self.state == "think_lead" and self.buf.strip():  # cut off inside a </think> tag
+            self._header(self.THINK_HEADER)
+            self.state = "think"
         if self.state in ("think", "answer"):
             self.write(self.buf.rstrip() if self.state == "think" else self.buf)
         if self.color:
@@ -102,15 +113,27 @@ class SectionPrinter:
         self.buf, self.state = "", "start"
 
 
-CHAT_HELP = "输入问题后回车。/reset 清空对话历史，/exit 退出（Ctrl-D 也可）；回答中按 Ctrl-C 可中止当前回答。"
+CHAT_HELP = ("输入问题后回车。/reset 清空对话历史，/exit 退出（Ctrl-D 也可）；回答中按 Ctrl-C 可中止当前回答。\n"
+             "思考模式：问题末尾加 /no_think 本轮不思考、加 /think 本轮思考；/thinking 切换默认（思考 ↔ 不思考）。")
+MODE_LABELS = {"think": "思考模式：开",
+               "no_think_soft": "思考模式：关（/no_think）",
+               "no_think_hard": "思考模式：关（enable_thinking=False）"}
 
 
-def _answer(model, tokenizer, question, history, out, *, color, turn, gen_kwargs) -> dict | None:
-    """Stream one answer to ``out``; return the result, or None when the user stopped it with Ctrl-C."""
+def message_mode(text: str, default: str) -> str:
+    """The mode a chat message is answered in: a ``/think`` or ``/no_think`` in it decides (the last one wins, and
+    ``/think`` reopens thinking even when it is off by default); otherwise the session's default."""
+    return question_mode(text) if any(s in text for s in SWITCHES) else default
+
+
+def _answer(model, tokenizer, question, history, out, *, color, turn, gen_kwargs, mode="think") -> dict | None:
+    """Stream one answer to ``out``, under a line naming its thinking mode; return the result, or None when the
+    user stopped it with Ctrl-C."""
+    out.write(f"〔{MODE_LABELS[mode]}〕\n")
     printer = SectionPrinter(lambda s: (out.write(s), out.flush()), color=color)
     stop = threading.Event()
     try:
-        result = stream(model, tokenizer, question, printer.feed, history=history, stop_event=stop,
+        result = stream(model, tokenizer, question, printer.feed, history=history, stop_event=stop, mode=mode,
                         **{**gen_kwargs, "seed": gen_kwargs["seed"] + turn})
     except KeyboardInterrupt:
         printer.close()
@@ -124,11 +147,14 @@ def _answer(model, tokenizer, question, history, out, *, color, turn, gen_kwargs
 
 
 def chat(model, tokenizer, *, question=None, max_new_tokens=2048, do_sample=True, seed=42, system=None,
-         temperature=None, top_p=None, top_k=None, stdin=None, out=None) -> int:
+         temperature=None, top_p=None, top_k=None, stdin=None, out=None, mode="think") -> int:
     """Answer ``question`` (streamed) and return, or run the interactive multi-turn chat on ``stdin``.
 
-    History is kept as Qwen3's template expects (the assistant's answer as content, its reasoning as
-    reasoning_content, which the template drops for earlier turns). Works with a pipe as stdin. Returns 0.
+    ``mode`` (a ``chat.MODES`` name, from ENABLE_THINKING and SOFT_SWITCH) is the default thinking mode; a message
+    with ``/think`` or ``/no_think`` in it overrides it for that message, ``/thinking`` flips it between thinking
+    and enable_thinking=False, and a message that is only ``/think`` or ``/no_think`` sets it. History is kept as
+    Qwen3's template expects (the assistant's answer as content, its reasoning as reasoning_content, which the
+    template drops for earlier turns). Works with a pipe as stdin. Returns 0.
     """
     stdin = stdin or sys.stdin
     out = out or sys.stdout
@@ -136,7 +162,8 @@ def chat(model, tokenizer, *, question=None, max_new_tokens=2048, do_sample=True
     gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "system": system,
                   "temperature": temperature, "top_p": top_p, "top_k": top_k}
     if question is not None:
-        _answer(model, tokenizer, question, None, out, color=color, turn=0, gen_kwargs=gen_kwargs)
+        _answer(model, tokenizer, question, None, out, color=color, turn=0, gen_kwargs=gen_kwargs,
+                mode=message_mode(question, mode))
         return 0
     tty = stdin is sys.stdin and stdin.isatty()
     out.write(CHAT_HELP + "\n")
@@ -164,10 +191,18 @@ def chat(model, tokenizer, *, question=None, max_new_tokens=2048, do_sample=True
             history, turn = [], 0
             out.write("（对话历史已清空）\n")
             continue
+        if text in ("/thinking",) + SWITCHES:
+            if text == "/thinking":
+                mode = "no_think_hard" if mode == "think" else "think"
+            else:
+                mode = "think" if text == "/think" else "no_think_hard"
+            out.write(f"（默认{MODE_LABELS[mode]}）\n")
+            continue
         if text.startswith("/"):
             out.write(f"未知命令 {text}。{CHAT_HELP}\n")
             continue
-        result = _answer(model, tokenizer, text, history, out, color=color, turn=turn, gen_kwargs=gen_kwargs)
+        result = _answer(model, tokenizer, text, history, out, color=color, turn=turn, gen_kwargs=gen_kwargs,
+                         mode=message_mode(text, mode))
         if result is None:
             continue
         think, answer, _ = split_output(result["output"])

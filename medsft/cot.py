@@ -311,8 +311,10 @@ def cot_scores(rows: list[dict], *, tau: float = 0.2, repeat_threshold: float = 
     """Offline chain-of-thought scores of prediction rows, with their baselines. Returns (summary, per_sample).
 
     IDF comes from the reference think+answer texts of these rows, so every model scored on the same split is on
-    the same scale. A sample whose generated think has no step scores 0 and is counted in n_no_think. `workers`
-    processes share the rows (1 = this process); the results do not depend on it.
+    the same scale. A sample whose generated think has no step scores 0 and is counted in n_no_think; a row asked
+    not to think (its ``mode`` is not ``think``) has no think score (None: "n/a") and is left out of every mean,
+    baselines included, and counted in n_think_na. `workers` processes share the rows (1 = this process); the
+    results do not depend on it.
     """
     from tqdm import tqdm
 
@@ -346,19 +348,28 @@ def cot_scores(rows: list[dict], *, tau: float = 0.2, repeat_threshold: float = 
         item = {"id": r.get("id"), "think_status": r.get("think_status"), "finished": r.get("finished"), **scores}
         if perm is not None:
             item["floor_reference"] = rows[perm[i]].get("id")
+        if r.get("mode", "think") != "think":  # asked not to think: no think to score ("n/a", not 0)
+            item["think_na"] = True
+            item.update({k: None for k in SCORE_KEYS + ("n_gen_steps", "no_think", "repeated_steps")})
+            item.update({"floor_" + k: None for k in SCORE_KEYS})
         per_sample[i] = item
 
-    scores = {k: _mean(item[k] for item in per_sample) for k in SCORE_KEYS}
-    floor = ({k: _mean(item["floor_" + k] for item in per_sample) for k in SCORE_KEYS} if perm is not None else None)
+    # Scores and baselines are means over the same rows: those asked to think
+    scored = [item for item in per_sample if not item.get("think_na")]
+    some = bool(scored) or not n  # no row at all keeps the old 0.0; only rows none of which thinks are n/a
+    mean = (lambda key: _mean(item[key] for item in scored)) if some else (lambda key: None)
+    scores = {k: mean(k) for k in SCORE_KEYS}
+    floor = {k: mean("floor_" + k) for k in SCORE_KEYS} if perm is not None and some else None
     baselines = {"chance": floor}
     for name in BASELINES[1:]:
-        baselines[name] = {k: _mean(item[f"{name}_{k}"] for item in per_sample) for k in SCORE_KEYS}
+        baselines[name] = {k: mean(f"{name}_{k}") for k in SCORE_KEYS} if some else None
     summary = {
-        "n": n, "tau": tau, "repeat_threshold": repeat_threshold, "floor_seed": floor_seed,
+        "n": n, "n_scored": len(scored), "n_think_na": n - len(scored),
+        "tau": tau, "repeat_threshold": repeat_threshold, "floor_seed": floor_seed,
         "similarity": "IDF-weighted character-bigram Dice; IDF from the reference think+answer texts of these rows",
         "matching": MATCHING, "reference": "steps of the reference think (recall and precision alike)",
         "scores": scores, "chance_floor": floor, "baselines": baselines,
-        "n_no_think": sum(1 for item in per_sample if item["no_think"]),
+        "n_no_think": sum(1 for item in scored if item["no_think"]),
         "n_empty_reference": sum(1 for item in per_sample if item["empty_reference"]),
         "format": format_stats(rows, per_sample),
     }
@@ -369,7 +380,7 @@ def format_stats(rows: list[dict], per_sample: list[dict]) -> dict:
     """Shape of the reasoning: think closed/unclosed/absent, truncation, length, step counts, repetition."""
     n = len(rows)
     status = Counter(r.get("think_status") for r in rows)
-    total_steps = sum(item["n_gen_steps"] for item in per_sample)
+    total_steps = sum(item["n_gen_steps"] or 0 for item in per_sample)
     new_tokens = [r["new_tokens"] for r in rows if isinstance(r.get("new_tokens"), int)]
     return {
         "closed_rate": status["closed"] / n if n else 0.0,
@@ -378,9 +389,9 @@ def format_stats(rows: list[dict], per_sample: list[dict]) -> dict:
         "truncation_rate": sum(1 for r in rows if r.get("finished") is False) / n if n else 0.0,
         "mean_think_chars": _mean(len(r.get("think") or "") for r in rows),
         "ref_mean_think_chars": _mean(len(r.get("ref_think") or "") for r in rows),
-        "mean_gen_steps": _mean(item["n_gen_steps"] for item in per_sample),
+        "mean_gen_steps": _mean(item["n_gen_steps"] for item in per_sample if item["n_gen_steps"] is not None),
         "mean_ref_steps": _mean(item["n_ref_steps"] for item in per_sample),
-        "repeated_step_share": (sum(item["repeated_steps"] for item in per_sample) / total_steps
+        "repeated_step_share": (sum(item["repeated_steps"] or 0 for item in per_sample) / total_steps
                                 if total_steps else 0.0),
         "mean_new_tokens": _mean(new_tokens) if new_tokens else None,
     }

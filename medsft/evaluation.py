@@ -13,12 +13,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import metrics
+from . import adherence, metrics
 from .chat import STATUSES
 from .io import MedsftError, check_writable_dir, disk_errors, iter_jsonl, read_jsonl, write_json, write_jsonl
 from .judge import Judge, JudgeConfigError
 from .models import base_model_of
-from .predict import summary_path
+from .predict import mode_output, summary_path
 
 DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "backend")
 
@@ -188,18 +188,46 @@ def run_judge(cfg: dict, api_key: str, rows: list[dict], per_sample: list[dict])
                           f"${cfg['JUDGE_API_KEY_ENV']}") from None
 
 
+def mode_adherence(cfg: dict, t: Target, rows: list[dict]) -> dict:
+    """Adherence of one model in every mode: ``rows`` (thinking on) and the ``<stem>.<mode>.jsonl`` files beside
+    ``t.path`` that inference.py writes with --soft_switch=/no_think or --enable_thinking=false. A missing file
+    leaves its mode unmeasured (None) and prints the command that makes it; the other modes are still measured."""
+    by_mode, files = {"think": rows}, {"think": str(t.path)}
+    for mode in adherence.MODES[1:]:
+        path = mode_output(t.path, mode)
+        if not path.is_file():
+            by_mode[mode] = None
+            print(f"{t.tag}: {adherence.SHORT[mode]} adherence not measured: no {path}; make it with\n  "
+                  f"{t.command} {adherence.FLAGS[mode]}")
+            continue
+        by_mode[mode] = load_predictions(path)
+        describe(path, by_mode[mode], cfg["TEST_FILE"])  # same split as the thinking predictions, or stop
+        files[mode] = str(path)
+    out = adherence.measure(by_mode)
+    for mode, entry in out.items():
+        if entry is not None:
+            entry["file"] = files[mode]
+    return out
+
+
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
-    """Chain-of-thought scores of one prediction file -> RESULTS_DIR/cot_<tag>.json + .jsonl."""
+    """Chain-of-thought scores and mode adherence of one model -> RESULTS_DIR/cot_<tag>.json + .jsonl."""
     rows = load_predictions(t.path)
     info = describe(t.path, rows, cfg["TEST_FILE"])
     summary, per_sample = metrics.cot_scores(rows, tau=cfg["TAU"], repeat_threshold=cfg["REPEAT_THRESHOLD"],
                                              floor_seed=cfg["FLOOR_SEED"], workers=cfg.get("WORKERS", 2))
-    summary = {"tag": t.tag, "predictions": info, **summary,
+    summary = {"tag": t.tag, "predictions": info, **summary, "adherence": mode_adherence(cfg, t, rows),
                "judge": run_judge(cfg, api_key, rows, per_sample) if api_key else None}
     s, base = summary["scores"], summary["baselines"]
-    lines = ", ".join(f"{name.replace('_', '-')} {base[name]['f1']:.3f}" for name in metrics.BASELINES if base[name])
-    print(f"{t.tag}: chain of thought recall {s['recall']:.3f}, precision {s['precision']:.3f}, F1 {s['f1']:.3f} "
-          f"(baseline F1: {lines}); n={summary['n']}, no think {summary['n_no_think']}")
+    lines = ", ".join(f"{name.replace('_', '-')} {_f(base[name]['f1'])}" for name in metrics.BASELINES if base[name])
+    print(f"{t.tag}: chain of thought recall {_f(s['recall'])}, precision {_f(s['precision'])}, F1 {_f(s['f1'])} "
+          f"(baseline F1: {lines}); n={summary['n']}, no think {summary['n_no_think']}, "
+          f"not asked to think {summary['n_think_na']}")
+    print(f"{t.tag}: adherence {adherence.line(summary['adherence'])}")
     return write_outputs(cfg["RESULTS_DIR"], "cot", t.tag, summary, per_sample)
 
 

@@ -76,19 +76,22 @@ def _result(tokenizer, new: list[int], stop: set[int]) -> dict:
 
 
 def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42, batch_size=8, system=None,
-             temperature=None, top_p=None, top_k=None, progress=True, histories=None, on_batch=None) -> list[dict]:
+             temperature=None, top_p=None, top_k=None, progress=True, histories=None, on_batch=None,
+             modes=None) -> list[dict]:
     """Answer ``questions`` in batches; returns ``{"output", "new_tokens", "finished"}`` per question, in order.
 
     Prompts are sorted by length (longest first, so an out-of-memory shows in the first batch) and left-padded;
     with the attention mask this gives the same greedy answers as one-at-a-time generation.
     ``finished`` is False when the answer hit ``max_new_tokens`` before an end-of-turn token.
     ``on_batch(pairs)``, if given, is called after each batch with its ``[(question_index, result)]`` so a caller
-    can save progress as it goes.
+    can save progress as it goes. ``modes`` (one of ``chat.MODES`` per question; default all ``think``) picks each
+    prompt's thinking switch.
     """
     import torch
 
     tokenizer.padding_side = "left"
-    prompts = [prompt_text(tokenizer, q, system=system, history=(histories[i] if histories else None))
+    prompts = [prompt_text(tokenizer, q, system=system, history=(histories[i] if histories else None),
+                           mode=modes[i] if modes else "think")
                for i, q in enumerate(questions)]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
@@ -120,7 +123,7 @@ def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42,
 
 
 def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, seed=42, system=None, history=None,
-           temperature=None, top_p=None, top_k=None, stop_event=None) -> dict:
+           temperature=None, top_p=None, top_k=None, stop_event=None, mode="think") -> dict:
     """Answer one question, calling ``on_text(chunk)`` with decoded text as tokens come; returns what
     ``generate`` returns for it (``{"output", "new_tokens", "finished"}``): the same tokens under greedy decoding.
 
@@ -138,7 +141,7 @@ def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, se
     gc = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                            temperature=temperature, top_p=top_p, top_k=top_k)
     device = next(model.parameters()).device
-    enc = tokenizer([prompt_text(tokenizer, question, system=system, history=history)], return_tensors="pt",
+    enc = tokenizer([prompt_text(tokenizer, question, system=system, history=history, mode=mode)], return_tensors="pt",
                     add_special_tokens=False).to(device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     box: dict = {}
@@ -217,7 +220,7 @@ def vllm_settings(model_dir, *, max_new_tokens, do_sample, temperature=None, top
 
 
 def generate_vllm(llm, tokenizer, questions, *, settings, stop_ids, seed=42, system=None, adapter_dir=None,
-                  on_batch=None, batch_size=None) -> list[dict]:
+                  on_batch=None, batch_size=None, modes=None) -> list[dict]:
     """``generate`` on vLLM (continuous batching): same result format; ``settings`` from ``vllm_settings``.
 
     Each question gets its own sampling seed (seed + index), so answers do not depend on what else is in flight.
@@ -227,7 +230,8 @@ def generate_vllm(llm, tokenizer, questions, *, settings, stop_ids, seed=42, sys
     from vllm.lora.request import LoRARequest
 
     lora = LoRARequest("medsft-adapter", 1, str(adapter_dir)) if adapter_dir is not None else None
-    prompts = [prompt_text(tokenizer, q, system=system) for q in questions]
+    prompts = [prompt_text(tokenizer, q, system=system, mode=modes[i] if modes else "think")
+               for i, q in enumerate(questions)]
     results: list[dict] = []
     step = batch_size or len(prompts) or 1
     for start in range(0, len(prompts), step):

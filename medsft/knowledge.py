@@ -8,7 +8,6 @@ CC BY-NC-SA 4.0: it is read from ModelScope or a local folder at run time and ne
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 import re
@@ -205,11 +204,6 @@ def read_predictions(path) -> list[dict]:
 
 
 # --- generation (resumable) ------------------------------------------------------------------------------------
-def thinking_switch_supported() -> bool:
-    """Whether medsft.generate.generate passes enable_thinking to the chat template (Qwen3 thinks by default)."""
-    return "enable_thinking" in inspect.signature(gen.generate).parameters
-
-
 def load_done(path, items: list[dict], model: str, adapter: str | None) -> dict:
     """Rows already generated in ``path`` by this model, keyed by (subject, index); other items or models raise."""
     path, done = Path(path), {}
@@ -240,11 +234,11 @@ def load_generator(model: str, adapter: str | None, *, max_new_tokens: int, do_s
     generation and hands their rows to ``on_rows`` after each batch."""
     net, tokenizer = load_for_inference(model, adapter)
     used = gen.used_settings(gen.generation_config(net, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample))
-    extra = {"enable_thinking": enable_thinking} if thinking_switch_supported() else {}
+    mode = "think" if enable_thinking else "no_think_hard"  # Qwen3's hard switch: the prompt closes an empty think
 
     def run(todo: list[dict], on_rows) -> None:
         gen.generate(net, tokenizer, [prompt(it) for it in todo], max_new_tokens=max_new_tokens, do_sample=do_sample,
-                     seed=seed, batch_size=batch_size, progress=False, **extra,
+                     seed=seed, batch_size=batch_size, progress=False, modes=[mode] * len(todo),
                      on_batch=lambda pairs: on_rows([make_row(todo[i], r, model, adapter) for i, r in pairs]))
 
     return used, run

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .adapters import check_adapter, lora_base
 from .backends import check_backend, load_backend
-from .chat import STATUSES, split_output
+from .chat import STATUSES, SWITCHES, question_mode, split_output
 from .generate import check_decoding
 from .io import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
 from .model_checks import check_model, spec_key, weights_fingerprint
@@ -78,11 +78,39 @@ def read_questions(path) -> list[dict]:
     return rows
 
 
-def load_done(output, rows: list[dict], model: str, adapter) -> dict:
+def mode_output(path, mode: str) -> Path:
+    """Where predictions in ``mode`` go: OUTPUT itself for thinking, else ``<stem>.<mode>.jsonl`` beside it, so a
+    non-thinking run never lands in (or resumes into) the thinking predictions the scores are computed on."""
+    path = Path(path)
+    if mode == "think" or path.name.endswith(f".{mode}{path.suffix}"):
+        return path
+    return path.with_name(f"{path.stem}.{mode}{path.suffix}")
+
+
+def check_switches(enable_thinking, soft_switch) -> str:
+    """The mode the ENABLE_THINKING and SOFT_SWITCH constants ask for; bad values stop the script."""
+    if not isinstance(enable_thinking, bool):
+        raise MedsftError(f"--enable_thinking={enable_thinking!r}: expected true or false")
+    if soft_switch not in ("",) + SWITCHES:
+        raise MedsftError(f"--soft_switch={soft_switch!r}: expected one of {', '.join(SWITCHES)} or empty")
+    return question_mode(soft_switch, enable_thinking)
+
+
+def asked(question: str, soft_switch: str) -> str:
+    """The user turn the model sees: the question with SOFT_SWITCH appended, unless the question's own last switch
+    is already that one."""
+    last = max(SWITCHES, key=question.rfind)
+    if not soft_switch or (last == soft_switch and question.rfind(last) >= 0):
+        return question
+    return f"{question} {soft_switch}"
+
+
+def load_done(output, rows: list[dict], model: str, adapter, modes: dict | None = None) -> dict:
     """Rows of an earlier run of the same split and model in ``output``, by id (for resuming).
 
     Unreadable lines (e.g. from a writer that was not atomic) are dropped with a warning and predicted again; rows
-    of another split or another model raise MedsftError rather than end up mixed in one file.
+    of another split, another model or another thinking mode (``modes``: id -> mode) raise MedsftError rather than
+    end up mixed in one file.
     """
     output = Path(output)
     if not output.is_file():
@@ -101,6 +129,9 @@ def load_done(output, rows: list[dict], model: str, adapter) -> dict:
             by = obj.get("model") if obj.get("adapter") is None else f"{obj.get('model')} + {obj.get('adapter')}"
             raise MedsftError(f"{output}:{lineno}: predicted by {by}, not by this model; delete it or pass another "
                               "--output so predictions of two models are not mixed")
+        if modes is not None and obj.get("mode", "think") != modes[rid]:
+            raise MedsftError(f"{output}:{lineno}: predicted in mode {obj.get('mode', 'think')}, now {modes[rid]} "
+                              "(--enable_thinking / --soft_switch changed); delete it or pass another --output")
         done[rid] = obj
     return done
 
@@ -123,7 +154,7 @@ def _check_settings(output, requested: dict) -> dict | None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    keys = ["max_new_tokens", "do_sample", "system"]
+    keys = ["max_new_tokens", "do_sample", "system", "enable_thinking", "soft_switch"]
     if requested["do_sample"]:
         keys += ["seed", "batch_size"] + [k for k in ("temperature", "top_p", "top_k") if requested.get(k) is not None]
     diff = [f"{k}={old.get(k)!r} (now {requested.get(k)!r})" for k in keys if k in old and old[k] != requested.get(k)]
@@ -139,10 +170,10 @@ def _check_settings(output, requested: dict) -> dict | None:
 CONTINUE = "then re-run the same command: it continues where it stopped"
 
 
-def _row(src: dict, result: dict, model: str, adapter) -> dict:
+def _row(src: dict, result: dict, model: str, adapter, mode: str) -> dict:
     think, answer, status = split_output(result["output"])
     row = {"id": src["id"], "question": src["question"], "ref_think": src["ref_think"], "ref_answer": src["ref_answer"],
-           "output": result["output"], "think": think, "answer": answer, "think_status": status,
+           "mode": mode, "output": result["output"], "think": think, "answer": answer, "think_status": status,
            "new_tokens": result["new_tokens"], "finished": result["finished"], "model": model}
     if adapter is not None:
         row["adapter"] = adapter
@@ -151,19 +182,22 @@ def _row(src: dict, result: dict, model: str, adapter) -> dict:
 
 def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_tokens=2048, do_sample=True, seed=42,
                  batch_size=8, system=None, temperature=None, top_p=None, top_k=None, backend="transformers",
-                 progress=True) -> dict:
+                 enable_thinking=True, soft_switch="", progress=True) -> dict:
     """Predict every row of ``input_path`` into ``output_path``; return (and save) the run's summary.
 
     ``model`` is a model spec (None with an ``adapter_dir``: the adapter's base). Rows already in ``output_path``
     are skipped, so an interrupted run continues where it stopped; after each batch the whole file is rewritten
     atomically in input order, so a kill never leaves half a line. Under greedy decoding a resumed file is
-    byte-identical to an uninterrupted one.
+    byte-identical to an uninterrupted one. Each row is asked with ``soft_switch`` appended and answered in the mode
+    Qwen3 gives it (``chat.question_mode``: enable_thinking=False wins, else the question's last switch); the mode is
+    recorded per row. Pass ``output_path`` through ``mode_output`` first to keep modes in separate files.
     """
     started = time.perf_counter()
     # 1. Everything checkable without a model
     if batch_size < 1:
         raise MedsftError(f"--batch_size={batch_size}: must be at least 1")
     check_decoding(max_new_tokens, do_sample, temperature, top_p, top_k)
+    check_switches(enable_thinking, soft_switch)
     adapter = None
     if adapter_dir is not None:
         check_adapter(adapter_dir)
@@ -175,11 +209,13 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     check_backend(backend)
     rows = read_questions(input_path)
     output_path = check_writable(output_path)
-    done = load_done(output_path, rows, model, adapter)
+    modes = {r["id"]: question_mode(asked(r["question"], soft_switch), enable_thinking) for r in rows}
+    done = load_done(output_path, rows, model, adapter, modes)
+    switches = {"enable_thinking": enable_thinking, "soft_switch": soft_switch}
     previous = _check_settings(output_path, {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
                                              "batch_size": batch_size,
                                              "system": system, "temperature": temperature, "top_p": top_p,
-                                             "top_k": top_k})
+                                             "top_k": top_k, **switches})
     weights = weights_fingerprint(model, adapter)
     if previous is not None and previous.get("weights", weights) != weights:
         raise MedsftError(f"{output_path} holds predictions of other weights of {model}"
@@ -204,7 +240,7 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
         settings = {k: previous.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")}
         run = None
     settings = {**settings, "seed": seed, "system": system, "batch_size": batch_size, "backend": backend,
-                "weights": weights}
+                **switches, "weights": weights}
 
     # 3. Generate batch by batch, saving the file (and its summary) after each one
     stats = {"new_tokens": 0, "generate_s": 0.0, "n_generated": 0}
@@ -215,7 +251,7 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
         now = time.perf_counter()
         stats["generate_s"] += now - clock[0]
         for i, result in pairs:
-            done[todo[i]["id"]] = _row(todo[i], result, model, adapter)
+            done[todo[i]["id"]] = _row(todo[i], result, model, adapter, modes[todo[i]["id"]])
             stats["new_tokens"] += result["new_tokens"]
         stats["n_generated"] += len(pairs)
         with disk_errors(output_path.parent, None, CONTINUE):
@@ -226,12 +262,12 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
 
     try:
         if todo:
-            run([r["question"] for r in todo], save)
+            run([asked(r["question"], soft_switch) for r in todo], save, [modes[r["id"]] for r in todo])
     finally:  # ends the bar's line, so an error message starts a line of its own
         bar.close()
     with disk_errors(output_path.parent, None, CONTINUE):
         summary = _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
-    print(f"{len(done)} predictions ({summary['n_truncated']} truncated at max_new_tokens={settings['max_new_tokens']}, "
+    print(f"{len(done)} predictions in mode {', '.join(summary['modes'])} ({summary['n_truncated']} truncated at max_new_tokens={settings['max_new_tokens']}, "
           f"think {summary['think_status']}); {stats['new_tokens']} new tokens, "
           f"{summary['tokens_per_s'] or 0:.1f} tokens/s")
     print(f"wrote {output_path}")
@@ -249,6 +285,7 @@ def _write_summary(output_path, done, rows, model, adapter, settings, stats, loa
         "n_resumed": len(preds) - stats["n_generated"],
         "n_truncated": sum(1 for p in preds if p.get("finished") is False),
         "think_status": {s: status.get(s, 0) for s in STATUSES},
+        "modes": dict(sorted(Counter(p.get("mode", "think") for p in preds).items())),
         **settings,
         "total_new_tokens": sum(int(p.get("new_tokens") or 0) for p in preds),
         "new_tokens": stats["new_tokens"],  # this run's

@@ -1,8 +1,8 @@
 """Charts and the results report, rebuilt from whatever evaluation summaries exist in a results directory.
 
 Reads RESULTS_DIR/rouge_{base,full,lora}.json and cot_{base,full,lora}.json (and train_{full,lora}.json when the
-training stage wrote them); writes rouge.png, cot.png and README.md, and for the training scripts the loss curves
-trainloss.png and evalloss.png (``write_charts``). The same summaries give the same bytes: no timestamps, PNG
+training stage wrote them); writes rouge.png, cot.png, adherence.png, think_status.png and README.md, and for the
+training scripts the loss curves trainloss.png and evalloss.png (``write_charts``). The same summaries give the same bytes: no timestamps, PNG
 metadata without the software version, fixed styles and colours.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-from . import knowledge
+from . import adherence, knowledge
 from .io import MedsftError, atomic_write_bytes, atomic_write_text
 from .training.disk import disk_errors
 from .training.outputs import KINDS, RESULTS_NAME
@@ -74,8 +74,9 @@ def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, ym
     width = 0.8 / n
     for k, (tag, values) in enumerate(series.items()):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
-        bars = ax.bar(xs, values, width, label=LABELS[tag], color=COLORS[tag])
-        ax.bar_label(bars, labels=[format(v, fmt) for v in values], fontsize=6, padding=1)
+        # None: nothing to score (e.g. the think of rows asked not to think), drawn as an empty, labelled slot
+        bars = ax.bar(xs, [0 if v is None else v for v in values], width, label=LABELS[tag], color=COLORS[tag])
+        ax.bar_label(bars, labels=["n/a" if v is None else format(v, fmt) for v in values], fontsize=6, padding=1)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, ymax)
@@ -123,6 +124,8 @@ def cot_chart(cot: dict) -> bytes:
                 continue
             for i, (key, _) in enumerate(COT_MAIN):
                 x = i - 0.4 + width * (k + 0.5)
+                if baselines[name][key] is None:
+                    continue
                 ax.hlines(baselines[name][key], x - width / 2, x + width / 2, colors=color, linestyles=style,
                           linewidth=1.2, label=None if name in drawn else label)
                 drawn.add(name)
@@ -246,14 +249,15 @@ def _rouge_section(rouge: dict) -> list[str]:
            f"({versions}), macro-averaged over samples, as ROUGE-1.5.5 and Google's rouge-score define them: n-grams are counted "
            "with their multiplicity and clipped, so an answer repeated k times has about 1/k of the precision; "
            "ROUGE-L is the longest common subsequence of the word sequences. An empty prediction (or an unclosed "
-           "think, which has no answer) scores 0 and is counted in `empty`, never skipped.", ""]
+           "think, which has no answer) scores 0 and is counted in `empty`, never skipped. A question asked not to "
+           "think (its own /no_think) has no think to score: `n/a` in the think views, left out of their means.", ""]
     for view, title in (("answer", "Answer vs reference answer (headline)"), ("think", "Think vs reference think"),
                         ("full", "Whole output vs reference think + answer")):
         out += [f"### {title}", ""]
-        header = ["model"] + [f"{m} {s}" for _, m in ROUGE_METRICS for _, s in STATS] + ["n", "empty"]
+        header = ["model"] + [f"{m} {s}" for _, m in ROUGE_METRICS for _, s in STATS] + ["n", "empty", "n/a"]
         rows = [[_label(t, s, "definition")] + [_fmt(s["views"][view][m][st]) for m, _ in ROUGE_METRICS
                                                  for st, _ in STATS]
-                + [s["n"], s["views"][view]["n_empty"]] for t, s in rouge.items()]
+                + [s["n"], s["views"][view]["n_empty"], s["views"][view].get("n_na", 0)] for t, s in rouge.items()]
         out += _table(header, rows)
     out += _old_note(rouge, "definition", "rouge-chinese's n-gram sets")
     old = {t: s["rouge_chinese_exclusive"]["views"] for t, s in rouge.items() if s.get("rouge_chinese_exclusive")}
@@ -277,14 +281,14 @@ def _cot_section(cot: dict) -> list[str]:
            "count against precision. Recall: share of reference think steps matched. Precision: share of generated "
            "steps matched — supported by the reference, not medically verified. F1 is the headline. Soft: the "
            "matched similarities summed instead of counted. A sample without generated think scores 0 "
-           "(`no think`).", ""]
-    header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "n", "no think"]
+           "(`no think`); a question asked not to think is `n/a`, left out of the means and baselines.", ""]
+    header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "n", "no think", "n/a"]
     rows = []
     for t, s in cot.items():
         sc = s["scores"]
         rows.append([_label(t, s, "matching")] + [_fmt(sc[k], 3) for k in ("recall", "precision", "f1", "soft_recall",
                                                                            "soft_precision", "soft_f1")]
-                    + [s["n"], s["n_no_think"]])
+                    + [s["n"], s["n_no_think"], s.get("n_think_na", 0)])
     out += _table(header, rows)
     out += _old_note(cot, "matching", "many-to-one matching, precision against think + answer")
     out += ["### Baselines on the same split", "",
@@ -328,15 +332,38 @@ def _train_section(train: dict) -> list[str]:
     return ["## Training", ""] + _table(["field"] + [LABELS[t] for t in train], rows)
 
 
+# What a run on a demo model can and cannot show, by the model spec it was trained from
+DEMO_NOTES = {
+    "tiny": "**This is the plumbing check** (`MODEL=tiny bash pipeline.sh`): a random-init 2-layer model trained for "
+            "seconds. It shows that every stage runs and hands the next one its files, not that anything was "
+            "learned: scores near 0 and outputs without a think are expected. For a model that visibly learns, "
+            "run `bash demo/learn.sh`; for real numbers, Qwen3-1.7B on a GPU (`bash pipeline.sh`).",
+    "small": "**This is the learning demo** (`bash demo/learn.sh`): a small random-init model trained for minutes on "
+             "the CPU on 32 demo rows. What it shows: the model learns Qwen3's format and both thinking switches "
+             "(see *Thinking switches*: the untuned random model scores ~0 there). What it cannot show: medical "
+             "skill. At this size and data it only imitates the style of the training rows, so ROUGE and chain-of-"
+             "thought scores measure overlap with that style, not correctness.",
+}
+
+
+def _demo_note(data: dict) -> list[str]:
+    specs = {str(s.get("model")) for s in data["train"].values()}
+    specs |= {str((s.get("predictions") or {}).get("model")) for kind in ("cot", "rouge") for s in data[kind].values()}
+    notes = [DEMO_NOTES[spec] for spec in DEMO_NOTES if spec in specs]
+    return [n for note in notes for n in (note, "")]
+
+
 def report_text(data: dict, charts: list[str]) -> str:
     out = ["# Results", "",
            "Rebuilt by evaluate.py / evaluate_lora.py / rouge_eval.py / rouge_eval_lora.py from the summaries in "
            "this folder (`rouge_<model>.json`, `cot_<model>.json`; per-sample scores in the `.jsonl` beside each). "
            "Do not edit by hand.", ""]
+    out += _demo_note(data)
     out += ["## Runs", ""] + _runs(data)
     if data["rouge"]:
         out += _rouge_section(data["rouge"])
     if data["cot"]:
+        out += adherence.section(data["cot"], LABELS)
         out += _cot_section(data["cot"])
     if data["train"]:
         out += _train_section(data["train"])
@@ -348,7 +375,8 @@ def report_text(data: dict, charts: list[str]) -> str:
 
 
 def build(results_dir) -> list[Path]:
-    """Rebuild rouge.png, cot.png (each when its summaries exist) and README.md; return the paths written."""
+    """Rebuild rouge.png, cot.png, adherence.png + think_status.png (each when its summaries exist) and README.md;
+    return the paths written."""
     d = Path(results_dir)
     data = collect(d)
     written, charts = [], []
@@ -358,6 +386,12 @@ def build(results_dir) -> list[Path]:
     if data["cot"]:
         written.append(atomic_write_bytes(d / "cot.png", cot_chart(data["cot"])))
         charts.append("cot.png")
+    if any(s.get("adherence") for s in data["cot"].values()):
+        written.append(atomic_write_bytes(d / "adherence.png",
+                                          adherence.adherence_chart(data["cot"], LABELS, COLORS, _png, _figure)))
+        written.append(atomic_write_bytes(d / "think_status.png",
+                                          adherence.think_status_chart(data["cot"], LABELS, _png, _figure)))
+        charts += ["adherence.png", "think_status.png"]
     charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png") if (d / c).is_file()]
     written.append(atomic_write_text(d / "README.md", report_text(data, charts)))
     return written

@@ -18,6 +18,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 ROUGE_VIEWS = ("answer", "think", "full")  # answer is the headline view
+THINK_VIEWS = ("think", "full")  # views that need a think: n/a for rows asked not to think
 ROUGE_METRICS = ("rouge-1", "rouge-2", "rouge-l")
 ROUGE_STATS = ("p", "r", "f")
 THINK_TAGS = re.compile(r"</?think>")
@@ -247,7 +248,8 @@ def rouge_scores(rows: list[dict], *, workers: int = 2, progress: bool = True):
     """ROUGE of every prediction row in every view, spread over `workers` processes (results in input order).
 
     Returns (summary, per_sample). An empty prediction or reference side of a view (no word after segmentation)
-    scores 0 in that view and is counted in its n_empty; it is never skipped.
+    scores 0 in that view and is counted in its n_empty; it is never skipped. Only a row asked not to think (its
+    ``mode`` is not ``think``) is left out of the think and think+answer views, as n/a (counted in n_na).
     """
     from tqdm import tqdm
 
@@ -273,22 +275,26 @@ def rouge_scores(rows: list[dict], *, workers: int = 2, progress: bool = True):
     per_sample, old = [], []
     for row, result in zip(rows, results):
         item = {"id": row.get("id"), "empty": {}}
+        # a row asked not to think has no think to score: its think and think+answer views are None ("n/a")
+        na = THINK_VIEWS if row.get("mode", "think") != "think" else ()
         for view in ROUGE_VIEWS:
-            item[view], empty, _ = result[view]
+            item[view], empty, _ = (None, None, None) if view in na else result[view]
             if empty:
                 item["empty"][view] = empty
         per_sample.append(item)
-        old.append({view: result[view][2] for view in ROUGE_VIEWS})
+        old.append({view: None if view in na else result[view][2] for view in ROUGE_VIEWS})
 
     n = len(rows)
 
     def mean(items, view, m, s):
-        return sum(item[view][m][s] for item in items) / n if n else 0.0
+        values = [item[view][m][s] for item in items if item[view] is not None]
+        return sum(values) / len(values) if values else (0.0 if not n else None)
 
     views, exclusive = {}, {}
     for view in ROUGE_VIEWS:
         views[view] = {m: {s: mean(per_sample, view, m, s) for s in ROUGE_STATS} for m in ROUGE_METRICS}
         views[view]["n_empty"] = sum(1 for item in per_sample if view in item["empty"])
+        views[view]["n_na"] = sum(1 for item in per_sample if item[view] is None)
         exclusive[view] = {m: {s: mean(old, view, m, s) for s in ROUGE_STATS} for m in ROUGE_METRICS}
     summary = {"n": n, "tokenizer": "jieba", "definition": DEFINITION, "lcs": "bit-parallel, exact",
                "versions": versions(), "scale": "x100, macro-averaged over samples", "views": views,

@@ -137,6 +137,24 @@ def _fake_generate(items, calls, stop_after=None):
     return generate
 
 
+def test_thinking_off_asks_with_the_hard_switch(items, cmmlu_dir, tmp_path, monkeypatch):
+    """--enable_thinking=false reaches the generation as Qwen3's hard switch and is recorded; a file made with
+    thinking on is never resumed with it off."""
+    from medsft import generate
+
+    seen = []
+    fake = _fake_generate(items, [])
+    monkeypatch.setattr(generate, "generate", lambda *a, **kw: (seen.append(kw.get("modes")), fake(*a, **kw))[1])
+    args = ["--model_dir=tiny", "--limit=1", f"--dataset={cmmlu_dir}", "--max_new_tokens=8",
+            f"--results_dir={tmp_path}"]
+    run_main(monkeypatch, *args, "--enable_thinking=false")
+    assert seen and all(m == ["no_think_hard"] * len(m) for m in seen)
+    summary = json.loads((tmp_path / "benchmark_base.json").read_text(encoding="utf-8"))
+    assert summary["decoding"]["enable_thinking"] is False
+    with pytest.raises(MedsftError, match="enable_thinking"):
+        run_main(monkeypatch, *args, "--limit=2")
+
+
 def test_resume_after_an_interruption_gives_the_uninterrupted_files(items, cmmlu_dir, tmp_path, monkeypatch):
     from medsft import generate
 
@@ -234,6 +252,3 @@ def test_modelscope_offline_fails_fast_pointing_at_a_local_folder(monkeypatch):
     monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
     with pytest.raises(MedsftError, match=r"cannot load 'opencompass/cmmlu' from ModelScope .*--dataset=/path/"):
         knowledge.load_items("opencompass/cmmlu", ["anatomy"])
-    if not knowledge.thinking_switch_supported():  # until medsft.generate passes enable_thinking to the template
-        with pytest.raises(MedsftError, match="--enable_thinking=false"):
-            run_main(monkeypatch, "--enable_thinking=false")

@@ -130,7 +130,7 @@ def test_predict_file_rows_summary_and_rerun(tiny, tmp_path, capsys):
     expected = greedy(model, tokenizer, QUESTIONS, 8, batch_size=len(QUESTIONS))
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(len(QUESTIONS))]
     for i, (row, exp) in enumerate(zip(rows, expected)):
-        assert list(row) == ["id", "question", "ref_think", "ref_answer", "output", "think", "answer", "think_status",
+        assert list(row) == ["id", "question", "ref_think", "ref_answer", "mode", "output", "think", "answer", "think_status",
                              "new_tokens", "finished", "model"]
         assert (row["question"], row["ref_think"], row["ref_answer"]) == (QUESTIONS[i], f"参考思考{i}", f"参考回答{i}")
         assert (row["output"], row["new_tokens"], row["finished"]) == (exp["output"], exp["new_tokens"], exp["finished"])
