@@ -8,6 +8,7 @@ Writes  OUTPUT_DIR/: model.safetensors, config + generation_config, tokenizer (c
     python train.py                                   # Qwen/Qwen3-1.7B on a GPU
     python train.py --model=tiny --max_steps=8        # CPU demo of the whole flow in a minute
     python train.py --resume=true                     # continue after Ctrl-C, a crash or kill -9
+    torchrun --nproc_per_node 4 train.py --global_batch=16   # 4 GPUs, DDP (--engine=zero3 etc.: docs/scale.md)
 
 Ctrl-C saves a checkpoint and stops; --resume=true continues from the newest checkpoint with the same data order
 and schedule. Every efficiency constant defaults to "auto" (the choice is printed in one line).
@@ -25,7 +26,8 @@ MAX_LENGTH = 2048  # tokens per example at most; longer rows are skipped and cou
 EPOCHS = 2.0  # passes over train.jsonl (ignored when MAX_STEPS > 0)
 MAX_STEPS = -1  # optimizer steps to run; -1 = as many as EPOCHS need
 BATCH_SIZE = 2  # examples per micro-batch on the device
-GRAD_ACCUM = 8  # micro-batches per optimizer step (examples per step = BATCH_SIZE * GRAD_ACCUM = 16)
+GRAD_ACCUM = 8  # micro-batches per optimizer step (examples per step = BATCH_SIZE * GRAD_ACCUM * processes = 16 on one GPU)
+GLOBAL_BATCH = 0  # examples per optimizer step over all GPUs; 0 = BATCH_SIZE * GRAD_ACCUM * processes; > 0 derives GRAD_ACCUM from it, so 1 and 4 GPUs follow the same schedule
 LEARNING_RATE = 1e-5  # peak LR. Full FT moves all 1.7B weights, so it takes the small rates of SFT recipes for 1-8B models (1e-5 to 2e-5): enough to learn the think/answer format in an epoch without eroding what the model knows
 SCHEDULER = "cosine"  # LR decay after warmup: cosine | linear | constant_with_warmup | ... (transformers SchedulerType)
 WARMUP = 0.03  # linear warmup: a fraction of all steps when < 1, else a number of steps
@@ -49,6 +51,8 @@ RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR
 OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run (deletes its checkpoints)
 ALLOW_CPU = False  # train a real-size model without a GPU anyway (days; --model=tiny is the CPU demo)
 DRY_RUN = False  # print the resolved features and the estimated peak memory, then exit (needs only config.json: no GPU, no weights, no data)
+ENGINE = "auto"  # several GPUs (docs/scale.md): auto | ddp | zero2 | zero3 | fsdp2 | a DeepSpeed JSON path; auto = what accelerate launch's config set up, else ddp under torchrun
+DRY_RUN_GPUS = 1  # GPUs the --dry_run estimate is for (per GPU under --engine); a launch on several processes uses its own count
 PREVIEW_QUESTIONS = 3  # val questions answered greedily at the end (printed and logged to SwanLab)
 PREVIEW_MAX_NEW_TOKENS = 256  # tokens per preview answer at most
 
@@ -57,7 +61,8 @@ def main():
     training.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
     cfg = configure(globals())
     # 1. Fail fast, before loading weights: data present, memory estimate vs this GPU, OUTPUT_DIR state
-    #    (--dry_run=true prints the estimate and exits here)
+    #    (--dry_run=true prints the estimate and exits here). Under torchrun / accelerate launch every process joins
+    #    one run here; rank 0 alone does the OUTPUT_DIR bookkeeping and, below, writes every output
     resume_from = training.preflight(cfg, kind="full")
     cfg.update(training.resolve_features(cfg))
     # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted;
@@ -79,10 +84,11 @@ def main():
         raise SystemExit(130)
     # 4. Save results, charts and the model (its trainer_state.json, last, marks the run finished); answer a few
     #    val questions as a preview
-    written = [training.write_results(trainer, cfg, "full", summary, {"train": train_stats, "val": val_stats})]
-    written += report.write_charts(RESULTS_DIR)
-    written += training.save_final(trainer, tokenizer, cfg)
-    training.preview(trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
+    stats = {"train": train_stats, "val": val_stats}
+    written = training.on_main(lambda: [training.write_results(trainer, cfg, "full", summary, stats),
+                                        *report.write_charts(RESULTS_DIR)])
+    written += training.save_final(trainer, tokenizer, cfg)  # every process: ZeRO-3 gathers the weights to rank 0
+    training.on_main(training.preview, trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
     training.finish_swanlab()
     print(f"done: {trainer.state.global_step} steps, {summary['tokens_per_s']:,.0f} tokens/s, "
           f"{summary['wall_time_s']:.0f} s")

@@ -21,6 +21,8 @@ BNB_BLOCK = 2048  # bitsandbytes' 8-bit AdamW block size
 # the MLP's gate/up/act/product. Counted from Qwen3's layer code, then checked by measurement (docs/memory.md).
 LAYER_COEF = {"hidden": 10.0, "q": 6.0, "kv": 5.0, "intermediate": 4.0}
 CHUNK_TOKENS = 512  # supervised tokens per chunk of the chunked loss (medsft.loss)
+NF4_BLOCK = 64  # bitsandbytes NF4: one absmax per 64 weights (8-bit with double quantization, else fp32)
+NF4_BLOCK2 = 256  # double quantization: one fp32 scale per 256 absmax values
 
 
 def _bytes(dtype) -> int:
@@ -91,8 +93,9 @@ def estimate(cfg: dict, model_dir, lora: bool) -> dict:
     """Peak training memory in bytes by component, for the resolved constants in ``cfg``.
 
     ``cfg`` holds the resolved PRECISION, OPTIM and LOSS (``resolve_features``), BATCH_SIZE, MAX_LENGTH,
-    GRADIENT_CHECKPOINTING and, for LoRA, LORA_R and LORA_TARGET_MODULES. Tokens per micro-batch are taken at the
-    worst case, BATCH_SIZE x MAX_LENGTH.
+    GRADIENT_CHECKPOINTING and, for LoRA, LORA_R, LORA_TARGET_MODULES and QUANTIZATION (4bit: an NF4 base).
+    Tokens per micro-batch are taken at the worst case, BATCH_SIZE x MAX_LENGTH. With ENGINE and WORLD_SIZE
+    (``medsft.training.distributed.resolve_engine``) the parts are those of one GPU (``per_gpu``).
     """
     import torch
 
@@ -106,10 +109,12 @@ def estimate(cfg: dict, model_dir, lora: bool) -> dict:
     wsize, asize = _bytes(wdtype), _bytes(act)
     params = {id(p): p for p in model.parameters()}.values()  # tied embeddings counted once
     n_params = sum(p.numel() for p in params)
+    quantized = lora and str(cfg.get("QUANTIZATION", "none")).lower() == "4bit"
     if lora:
         adapters = [(cfg["LORA_R"] * i, cfg["LORA_R"] * o) for _, i, o in lora_targets(model, cfg["LORA_TARGET_MODULES"])]
         trainable = [(n, 4) for pair in adapters for n in pair]  # peft keeps adapters in fp32
-        weights = n_params * wsize + sum(n for n, _ in trainable) * 4
+        base = nf4_bytes(model, wsize) if quantized else n_params * wsize
+        weights = base + sum(n for n, _ in trainable) * 4
     else:
         trainable = [(p.numel(), wsize) for p in params]
         weights = n_params * wsize
@@ -140,10 +145,53 @@ def estimate(cfg: dict, model_dir, lora: bool) -> dict:
     backward = int(activations) + int(logits)
     moments = optim
     optim += max(0, step_temporary(trainable, cfg["OPTIM"]) - backward)
+    if quantized:  # one linear layer's weight dequantized to the compute dtype at a time, forward and backward
+        activations += max(i * o for _, i, o in lora_targets(model, "all-linear")) * asize
     parts = {"weights": weights, "grads": grads, "optimizer": optim, "activations": int(activations),
              "logits": int(logits)}
+    largest = max(p.numel() for p in params) * wsize
+    parts = per_gpu(parts, cfg, trainable, wsize, largest)
     return {"total": sum(parts.values()), **parts, "moments": moments, "params": n_params,
             "trainable": sum(n for n, _ in trainable), "tokens_per_micro_batch": tokens}
+
+
+def nf4_bytes(model, wsize: int) -> int:
+    """Bytes of a base model loaded in bitsandbytes NF4 with double quantization: every decoder linear layer's
+    weight at 4 bits plus its block scales; embeddings, norms and the output head stay in the weights' dtype."""
+    import torch
+
+    head = model.get_output_embeddings()
+    quant = {id(m.weight): m.weight.numel() for m in model.modules()
+             if isinstance(m, torch.nn.Linear) and m is not head}
+    rest = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in quant)
+    q = sum(quant.values())
+    return q // 2 + q // NF4_BLOCK + 4 * (q // NF4_BLOCK // NF4_BLOCK2) + rest * wsize
+
+
+def per_gpu(parts: dict, cfg: dict, trainable: list[tuple[int, int]], wsize: int, largest: int) -> dict:
+    """The parts one GPU holds under ENGINE on WORLD_SIZE GPUs (the ZeRO paper's accounting).
+
+    ddp: everything replicated, plus DDP's gradient buckets (a second copy of the gradients). zero2: gradients and
+    optimizer state split across the GPUs; DeepSpeed keeps an fp32 master copy of 16-bit trainable weights in
+    the optimizer state. zero3: the weights split too, plus the largest tensor gathered for its layer's turn.
+    fsdp2: weights, gradients and optimizer state split (no master copy: the lean optimizer works on the shards),
+    plus the largest tensor gathered.
+    """
+    engine, world = str(cfg.get("ENGINE") or "single"), max(int(cfg.get("WORLD_SIZE") or 1), 1)
+    if engine == "single":
+        return parts
+    out = dict(parts)
+    if engine == "ddp":
+        out["grads"] = 2 * parts["grads"]
+        return out
+    if engine in ("zero2", "zero3") and wsize < 4:  # the step works on fp32 master weights and fp32 moments
+        fp32 = [(n, 4) for n, _ in trainable]
+        out["optimizer"] = optimizer_bytes(fp32, str(cfg["OPTIM"])) + sum(n for n, _ in trainable) * 4
+    out["optimizer"] //= world
+    out["grads"] //= world
+    if engine in ("zero3", "fsdp2"):
+        out["weights"] = parts["weights"] // world + largest
+    return out
 
 
 def describe(est: dict) -> str:

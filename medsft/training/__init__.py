@@ -39,19 +39,21 @@ answer in about a second.
 
 from .checkpoints import checkpoint_problem, checkpoints
 from .disk import check_writable, disk_errors
+from .distributed import barrier, is_main, on_main, rank, resolve_batch, resolve_engine, world_size
 from .examples import prepare_examples
 from .features import FEATURES, resolve_features, weight_dtype
-from .model import add_lora, count_parameters, load_training_model
+from .model import add_lora, count_parameters, install_chunked_loss, load_training_model
 from .outputs import KINDS, RESULTS_NAME, history, preview, save_final, write_results
 from .preflight import check_versions, dry_run, preflight
 from .run_dir import check_output_dir, is_finished, lock_output_dir, unlock_output_dir
 from .stdio import guard_output
-from .trainer import build_trainer, peak_memory, run_training
+from .trainer import build_trainer, peak_memory, run_training, training_arguments
 from .tracking import finish_swanlab, start_swanlab, swanlab_active, swanlab_mode
 
-__all__ = ["FEATURES", "KINDS", "RESULTS_NAME", "add_lora", "build_trainer", "check_output_dir", "check_versions",
-           "check_writable", "checkpoint_problem", "checkpoints", "count_parameters", "disk_errors", "dry_run",
-           "finish_swanlab", "guard_output", "history", "is_finished", "load_training_model", "lock_output_dir",
-           "peak_memory", "preflight", "prepare_examples", "preview", "resolve_features", "run_training",
-           "save_final", "start_swanlab", "swanlab_active", "swanlab_mode", "unlock_output_dir", "weight_dtype",
-           "write_results"]
+__all__ = ["FEATURES", "KINDS", "RESULTS_NAME", "add_lora", "barrier", "build_trainer", "check_output_dir",
+           "check_versions", "check_writable", "checkpoint_problem", "checkpoints", "count_parameters", "disk_errors",
+           "dry_run", "finish_swanlab", "guard_output", "history", "install_chunked_loss", "is_finished", "is_main",
+           "load_training_model", "lock_output_dir", "on_main", "peak_memory", "preflight", "prepare_examples",
+           "preview", "rank", "resolve_batch", "resolve_engine", "resolve_features", "run_training", "save_final",
+           "start_swanlab", "swanlab_active", "swanlab_mode", "training_arguments", "unlock_output_dir",
+           "weight_dtype", "world_size", "write_results"]

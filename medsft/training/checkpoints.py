@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's checkpoint folders; the number is the step
-CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")  # torch zip files a resume loads
+CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")  # torch zip files a one-process resume loads
 
 
 def checkpoints(output_dir) -> list[tuple[int, Path, bool]]:
@@ -102,8 +102,24 @@ def checkpoint_problem(path) -> str | None:
         why = _safetensors_problem(f) if f.is_file() else f"{f.name} is missing"
         if why:
             return why
-    for name in CHECKPOINT_STATE_FILES:
-        why = _torch_zip_problem(p / name)
+    for f in _state_files(p):
+        why = _torch_zip_problem(f)
         if why:
             return why
     return None
+
+
+def _state_files(p: Path) -> list[Path]:
+    """The torch files a resume of checkpoint ``p`` loads. Several processes save one RNG state each
+    (rng_state_<rank>.pth); DeepSpeed saves its model and optimizer shards in the folder its ``latest`` file
+    names, instead of optimizer.pt."""
+    files = [p / "scheduler.pt"]
+    files += sorted(p.glob("rng_state_*.pth")) or [p / "rng_state.pth"]
+    try:
+        tag = (p / "latest").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return [p / "optimizer.pt"] + files
+    except (OSError, ValueError):
+        tag = ""
+    shards = sorted((p / tag).glob("*_states.pt")) if tag else []
+    return (shards or [p / (tag or "latest") / "zero_pp_rank_0_mp_rank_00_optim_states.pt"]) + files

@@ -4,6 +4,7 @@ a concrete choice for this machine, explicit choices checked, and the dtype the 
 from __future__ import annotations
 
 from ..io import MedsftError
+from .distributed import SHARDED
 
 # torch and transformers are imported inside the functions: importing this module stays fast (train.py --help).
 
@@ -26,6 +27,16 @@ FEATURES = ("PRECISION", "ATTN_IMPLEMENTATION", "PADDING_FREE", "LOSS", "OPTIM")
 PRECISIONS = ("bf16", "bf16-mixed", "fp16", "fp32")
 LOSSES = ("liger", "chunked", "plain")
 TORCHAO_OPTIMS = ("adamw_torch_8bit", "adamw_torch_4bit")
+
+
+def _engine(cfg: dict) -> str:
+    """The resolved multi-GPU engine (``single`` for one process)."""
+    engine = str(cfg.get("ENGINE") or "single")
+    if engine == "auto" or engine.endswith(".json"):
+        from .distributed import resolve_engine
+
+        engine = resolve_engine(cfg)["ENGINE"]
+    return engine
 
 
 def weight_dtype(precision: str, lora: bool):
@@ -59,13 +70,15 @@ def resolve_features(cfg: dict, lora: bool = False, log: bool = True, assume_gpu
     installed, else the project's chunked loss; for full fine-tuning with bf16 weights torchao's 8-bit AdamW with
     bf16 stochastic rounding (6 bytes/param for weights + grads + optimizer, and updates smaller than half a bf16
     ulp still land on average), else fused AdamW. On CPU: fp32, sdpa, length-grouped padded batches, the chunked
-    loss, plain AdamW. Explicit values are kept (and checked).
+    loss, plain AdamW. Explicit values are kept (and checked). Under ZeRO-3 / FSDP2 (ENGINE) the loss is Liger's or
+    plain (the chunked loss needs the whole head); under DeepSpeed AdamW steps fp32 master weights (fused on GPU).
     """
     from transformers.utils import is_bitsandbytes_available, is_flash_attn_2_available, is_liger_kernel_available
     from transformers.utils.import_utils import is_torchao_available
 
     gpu = _gpu_facts(assume_gpu)
     cuda = gpu["cuda"]
+    engine = _engine(cfg)
     precision = str(cfg.get("PRECISION", "auto")).lower()
     if precision == "auto":
         # emulated bf16 (pre-Ampere GPUs such as T4/V100) is slow: those get fp16 mixed precision
@@ -96,16 +109,22 @@ def resolve_features(cfg: dict, lora: bool = False, log: bool = True, assume_gpu
 
     loss = str(cfg.get("LOSS", "auto")).lower()
     if loss == "auto":
-        loss = "liger" if cuda and is_liger_kernel_available() else "chunked"
+        liger = cuda and is_liger_kernel_available()
+        loss = "liger" if liger else "plain" if engine in SHARDED else "chunked"
+    if loss == "chunked" and engine in SHARDED:
+        raise MedsftError(f"--loss=chunked with --engine={engine}: the chunked loss reads the output head's weight "
+                          "outside its forward pass, where ZeRO-3 / FSDP2 keep only a shard of it; use --loss=auto "
+                          "(Liger's fused loss when liger-kernel is installed, else plain) or --engine=ddp / zero2")
     if loss not in LOSSES:
         raise MedsftError(f"--loss={loss}: expected auto, {', '.join(LOSSES)}")
-    if loss == "liger" and not is_liger_kernel_available():
+    if loss == "liger" and not is_liger_kernel_available() and not assume_gpu:  # a dry run estimates for a GPU box
         raise MedsftError("--loss=liger but liger-kernel is not installed: pip install liger-kernel (needs a CUDA "
                           "GPU), or use --loss=auto (the chunked loss saves the same memory)")
 
     optim = str(cfg.get("OPTIM", "auto"))
+    master = engine in ("zero2", "zero3")  # DeepSpeed steps fp32 master weights: no stochastic rounding needed
     if optim == "auto":
-        if not lora and weight_dtype(precision, lora) != weight_dtype("fp32", lora):
+        if not lora and not master and weight_dtype(precision, lora) != weight_dtype("fp32", lora):
             optim = "adamw_torch_8bit"  # bf16 weights need stochastic rounding; its 8-bit moments are a bonus
         else:
             optim = "adamw_torch_fused" if cuda else "adamw_torch"
@@ -120,7 +139,7 @@ def resolve_features(cfg: dict, lora: bool = False, log: bool = True, assume_gpu
         batching = "padding-free (flattened)" if padding_free else "length-grouped padded"
         print(f"efficiency on {gpu['name']}: precision={precision} attention={attn} batches={batching} "
               f"loss={loss} optim={optim} gradient_checkpointing={cfg.get('GRADIENT_CHECKPOINTING')}")
-        if not lora and precision == "bf16" and optim not in TORCHAO_OPTIMS:
+        if not lora and not master and precision == "bf16" and optim not in TORCHAO_OPTIMS:
             print(f"warning: bf16 weights with --optim={optim}: updates smaller than half a bf16 ulp round away "
                   "(most of them at LR 1e-5); --optim=auto uses stochastic rounding")
     return out

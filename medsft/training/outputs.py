@@ -12,6 +12,7 @@ from .. import generate as gen
 from ..config import save_config
 from ..io import read_jsonl, write_json
 from .disk import disk_errors
+from .distributed import SHARDED, on_main
 from .features import FEATURES
 from .model import count_parameters
 from .tracking import swanlab_active
@@ -31,6 +32,9 @@ def save_final(trainer, tokenizer, cfg: dict) -> list[Path]:
     ``train_config.json`` and, last, ``trainer_state.json`` (the finished marker) in OUTPUT_DIR. Returns the paths
     written. A full disk raises MedsftError naming OUTPUT_DIR.
 
+    Every process calls it: under ZeRO-3 / FSDP2 the weights are gathered from all of them (into 16-bit under
+    DeepSpeed, stage3_gather_16bit_weights_on_model_save), and rank 0 alone writes.
+
     A LoRA adapter records the base model's spec (``cfg["MODEL"]``, e.g. ``tiny`` or ``Qwen/Qwen3-1.7B``) as
     ``base_model_name_or_path``, so later stages find the base without being told.
     """
@@ -44,24 +48,45 @@ def _save_final(trainer, tokenizer, cfg: dict, out: Path) -> list[Path]:
     # any moment leaves each top-level file whole (old or new), never an empty config.json that inference would
     # choke on. trainer_state.json, the finished marker, comes last.
     stage = out / STAGING
-    shutil.rmtree(stage, ignore_errors=True)  # a save killed earlier
-    stage.mkdir(parents=True)
+    on_main(_fresh_folder, stage)  # a save killed earlier may have left one
     model = trainer.model
     model.config.use_cache = True  # inference wants the KV cache back
     tokenizer.padding_side = "left"  # what generation uses; load_tokenizer sets it anyway
     if hasattr(model, "peft_config"):
         for adapter in model.peft_config.values():
             adapter.base_model_name_or_path = str(cfg["MODEL"])
-        # save_embedding_layers=False: peft's "auto" would look the spec up on the Hugging Face Hub
-        model.save_pretrained(stage, save_embedding_layers=False)
-        model.get_base_model().generation_config.save_pretrained(stage)
-        tokenizer.save_pretrained(stage)
+        state_dict = _gathered_state_dict(trainer, cfg)
+
+        def save_adapter():
+            # save_embedding_layers=False: peft's "auto" would look the spec up on the Hugging Face Hub
+            model.save_pretrained(stage, state_dict=state_dict, save_embedding_layers=False)
+            model.get_base_model().generation_config.save_pretrained(stage)
+            tokenizer.save_pretrained(stage)
+
+        on_main(save_adapter)
     else:
-        if cfg.get("PRECISION") == "bf16-mixed":
+        if cfg.get("PRECISION") == "bf16-mixed" and not cfg.get("DEEPSPEED"):
             import torch
 
             model.to(torch.bfloat16)  # fp32 master weights were for the updates; ship bf16 like Qwen3 itself
-        trainer.save_model(str(stage))  # model.safetensors + config + generation_config + tokenizer
+        trainer.save_model(str(stage))  # model.safetensors + config + generation_config + tokenizer; gathers
+    return on_main(_publish, trainer, cfg, stage, out)
+
+
+def _fresh_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _gathered_state_dict(trainer, cfg: dict):
+    """The whole state dict on rank 0 when the weights are sharded (a collective: every process calls it), else
+    None (the model in memory is whole)."""
+    if cfg.get("ENGINE") not in SHARDED:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def _publish(trainer, cfg: dict, stage: Path, out: Path) -> list[Path]:
     save_config(cfg, stage / "train_config.json")
     names = sorted(p.name for p in stage.iterdir() if p.is_file())
     for name in names:
@@ -120,7 +145,11 @@ def write_results(trainer, cfg: dict, kind: str, summary: dict, data_stats: dict
         "steps": state.global_step,
         "max_steps": state.max_steps,
         "epochs": round(state.epoch or 0.0, 4),
-        "examples_per_step": cfg["BATCH_SIZE"] * cfg["GRAD_ACCUM"],
+        "examples_per_step": cfg.get("EXAMPLES_PER_STEP") or cfg["BATCH_SIZE"] * cfg["GRAD_ACCUM"],
+        "world_size": cfg.get("WORLD_SIZE", 1),
+        "engine": cfg.get("ENGINE") or "single",
+        "quantization": cfg.get("QUANTIZATION") if kind == "lora" else None,
+        "grad_accum": cfg["GRAD_ACCUM"],
         "trained_tokens": state.num_input_tokens_seen,
         "wall_time_s": summary["wall_time_s"],
         "train_time_s": summary["train_time_s"],
@@ -144,6 +173,10 @@ def preview(model, tokenizer, val_path, cfg: dict) -> list[dict]:
     """Answer the first PREVIEW_QUESTIONS val questions greedily; print them and log them to SwanLab as text."""
     n = int(cfg.get("PREVIEW_QUESTIONS", 3))
     if n <= 0:
+        return []
+    if cfg.get("ENGINE") in SHARDED:  # generating needs every process to gather the weights, step by step
+        print(f"preview: skipped under --engine={cfg['ENGINE']} (the weights are sharded across the GPUs); answer "
+              f"questions with inference.py on {cfg['OUTPUT_DIR']}")
         return []
     rows = read_jsonl(val_path)[:n]
     questions = [r["question"] for r in rows]

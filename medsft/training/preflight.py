@@ -12,6 +12,7 @@ from packaging.version import Version
 from ..io import MedsftError
 from ..memory import check_fits, describe, estimate
 from ..models import resolve_model
+from . import distributed
 from .disk import check_writable
 from .features import resolve_features
 from .outputs import KINDS
@@ -68,24 +69,38 @@ def check_cpu(cfg: dict, est: dict) -> None:
 
 def dry_run(cfg: dict, kind: str) -> None:
     """Print the resolved features and the memory estimate for the GPU this run is meant for, then exit 0.
-    Needs only config.json (no weights, no GPU, no data)."""
+    Needs only config.json (no weights, no GPU, no data). The estimate is per GPU for the ENGINE on WORLD_SIZE
+    GPUs (DRY_RUN_GPUS when not launched on several)."""
     lora = kind == "lora"
     feats = resolve_features(cfg, lora=lora, assume_gpu=True)
     est = estimate({**cfg, **feats}, resolve_model(str(cfg["MODEL"])), lora)
     print(describe(est))
+    where = ("" if cfg["ENGINE"] == "single" else
+             f"; per GPU with {cfg['ENGINE']} on {cfg['WORLD_SIZE']} GPUs")
     print(f"dry run: {est['params'] / 1e9:.3f}B parameters, {est['trainable'] / 1e6:,.1f}M trainable, "
-          f"{est['tokens_per_micro_batch']:,} tokens per micro-batch (BATCH_SIZE x MAX_LENGTH); nothing loaded or "
-          "written")
+          f"{est['tokens_per_micro_batch']:,} tokens per micro-batch (BATCH_SIZE x MAX_LENGTH), "
+          f"{cfg['EXAMPLES_PER_STEP']} examples per optimizer step{where}; nothing loaded or written")
     raise SystemExit(0)
 
 
 def preflight(cfg: dict, kind: str) -> Path | None:
     """All fail-fast checks, before any weights load. Returns the checkpoint to resume from (or None).
 
+    Under a multi-process launch every process joins one process group first; rank 0 alone runs the checks and
+    the OUTPUT_DIR bookkeeping (--overwrite, resume choice, fingerprint, lock) and hands the outcome to the others.
+    Sets ENGINE, DEEPSPEED, WORLD_SIZE, GRAD_ACCUM (derived from GLOBAL_BATCH when set), EXAMPLES_PER_STEP and
+    ESTIMATED_PEAK_GIB in ``cfg`` on every rank.
     With DRY_RUN it prints the resolved features and the memory estimate and exits instead.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    distributed.start()
+    resume_from, updates = distributed.on_main(_preflight, dict(cfg), kind)
+    cfg.update(updates)
+    return resume_from
+
+
+def _preflight(cfg: dict, kind: str) -> tuple[Path | None, dict]:
     lora = kind == "lora"
     for name in ("BATCH_SIZE", "GRAD_ACCUM", "LOGGING_STEPS", "EVAL_STEPS", "SAVE_STEPS", "MAX_LENGTH"):
         if cfg[name] < 1:
@@ -100,6 +115,9 @@ def preflight(cfg: dict, kind: str) -> Path | None:
                               "and alpha positive")
         if not 0 <= cfg["LORA_DROPOUT"] < 1:
             raise MedsftError(f"--lora_dropout={cfg['LORA_DROPOUT']}: must be in [0, 1)")
+    cfg.update(distributed.resolve_engine(cfg))
+    cfg.update(distributed.resolve_batch(cfg, cfg["WORLD_SIZE"]))
+    check_quantization(cfg, lora)
     check_versions()
     if cfg.get("DRY_RUN"):
         dry_run(cfg, kind)
@@ -118,4 +136,27 @@ def preflight(cfg: dict, kind: str) -> Path | None:
     lock_output_dir(cfg["OUTPUT_DIR"])  # before deleting or writing anything there
     resume_from = check_output_dir(cfg)  # last: --overwrite deletes, so every other check must have passed
     check_same_run(cfg, resume_from, feats)
-    return resume_from
+    print(f"examples per optimizer step: {cfg['EXAMPLES_PER_STEP']} (BATCH_SIZE {cfg['BATCH_SIZE']} x GRAD_ACCUM "
+          f"{cfg['GRAD_ACCUM']} x {cfg['WORLD_SIZE']} process(es), engine {cfg['ENGINE']})")
+    keys = ("ENGINE", "DEEPSPEED", "WORLD_SIZE", "GRAD_ACCUM", "EXAMPLES_PER_STEP", "ESTIMATED_PEAK_GIB")
+    return resume_from, {k: cfg[k] for k in keys}
+
+
+def check_quantization(cfg: dict, lora: bool) -> None:
+    """QUANTIZATION (train_lora.py): none, or 4bit (QLoRA: the frozen base in bitsandbytes NF4)."""
+    quant = str(cfg.get("QUANTIZATION", "none")).lower()
+    if quant in ("none", ""):
+        return
+    if quant != "4bit" or not lora:
+        raise MedsftError(f"--quantization={cfg.get('QUANTIZATION')}: expected none or 4bit (QLoRA, train_lora.py "
+                          "only: a quantized base cannot be fully fine-tuned)")
+    if cfg["ENGINE"] in distributed.SHARDED:
+        raise MedsftError(f"--quantization=4bit with --engine={cfg['ENGINE']}: a 4-bit base is not sharded here; "
+                          "use --engine=ddp (each GPU holds the whole 4-bit base)")
+    if cfg.get("DRY_RUN"):
+        return
+    from transformers.utils import is_bitsandbytes_available
+
+    if not is_bitsandbytes_available():
+        raise MedsftError("--quantization=4bit needs bitsandbytes: pip install -r requirements-scale.txt (see "
+                          "docs/scale.md), or use --quantization=none")

@@ -172,6 +172,8 @@ def run_fingerprint(cfg: dict, feats: dict) -> dict:
     for name in ("train.jsonl", "val.jsonl"):
         digest.update((Path(cfg["DATA_DIR"]) / name).read_bytes())
     fp = {"data_sha256": digest.hexdigest(), **{k: cfg[k] for k in RUN_KEYS if k in cfg}, "features": feats}
+    if int(cfg.get("WORLD_SIZE") or 1) > 1:  # another process count deals the data out differently
+        fp.update(WORLD_SIZE=cfg["WORLD_SIZE"], ENGINE=cfg.get("ENGINE"))
     return json.loads(json.dumps(fp))  # tuples become lists, as in the file it is compared with
 
 
@@ -187,7 +189,7 @@ def _read_fingerprint(output_dir) -> dict | None:
 
 
 def _changed(old: dict, fp: dict) -> list[str]:
-    return [k for k in fp if k != "features" and old.get(k) != fp[k]]
+    return [k for k in dict.fromkeys([*fp, *old]) if k != "features" and old.get(k) != fp.get(k)]
 
 
 def _moved_features(old: dict, feats: dict) -> str | None:

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from ..io import MedsftError, write_json
 from .checkpoints import CHECKPOINT_DIR
+from .distributed import is_main
 
 # swanlab and transformers are imported inside the functions: both load slowly, and a run with SWANLAB_MODE=disabled
 # never needs swanlab.
@@ -64,6 +65,8 @@ def start_swanlab(cfg: dict, kind: str, resume_from=None) -> list:
     resumed part is a new experiment named "RUN_NAME (resumed at step N)", and the line says so. Offline mode saves
     each part under the same run id; ``swanlab sync`` uploads them into one cloud experiment.
     """
+    if not is_main():  # one experiment per run: rank 0 logs (the Trainer's logs are rank 0's anyway)
+        return []
     mode, why = swanlab_mode()
     if mode == "disabled":
         print(f"SwanLab: disabled ({why})")

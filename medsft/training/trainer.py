@@ -4,6 +4,7 @@ and a resumable length-grouped order; ``build_trainer`` configures it from the c
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import signal
 import threading
@@ -12,8 +13,10 @@ import time
 from ..chat import IGNORE_INDEX
 from ..io import MedsftError
 from ..memory import ways_out
+from . import distributed
 from .disk import disk_errors
 from .features import TORCHAO_OPTIMS, resolve_features
+from .model import install_chunked_loss
 from .stdio import notice
 
 # torch and transformers are imported inside the functions (the Trainer classes are built on first use):
@@ -36,8 +39,6 @@ def _trainer_classes():
     import torch
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-
-    from ..loss import chunked_forward_loss  # imports torch
 
     class EpochLengthGroupedSampler(LengthGroupedSampler):
         """Length-grouped order drawn from ``seed + epoch`` rather than the global RNG, so a resumed run replays
@@ -94,19 +95,26 @@ def _trainer_classes():
     class GracefulStop(TrainerCallback):
         """Ctrl-C (SIGINT) or SIGTERM: finish the current optimizer step, save a checkpoint, stop training.
 
-        A second Ctrl-C aborts at once without saving.
+        A second Ctrl-C aborts at once without saving. Under a launcher, the terminal's SIGINT reaches every process
+        and torchrun then sends each a SIGTERM: only a repeat of the same signal aborts. All ranks agree after each
+        step on whether any was asked to stop, so they save the same step together.
         """
 
         def __init__(self):
             self.requested = False
+            self._seen = set()
             self._previous = {}
 
         def _handler(self, signum, frame):
-            if self.requested:
+            if signum in self._seen:
                 raise KeyboardInterrupt
+            self._seen.add(signum)
+            if self.requested:
+                return
             self.requested = True
-            notice(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                    "(press Ctrl-C again to abort without saving)\n")
+            if distributed.is_main():  # every process of a launch gets the terminal's Ctrl-C: one line
+                notice(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                       "(press Ctrl-C again to abort without saving)\n")
 
         def on_train_begin(self, args, state, control, **kwargs):
             if threading.current_thread() is threading.main_thread():
@@ -114,6 +122,7 @@ def _trainer_classes():
                     self._previous[sig] = signal.signal(sig, self._handler)
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.requested = distributed.any_rank(self.requested, args.device)
             if self.requested:
                 control.should_save = True
                 control.should_training_stop = True
@@ -137,16 +146,11 @@ def _trainer_classes():
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
                 return super()._get_train_sampler(train_dataset)
-            return EpochLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                             [len(e["input_ids"]) for e in dataset],
+            # grouped per optimizer step over all processes (accelerate then deals the micro-batches out in turn):
+            # N processes x batch b see the examples one process x batch N*b sees, in the same order
+            per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            return EpochLengthGroupedSampler(per_step, [len(e["input_ids"]) for e in dataset],
                                              self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not getattr(self, "chunked_loss", False):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # the sum over supervised tokens divided by num_items_in_batch: already scaled for accumulation
-            loss = chunked_forward_loss(model, inputs, num_items_in_batch)
-            return (loss, {"loss": loss}) if return_outputs else loss
 
         @property
         def interrupted(self) -> bool:
@@ -181,7 +185,7 @@ def build_trainer(model, tokenizer, train_examples, eval_examples, cfg: dict, ca
     (Ctrl-C / SIGTERM seen) and ``.clock.summary(state)`` (session wall time and tokens/s).
     """
     import torch
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     feats = resolve_features(cfg, lora=hasattr(model, "peft_config"), log=False)  # keeps explicit values
     padding_free = feats["PADDING_FREE"]
@@ -194,20 +198,41 @@ def build_trainer(model, tokenizer, train_examples, eval_examples, cfg: dict, ca
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX,
                                           pad_to_multiple_of=8 if cuda else None, return_tensors="pt")
     has_eval = bool(eval_examples)
-    try:
-        args = _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, cuda)
-    except ValueError as e:  # e.g. an unknown SCHEDULER or OPTIM name
-        raise MedsftError(f"invalid training settings: {e}") from None
+    args = training_arguments(cfg, lora=hasattr(model, "peft_config"), has_eval=has_eval)
+    distributed.check_launch(args)
+    if feats["LOSS"] == "chunked":
+        install_chunked_loss(model)
     trainer_cls = _trainer_classes()
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                        eval_dataset=eval_examples if has_eval else None, data_collator=collator,
                        processing_class=tokenizer, callbacks=list(callbacks))
-    trainer.chunked_loss = feats["LOSS"] == "chunked"
     return trainer
 
 
+def training_arguments(cfg: dict, lora: bool, has_eval: bool = True):
+    """The ``TrainingArguments`` of ``cfg``. Built before the model loads under ZeRO-3, so that from_pretrained
+    places each weight straight into its shard (DeepSpeed's zero.Init) instead of every GPU loading all of them."""
+    import torch
+    from transformers import TrainingArguments
+
+    feats = resolve_features(cfg, lora=lora, log=False)
+    if cfg.get("DEEPSPEED"):
+        distributed.start_deepspeed()
+    try:
+        return _training_arguments(TrainingArguments, cfg, feats, feats["PADDING_FREE"], has_eval,
+                                   torch.cuda.is_available())
+    except ValueError as e:  # e.g. an unknown SCHEDULER or OPTIM name
+        raise MedsftError(f"invalid training settings: {e}") from None
+
+
 def _training_arguments(TrainingArguments, cfg, feats, padding_free, has_eval, cuda):
+    engine = cfg.get("ENGINE") or "single"
+    # --engine=fsdp2 under torchrun; under accelerate launch its FSDP config (environment) is used as it is
+    fsdp = engine == "fsdp2" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true"
     return TrainingArguments(
+        deepspeed=cfg.get("DEEPSPEED") or None,
+        fsdp="full_shard auto_wrap" if fsdp else None,
+        fsdp_config=str(distributed.PROJECT_ROOT / distributed.ENGINE_CONFIGS["fsdp2"]) if fsdp else None,
         output_dir=str(cfg["OUTPUT_DIR"]),
         num_train_epochs=cfg["EPOCHS"],
         max_steps=cfg["MAX_STEPS"],
