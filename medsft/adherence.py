@@ -1,8 +1,9 @@
 """Mode adherence: does a model do what Qwen3's thinking switches ask, after fine-tuning as before it?
 
 For each model (base / full / LoRA) and each mode (thinking on; ``/no_think``, the soft switch; enable_thinking=False,
-the hard switch), the share of test predictions of the right shape (``chat.follows_mode``): thinking on wants a closed,
-non-empty think, then a non-empty answer; off wants an empty think block or none, then a non-empty answer. The
+the hard switch), the share of test predictions that finished in the right shape (``chat.follows_mode``): thinking on
+wants a closed, non-empty think, then a non-empty answer; off wants an empty think block or none, then a non-empty
+answer; an output cut off at max_new_tokens obeys neither. The
 predictions of each mode are inference.py's files: OUTPUT for thinking on, ``<stem>.<mode>.jsonl`` beside it for the
 others (``predict.mode_output``). This module measures (``measure``) and presents: the report section, adherence.png
 and think_status.png (what shape the outputs took, per model and mode).
@@ -21,15 +22,17 @@ SHORT = {"think": "think-on", "no_think_soft": "no-think-soft", "no_think_hard":
 FLAGS = {"think": "", "no_think_soft": "--soft_switch=/no_think", "no_think_hard": "--enable_thinking=false"}
 # shape of one output, in the order think_status.png stacks them: (key, legend label, colour)
 SHAPES = (("think", "closed think with text", "#1f77b4"), ("empty_think", "empty think block", "#2ca02c"),
-          ("no_think", "no think block", "#98df8a"), ("unclosed", "unclosed think (cut off)", "#d62728"),
-          ("no_answer", "no answer after the think", "#ff9896"))
+          ("no_think", "no think block", "#98df8a"), ("unclosed", "think never closed", "#d62728"),
+          ("no_answer", "no answer after the think", "#ff9896"), ("cut_off", "cut off at max_new_tokens", "#7f7f7f"))
 
 
-def shape(output: str) -> str:
-    """Which of ``SHAPES`` a generated assistant text has."""
+def shape(output: str, finished: bool = True) -> str:
+    """Which of ``SHAPES`` a generated assistant text has (``finished``: it ended with end-of-turn)."""
     think, answer, status = split_output(output)
     if status == "unclosed":
         return "unclosed"
+    if not finished:  # text that never ended is no answer of any shape: a random model's babble lands here
+        return "cut_off"
     if not answer:
         return "no_answer"
     if status == "absent":
@@ -40,6 +43,7 @@ def shape(output: str) -> str:
 def measure(rows_by_mode: dict) -> dict:
     """{mode: {"rate", "ok", "n", "shapes"} or None (no predictions in that mode)} from prediction rows by mode.
 
+    A row obeys when it finished (end-of-turn before max_new_tokens) in the shape ``chat.follows_mode`` asks for.
     Only rows recorded in that mode count (a question of the thinking file that carried its own ``/no_think`` was
     asked something else)."""
     out = {}
@@ -49,8 +53,9 @@ def measure(rows_by_mode: dict) -> dict:
             out[mode] = None
             continue
         rows = [r for r in rows if r.get("mode", "think") == mode]
-        ok = sum(follows_mode(r["output"], mode) for r in rows)
-        shapes = Counter(shape(r["output"]) for r in rows)
+        # only a finished answer obeys: text cut off at max_new_tokens without think tags is not a no-think answer
+        ok = sum(r.get("finished", True) is not False and follows_mode(r["output"], mode) for r in rows)
+        shapes = Counter(shape(r["output"], r.get("finished", True) is not False) for r in rows)
         out[mode] = {"rate": ok / len(rows) if rows else None, "ok": ok, "n": len(rows),
                      "shapes": {key: shapes.get(key, 0) for key, *_ in SHAPES}}
     return out
@@ -79,7 +84,8 @@ def section(cot: dict, labels: dict) -> list[str]:
     out = ["## Thinking switches (mode adherence)", "",
            "Share of test questions answered in the shape each mode asks for. Thinking on: a closed, non-empty think, "
            "then a non-empty answer. /no_think (appended to the question) and enable_thinking=False (the prompt "
-           "closes an empty think): an empty think block or none, then a non-empty answer. A fine-tune that forgot "
+           "closes an empty think): an empty think block or none, then a non-empty answer. An answer cut off at "
+           "max_new_tokens obeys no mode. A fine-tune that forgot "
            "Qwen3's switches keeps thinking when told not to. `not measured`: no predictions in that mode; make "
            "them with inference.py and the flag in the header.", ""]
     header = ["model"] + [f"{MODE_LABELS[m]}{' `' + FLAGS[m] + '`' if FLAGS[m] else ''}" for m in MODES]

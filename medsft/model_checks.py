@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 
 from .io import MedsftError
-from .models import TINY, ensure_tiny, is_hub_id
+from .models import BUILTIN_SPECS, ensure_builtin, is_hub_id
 
 LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
 
@@ -27,9 +27,9 @@ def _looks_local(spec: str) -> bool:
 def check_model(spec, *, flag="--model_dir", producer="train.py") -> str:
     """Fail fast on a model spec that cannot work: a missing local directory or one without config.json."""
     if spec is None or not str(spec).strip():
-        raise MedsftError(f"{flag} is empty: pass a model directory, a ModelScope id like Qwen/Qwen3-1.7B, or tiny")
+        raise MedsftError(f"{flag} is empty: pass a model directory, a ModelScope id like Qwen/Qwen3-1.7B, tiny or small")
     spec = str(spec)
-    if spec == TINY:
+    if spec in BUILTIN_SPECS:
         return spec
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -57,7 +57,8 @@ def weights_fingerprint(model: str, adapter: str | None) -> str | None:
     """A hash of the weight files behind a local model (and adapter), recorded in the summary so predictions of
     retrained weights are never resumed into, or mistaken for, an older file. None for a hub id (its files are
     fixed by the revision). Reads the weights once (a few seconds for 1.7B)."""
-    dirs = [ensure_tiny()] if model == TINY else [Path(model).expanduser()] if Path(model).expanduser().is_dir() else []
+    local = Path(model).expanduser()
+    dirs = [ensure_builtin(model)] if model in BUILTIN_SPECS else [local] if local.is_dir() else []
     dirs += [Path(adapter)] if adapter else []
     files = [f for d in dirs for f in sorted(d.glob("*.safetensors"))]
     if not files:

@@ -4,6 +4,8 @@ A model spec is one of:
   * ``tiny``: a small random-init ``Qwen3ForCausalLM`` made once, deterministically, for offline CPU runs; its
     tokenizer is the one in ``$MEDSFT_TOKENIZER`` (e.g. ../shared/qwen3-1.7b) or, if unset, a small BPE tokenizer
     trained on the project's demo data with Qwen3's special tokens and a Qwen3-style chat template;
+  * ``small``: like ``tiny`` but big enough to learn on CPU (``demo/learn.sh``: the hybrid thinking format in
+    minutes), always with the project-built demo tokenizer so it needs nothing outside a fresh clone;
   * a local directory in Hugging Face format (a trained model, a LoRA adapter's base, a downloaded snapshot);
   * a ModelScope id such as ``Qwen/Qwen3-1.7B``, fetched with ``modelscope.snapshot_download``.
 """
@@ -26,6 +28,18 @@ from .io import MedsftError
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny recipe changes, so caches are rebuilt
 TINY_SEED = 1234
+SMALL = "small"
+SMALL_VERSION = 1  # bump when the small recipe changes, so caches are rebuilt
+SMALL_SEED = 1234
+# Size chosen by experiment for demo/learn.sh: ~0.8 CPU-s per step of 4 rows on a busy 2-core machine, so ~500 steps
+# fit the demo's minutes. Untied embeddings: with tied ones a model this small, its input and output vectors one,
+# kept predicting the token it had just read ("<think><think>…") for hundreds of steps.
+# 8192 merges on 40 rows make many tokens whole phrases: a row is half as many tokens as with tiny's 2048, so each
+# epoch costs half the CPU time and a think block is ~150 tokens to get through before it must close.
+SMALL_VOCAB = 8192
+SMALL_SIZE = dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, initializer_range=0.02)
+BUILTIN_SPECS = (TINY, SMALL)  # specs made on this machine rather than found on disk or on ModelScope
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = PROJECT_ROOT / "demo" / "medical_demo.jsonl"
 MODELSCOPE_HOST = "modelscope.cn"  # for older messages; modelscope_unreachable_reason() names what was tried
@@ -92,7 +106,7 @@ def _tiny_tokenizer_source() -> tuple[Path | None, bytes]:
     return None, DEMO_DATA.read_bytes()
 
 
-def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA):
+def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA, vocab_size: int = 2048):
     """Train a small byte-level BPE tokenizer on the demo data, with Qwen3's special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tokenizers import AddedToken
@@ -105,7 +119,7 @@ def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=special, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     # <think> tags are plain added tokens in Qwen3 (not "special"), so decoding keeps them
@@ -141,19 +155,15 @@ def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
     model.save_pretrained(out_dir)
 
 
-def ensure_tiny() -> Path:
-    """Return the tiny model's directory, creating it on first use (same tokenizer ⇒ same weights)."""
-    src, ident = _tiny_tokenizer_source()
-    key = hashlib.sha256(f"v{TINY_VERSION}-seed{TINY_SEED}".encode() + ident).hexdigest()[:12]
-    out = cache_dir() / f"tiny-qwen3-{key}"
+def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
+    """Create a model folder in a temporary sibling and rename it into place, so a reader never sees half of one."""
     if (out / "model.safetensors").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name.split('-')[0]}-", dir=out.parent))
     try:
-        _create_tiny(tmp, src)
-        (tmp / "medsft_tiny.json").write_text(json.dumps({"tokenizer": str(src or "built from demo data"),
-                                                          "seed": TINY_SEED, "version": TINY_VERSION}) + "\n")
+        create(tmp)
+        (tmp / meta_name).write_text(json.dumps(meta) + "\n")
         try:
             os.rename(tmp, out)
         except OSError:  # another process created it first: theirs is identical
@@ -162,6 +172,52 @@ def ensure_tiny() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def ensure_tiny() -> Path:
+    """Return the tiny model's directory, creating it on first use (same tokenizer ⇒ same weights)."""
+    src, ident = _tiny_tokenizer_source()
+    key = hashlib.sha256(f"v{TINY_VERSION}-seed{TINY_SEED}".encode() + ident).hexdigest()[:12]
+    return _build_once(cache_dir() / f"tiny-qwen3-{key}", lambda tmp: _create_tiny(tmp, src), "medsft_tiny.json",
+                       {"tokenizer": str(src or "built from demo data"), "seed": TINY_SEED, "version": TINY_VERSION})
+
+
+# --- small -----------------------------------------------------------------------------------------------------
+
+
+def _create_small(out_dir: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tok = build_tiny_tokenizer(out_dir, vocab_size=SMALL_VOCAB)
+    eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen3Config(vocab_size=(len(tok) + 63) // 64 * 64, max_position_embeddings=8192, rope_theta=1_000_000.0,
+                         bos_token_id=pad, eos_token_id=eos, pad_token_id=pad, **SMALL_SIZE)
+    torch.manual_seed(SMALL_SEED)
+    model = Qwen3ForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad,
+                                               do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
+    model.save_pretrained(out_dir)
+
+
+def ensure_small() -> Path:
+    """Return the small model's directory, creating it on first use. It always uses the tokenizer built from the
+    demo data ($MEDSFT_TOKENIZER is for tiny): the demo it serves must run from a fresh clone, and a 151k-token
+    vocabulary would make its embeddings most of the model and most of the CPU time."""
+    if not DEMO_DATA.is_file():
+        raise MedsftError(f"{DEMO_DATA} is missing: the small model's tokenizer is trained on it; restore it with "
+                          "`git checkout -- demo/medical_demo.jsonl`")
+    recipe = json.dumps({"version": SMALL_VERSION, "seed": SMALL_SEED, "vocab": SMALL_VOCAB, **SMALL_SIZE},
+                        sort_keys=True)
+    key = hashlib.sha256(recipe.encode() + DEMO_DATA.read_bytes()).hexdigest()[:12]
+    return _build_once(cache_dir() / f"small-qwen3-{key}", _create_small, "medsft_small.json",
+                       {"tokenizer": f"built from demo data, {SMALL_VOCAB} tokens", "seed": SMALL_SEED,
+                        "version": SMALL_VERSION, **SMALL_SIZE})
+
+
+def ensure_builtin(spec: str) -> Path | None:
+    """The directory of a built-in spec (tiny, small), created on first use; None for any other spec."""
+    return {TINY: ensure_tiny, SMALL: ensure_small}[spec]() if spec in BUILTIN_SPECS else None
 
 
 # --- resolution and loading ------------------------------------------------------------------------------------
@@ -239,7 +295,7 @@ def download(spec: str) -> Path:
         raise MedsftError(
             f"cannot download '{spec}' from ModelScope ({modelscope_unreachable_reason()}). Point at a local copy "
             f"instead: --model=/path/to/Qwen3-1.7B (a directory with config.json and *.safetensors), or use "
-            f"--model=tiny for an offline CPU demo")
+            f"--model=tiny (or small) for an offline CPU demo")
     try:
         return Path(snapshot_download(spec))
     except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
@@ -249,13 +305,13 @@ def download(spec: str) -> Path:
 def resolve_model(spec: str) -> Path:
     """Turn a model spec into a local directory (creating tiny or downloading as needed)."""
     spec = str(spec)
-    if spec == TINY:
-        return ensure_tiny()
+    if spec in BUILTIN_SPECS:
+        return ensure_builtin(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
             raise MedsftError(f"{path} is not a model directory (no config.json); pass a Hugging Face format "
-                              "model directory, a ModelScope id like Qwen/Qwen3-1.7B, or 'tiny'")
+                              "model directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
         return path
     if is_hub_id(spec):
         return download(spec)

@@ -59,6 +59,16 @@ def test_measure_counts_only_rows_of_the_mode():
     assert got["no_think_hard"] is None
 
 
+def test_babble_cut_off_at_max_new_tokens_obeys_no_switch():
+    """A random model's output has no think tags and never ends: that is not a no-think answer."""
+    rows = [{"output": "的的 血压 的，", "mode": "no_think_hard", "finished": False},
+            {"output": NO_THINK, "mode": "no_think_hard", "finished": True},
+            {"output": EMPTY_THINK, "mode": "no_think_hard", "finished": False}]
+    got = measure({"no_think_hard": rows})["no_think_hard"]
+    assert (got["ok"], got["n"]) == (1, 3)
+    assert got["shapes"]["cut_off"] == 2 and got["shapes"]["no_think"] == 1
+
+
 # --- non-thinking rows are n/a in think scores -----------------------------------------------------------------
 
 
@@ -264,7 +274,7 @@ def test_evaluate_reports_adherence_per_model_and_mode(tmp_path, demo_data_path)
     assert cot["base"]["adherence"]["no_think_hard"] is None
     assert cot["lora"]["adherence"]["no_think_soft"] is None
     assert cot["full"]["adherence"]["no_think_soft"]["shapes"] == {"think": 0, "empty_think": 9, "no_think": 0,
-                                                                   "unclosed": 1, "no_answer": 0}
+                                                                   "unclosed": 1, "no_answer": 0, "cut_off": 0}
     readme = (res / "README.md").read_text(encoding="utf-8")
     assert "## Thinking switches (mode adherence)" in readme
     assert "| full fine-tune | 0.90 (9/10) | 0.90 (9/10) | 0.90 (9/10) |" in readme
