@@ -76,8 +76,9 @@ def _adherence(cot: dict) -> dict:
     return {tag: s["adherence"] for tag, s in cot.items() if s.get("adherence")}
 
 
-def section(cot: dict, labels: dict) -> list[str]:
-    """The report's "Thinking switches" section from the cot summaries (empty when none measured adherence)."""
+def section(cot: dict, labels: dict, table) -> list[str]:
+    """The report's "Thinking switches" section from the cot summaries (empty when none measured adherence);
+    ``table(header, rows)`` is the report's markdown table."""
     found = _adherence(cot)
     if not found:
         return []
@@ -97,9 +98,7 @@ def section(cot: dict, labels: dict) -> list[str]:
             cells.append("not measured" if not a else "n/a (0 rows)" if a["rate"] is None
                          else f"{a['rate']:.2f} ({a['ok']}/{a['n']})")
         rows.append([labels[tag]] + cells)
-    out += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    return out
+    return out + table(header, rows)
 
 
 def adherence_chart(cot: dict, labels: dict, colors: dict, png, figure) -> bytes:

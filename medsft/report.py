@@ -364,7 +364,7 @@ def report_text(data: dict, charts: list[str]) -> str:
     if data["rouge"]:
         out += _rouge_section(data["rouge"])
     if data["cot"]:
-        out += adherence.section(data["cot"], LABELS)
+        out += adherence.section(data["cot"], LABELS, _table)
         out += _cot_section(data["cot"])
     if data["train"]:
         out += _train_section(data["train"])
