@@ -64,4 +64,4 @@ if [ "$MODEL" != tiny ] || [ -d "$CMMLU" ]; then
 else
   echo; echo "=== benchmark.py skipped: no local CMMLU at $CMMLU (set CMMLU=/path/to/CMMLU/data/test)"
 fi
-echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, benchmark.png, trainloss.png, evalloss.png)"
+echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, adherence.png, think_status.png, benchmark.png, trainloss.png, evalloss.png)"
