@@ -453,3 +453,29 @@ def test_resumed_run_continues_its_swanlab_experiment(tmp_path, monkeypatch):
     start_swanlab({**cfg, "RESUME": False}, kind="lora")  # a fresh run is a new experiment
     finish_swanlab()
     assert json.loads((tmp_path / "out" / "swanlab_run.json").read_text())["id"] != ids[0]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_eval_loss_is_the_token_mean_over_the_eval_set_whatever_the_batch(data_dir, tmp_path, tiny_tokenizer,
+                                                                           padding_free):
+    """The Trainer's own eval loss is a mean of per-batch means, so it moved with the eval batch size and, under
+    several processes, with the duplicates that pad the last batch (issue 12: 2 processes != 1 process). It must be
+    the mean over every target token of the eval set, as the train loss is over an optimizer step."""
+    import torch
+
+    from medsft.training import build_trainer, load_training_model, prepare_examples
+
+    examples, _ = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
+    examples = examples[:5]  # unequal lengths; 5 leaves a part batch for sizes 2 and 3
+    assert len({sum(t != -100 for t in e["labels"]) for e in examples}) > 1
+    model = load_training_model(_cfg(tmp_path))
+    total = count = 0.0
+    with torch.no_grad():  # the definition, one example at a time
+        for e in examples:
+            n = sum(t != -100 for t in e["labels"][1:])
+            total += model(**{k: torch.tensor([v]) for k, v in e.items()}).loss.item() * n
+            count += n
+    for batch in (1, 2, 3):
+        trainer = build_trainer(model, tiny_tokenizer, examples, examples,
+                                _cfg(tmp_path, BATCH_SIZE=batch, PADDING_FREE=padding_free))
+        assert trainer.evaluate()["eval_loss"] == pytest.approx(total / count, rel=1e-5), batch

@@ -138,6 +138,7 @@ def _trainer_classes():
         def __init__(self, *args, **kwargs):
             self.clock = Clock()
             self.graceful_stop = GracefulStop()
+            kwargs.setdefault("compute_metrics", _token_mean_loss)
             super().__init__(*args, **kwargs)
             self.add_callback(self.clock)
             self.add_callback(self.graceful_stop)
@@ -151,6 +152,22 @@ def _trainer_classes():
             per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             return EpochLengthGroupedSampler(per_step, [len(e["input_ids"]) for e in dataset],
                                              self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            """Eval: this batch's summed target-token loss and its token count, as one (1, 2) row of "logits" that
+            ``_token_mean_loss`` totals. The Trainer's own eval loss is a mean of per-batch means, so it moved
+            with the eval batch size and, under several processes, with the duplicates that pad the last batch;
+            the totals make it the mean over every target token of the eval set, as the train loss is per step."""
+            inputs = self._prepare_inputs(inputs)
+            labels = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"][..., 1:]
+            count = labels.ne(IGNORE_INDEX).sum()
+            if self.args.use_liger_kernel:
+                inputs = {**inputs, "skip_logits": True}  # its fused loss, without the vocabulary-wide logits
+            with torch.no_grad(), self.compute_loss_context_manager():
+                mean = model(**inputs).loss.float()
+            total = torch.where(count > 0, mean * count, 0.0)  # a batch of only padding rows adds nothing
+            row = torch.stack([total, count.float()]).view(1, 2)
+            return None, row, row
 
         @property
         def interrupted(self) -> bool:
@@ -172,6 +189,21 @@ def _trainer_classes():
             super().log(logs, start_time)
 
     return MedsftTrainer
+
+
+def _token_mean_loss(prediction) -> dict:
+    """``compute_metrics`` for the (total, count) rows of ``prediction_step``: the token-mean eval loss."""
+    total, count = prediction.predictions.sum(axis=0)
+    return {"loss": float(total / count) if count else float("nan")}
+
+
+def _pad_eval(examples: list[dict], per_step: int, pad_id: int) -> list[dict]:
+    """``examples`` plus 1-token rows with no target up to a multiple of ``per_step`` (eval batch x processes).
+
+    A set that does not divide is padded by the dataloader with repeats of its first examples, which would be
+    counted twice in a rank's totals; rows with no target add nothing, and with no remainder nothing is cut."""
+    short = -len(examples) % per_step
+    return examples + [{"input_ids": [pad_id], "attention_mask": [1], "labels": [IGNORE_INDEX]}] * short
 
 
 def build_trainer(model, tokenizer, train_examples, eval_examples, cfg: dict, callbacks=()):
@@ -203,6 +235,9 @@ def build_trainer(model, tokenizer, train_examples, eval_examples, cfg: dict, ca
     if feats["LOSS"] == "chunked":
         install_chunked_loss(model)
     trainer_cls = _trainer_classes()
+    if has_eval:
+        eval_examples = _pad_eval(list(eval_examples), args.per_device_eval_batch_size * args.world_size,
+                                  tokenizer.pad_token_id)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_examples,
                        eval_dataset=eval_examples if has_eval else None, data_collator=collator,
                        processing_class=tokenizer, callbacks=list(callbacks))
