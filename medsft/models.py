@@ -28,6 +28,8 @@ from .io import MedsftError
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny recipe changes, so caches are rebuilt
 TINY_SEED = 1234
+TINY_SIZE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, initializer_range=0.3)
 SMALL = "small"
 SMALL_VERSION = 1  # bump when the small recipe changes, so caches are rebuilt
 SMALL_SEED = 1234
@@ -132,27 +134,32 @@ def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA, vocab_size: in
     return fast
 
 
-def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
+def _save_random_qwen3(out_dir: Path, tok, seed: int, size: dict) -> None:
+    """A random-init fp32 Qwen3 of ``size`` for tokenizer ``tok``, saved in ``out_dir`` (seeded: same inputs, same
+    weights)."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen3Config(vocab_size=(len(tok) + 63) // 64 * 64, max_position_embeddings=8192, rope_theta=1_000_000.0,
+                         bos_token_id=pad, eos_token_id=eos, pad_token_id=pad, **size)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).to(torch.float32)
+    # Qwen3's own recommended thinking-mode sampling, as in the real model's generation_config.json
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad,
+                                               do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
+    model.save_pretrained(out_dir)
+
+
+def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
+    from transformers import AutoTokenizer
 
     if tokenizer_src is None:
         tok = build_tiny_tokenizer(out_dir)
     else:
         tok = AutoTokenizer.from_pretrained(tokenizer_src)
         tok.save_pretrained(out_dir)
-    eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen3Config(
-        vocab_size=(len(tok) + 63) // 64 * 64, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=8192,
-        tie_word_embeddings=True, rope_theta=1_000_000.0, initializer_range=0.3, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
-    )
-    torch.manual_seed(TINY_SEED)
-    model = Qwen3ForCausalLM(config).to(torch.float32)
-    # Qwen3's own recommended thinking-mode sampling, as in the real model's generation_config.json
-    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad,
-                                               do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
-    model.save_pretrained(out_dir)
+    _save_random_qwen3(out_dir, tok, TINY_SEED, TINY_SIZE)
 
 
 def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
@@ -186,18 +193,7 @@ def ensure_tiny() -> Path:
 
 
 def _create_small(out_dir: Path) -> None:
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
-
-    tok = build_tiny_tokenizer(out_dir, vocab_size=SMALL_VOCAB)
-    eos, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen3Config(vocab_size=(len(tok) + 63) // 64 * 64, max_position_embeddings=8192, rope_theta=1_000_000.0,
-                         bos_token_id=pad, eos_token_id=eos, pad_token_id=pad, **SMALL_SIZE)
-    torch.manual_seed(SMALL_SEED)
-    model = Qwen3ForCausalLM(config).to(torch.float32)
-    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad,
-                                               do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
-    model.save_pretrained(out_dir)
+    _save_random_qwen3(out_dir, build_tiny_tokenizer(out_dir, vocab_size=SMALL_VOCAB), SMALL_SEED, SMALL_SIZE)
 
 
 def ensure_small() -> Path:
