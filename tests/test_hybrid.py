@@ -98,3 +98,30 @@ def test_training_examples_mix_the_modes_by_seed(tmp_path):
     trained = [[t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100] for e in a]
     hard = sum(1 for t in trained if think_open not in t)
     assert hard == stats["modes"]["no_think_hard"]  # hard examples train the answer alone
+
+
+def test_a_rows_own_mode_field_wins_over_the_ratio(tmp_path):
+    """A row may fix its own mode (`"mode": "no_think_soft"`, as demo/augment.py writes them); NO_THINK_RATIO then
+    picks among the rows without one. A mode that is not one of the three is an error naming file:line."""
+    from medsft.io import MedsftError
+    from medsft.models import load_tokenizer
+    from medsft.training import prepare_examples
+
+    tok = load_tokenizer("tiny")
+    fixed = ["think", "no_think_soft", "no_think_hard"]
+    rows = [{"id": f"r{i}", "question": f"问题{i}？", "think": f"思考{i}。", "answer": f"回答{i}。",
+             **({"mode": fixed[i % 3]} if i < 30 else {})} for i in range(60)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    ex, stats = prepare_examples(path, tok, 512, no_think_ratio=0.0, seed=3)
+    assert stats["modes"] == {"think": 40, "no_think_hard": 10, "no_think_soft": 10}
+    think_open = tok.convert_tokens_to_ids("<think>")
+    for i, e in enumerate(ex[:30]):
+        has_soft = "/no_think" in tok.decode(e["input_ids"])
+        trained = [t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100]
+        assert has_soft == (fixed[i % 3] == "no_think_soft"), i
+        assert (think_open in trained) == (fixed[i % 3] != "no_think_hard"), i
+    rows[7]["mode"] = "no_think"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(MedsftError, match=r"train.jsonl:8: field 'mode'.*no_think_soft"):
+        prepare_examples(path, tok, 512)

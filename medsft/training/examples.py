@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..chat import IGNORE_INDEX, example_modes, tokenize_example
+from ..chat import IGNORE_INDEX, MODES, example_modes, tokenize_example
 from ..io import MedsftError, iter_jsonl
 
 
@@ -17,7 +17,8 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
 
     A ``no_think_ratio`` share of rows, chosen by seed and row id (``medsft.chat.example_modes``), become
     non-thinking examples (half Qwen3's hard switch, half the soft ``/no_think``), so the tuned model keeps
-    obeying both; rows with an empty think are always non-thinking. ``stats["modes"]`` counts each kind.
+    obeying both; rows with an empty think are always non-thinking. A row's own ``mode`` field (one of
+    ``medsft.chat.MODES``), when present, wins over that choice. ``stats["modes"]`` counts each kind.
 
     Returns ``(examples, stats)``: examples are ``{"input_ids", "labels", "attention_mask"}`` lists (prompt
     labels -100, see ``medsft.chat.tokenize_example``); stats are ``{"path", "rows", "kept",
@@ -34,6 +35,9 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
             if not isinstance(obj.get(key), str) or (key != "think" and not obj[key].strip()):
                 raise MedsftError(f"{path}:{lineno}: field '{key}' must be a non-empty string; re-run data.py "
                                   "or fix that line")
+        if obj.get("mode") is not None and obj["mode"] not in MODES:
+            raise MedsftError(f"{path}:{lineno}: field 'mode' is {obj['mode']!r}; use one of {', '.join(MODES)} "
+                              "or remove the field (then NO_THINK_RATIO decides)")
         rows.append(obj)
     if not rows:
         raise MedsftError(f"{path} has no rows: re-run data.py")
@@ -42,7 +46,8 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
     modes = example_modes([str(r.get("id") or r["question"]) for r in rows], no_think_ratio, seed)
     examples, skipped, counts = [], 0, {}
     for row, mode in tqdm(list(zip(rows, modes)), desc=f"tokenize {path.name}", unit="row", disable=len(rows) < 200):
-        mode = mode if row["think"].strip() else "no_think_hard"  # never a thinking example with an empty think
+        mode = row.get("mode") or mode
+        mode = mode if row["think"].strip() or mode != "think" else "no_think_hard"  # never an empty think trained
         ex = tokenize_example(tokenizer, row, max_length, system=system, mode=mode)
         if ex is None:
             skipped += 1
@@ -56,7 +61,7 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
              "modes": {m: counts.get(m, 0) for m in ("think", "no_think_hard", "no_think_soft")}}
     print(f"{path}: {stats['kept']}/{stats['rows']} rows kept, {skipped} skipped as longer than "
           f"MAX_LENGTH={max_length} tokens; {stats['tokens']:,} tokens ({stats['supervised_tokens']:,} trained)"
-          + (f"; modes {stats['modes']}" if no_think_ratio or counts.get("no_think_hard") else ""))
+          + (f"; modes {stats['modes']}" if set(counts) != {"think"} else ""))
     if not examples:
         raise MedsftError(f"{path}: all {len(rows)} rows are longer than MAX_LENGTH={max_length} tokens; raise "
                           f"--max_length (the longest row needs more)")
