@@ -73,6 +73,7 @@ def test_sentence_cuts_are_proper_prefixes_ending_at_a_sentence_end():
 def test_augment_puts_every_row_in_every_mode_and_train_py_reads_the_modes(tmp_path):
     """End to end on the demo split: augment.py's rows carry their mode, and prepare_examples trains each in it."""
     import json
+    from collections import Counter
 
     from medsft.training import prepare_examples
 
@@ -83,7 +84,8 @@ def test_augment_puts_every_row_in_every_mode_and_train_py_reads_the_modes(tmp_p
     rows.append({**rows[0], "id": "no-think-row", "think": ""})
     (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                                    encoding="utf-8")
-    run_script("demo/augment.py", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'aug'}")
+    run_script("demo/augment.py", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'aug'}",
+               "--think_copies=2", "--answer_cuts=no_think_soft,no_think_hard")
     out = [json.loads(x) for x in (tmp_path / "aug" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert (tmp_path / "aug" / "val.jsonl").read_bytes() == (tmp_path / "data" / "val.jsonl").read_bytes()
     by_q = {}
@@ -92,15 +94,15 @@ def test_augment_puts_every_row_in_every_mode_and_train_py_reads_the_modes(tmp_p
     for r in rows:
         mine = by_q[r["id"]]
         full = {x["mode"] for x in mine if x["think"] == r["think"] and x["answer"] == r["answer"]}
-        assert full == ({"think", "no_think_soft", "no_think_hard"} if r["think"] else {"no_think_soft", "no_think_hard"})
+        assert full == {"no_think_soft", "no_think_hard"} | ({"think"} if r["think"] else set())
         for x in mine:
             assert r["think"].startswith(x["think"]) and r["answer"].startswith(x["answer"]) and x["answer"]
             assert x["think"] == r["think"] or (x["mode"] == "think" and x["answer"] == r["answer"] and x["think"])
             assert x["answer"] == r["answer"] or x["mode"] != "think"
-        thinks = sorted(len(x["think"]) for x in mine if x["mode"] == "think")
-        assert len(thinks) == len(set(thinks)) and (len(thinks) > 2 if r["think"] else not thinks)  # distinct cuts
+        thinks = Counter(x["think"] for x in mine if x["mode"] == "think")
+        assert set(thinks.values()) == ({2} if r["think"] else set()) and (len(thinks) > 2 or not r["think"])
     counts = {m: sum(r["mode"] == m for r in out) for m in ("think", "no_think_hard", "no_think_soft")}
-    assert counts["think"] > 3 * len(rows) and counts["no_think_soft"] == counts["no_think_hard"] > 3 * len(rows)
+    assert counts["think"] > 6 * len(rows) and counts["no_think_soft"] == counts["no_think_hard"] > 3 * len(rows)
     tok = models.load_tokenizer("tiny")
     _, stats = prepare_examples(tmp_path / "aug" / "train.jsonl", tok, 4096, no_think_ratio=0.0)
     assert stats["modes"] == counts and stats["kept"] == len(out)
