@@ -3,7 +3,7 @@
 For each model (base / full / LoRA) and each mode (thinking on; ``/no_think``, the soft switch; enable_thinking=False,
 the hard switch), the share of test predictions that finished in the right shape (``chat.follows_mode``): thinking on
 wants a closed, non-empty think, then a non-empty answer; off wants an empty think block or none, then a non-empty
-answer; an output cut off at max_new_tokens obeys neither. The
+answer; an answer with a think tag inside (a second ``</think>``) or an output cut off at max_new_tokens obeys neither. The
 predictions of each mode are inference.py's files: OUTPUT for thinking on, ``<stem>.<mode>.jsonl`` beside it for the
 others (``predict.mode_output``). This module measures (``measure``) and presents: the report section, adherence.png
 and think_status.png (what shape the outputs took, per model and mode).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .chat import follows_mode, split_output
+from .chat import follows_mode, has_stray_tag, split_output
 
 MODES = ("think", "no_think_soft", "no_think_hard")  # chat.MODES in the order the issue, tables and charts use
 
@@ -23,7 +23,8 @@ FLAGS = {"think": "", "no_think_soft": "--soft_switch=/no_think", "no_think_hard
 # shape of one output, in the order think_status.png stacks them: (key, legend label, colour)
 SHAPES = (("think", "closed think with text", "#1f77b4"), ("empty_think", "empty think block", "#2ca02c"),
           ("no_think", "no think block", "#98df8a"), ("unclosed", "think never closed", "#d62728"),
-          ("no_answer", "no answer after the think", "#ff9896"), ("cut_off", "cut off at max_new_tokens", "#7f7f7f"))
+          ("no_answer", "no answer after the think", "#ff9896"),
+          ("stray_tag", "think tag inside the answer", "#9467bd"), ("cut_off", "cut off at max_new_tokens", "#7f7f7f"))
 
 
 def shape(output: str, finished: bool = True) -> str:
@@ -33,6 +34,8 @@ def shape(output: str, finished: bool = True) -> str:
         return "unclosed"
     if not finished:  # text that never ended is no answer of any shape: a random model's babble lands here
         return "cut_off"
+    if has_stray_tag(answer):
+        return "stray_tag"
     if not answer:
         return "no_answer"
     if status == "absent":
@@ -85,8 +88,8 @@ def section(cot: dict, labels: dict, table) -> list[str]:
     out = ["## Thinking switches (mode adherence)", "",
            "Share of test questions answered in the shape each mode asks for. Thinking on: a closed, non-empty think, "
            "then a non-empty answer. /no_think (appended to the question) and enable_thinking=False (the prompt "
-           "closes an empty think): an empty think block or none, then a non-empty answer. An answer cut off at "
-           "max_new_tokens obeys no mode. A fine-tune that forgot "
+           "closes an empty think): an empty think block or none, then a non-empty answer. An answer with a think tag "
+           "inside it (a second `</think>`), or cut off at max_new_tokens, obeys no mode. A fine-tune that forgot "
            "Qwen3's switches keeps thinking when told not to. `not measured`: no predictions in that mode; make "
            "them with inference.py and the flag in the header.", ""]
     header = ["model"] + [f"{MODE_LABELS[m]}{' `' + FLAGS[m] + '`' if FLAGS[m] else ''}" for m in MODES]

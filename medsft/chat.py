@@ -28,8 +28,11 @@ def question_mode(question: str, enable_thinking: bool = True) -> str:
 
 def follows_mode(output: str, mode: str) -> bool:
     """Does a generated assistant text have the shape ``mode`` asks for? think: a closed, non-empty think, then a
-    non-empty answer. no_think_*: an empty think block or none, then a non-empty answer."""
+    non-empty answer. no_think_*: an empty think block or none, then a non-empty answer. A think tag inside the
+    answer (a second ``</think>``, a new ``<think>``) obeys neither: the model lost track of where its think ended."""
     think, answer, status = split_output(output)
+    if has_stray_tag(answer):
+        return False
     if mode == "think":
         return status == "closed" and bool(think) and bool(answer)
     if mode not in MODES:
@@ -120,6 +123,11 @@ def example_modes(ids: list[str], no_think_ratio: float, seed: int) -> list[str]
         else:
             out.append("no_think_hard" if h < no_think_ratio / 2 else "no_think_soft")
     return out
+
+
+def has_stray_tag(answer: str) -> bool:
+    """Does the answer part of ``split_output`` still hold a think tag?"""
+    return THINK_OPEN in answer or THINK_CLOSE in answer
 
 
 def split_output(text: str) -> tuple[str, str, str]:

@@ -32,6 +32,11 @@ NO_ANSWER = "<think>\n想完了。\n</think>\n\n"
     (NO_ANSWER, False, False, "no_answer"),
     ("", False, False, "no_answer"),
     ("<think>\n\n</think>\n\n", False, False, "no_answer"),  # an empty think and nothing after it is not an answer
+    # a think tag inside the answer: the model lost track of where its think ends, which obeys no switch
+    (EMPTY_THINK + "\n</think>\n\n再说一遍。", False, False, "stray_tag"),
+    (THINK_OK + "\n</think>\n\n再说一遍。", False, False, "stray_tag"),
+    (THINK_OK + "<think>\n又想了。", False, False, "stray_tag"),
+    ("建议就医。\n</think>\n\n再说一遍。</think>", False, False, "stray_tag"),
 ])
 def test_follows_mode_on_every_shape(output, think, off, kind):
     assert follows_mode(output, "think") is think
@@ -274,7 +279,8 @@ def test_evaluate_reports_adherence_per_model_and_mode(tmp_path, demo_data_path)
     assert cot["base"]["adherence"]["no_think_hard"] is None
     assert cot["lora"]["adherence"]["no_think_soft"] is None
     assert cot["full"]["adherence"]["no_think_soft"]["shapes"] == {"think": 0, "empty_think": 9, "no_think": 0,
-                                                                   "unclosed": 1, "no_answer": 0, "cut_off": 0}
+                                                                   "unclosed": 1, "no_answer": 0, "stray_tag": 0,
+                                                                   "cut_off": 0}
     readme = (res / "README.md").read_text(encoding="utf-8")
     assert "## Thinking switches (mode adherence)" in readme
     assert "| full fine-tune | 0.90 (9/10) | 0.90 (9/10) | 0.90 (9/10) |" in readme
