@@ -65,6 +65,12 @@ def _examples(tokenizer, data: Path, n: int, length: int) -> list[dict]:
 
 def measure(kind: str, cfg: dict, model_dir: str, data: str, queue) -> None:
     """One kind in this (fresh) process: baseline RSS, build, train STEPS steps, peak RSS. Puts a dict in queue."""
+    # what the Trainer writes in OUTPUT_DIR is GBs for the whole architecture: scratch that must not outlive the run
+    with tempfile.TemporaryDirectory(prefix="medsft-cpu-real-") as scratch:
+        _measure(kind, cfg, model_dir, data, queue, scratch)
+
+
+def _measure(kind: str, cfg: dict, model_dir: str, data: str, queue, scratch: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -77,7 +83,7 @@ def measure(kind: str, cfg: dict, model_dir: str, data: str, queue) -> None:
     run = {**script_defaults(_ROOT / ("train_lora.py" if lora else "train.py")), "MODEL": model_dir,
            "MAX_LENGTH": cfg["MAX_LENGTH"], "BATCH_SIZE": cfg["BATCH_SIZE"], "GRAD_ACCUM": 1,
            "MAX_STEPS": cfg["STEPS"], "LOGGING_STEPS": 1, "SAVE_STEPS": 10 ** 9, "EVAL_STEPS": 10 ** 9,
-           "OUTPUT_DIR": tempfile.mkdtemp(prefix="medsft-cpu-real-"), "WARMUP": 0}
+           "OUTPUT_DIR": scratch, "WARMUP": 0}
     run.update(training.resolve_features(run, lora=lora, log=False, assume_gpu=True))
     config = AutoConfig.from_pretrained(model_dir)
     if cfg["LAYERS"]:

@@ -39,7 +39,8 @@ answer in about a second.
 
 from .checkpoints import checkpoint_problem, checkpoints
 from .disk import check_writable, disk_errors
-from .distributed import barrier, is_main, on_main, rank, resolve_batch, resolve_engine, world_size
+from .distributed import (barrier, is_main, on_main, rank, resolve_batch, resolve_engine, stop_process_group,
+                          world_size)
 from .examples import prepare_examples
 from .features import FEATURES, resolve_features, weight_dtype
 from .model import add_lora, count_parameters, install_chunked_loss, load_training_model
@@ -55,5 +56,5 @@ __all__ = ["FEATURES", "KINDS", "RESULTS_NAME", "add_lora", "barrier", "build_tr
            "dry_run", "finish_swanlab", "guard_output", "history", "install_chunked_loss", "is_finished", "is_main",
            "load_training_model", "lock_output_dir", "on_main", "peak_memory", "preflight", "prepare_examples",
            "preview", "rank", "resolve_batch", "resolve_engine", "resolve_features", "run_training", "save_final",
-           "start_swanlab", "swanlab_active", "swanlab_mode", "training_arguments", "unlock_output_dir",
-           "weight_dtype", "world_size", "write_results"]
+           "start_swanlab", "stop_process_group", "swanlab_active", "swanlab_mode", "training_arguments",
+           "unlock_output_dir", "weight_dtype", "world_size", "write_results"]

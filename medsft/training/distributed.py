@@ -181,6 +181,17 @@ def start_deepspeed() -> None:
     deepspeed.init_distributed()
 
 
+def stop_process_group() -> None:
+    """End the process group once a run has finished on every rank. Left to interpreter teardown, a gloo group
+    aborts the process now and then ("terminate called without an active exception", pytorch/pytorch#190489).
+    Not on an error path: there a rank may still wait in a collective, and ending the group would hang it."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def barrier() -> None:
     if world_size() > 1:
         import torch.distributed as dist
