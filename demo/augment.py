@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: medsft is beside demo/
 
+from medsft.chat import MODES  # noqa: E402
 from medsft.config import configure  # noqa: E402
 from medsft.io import MedsftError, dumps_json, dumps_jsonl, publish_files, read_jsonl  # noqa: E402
 
@@ -41,8 +42,7 @@ def cuts(text: str) -> list[str]:
     return [t for t in out if t and t != text.strip()]
 
 
-def augment(rows: list[dict], think_copies: int = 1, think_cuts: bool = True,
-            answer_cuts: tuple = ("no_think_soft", "no_think_hard")) -> list[dict]:
+def augment(rows: list[dict], think_copies: int, think_cuts: bool, answer_cuts: tuple) -> list[dict]:
     """Each row in the three modes (thinking ``think_copies`` times), then its think cuts (each ``think_copies``
     times), then its answer cuts in the ``answer_cuts`` modes. Rows with an empty think never train as thinking."""
     full, thinks, answers = [], [], []
@@ -70,7 +70,7 @@ def main():
         if not all(isinstance(r.get(k), str) for k in ("question", "think", "answer")):
             raise MedsftError(f"{src / 'train.jsonl'}:{i}: needs question, think and answer strings; re-run data.py")
     answer_modes = tuple(m.strip() for m in ANSWER_CUTS.split(",") if m.strip())
-    bad = [m for m in answer_modes if m not in ("no_think_soft", "no_think_hard")]
+    bad = [m for m in answer_modes if m not in MODES or m == "think"]
     if bad or THINK_COPIES < 1:
         raise MedsftError(f"--answer_cuts={ANSWER_CUTS!r} --think_copies={THINK_COPIES}: answer cuts are for "
                           "no_think_soft and/or no_think_hard (comma-separated, or empty); think_copies >= 1")
@@ -79,7 +79,7 @@ def main():
              "val.jsonl": (src / "val.jsonl").read_bytes(),
              "augment_config.json": dumps_json(cfg).encode("utf-8")}
     written = publish_files(OUT_DIR, files, writer="demo/augment.py")
-    modes = {m: sum(r["mode"] == m for r in out) for m in ("think", "no_think_soft", "no_think_hard")}
+    modes = {m: sum(r["mode"] == m for r in out) for m in MODES}
     print(f"{len(rows)} train rows -> {len(out)} examples: {modes}")
     print("wrote " + " ".join(str(p) for p in written))
 

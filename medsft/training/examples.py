@@ -58,7 +58,7 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
              "tokens": sum(len(e["input_ids"]) for e in examples),
              "supervised_tokens": sum(sum(t != IGNORE_INDEX for t in e["labels"]) for e in examples),
              "longest": max((len(e["input_ids"]) for e in examples), default=0),
-             "modes": {m: counts.get(m, 0) for m in ("think", "no_think_hard", "no_think_soft")}}
+             "modes": {m: counts.get(m, 0) for m in MODES}}
     print(f"{path}: {stats['kept']}/{stats['rows']} rows kept, {skipped} skipped as longer than "
           f"MAX_LENGTH={max_length} tokens; {stats['tokens']:,} tokens ({stats['supervised_tokens']:,} trained)"
           + (f"; modes {stats['modes']}" if set(counts) != {"think"} else ""))
