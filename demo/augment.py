@@ -1,4 +1,4 @@
-"""Demo only — the 32 train rows of the CPU demo → every row in all three thinking modes, plus sentence-cut copies.
+"""Demo only — the 32 train rows of the CPU demo → each row in all three thinking modes, plus format-drill rows.
 
 Reads   DATA_DIR/train.jsonl and val.jsonl (written by data.py).
 Writes  OUT_DIR/train.jsonl (rows with a `mode` field, which train.py honours), OUT_DIR/val.jsonl (a copy) and
@@ -6,16 +6,19 @@ Writes  OUT_DIR/train.jsonl (rows with a `mode` field, which train.py honours), 
 
     python demo/augment.py                        # data/ -> data_aug/, as demo/learn.sh runs it
 
-Why: a model trained from random weights on 32 rows memorises them; on an unseen question it babbles, and with only
-32 examples of where a think ends it never learns to close one (it ends the turn inside the think). So each row also
-trains as thinking rows whose think stops after its 1st, 2nd, ... sentence (every sentence end is a place where
-`</think>` may come; these rows appear twice, as the think switch is the hardest to learn), and as
-enable_thinking=False rows whose answer stops after each sentence (that switch has no cue in the question, and without
-these rows the model wanders back into think-like text and closes a second think). The shapes the three switches ask
-for are what this teaches; no medical skill is (see the demo's results README). Not for real training: a real model
-has seen language, and real data has thousands of rows.
+Why: a model trained from random weights on 32 rows memorises them, and learns where a think ends from the text
+itself: this sentence closed a think in training, that one ended an answer. On an unseen question it stitches
+sentences together, and then closes a think in the middle of its answer (a second `</think>`) or ends the turn inside
+its think. So beside the real rows (each in every mode) come DRILL_ROWS rows whose think and answer are random runs of
+sentences drawn from ONE pool, every think and answer sentence of the train rows: no sentence says which side of
+`</think>` it is on, only the tags do, and that is what the model must learn to follow. Measured (learning rate 3e-3,
+16 held-out answers per mode, issue 13 notes): with the drill every answer had the right shape in all three modes;
+with sentence-cut copies of the real rows instead, 0.81 / 0.81 / 1.00, the misses a second `</think>` or a think
+never closed. What the drill teaches is the shapes the three switches ask for, no medical skill (see the demo's
+results README). Not for real training: a real model has seen language, and real data has thousands of rows.
 """
 
+import random
 import re
 import sys
 from pathlib import Path
@@ -28,35 +31,37 @@ from medsft.io import MedsftError, dumps_json, dumps_jsonl, publish_files, read_
 
 DATA_DIR = "data"  # folder with train.jsonl and val.jsonl (data.py's output)
 OUT_DIR = "data_aug"  # folder for the augmented train.jsonl, val.jsonl and augment_config.json
-THINK_COPIES = 2  # times each thinking row and its think cuts appear (the think switch is the hardest to learn)
-THINK_CUTS = True  # also train each row as thinking rows whose think stops after each of its sentences
-ANSWER_CUTS = "no_think_hard"  # modes whose rows also train with answers cut after each sentence: no_think_hard, no_think_soft or both (comma-separated); "" = none
+DRILL_ROWS = 1500  # format-drill rows added to the real ones (0 = none)
+THINK_SENTENCES = 6  # a drill row's think is 1..this many pool sentences
+ANSWER_SENTENCES = 4  # a drill row's answer is 1..this many pool sentences
+SEED = 0  # drill rows' seed: same rows + same seed => byte-identical output
 
 _SENTENCE = re.compile(r"[^。\n]*[。\n]")  # a sentence ends at 。 or a line break
+# drill modes, thinking twice as often: it is the switch with the most to learn (where to close)
+_DRILL_MODES = ("think", "think", "no_think_soft", "no_think_hard")
 
 
-def cuts(text: str) -> list[str]:
-    """The proper prefixes of ``text`` that end at a sentence end, stripped, non-empty, shortest first."""
-    parts = _SENTENCE.findall(text + "\n")
-    out = dict.fromkeys("".join(parts[:k]).strip() for k in range(1, len(parts)))  # "。\n" ends one sentence
-    return [t for t in out if t and t != text.strip()]
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text``, stripped, non-empty."""
+    return [s.strip() for s in _SENTENCE.findall(text + "\n") if s.strip()]
 
 
-def augment(rows: list[dict], think_copies: int, think_cuts: bool, answer_cuts: tuple) -> list[dict]:
-    """Each row in the three modes (thinking ``think_copies`` times), then its think cuts (each ``think_copies``
-    times), then its answer cuts in the ``answer_cuts`` modes. Rows with an empty think never train as thinking."""
-    full, thinks, answers = [], [], []
+def augment(rows: list[dict], drill_rows: int, think_sentences: int, answer_sentences: int, seed: int) -> list[dict]:
+    """Each row in the three modes (rows with an empty think never train as thinking), then ``drill_rows`` rows whose
+    think and answer are runs of sentences drawn from one pool of all thinks' and answers' sentences."""
+    out = []
     for r in rows:
         base = str(r.get("id") or r["question"])
-        has_think = bool(r["think"].strip())
-        modes = (["think"] * think_copies if has_think else []) + ["no_think_soft", "no_think_hard"]
-        full += [{**r, "id": f"{base}#{m}{i}", "mode": m} for i, m in enumerate(modes)]
-        if think_cuts and has_think:
-            thinks += [{**r, "id": f"{base}#think{i}.{k}", "think": t, "mode": "think"}
-                       for i in range(think_copies) for k, t in enumerate(cuts(r["think"]), 1)]
-        answers += [{**r, "id": f"{base}#{m}.{k}", "answer": a, "mode": m}
-                    for m in answer_cuts for k, a in enumerate(cuts(r["answer"]), 1)]
-    return full + thinks + answers
+        out += [{**r, "id": f"{base}#{m}", "mode": m} for m in _DRILL_MODES[1:] if m != "think" or r["think"].strip()]
+    pool = [s for field in ("think", "answer") for r in rows for s in sentences(r[field])]
+    rng = random.Random(seed)
+    for i in range(drill_rows if pool else 0):
+        r, mode = rng.choice(rows), rng.choice(_DRILL_MODES)
+        think = "".join(rng.choice(pool) for _ in range(rng.randint(1, think_sentences)))
+        answer = "".join(rng.choice(pool) for _ in range(rng.randint(1, answer_sentences)))
+        out.append({**r, "id": f"{r.get('id') or r['question']}#drill{i}", "think": think, "answer": answer,
+                    "mode": mode})
+    return out
 
 
 def main():
@@ -69,12 +74,10 @@ def main():
     for i, r in enumerate(rows, 1):
         if not all(isinstance(r.get(k), str) for k in ("question", "think", "answer")):
             raise MedsftError(f"{src / 'train.jsonl'}:{i}: needs question, think and answer strings; re-run data.py")
-    answer_modes = tuple(m.strip() for m in ANSWER_CUTS.split(",") if m.strip())
-    bad = [m for m in answer_modes if m not in MODES or m == "think"]
-    if bad or THINK_COPIES < 1:
-        raise MedsftError(f"--answer_cuts={ANSWER_CUTS!r} --think_copies={THINK_COPIES}: answer cuts are for "
-                          "no_think_soft and/or no_think_hard (comma-separated, or empty); think_copies >= 1")
-    out = augment(rows, THINK_COPIES, THINK_CUTS, answer_modes)
+    if DRILL_ROWS < 0 or THINK_SENTENCES < 1 or ANSWER_SENTENCES < 1:
+        raise MedsftError(f"--drill_rows={DRILL_ROWS} --think_sentences={THINK_SENTENCES} "
+                          f"--answer_sentences={ANSWER_SENTENCES}: drill_rows >= 0, the sentence counts >= 1")
+    out = augment(rows, DRILL_ROWS, THINK_SENTENCES, ANSWER_SENTENCES, SEED)
     files = {"train.jsonl": dumps_jsonl(out).encode("utf-8"),
              "val.jsonl": (src / "val.jsonl").read_bytes(),
              "augment_config.json": dumps_json(cfg).encode("utf-8")}

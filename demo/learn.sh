@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A CPU demo that visibly learns Qwen3's hybrid thinking mode: a random-init 4-layer Qwen3 (`small`, 2.9M params,
 # the project-built 8k-token demo tokenizer) is fully fine-tuned on the 32 train rows of demo/medical_demo.jsonl, each
-# in all three modes plus sentence-cut copies (demo/augment.py says why), then it and its untrained twin answer the 4
-# test questions in all three modes: thinking on, /no_think (soft switch) and enable_thinking=False (hard switch),
-# sampling as Qwen3 recommends (temperature 0.6, top-p 0.95, top-k 20; seeded, so a rerun gives the same text).
+# in all three modes, plus format-drill rows built from their sentences (demo/augment.py says why), then it and its
+# untrained twin answer the 4 test questions in all three modes: thinking on, /no_think (soft switch) and
+# enable_thinking=False (hard switch), sampling as Qwen3 recommends (temperature 0.6, top-p 0.95, top-k 20; seeded,
+# so a rerun gives the same text).
 #
-#   bash demo/learn.sh            # in runs/learn/; ~8 min on 2 idle CPU cores, offline
+#   bash demo/learn.sh            # in runs/learn/; ~6 min on 2 idle CPU cores, offline
 #
 # It ends with exactly one line, the share of test answers in the asked-for shape per mode (goal: >= 0.8 each; the
 # untrained twin's rates are in results/README.md):
@@ -22,10 +23,11 @@ PY="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python
 RUN_DIR="${RUN_DIR:-$ROOT/runs/learn}"
 export SWANLAB_MODE="${SWANLAB_MODE:-disabled}"  # a demo should not ask for, or wait on, a SwanLab account
 # The recipe (found by experiment; the issue 13 notes list what did not work): 32 rows memorised are no format
-# lesson, so each row trains in every mode and with its think or answer cut after each sentence (~800 examples);
-# a model this small needs a large learning rate and 3000 steps of 4 examples to fit them.
+# lesson, so the drill rows (~1600 examples in all) make the tags the only cue; 3000 steps of 4 examples fit them.
+# Learning rate 3e-3: at 1e-2 the same model stayed blind to whether it was inside a think (end-of-turn as likely
+# inside a think as after one), and no recipe tried at 1e-2 passed.
 TRAIN=(--data_dir=data_aug --no_think_ratio=0 --overwrite=true --max_steps=3000 --batch_size=4 --grad_accum=1
-       --learning_rate=1e-2 --warmup=20 --max_length=1024 --precision=fp32 --gradient_checkpointing=false --loss=plain
+       --learning_rate=3e-3 --warmup=20 --max_length=1024 --precision=fp32 --gradient_checkpointing=false --loss=plain
        --logging_steps=20 --eval_steps=400 --save_steps=400 --preview_questions=0)
 # Greedy decoding makes a model this small loop (Qwen3's card advises against it for its models too), so the demo
 # samples with the model's generation_config, seeded by inference.py's SEED. A think with its answer is up to ~300

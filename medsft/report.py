@@ -339,12 +339,14 @@ DEMO_NOTES = {
             "learned: scores near 0 and outputs without a think are expected. For a model that visibly learns, "
             "run `bash demo/learn.sh`; for real numbers, Qwen3-1.7B on a GPU (`bash pipeline.sh`).",
     "small": "**This is the learning demo** (`bash demo/learn.sh`): a 2.9M-parameter random-init model, fully "
-             "fine-tuned for minutes on the CPU on 32 demo rows, each in all three thinking modes plus copies cut after "
-             "each sentence (`demo/augment.py`), and asked with sampling. What it can show: "
+             "fine-tuned for minutes on the CPU on 32 demo rows, each in all three thinking modes, plus format-drill "
+             "rows whose thinks and answers are shuffled runs of their sentences (`demo/augment.py`), and asked with "
+             "sampling. What it can show: "
              "whether a model learns Qwen3's format and its two thinking switches (*Thinking switches*, beside the "
              "same model untrained: `base`). With 4 test questions each rate moves in steps of 0.25: a signal, not a "
-             "measurement. What it cannot show: medical skill. At this size it stitches together fragments of its "
-             "training rows, so ROUGE and chain-of-thought scores measure overlap with their style, not correctness.",
+             "measurement. What it cannot show: medical skill. At this size its thinks and answers are a sentence or "
+             "two recalled from its training rows, often about another question, so ROUGE and chain-of-thought "
+             "scores measure overlap with their style, not correctness.",
 }
 
 

@@ -63,17 +63,25 @@ def _augment_module():
     return mod
 
 
-def test_sentence_cuts_are_proper_prefixes_ending_at_a_sentence_end():
-    cuts = _augment_module().cuts
-    assert cuts("甲。乙\n丙。丁") == ["甲。", "甲。乙", "甲。乙\n丙。"]
-    assert cuts("甲。乙。") == ["甲。"]  # the whole text is not a cut
-    assert cuts("没有句号") == [] and cuts("") == []
+def test_sentences_split_at_full_stops_and_line_breaks():
+    sentences = _augment_module().sentences
+    assert sentences("甲。乙\n丙。丁") == ["甲。", "乙", "丙。", "丁"]
+    assert sentences("。\n\n") == ["。"] and sentences("") == []
 
 
-def test_augment_puts_every_row_in_every_mode_and_train_py_reads_the_modes(tmp_path):
-    """End to end on the demo split: augment.py's rows carry their mode, and prepare_examples trains each in it."""
+def _segments(text: str, pool: set) -> bool:
+    """Can ``text`` be cut into a run of ``pool`` strings?"""
+    ok = [True] + [False] * len(text)
+    for end in range(1, len(text) + 1):
+        ok[end] = any(ok[start] and text[start:end] in pool for start in range(end))
+    return ok[-1]
+
+
+def test_augment_keeps_every_row_in_every_mode_and_drills_the_tags(tmp_path):
+    """End to end on the demo split: every real row in each of its modes, then the drill rows, whose thinks and
+    answers are runs of sentences from one pool (so a sentence is no cue to the side of </think>); same seed, same
+    bytes; and prepare_examples trains each row in its mode."""
     import json
-    from collections import Counter
 
     from medsft.training import prepare_examples
 
@@ -84,25 +92,42 @@ def test_augment_puts_every_row_in_every_mode_and_train_py_reads_the_modes(tmp_p
     rows.append({**rows[0], "id": "no-think-row", "think": ""})
     (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                                    encoding="utf-8")
-    run_script("demo/augment.py", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'aug'}",
-               "--think_copies=2", "--answer_cuts=no_think_soft,no_think_hard")
-    out = [json.loads(x) for x in (tmp_path / "aug" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    args = [f"--data_dir={tmp_path / 'data'}", "--drill_rows=300"]
+    run_script("demo/augment.py", *args, f"--out_dir={tmp_path / 'aug'}")
+    run_script("demo/augment.py", *args, f"--out_dir={tmp_path / 'again'}")
+    run_script("demo/augment.py", *args, f"--out_dir={tmp_path / 'seed1'}", "--seed=1")
+    train = tmp_path / "aug" / "train.jsonl"
+    assert train.read_bytes() == (tmp_path / "again" / "train.jsonl").read_bytes()
+    assert train.read_bytes() != (tmp_path / "seed1" / "train.jsonl").read_bytes()
     assert (tmp_path / "aug" / "val.jsonl").read_bytes() == (tmp_path / "data" / "val.jsonl").read_bytes()
-    by_q = {}
-    for r in out:
-        by_q.setdefault(r["id"].split("#")[0], []).append(r)
+    out = [json.loads(x) for x in train.read_text(encoding="utf-8").splitlines()]
+    real, drill = out[:-300], out[-300:]
     for r in rows:
-        mine = by_q[r["id"]]
-        full = {x["mode"] for x in mine if x["think"] == r["think"] and x["answer"] == r["answer"]}
-        assert full == {"no_think_soft", "no_think_hard"} | ({"think"} if r["think"] else set())
-        for x in mine:
-            assert r["think"].startswith(x["think"]) and r["answer"].startswith(x["answer"]) and x["answer"]
-            assert x["think"] == r["think"] or (x["mode"] == "think" and x["answer"] == r["answer"] and x["think"])
-            assert x["answer"] == r["answer"] or x["mode"] != "think"
-        thinks = Counter(x["think"] for x in mine if x["mode"] == "think")
-        assert set(thinks.values()) == ({2} if r["think"] else set()) and (len(thinks) > 2 or not r["think"])
+        modes = sorted(x["mode"] for x in real if x["id"].split("#")[0] == r["id"]
+                       and (x["think"], x["answer"]) == (r["think"], r["answer"]))
+        assert modes == sorted(["no_think_soft", "no_think_hard"] + (["think"] if r["think"] else [])), r["id"]
+    assert len(real) == 3 * len(rows) - 1
+    split = _augment_module().sentences
+    think_side = {t for r in rows for t in split(r["think"])}
+    answer_side = {t for r in rows for t in split(r["answer"])}
+    for x in drill:
+        assert x["think"] and x["answer"] and _segments(x["think"], think_side | answer_side), x
+        assert _segments(x["answer"], think_side | answer_side), x
+    # the drill is the point: answers made of think sentences, and thinks of answer sentences
+    assert any(t in x["answer"] for x in drill for t in think_side - answer_side if len(t) > 8)
+    assert any(t in x["think"] for x in drill for t in answer_side - think_side if len(t) > 8)
     counts = {m: sum(r["mode"] == m for r in out) for m in ("think", "no_think_hard", "no_think_soft")}
-    assert counts["think"] > 6 * len(rows) and counts["no_think_soft"] == counts["no_think_hard"] > 3 * len(rows)
+    assert counts["think"] > counts["no_think_soft"] > len(rows) and counts["no_think_hard"] > len(rows)
     tok = models.load_tokenizer("tiny")
-    _, stats = prepare_examples(tmp_path / "aug" / "train.jsonl", tok, 4096, no_think_ratio=0.0)
+    _, stats = prepare_examples(train, tok, 4096, no_think_ratio=0.0)
     assert stats["modes"] == counts and stats["kept"] == len(out)
+
+
+def test_augment_refuses_bad_counts_with_the_fix(tmp_path):
+    from conftest import run_script
+
+    proc = run_script("demo/augment.py", f"--data_dir={tmp_path}", "--think_sentences=0", check=False)
+    assert proc.returncode != 0 and "train.jsonl not found: run data.py first" in proc.stderr
+    run_script("data.py", f"--dataset={ROOT / 'demo' / 'medical_demo.jsonl'}", f"--data_dir={tmp_path / 'data'}")
+    proc = run_script("demo/augment.py", f"--data_dir={tmp_path / 'data'}", "--think_sentences=0", check=False)
+    assert proc.returncode != 0 and "the sentence counts >= 1" in proc.stderr and "Traceback" not in proc.stderr
