@@ -5,8 +5,8 @@ the hard switch), the share of test predictions that finished in the right shape
 wants a closed, non-empty think, then a non-empty answer; off wants an empty think block or none, then a non-empty
 answer; an answer with a think tag inside (a second ``</think>``) or an output cut off at max_new_tokens obeys
 neither. The predictions of each mode are inference.py's files: OUTPUT for thinking on, ``<stem>.<mode>.jsonl``
-beside it for the others (``predict.mode_output``). This module measures (``measure``) and presents: the report section, adherence.png
-and think_status.png (what shape the outputs took, per model and mode).
+beside it for the others (``predict.mode_output``). This module measures (``measure``) and presents: the report
+section, adherence.png and think_status.png (what shape the outputs took, per model and mode).
 """
 from __future__ import annotations
 
