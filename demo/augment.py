@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: medsft is beside demo/
 
-from medsft.chat import MODES  # noqa: E402
+from medsft.adherence import MODES  # noqa: E402 - think, no_think_soft, no_think_hard
 from medsft.config import configure  # noqa: E402
 from medsft.io import MedsftError, dumps_json, dumps_jsonl, publish_files, read_jsonl  # noqa: E402
 
@@ -38,7 +38,7 @@ SEED = 0  # drill rows' seed: same rows + same seed => byte-identical output
 
 _SENTENCE = re.compile(r"[^。\n]*[。\n]")  # a sentence ends at 。 or a line break
 # drill modes, thinking twice as often: it is the switch with the most to learn (where to close)
-_DRILL_MODES = ("think", "think", "no_think_soft", "no_think_hard")
+_DRILL_MODES = ("think", *MODES)
 
 
 def sentences(text: str) -> list[str]:
@@ -49,18 +49,18 @@ def sentences(text: str) -> list[str]:
 def augment(rows: list[dict], drill_rows: int, think_sentences: int, answer_sentences: int, seed: int) -> list[dict]:
     """Each row in the three modes (rows with an empty think never train as thinking), then ``drill_rows`` rows whose
     think and answer are runs of sentences drawn from one pool of all thinks' and answers' sentences."""
-    out = []
-    for r in rows:
-        base = str(r.get("id") or r["question"])
-        out += [{**r, "id": f"{base}#{m}", "mode": m} for m in _DRILL_MODES[1:] if m != "think" or r["think"].strip()]
+    def row_id(r):
+        return str(r.get("id") or r["question"])
+
+    out = [{**r, "id": f"{row_id(r)}#{m}", "mode": m}
+           for r in rows for m in MODES if m != "think" or r["think"].strip()]
     pool = [s for field in ("think", "answer") for r in rows for s in sentences(r[field])]
     rng = random.Random(seed)
     for i in range(drill_rows if pool else 0):
         r, mode = rng.choice(rows), rng.choice(_DRILL_MODES)
         think = "".join(rng.choice(pool) for _ in range(rng.randint(1, think_sentences)))
         answer = "".join(rng.choice(pool) for _ in range(rng.randint(1, answer_sentences)))
-        out.append({**r, "id": f"{r.get('id') or r['question']}#drill{i}", "think": think, "answer": answer,
-                    "mode": mode})
+        out.append({**r, "id": f"{row_id(r)}#drill{i}", "think": think, "answer": answer, "mode": mode})
     return out
 
 

@@ -1,7 +1,7 @@
 """Mode adherence: does a model do what Qwen3's thinking switches ask, after fine-tuning as before it?
 
 For each model (base / full / LoRA) and each mode (thinking on; ``/no_think``, the soft switch; enable_thinking=False,
-the hard switch), the share of test predictions that finished in the right shape (``chat.follows_mode``): thinking on
+the hard switch), the share of test predictions that finished in the right shape (``chat.output_shape``): thinking on
 wants a closed, non-empty think, then a non-empty answer; off wants an empty think block or none, then a non-empty
 answer; an answer with a think tag inside (a second ``</think>``) or an output cut off at max_new_tokens obeys
 neither. The predictions of each mode are inference.py's files: OUTPUT for thinking on, ``<stem>.<mode>.jsonl``
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .chat import follows_mode, has_stray_tag, split_output
+from .chat import obeying_shapes
+from .chat import output_shape as shape  # which of SHAPES an output has
 
 MODES = ("think", "no_think_soft", "no_think_hard")  # chat.MODES in the order the issue, tables and charts use
 
@@ -27,26 +28,10 @@ SHAPES = (("think", "closed think with text", "#1f77b4"), ("empty_think", "empty
           ("stray_tag", "think tag inside the answer", "#9467bd"), ("cut_off", "cut off at max_new_tokens", "#7f7f7f"))
 
 
-def shape(output: str, finished: bool = True) -> str:
-    """Which of ``SHAPES`` a generated assistant text has (``finished``: it ended with end-of-turn)."""
-    think, answer, status = split_output(output)
-    if status == "unclosed":
-        return "unclosed"
-    if not finished:  # text that never ended is no answer of any shape: a random model's babble lands here
-        return "cut_off"
-    if has_stray_tag(answer):
-        return "stray_tag"
-    if not answer:
-        return "no_answer"
-    if status == "absent":
-        return "no_think"
-    return "think" if think else "empty_think"
-
-
 def measure(rows_by_mode: dict) -> dict:
     """{mode: {"rate", "ok", "n", "shapes"} or None (no predictions in that mode)} from prediction rows by mode.
 
-    A row obeys when it finished (end-of-turn before max_new_tokens) in the shape ``chat.follows_mode`` asks for.
+    A row obeys when it finished (end-of-turn before max_new_tokens) in a shape ``chat.obeying_shapes`` names.
     Only rows recorded in that mode count (a question of the thinking file that carried its own ``/no_think`` was
     asked something else)."""
     out = {}
@@ -57,8 +42,8 @@ def measure(rows_by_mode: dict) -> dict:
             continue
         rows = [r for r in rows if r.get("mode", "think") == mode]
         # only a finished answer obeys: text cut off at max_new_tokens without think tags is not a no-think answer
-        ok = sum(r.get("finished", True) is not False and follows_mode(r["output"], mode) for r in rows)
         shapes = Counter(shape(r["output"], r.get("finished", True) is not False) for r in rows)
+        ok = sum(shapes[key] for key in obeying_shapes(mode))
         out[mode] = {"rate": ok / len(rows) if rows else None, "ok": ok, "n": len(rows),
                      "shapes": {key: shapes.get(key, 0) for key, *_ in SHAPES}}
     return out

@@ -26,18 +26,36 @@ def question_mode(question: str, enable_thinking: bool = True) -> str:
     return "no_think_soft" if question.rfind("/no_think") > question.rfind("/think") else "think"
 
 
-def follows_mode(output: str, mode: str) -> bool:
-    """Does a generated assistant text have the shape ``mode`` asks for? think: a closed, non-empty think, then a
-    non-empty answer. no_think_*: an empty think block or none, then a non-empty answer. A think tag inside the
-    answer (a second ``</think>``, a new ``<think>``) obeys neither: the model lost track of where its think ended."""
+def output_shape(output: str, finished: bool = True) -> str:
+    """The shape of a generated assistant text (``finished``: it ended with end-of-turn): ``think`` (a closed,
+    non-empty think, then an answer), ``empty_think``, ``no_think`` (no think block), ``unclosed``, ``no_answer``,
+    ``stray_tag`` (a think tag inside the answer, such as a second ``</think>``: the model lost track of where its
+    think ended) or ``cut_off`` (it never ended)."""
     think, answer, status = split_output(output)
-    if has_stray_tag(answer):
-        return False
-    if mode == "think":
-        return status == "closed" and bool(think) and bool(answer)
+    if status == "unclosed":
+        return "unclosed"
+    if not finished:  # text that never ended is no answer of any shape: a random model's babble lands here
+        return "cut_off"
+    if THINK_OPEN in answer or THINK_CLOSE in answer:
+        return "stray_tag"
+    if not answer:
+        return "no_answer"
+    if status == "absent":
+        return "no_think"
+    return "think" if think else "empty_think"
+
+
+def obeying_shapes(mode: str) -> tuple[str, ...]:
+    """The ``output_shape`` values that obey ``mode``. think: a closed, non-empty think, then a non-empty answer.
+    no_think_*: an empty think block or none, then a non-empty answer."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-    return status in ("closed", "absent") and not think and bool(answer)
+    return ("think",) if mode == "think" else ("empty_think", "no_think")
+
+
+def follows_mode(output: str, mode: str) -> bool:
+    """Does a finished generated assistant text have the shape ``mode`` asks for (``obeying_shapes``)?"""
+    return output_shape(output) in obeying_shapes(mode)
 
 
 def build_messages(question, think=None, answer=None, system=None, history=None) -> list[dict]:
@@ -123,11 +141,6 @@ def example_modes(ids: list[str], no_think_ratio: float, seed: int) -> list[str]
         else:
             out.append("no_think_hard" if h < no_think_ratio / 2 else "no_think_soft")
     return out
-
-
-def has_stray_tag(answer: str) -> bool:
-    """Does the answer part of ``split_output`` still hold a think tag?"""
-    return THINK_OPEN in answer or THINK_CLOSE in answer
 
 
 def split_output(text: str) -> tuple[str, str, str]:
