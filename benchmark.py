@@ -11,9 +11,10 @@ after `</think>` (medsft/knowledge.py). Run it once per model, each under its ow
   python benchmark.py --score=results/benchmark_full.jsonl --name=full   # re-score answers, no model
 
 Writes in RESULTS_DIR: benchmark_<NAME>.jsonl (per item: subject, index, question, choices, gold, output, pred,
-correct, extraction, ...), benchmark_<NAME>.json (per subject and overall: accuracy, 95% Wilson interval,
-unextractable and truncated counts, decoding settings), benchmark_<NAME>.config.json, benchmark.png (every
-benchmark_*.json there), and rebuilds README.md there like the other evaluation stages. Resumable: rows are saved
+correct, extracted_by, ...), benchmark_<NAME>.json (per subject and overall: accuracy, 95% Wilson interval,
+unextractable, option-line and truncated counts, decoding settings, dataset revision), benchmark_<NAME>.config.json,
+benchmark.png (every benchmark_*.json there), and rebuilds README.md there like the other evaluation stages, with
+benchmark.pairs.json (each two models compared item by item: exact McNemar test). Resumable: rows are saved
 after every batch and a re-run generates only what is missing.
 """
 
@@ -29,9 +30,12 @@ from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError
 from medsft.model_checks import check_model, weights_fingerprint
+from medsft.models import hub_revision, pin_revision
 
 DATASET = "opencompass/cmmlu"  # ModelScope id (one subset per subject, split test) or a local folder of <subject>.csv
+DATASET_REVISION = ""  # ModelScope dataset version (branch, tag or commit) to load; "" = the hub's current (recorded)
 MODEL_DIR = "Qwen/Qwen3-1.7B"  # model spec (ModelScope id, trained dir, tiny) or a LoRA adapter dir (on its base)
+MODEL_REVISION = ""  # ModelScope revision of the model when it is a hub id (a tag, branch or commit id); "" = the hub's current (recorded)
 NAME = "base"  # this model's label in file names, the chart and the report: base | full | lora
 SUBJECTS = "anatomy,clinical_knowledge,college_medicine,genetics,nutrition,traditional_chinese_medicine,virology"  # CMMLU's
 LIMIT = 0  # items per subject, the first in file order; 0 = all (1,333 for the seven medical subjects)
@@ -59,7 +63,7 @@ def main():
     if SCORE:
         rows = knowledge.read_predictions(SCORE)
         old = knowledge.load_summaries(Path(SCORE).parent).get(Path(SCORE).stem.removeprefix("benchmark_"), {})
-        meta = {k: v for k, v in old.items() if k not in ("overall", "macro_accuracy", "by_subject", "extraction")}
+        meta = {k: v for k, v in old.items() if k not in knowledge.SCORED}
         meta = {"model": rows[0].get("model"), "adapter": rows[0].get("adapter"), **meta, "name": NAME,
                 "scored_from": str(SCORE)}
         finish(rows, meta, cfg, config_path)
@@ -71,7 +75,8 @@ def main():
         model = lora_base(check_adapter(adapter, flag="--model_dir"))
     else:
         model = check_model(MODEL_DIR, flag="--model_dir", producer="train.py")
-    items = knowledge.load_items(DATASET, knowledge.parse_subjects(SUBJECTS), LIMIT)
+    pin_revision(model, MODEL_REVISION)
+    items = knowledge.load_items(DATASET, knowledge.parse_subjects(SUBJECTS), LIMIT, DATASET_REVISION)
     rows_path = results / f"benchmark_{NAME}.jsonl"
     done = knowledge.load_done(rows_path, items, model, adapter)
     previous = knowledge.load_summaries(results).get(NAME) if rows_path.is_file() else None
@@ -82,6 +87,8 @@ def main():
     if previous is not None:
         old = previous.get("decoding") or {}
         diff = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in requested.items() if k in old and old[k] != v]
+        if previous.get("dataset_revision", DATASET_REVISION) != DATASET_REVISION:
+            diff.append(f"dataset_revision={previous['dataset_revision']!r} (now {DATASET_REVISION!r})")
         if previous.get("weights", weights) != weights:
             diff.append("other weights (retrained since?)")
         if diff:
@@ -91,8 +98,10 @@ def main():
     print(f"{DATASET}: {len(items)} items; {len(done)} already in {rows_path}, {len(todo)} to generate")
 
     # 4. Generate what is missing, saving the rows and the summary after every batch
-    meta = {"name": NAME, "model": model, "adapter": adapter, "weights": weights, "dataset": str(DATASET),
-            "split": "test", "limit": LIMIT, "n_items": len(items), "system": SYSTEM_PROMPT, "prompt": knowledge.PROMPT}
+    meta = {"name": NAME, "model": model, "model_revision": hub_revision(model), "adapter": adapter, "weights": weights,
+            "dataset": str(DATASET),
+            "dataset_revision": DATASET_REVISION, "split": "test", "limit": LIMIT, "n_items": len(items),
+            "system": SYSTEM_PROMPT, "prompt": knowledge.PROMPT}
     decoding = (previous or {}).get("decoding")
     if todo or decoding is None:
         used, run = knowledge.load_generator(model, adapter, max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE,
@@ -124,7 +133,8 @@ def finish(rows, meta, cfg, config_path):
     overall = knowledge.summarize(rows, meta)["overall"]
     lo, hi = overall["ci95"]
     print(f"{NAME}: accuracy {overall['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}) on {overall['n']} items; "
-          f"{overall['unextractable']} unextractable, {overall['truncated']} truncated at max_new_tokens")
+          f"{overall['unextractable']} unextractable, {overall['option_line']} read from a bare option line, "
+          f"{overall['truncated']} truncated at max_new_tokens")
     for path in written:
         print(f"wrote {path}")
 

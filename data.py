@@ -10,7 +10,10 @@ Writes  DATA_DIR/train.jsonl, val.jsonl, test.jsonl (rows: id, question, think, 
     python data.py --dataset=demo/medical_demo.jsonl        # offline: the project's 40-row demo set
     python data.py --dataset=my_rows.jsonl --data_dir=data_mine --seed=7
 
-Bad rows are reported one line each (file:line: reason), counted and skipped; good rows are kept. The stage
+Bad rows are reported one line each (file:line: reason), counted and skipped; good rows are kept. A row whose
+question, think or answer holds the text of a chat control token (`<|im_end|>`, `<|im_start|>`, `<tool_call>`…:
+medsft.chat.CONTROL_TOKENS, plus the added tokens of TOKENIZER when one is given) is one of them: it would be
+trained as a real turn (stats: rows_control_tokens); stray think tags are removed instead. The stage
 fails only when no usable row is left, or when a file is not UTF-8 as a whole (one message with the iconv command
 to convert it). A UTF-8 byte-order mark is ignored. Questions that differ only in whitespace or character width
 count as duplicates (stats: near_duplicates_merged). The five output files are published as one unit: after a
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medsft.chat import tokenize_example
+from medsft.chat import control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
 from medsft.io import (MedsftError, check_utf8, check_writable_dir, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
                        publish_files)
@@ -35,11 +38,12 @@ from medsft.io import (MedsftError, check_utf8, check_writable_dir, disk_errors,
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
 SUBSET = "default"  # ModelScope subset name (ignored for local files)
 SPLIT = "train"  # ModelScope split to read (ignored for local files)
+DATASET_REVISION = ""  # ModelScope dataset revision (a tag, branch or commit id); "" = the hub's current one
 DATA_DIR = "data"  # output directory for train/val/test.jsonl and stats.json
 SEED = 42  # shuffle seed: same input + same seed ⇒ byte-identical splits
 VAL_RATIO = 0.1  # share of rows in val.jsonl (at least 1 row)
 TEST_RATIO = 0.1  # share of rows in test.jsonl (at least 1 row); train gets the rest
-TOKENIZER = ""  # tokenizer for length stats: a model spec or dir; "" = $MEDSFT_TOKENIZER if set, else skip
+TOKENIZER = ""  # for length stats, its added tokens rejected too: model spec or dir; "" = $MEDSFT_TOKENIZER or none
 MAX_LENGTH = 2048  # tokens; stats count rows longer than this (train.py skips them)
 
 FIELDS = ("question", "think", "answer")
@@ -93,7 +97,7 @@ def read_table(f: Path):
         yield f"{f}:{i + 2}" if f.suffix == ".csv" else f"{f}: row {i + 1}", row, None
 
 
-def read_modelscope(name: str, subset: str, split: str):
+def read_modelscope(name: str, subset: str, split: str, revision: str = ""):
     from modelscope.msdatasets import MsDataset
 
     from medsft.models import _modelscope_reachable, modelscope_unreachable_reason
@@ -102,7 +106,9 @@ def read_modelscope(name: str, subset: str, split: str):
         raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({modelscope_unreachable_reason()}). "
                           "Use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a "
                           "directory of them), or --dataset=demo/medical_demo.jsonl for the offline demo")
-    ds = MsDataset.load(name, subset_name=subset, split=split)
+    # no dataset script from the hub ever runs here; a pinned revision makes a rerun read the same rows
+    ds = MsDataset.load(name, subset_name=subset, split=split, trust_remote_code=False,
+                        **({"version": revision} if revision else {}))
     for i, row in enumerate(ds, start=1):
         yield f"{name}: row {i}", dict(row), None
 
@@ -147,13 +153,19 @@ def question_key(question: str) -> str:
     return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
 
 
-def validate(source, counts: dict) -> tuple[list, list, list, int]:
-    """Check, clean and de-duplicate rows; print each bad row. Returns (kept, skipped, duplicates, rows read)."""
+def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list, list, int]:
+    """Check, clean and de-duplicate rows; print each bad row. Returns (kept, skipped, duplicates, rows read).
+    ``tokens``: the control-token texts a row must not hold (counted in ``counts["control_tokens"]``)."""
     kept, skipped, duplicates, seen = [], [], [], {}
     n_read = 0
     for where, row, err in source:
         n_read += 1
         err = err or problem(row)
+        hit = None if err else find_control_token(row, FIELDS, tokens)
+        if hit:
+            counts["control_tokens"] = counts.get("control_tokens", 0) + 1
+            err = (f"field '{hit[0]}' holds the chat control token {hit[1]!r}, which would be trained as a real turn;"
+                   " remove it from the row (or drop the row) in the source")
         if not err:
             row = clean(row, counts)
             err = problem(row)  # a field of only tags/whitespace is empty after cleaning
@@ -172,10 +184,7 @@ def validate(source, counts: dict) -> tuple[list, list, list, int]:
     return kept, skipped, duplicates, n_read
 
 
-def length_stats(rows: list[dict], tokenizer_spec: str, max_length: int) -> dict:
-    from medsft.models import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_spec)
+def length_stats(rows: list[dict], tok, tokenizer_spec: str, max_length: int) -> dict:
     lengths = [len(tokenize_example(tok, r, max_length=10**9)["input_ids"])
                for r in tqdm(rows, desc="token lengths", unit="row")]
     q = statistics.quantiles(lengths, n=100, method="inclusive") if len(lengths) > 1 else lengths * 99
@@ -195,15 +204,22 @@ def main():
         raise MedsftError(f"--val_ratio={VAL_RATIO} --test_ratio={TEST_RATIO}: each must be in (0, 1), sum < 1")
     check_writable_dir(out_dir, "data_dir")  # before a download and a pass over every row, not after
 
-    # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows
-    source = read_local(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT)
-    print(f"reading {DATASET}")
+    # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows; the tokenizer
+    # first, as its own added tokens are control tokens too
+    from medsft.models import load_tokenizer
+
+    tokenizer_spec = TOKENIZER or os.environ.get("MEDSFT_TOKENIZER", "")
+    tok = load_tokenizer(tokenizer_spec) if tokenizer_spec else None
+    source = read_local(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT, DATASET_REVISION)
+    print(f"reading {DATASET}" + (f" at revision {DATASET_REVISION}" if DATASET_REVISION and not is_local else ""))
 
     # 2. Validate, clean and de-duplicate; report each bad row on one line, keep the good ones
     counts = {"literal_newlines": 0, "think_tags": 0}
-    kept, skipped, duplicates, n_read = validate(source, counts)
+    kept, skipped, duplicates, n_read = validate(source, counts, control_tokens(tok))
+    n_control = counts.pop("control_tokens", 0)
     near = sum(not d["exact"] for d in duplicates)
-    print(f"read {n_read} rows: {len(kept)} kept, {len(skipped)} bad, {len(duplicates)} duplicate questions dropped "
+    print(f"read {n_read} rows: {len(kept)} kept, {len(skipped)} bad ({n_control} holding chat control tokens), "
+          f"{len(duplicates)} duplicate questions dropped "
           f"({near} differing only in whitespace or character width); cleaned {counts['literal_newlines']} rows "
           f"with literal \\n, {counts['think_tags']} with stray think tags")
     if not kept:
@@ -220,13 +236,13 @@ def main():
     splits = {"train": kept[n_val + n_test:], "val": kept[:n_val], "test": kept[n_val:n_val + n_test]}
 
     # 4. Token-length stats in the exact training format, when a tokenizer is at hand
-    tokenizer_spec = TOKENIZER or os.environ.get("MEDSFT_TOKENIZER", "")
-    lengths = length_stats(kept, tokenizer_spec, MAX_LENGTH) if tokenizer_spec else None
+    lengths = length_stats(kept, tok, tokenizer_spec, MAX_LENGTH) if tokenizer_spec else None
     if lengths is None:
         print("token-length stats skipped (no tokenizer): pass --tokenizer=DIR_OR_MODEL to get them")
 
     # 5. Publish the splits, stats and config as one unit: a failure leaves the previous run's files untouched
-    stats = {"dataset": DATASET, "seed": SEED, "rows_read": n_read, "rows_kept": n, "rows_bad": len(skipped),
+    stats = {"dataset": DATASET, "dataset_revision": None if is_local else DATASET_REVISION, "seed": SEED,
+             "rows_read": n_read, "rows_kept": n, "rows_bad": len(skipped), "rows_control_tokens": n_control,
              "duplicates_dropped": len(duplicates), "near_duplicates_merged": near, "cleaned": counts,
              "splits": {k: len(v) for k, v in splits.items()}, "token_lengths": lengths,
              "skipped": skipped, "duplicates": duplicates}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medsft import evaluation, report
 from medsft.config import configure, save_config
+from medsft.judge import public_url
 
 PREDICTIONS = "results/predictions_full.jsonl"  # predictions of the full fine-tune (made by inference.py)
 MODEL_DIR = "output/full"  # the full fine-tune: records its base; named in the command for a missing file
@@ -36,7 +37,7 @@ REPEAT_THRESHOLD = 0.8  # step similarity (0-1) from which a generated step repe
 FLOOR_SEED = 0  # seed of the fixed permutation (no sample paired with itself) behind the chance floor
 WORKERS = 2  # processes sharing the scoring (1 = in this process); results do not depend on it
 JUDGE = "none"  # none (offline scores only) | openai (also an LLM judge through an OpenAI-compatible API)
-JUDGE_BASE_URL = "https://api.openai.com/v1"  # OpenAI-compatible endpoint; /chat/completions is appended
+JUDGE_BASE_URL = "https://api.openai.com/v1"  # OpenAI-compatible endpoint: https (http: loopback only)
 JUDGE_MODEL = "gpt-4o-mini"  # judge model name at that endpoint
 JUDGE_API_KEY_ENV = "OPENAI_API_KEY"  # environment variable holding the judge's API key (never logged or written)
 JUDGE_RETRIES = 3  # extra tries of a judge call after an HTTP error or a malformed reply
@@ -45,8 +46,9 @@ JUDGE_WORKERS = 4  # judge requests in flight at once
 
 def main():
     cfg = configure(globals())
-    # 1. Check the prediction files (else stop with the command that makes them), the judge key, RESULTS_DIR
-    targets = evaluation.targets(cfg, "full")
+    # 1. Check the prediction files (each exactly TEST_FILE's questions, else stop with the command that makes or
+    #    completes it), the judge key and URL, RESULTS_DIR
+    targets = evaluation.targets(cfg, "full", modes=True)
     api_key = evaluation.judge_key(cfg)
     evaluation.check_results_dir(cfg)
     # 2. Score base and full fine-tune on the same split and IDF scale
@@ -54,7 +56,9 @@ def main():
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
     with evaluation.writing_results(RESULTS_DIR):
         written += report.build(RESULTS_DIR)
-        written.append(save_config(cfg, Path(RESULTS_DIR) / "evaluate_config.json"))
+        # the URL without credentials or query string, which may carry a secret
+        written.append(save_config({**cfg, "JUDGE_BASE_URL": public_url(cfg["JUDGE_BASE_URL"])},
+                                   Path(RESULTS_DIR) / "evaluate_config.json"))
     for path in written:
         print(f"wrote {path}")
 

@@ -29,9 +29,11 @@ from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError, disk_errors
 from medsft.model_checks import check_model
+from medsft.models import hub_revision, pin_revision
 from medsft.predict import check_switches, mode_output, predict_file
 
 MODEL_DIR = "output/full"  # model spec: a trained dir, a ModelScope id (Qwen/Qwen3-1.7B = untuned base) or tiny
+MODEL_REVISION = ""  # ModelScope revision of MODEL_DIR when it is a hub id (a tag, branch or commit id); "" = the hub's current (a whole cached snapshot is reused)
 QUESTION = ""  # one question to answer (streamed), then exit; "" = no single question
 INPUT = ""  # JSONL split to predict (rows with question[, id, think, answer]), e.g. data/test.jsonl; "" = chat
 OUTPUT = "results/predictions_full.jsonl"  # batch predictions (resumed if present); summary beside it
@@ -49,6 +51,7 @@ BACKEND = "transformers"  # transformers | vllm (batch mode only; needs `pip ins
 
 def main():
     cfg = configure(globals())
+    pin_revision(MODEL_DIR, MODEL_REVISION)
     # 1. Check the mode, the model and the backend before loading anything (predict_file checks INPUT and OUTPUT)
     mode = choose_mode(QUESTION, INPUT)
     check_model(MODEL_DIR, flag="--model_dir", producer="train.py")
@@ -64,7 +67,8 @@ def main():
         predict_file(MODEL_DIR, INPUT, output, batch_size=BATCH_SIZE, backend=BACKEND, enable_thinking=ENABLE_THINKING,
                      soft_switch=SOFT_SWITCH, **decoding)
         with disk_errors(output.parent, None):  # the predictions are complete: a re-run only writes this
-            print(f"wrote {save_config({**cfg, 'OUTPUT': str(output)}, output.with_suffix('.config.json'))}")
+            used = {**cfg, "OUTPUT": str(output), "RESOLVED_REVISION": hub_revision(MODEL_DIR)}  # None: not a hub id
+            print(f"wrote {save_config(used, output.with_suffix('.config.json'))}")
         return
 
     # 3. One question or the interactive chat, streamed token by token

@@ -14,6 +14,8 @@ AutoModelForCausalLM and gives the same greedy answers as base + adapter: `pytho
 --model_dir=output/lora-merged`.
 """
 
+import json
+from pathlib import Path
 
 from medsft.adapters import check_adapter, load_for_inference, lora_base, merge_lora
 from medsft.backends import check_backend
@@ -21,10 +23,12 @@ from medsft.chat_repl import chat, choose_mode
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
 from medsft.io import MedsftError, disk_errors
+from medsft.models import hub_revision, pin_revision
 from medsft.predict import check_switches, mode_output, predict_file
 
 ADAPTER_DIR = "output/lora"  # LoRA adapter directory (adapter_config.json + adapter weights)
 BASE_MODEL = None  # base model spec; None = the base recorded in the adapter (adapter_config.json)
+MODEL_REVISION = ""  # ModelScope revision of the base when it is a hub id (a tag, branch or commit id); "" = the one the adapter was trained on (its train_config.json), else the hub's current
 MERGE = False  # true: fold the adapter into the base, write MERGED_DIR and exit
 MERGED_DIR = "output/lora-merged"  # where --merge=true writes the merged model (replaced when complete)
 QUESTION = ""  # one question to answer (streamed), then exit; "" = no single question
@@ -42,11 +46,23 @@ BATCH_SIZE = 8  # questions generated together in batch mode (left-padded, sorte
 BACKEND = "transformers"  # transformers | vllm (batch mode only, LoRA through vLLM's LoRA support)
 
 
+
+def _trained_revision(adapter_dir, base) -> str:
+    """The MODEL_REVISION train_lora.py trained the adapter with, if its base was ``base`` ("" when none is recorded)."""
+    try:
+        conf = json.loads((Path(adapter_dir) / "train_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    same = isinstance(conf, dict) and conf.get("MODEL") == base
+    return str(conf.get("MODEL_REVISION") or "") if same else ""
+
+
 def main():
     cfg = configure(globals())
     # 1. Check the adapter, its base, the mode and the backend before loading anything
     check_adapter(ADAPTER_DIR, flag="--adapter_dir", producer="train_lora.py")
     base = lora_base(ADAPTER_DIR, BASE_MODEL)
+    pin_revision(base, MODEL_REVISION or _trained_revision(ADAPTER_DIR, base))  # an adapter fits its base's revision
     mode = "merge" if MERGE else choose_mode(QUESTION, INPUT)
     if MERGE and (QUESTION or INPUT):
         raise MedsftError("--merge=true only writes the merged model; then predict or chat with it: "
@@ -68,7 +84,8 @@ def main():
         predict_file(base, INPUT, output, adapter_dir=ADAPTER_DIR, batch_size=BATCH_SIZE, backend=BACKEND,
                      enable_thinking=ENABLE_THINKING, soft_switch=SOFT_SWITCH, **decoding)
         with disk_errors(output.parent, None):  # the predictions are complete: a re-run only writes this
-            print(f"wrote {save_config({**cfg, 'OUTPUT': str(output)}, output.with_suffix('.config.json'))}")
+            used = {**cfg, "OUTPUT": str(output), "RESOLVED_REVISION": hub_revision(base)}  # None: not a hub id
+            print(f"wrote {save_config(used, output.with_suffix('.config.json'))}")
         return
 
     # 4. One question or the interactive chat, streamed token by token

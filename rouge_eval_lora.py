@@ -28,7 +28,8 @@ WORKERS = 2  # processes sharing the ROUGE work (1 = in this process); results d
 
 def main():
     cfg = configure(globals())
-    # 1. Check the prediction files (else stop with the command that makes them) and that RESULTS_DIR is writable
+    # 1. Check the prediction files (each exactly TEST_FILE's questions, else stop with the command that makes or
+    #    completes it) and that RESULTS_DIR is writable
     targets = evaluation.targets(cfg, "lora")
     evaluation.check_results_dir(cfg)
     # 2. Score base and LoRA in the three views

@@ -15,10 +15,11 @@ and schedule. Every efficiency constant defaults to "auto" (the choice is printe
 """
 
 from medsft.config import configure
-from medsft.models import load_tokenizer
+from medsft.models import load_tokenizer, pin_revision
 from medsft import report, training
 
 MODEL = "Qwen/Qwen3-1.7B"  # model spec: ModelScope id, local Hugging Face dir, or "tiny" (random 2-layer Qwen3 for CPU demos)
+MODEL_REVISION = ""  # ModelScope revision of MODEL when it is a hub id (a tag, branch or commit id); "" = the hub's current (a whole cached snapshot is reused); results record which
 DATA_DIR = "data"  # folder with train.jsonl and val.jsonl (written by data.py)
 OUTPUT_DIR = "output/full"  # trained model, tokenizer, checkpoints, trainer_state.json, train_config.json
 RESULTS_DIR = "results"  # train_full.json and the charts trainloss.png / evalloss.png
@@ -60,6 +61,7 @@ PREVIEW_MAX_NEW_TOKENS = 256  # tokens per preview answer at most
 def main():
     training.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
     cfg = configure(globals())
+    pin_revision(MODEL, MODEL_REVISION)  # every download of MODEL in this process (and each of a launch) asks for it
     # 1. Fail fast, before loading weights: data present, memory estimate vs this GPU, OUTPUT_DIR state
     #    (--dry_run=true prints the estimate and exits here). Under torchrun / accelerate launch every process joins
     #    one run here; rank 0 alone does the OUTPUT_DIR bookkeeping and, below, writes every output

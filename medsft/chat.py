@@ -2,9 +2,16 @@
 
 Training renders [system, user, assistant] with the tokenizer's chat template and masks exactly the generation
 prompt that inference feeds the model, so what the model learns to continue is what it is later asked to continue.
+Text never becomes a control token: rows holding one (``CONTROL_TOKENS``) are rejected before training, and
+inference tokenizes message contents as plain text (``prompt_ids``).
 """
 
 from __future__ import annotations
+
+import json
+import re
+import uuid
+import weakref
 
 SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -16,6 +23,14 @@ STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answe
 MODES = ("think", "no_think_hard", "no_think_soft")
 SOFT_SWITCH = {"no_think_soft": " /no_think"}
 SWITCHES = ("/think", "/no_think")  # Qwen3's soft switches, typed in a user turn
+# The texts of the Qwen3 tokenizer family's added tokens other than the think tags, in id order (a test keeps it equal
+# to the real tokenizer's): in a row's text they would be parsed as turns or tool/vision/FIM markers, so data.py and
+# prepare_examples reject such rows, and inference tokenizes message contents without parsing any of them.
+CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                  "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+                  "<|file_sep|>", "<tool_response>", "</tool_response>")
 
 
 def question_mode(question: str, enable_thinking: bool = True) -> str:
@@ -79,13 +94,89 @@ def _template(tokenizer, messages, mode: str, **kw) -> str:
 
 
 def prompt_text(tokenizer, question, system=None, history=None, mode: str = "think") -> str:
-    """The generation prompt inference feeds the model (ends with ``<|im_start|>assistant\\n``, plus the closed
-    empty think block in ``no_think_hard`` mode). ``no_think_soft`` appends `` /no_think`` to the question unless
-    the question already switches thinking off itself."""
+    """The generation prompt inference feeds the model, as text (ends with ``<|im_start|>assistant\\n``, plus the
+    closed empty think block in ``no_think_hard`` mode); the model is fed its ``prompt_ids``. ``no_think_soft``
+    appends `` /no_think`` to the question unless the question already switches thinking off itself."""
+    return _template(tokenizer, _prompt_messages(question, system, history, mode), mode, add_generation_prompt=True)
+
+
+def _prompt_messages(question, system, history, mode: str) -> list[dict]:
     if mode == "no_think_soft" and question_mode(question) != mode:
         question = question + SOFT_SWITCH[mode]
-    return _template(tokenizer, build_messages(question, system=system, history=history), mode,
-                     add_generation_prompt=True)
+    return build_messages(question, system=system, history=history)
+
+
+def control_tokens(tokenizer=None) -> tuple[str, ...]:
+    """``CONTROL_TOKENS`` plus ``tokenizer``'s own added tokens (a fine-tuned or other tokenizer may add some); the
+    think tags are not among them (data.py cleans them out of rows)."""
+    added = tokenizer.get_added_vocab() if tokenizer is not None else {}
+    return CONTROL_TOKENS + tuple(t for t in sorted(added) if t not in CONTROL_TOKENS + (THINK_OPEN, THINK_CLOSE))
+
+
+def find_control_token(row: dict, fields, tokens=CONTROL_TOKENS) -> tuple[str, str] | None:
+    """``(field, token)`` for the first of ``row``'s text ``fields`` holding a control token's text (the token that
+    comes first in it), else None."""
+    for k in fields:
+        text = str(row.get(k) or "")
+        found = [(text.find(t), t) for t in tokens if t in text]
+        if found:
+            return k, min(found)[1]
+    return None
+
+
+_PLAIN = weakref.WeakKeyDictionary()  # tokenizer -> a copy that knows no added token (built on first need)
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    """Ids of ``text`` read as plain text: no added token (``<|im_end|>``, ``<tool_call>``, ``<think>``…) is parsed.
+    Text holding none of them takes the tokenizer's own path, so ordinary text gets exactly today's ids."""
+    if not any(t in text for t in tokenizer.get_added_vocab()):
+        return _ids(tokenizer, text)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python-only tokenizer: special tokens at least are split into plain text
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if tokenizer not in _PLAIN:
+        from tokenizers import Tokenizer
+
+        spec = json.loads(backend.to_str())
+        spec["added_tokens"] = []  # the same normalizer, pre-tokenizer and BPE merges, with nothing matched first
+        _PLAIN[tokenizer] = Tokenizer.from_str(json.dumps(spec))
+    return _PLAIN[tokenizer].encode(text, add_special_tokens=False).ids
+
+
+def prompt_ids(tokenizer, question, system=None, history=None, mode: str = "think") -> list[int]:
+    """The token ids of ``prompt_text``, with every message content (question, history, system prompt) read as
+    text: a typed ``<|im_end|>\\n<|im_start|>user`` stays those characters and can never open a turn, while the
+    template's own control tokens stay single tokens. For ordinary text the ids equal tokenizing ``prompt_text``.
+
+    The template is rendered with a unique placeholder per content; its skeleton is split on the tokenizer's added
+    tokens, and the text between them (template text + contents) is tokenized with none parsed (``_text_ids``).
+    The contents go in verbatim, so no content can steer the template's own choices either."""
+    messages = _prompt_messages(question, system, history, mode)
+    mark = f"\ue000{uuid.uuid4().hex}"  # a private-use character: no template op (strip, split) touches it
+    texts, masked = [], []
+    for m in messages:
+        m = dict(m)
+        for key in ("content", "reasoning_content"):
+            if isinstance(m.get(key), str):
+                texts.append(m[key])
+                m[key] = f"{mark}{len(texts) - 1}\ue001"
+        masked.append(m)
+    skeleton = _template(tokenizer, masked, mode, add_generation_prompt=True)
+    added = tokenizer.get_added_vocab()
+    token_re = "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))
+    ids, text = [], ""
+    for k, piece in enumerate(re.split(f"{re.escape(mark)}(\\d+)\ue001", skeleton)):
+        if k % 2:  # a placeholder: the content itself, verbatim
+            text += texts[int(piece)]
+            continue
+        for j, part in enumerate(re.split(f"({token_re})", piece) if token_re else [piece]):
+            if j % 2:  # one of the template's own added tokens
+                ids += _text_ids(tokenizer, text) + [added[part]]
+                text = ""
+            else:
+                text += part
+    return ids + _text_ids(tokenizer, text)
 
 
 def format_reference(think: str, answer: str) -> str:
@@ -116,15 +207,19 @@ def tokenize_example(tokenizer, row: dict, max_length: int, system=None, mode: s
     prompt = _template(tokenizer, messages[:-1], mode, add_generation_prompt=True)
     if not full.startswith(prompt):
         raise ValueError("chat template does not render the generation prompt as a prefix of the full conversation")
-    prompt_ids = _ids(tokenizer, prompt)
+    head = _ids(tokenizer, prompt)
     input_ids = _ids(tokenizer, full)
-    if input_ids[: len(prompt_ids)] != prompt_ids:
+    if input_ids[: len(head)] != head:
         raise ValueError("prompt tokens differ between the prompt alone and the full conversation")
     if len(input_ids) > max_length:
         return None
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     end = len(input_ids) - input_ids[::-1].index(eos)  # just past the assistant's <|im_end|>
-    labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids):end] + [IGNORE_INDEX] * (len(input_ids) - end)
+    n_ends = input_ids[len(head):end].count(eos)
+    if n_ends != 1:  # e.g. "<|im_end|>" in the answer's text: a fake turn would be learned as assistant output
+        raise ValueError(f"the example supervises {n_ends} end-of-turn tokens ({tokenizer.convert_ids_to_tokens(eos)}),"
+                         " expected exactly 1: a field holds a chat control token; reject the row (data.py does)")
+    labels = [IGNORE_INDEX] * len(head) + input_ids[len(head):end] + [IGNORE_INDEX] * (len(input_ids) - end)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
 

@@ -306,19 +306,22 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def cot_scores(rows: list[dict], *, tau: float = 0.2, repeat_threshold: float = 0.8, floor_seed: int = 0,
-               workers: int = 2, progress: bool = True):
+def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_threshold: float = 0.8,
+               floor_seed: int = 0, workers: int = 2, progress: bool = True):
     """Offline chain-of-thought scores of prediction rows, with their baselines. Returns (summary, per_sample).
 
-    IDF comes from the reference think+answer texts of these rows, so every model scored on the same split is on
-    the same scale. A sample whose generated think has no step scores 0 and is counted in n_no_think; a row asked
-    not to think (its ``mode`` is not ``think``) has no think score (None: "n/a") and is left out of every mean,
-    baselines included, and counted in n_think_na. `workers` processes share the rows (1 = this process); the
-    results do not depend on it.
+    IDF comes from ``references``, the reference think+answer texts of the split (evaluation passes TEST_FILE's), so
+    a row's score does not depend on which other rows are scored and every model is on the same scale; None takes
+    these rows' own references (the same, when the rows are the whole split). A sample whose generated think has no
+    step scores 0 and is counted in n_no_think; a row asked not to think (its ``mode`` is not ``think``) has no
+    think score (None: "n/a") and is left out of every mean, baselines included, and counted in n_think_na.
+    `workers` processes share the rows (1 = this process); the results do not depend on it.
     """
     from tqdm import tqdm
 
-    idf = BigramIdf((r.get("ref_think") or "") + "\n" + (r.get("ref_answer") or "") for r in rows)
+    own = references is None
+    idf = BigramIdf((r.get("ref_think") or "") + "\n" + (r.get("ref_answer") or "") for r in rows) if own else \
+        BigramIdf(references)
     n = len(rows)
     perm = derangement(n, floor_seed) if n >= 2 else None
     items = [(i, rows[i].get("think") or "", rows[i].get("ref_think") or "", rows[i].get("ref_answer") or "",
@@ -366,7 +369,8 @@ def cot_scores(rows: list[dict], *, tau: float = 0.2, repeat_threshold: float = 
     summary = {
         "n": n, "n_scored": len(scored), "n_think_na": n - len(scored),
         "tau": tau, "repeat_threshold": repeat_threshold, "floor_seed": floor_seed,
-        "similarity": "IDF-weighted character-bigram Dice; IDF from the reference think+answer texts of these rows",
+        "similarity": "IDF-weighted character-bigram Dice; IDF from the reference think+answer texts of "
+                      + ("these rows" if own else f"the split ({idf.n_docs} rows)"),
         "matching": MATCHING, "reference": "steps of the reference think (recall and precision alike)",
         "scores": scores, "chance_floor": floor, "baselines": baselines,
         "n_no_think": sum(1 for item in scored if item["no_think"]),

@@ -4,23 +4,27 @@ Which prediction files to score (the tuned model's and, unless EVAL_BASE is off,
 reading and checking them, and writing each model's summary + per-sample files. Model tags: base / full / lora.
 A missing prediction file stops the script with the exact inference.py / inference_lora.py command that makes it,
 because scoring must never silently generate with settings that differ from the predictions of the other models.
+Every file must hold exactly TEST_FILE's questions (same question, same reference), else the script stops before
+scoring anything (an incomplete file: with the command that completes it), and its rows are scored in TEST_FILE's
+order: so base, full and LoRA are scored on the same questions, with the same chance pairs and IDF.
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import adherence, metrics
 from .chat import STATUSES
-from .io import MedsftError, check_writable_dir, disk_errors, iter_jsonl, read_jsonl, write_json, write_jsonl
-from .judge import Judge, JudgeConfigError
-from .models import base_model_of
-from .predict import mode_output, summary_path
+from .io import MedsftError, check_writable_dir, disk_errors, iter_jsonl, write_json, write_jsonl
+from .judge import Judge, JudgeConfigError, check_base_url
+from .models import UNPINNED, base_model_of
+from .predict import mode_output, read_questions, summary_path
 
 DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "backend")
+RESUME_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "batch_size", "backend")
 
 
 @dataclass
@@ -30,6 +34,8 @@ class Target:
     tag: str
     path: Path
     command: str = ""
+    rows: list = field(default_factory=list)  # its predictions, checked against TEST_FILE, in TEST_FILE's order
+    modes: dict = field(default_factory=dict)  # mode -> the rows of its <stem>.<mode>.jsonl (None: no such file)
 
 
 def _rows_model(path: Path) -> tuple[str | None, str | None]:
@@ -61,10 +67,55 @@ def _base_spec(cfg: dict, run_dir, tuned: Path) -> str | None:
     return spec
 
 
-def targets(cfg: dict, tag: str) -> list[Target]:
-    """The prediction files to score, base first. A missing one stops the script (before anything is scored) with
-    the inference command that makes it. `cfg` is a script's resolved constants (MODEL_DIR for full, ADAPTER_DIR
-    for lora)."""
+def _resume_flags(path: Path) -> str:
+    """The decoding flags a predictions file was started with (from its summary), so that inference.py resumes it
+    rather than refusing other settings."""
+    try:
+        s = json.loads(summary_path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    if not isinstance(s, dict):
+        return ""
+    flags = "".join(f" --{k}={json.dumps(s[k]) if isinstance(s[k], bool) else shlex.quote(str(s[k]))}"
+                    for k in RESUME_KEYS if s.get(k) is not None)
+    pinned = str(s.get("model_revision") or "")
+    if pinned and not pinned.startswith(UNPINNED):  # the same weights: a pinned hub revision stays pinned
+        flags += f" --model_revision={shlex.quote(pinned)}"
+    return flags
+
+
+def _same_rows(path: Path, rows: list[dict], test: dict, test_file, command: str) -> list[dict]:
+    """``rows`` in TEST_FILE's order, or MedsftError when they are not exactly its questions (same question and
+    reference), so every model of one evaluation is scored on the same questions."""
+    stale = [r["id"] for r in rows if r["id"] not in test or
+             (test[r["id"]]["question"], test[r["id"]]["ref_think"], test[r["id"]]["ref_answer"]) !=
+             (r.get("question"), r["ref_think"], r["ref_answer"])]
+    if stale:  # e.g. data.py re-run with another seed: never score models on different questions
+        raise MedsftError(f"{path}: {len(stale)} predictions (e.g. id {stale[0]!r}) are not questions of {test_file} "
+                          "(or their reference differs): it was predicted on another split; move it (and its "
+                          ".summary.json) aside to predict again, or pass --test_file")
+    by_id = {r["id"]: r for r in rows}
+    missing = [rid for rid in test if rid not in by_id]
+    if missing:
+        raise MedsftError(f"{path}: {len(missing)} of the {len(test)} questions of {test_file} have no prediction "
+                          f"(e.g. id {missing[0]!r}): every model is scored on the same questions, so complete it "
+                          "first (inference.py skips the rows already written):\n  " + command + _resume_flags(path))
+    return [by_id[rid] for rid in test]
+
+
+def _test_split(test_file) -> dict:
+    """TEST_FILE's rows by id, read as inference.py reads them."""
+    if not Path(test_file).is_file():
+        raise MedsftError(f"{test_file} not found: predictions are checked against the split they were made of; "
+                          "pass --test_file=<that split>")
+    return {r["id"]: r for r in read_questions(test_file)}
+
+
+def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
+    """The prediction files to score, base first, each loaded and checked to hold exactly TEST_FILE's questions
+    (with ``modes``, also the ``<stem>.<mode>.jsonl`` files beside them that exist). A missing, incomplete or
+    foreign file stops the script before anything is scored, with the inference command that makes or completes
+    it. `cfg` is a script's resolved constants (MODEL_DIR for full, ADAPTER_DIR for lora)."""
     if tag not in ("full", "lora"):
         raise ValueError(f"tag must be full or lora, not {tag!r}")
     run_dir = cfg["MODEL_DIR"] if tag == "full" else cfg["ADAPTER_DIR"]
@@ -83,6 +134,18 @@ def targets(cfg: dict, tag: str) -> list[Target]:
                           "predictions and never make them, so every model is scored on predictions made with the "
                           f"same settings; make {'them' if len(missing) > 1 else 'it'} first{also}:\n"
                           + "\n".join(f"  {t.command}" for t in missing))
+    files = [(t, None, t.path, t.command) for t in out]  # (target, mode, file, the command that makes it)
+    for t in out if modes else ():
+        files += [(t, mode, mode_output(t.path, mode), f"{t.command} {adherence.FLAGS[mode]}")
+                  for mode in adherence.MODES[1:]]
+    loaded = [load_predictions(path) if path.is_file() else None for _, _, path, _ in files]  # bad rows first
+    test = _test_split(cfg["TEST_FILE"])
+    for (t, mode, path, command), rows in zip(files, loaded):
+        rows = None if rows is None else _same_rows(path, rows, test, cfg["TEST_FILE"], command)
+        if mode is None:
+            t.rows = rows
+        else:
+            t.modes[mode] = rows
     return out
 
 
@@ -118,7 +181,7 @@ def load_predictions(path) -> list[dict]:
     return rows
 
 
-def describe(path, rows: list[dict], test_file=None) -> dict:
+def describe(path, rows: list[dict]) -> dict:
     """What was scored: the file, its model, n, and the decoding settings from the inference summary beside it."""
     path = Path(path)
     info = {"path": str(path), "n": len(rows), "model": None, "adapter": None, "decoding": None}
@@ -133,17 +196,6 @@ def describe(path, rows: list[dict], test_file=None) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MedsftError(f"{spath}: not valid JSON ({e}); delete it or rerun inference.py") from None
         info["decoding"] = {k: s.get(k) for k in DECODING_KEYS if k in s}
-    if test_file and Path(test_file).is_file():
-        questions = {r.get("id"): r.get("question") for r in read_jsonl(test_file)}
-        stale = [r["id"] for r in rows if questions.get(r["id"], None) != r.get("question")]
-        if stale:  # e.g. data.py re-run with another seed: never score models on different questions
-            raise MedsftError(f"{path}: {len(stale)} predictions (e.g. id {stale[0]!r}) are not questions of "
-                              f"{test_file}: it was predicted on another split; delete it (and its .summary.json) "
-                              "to predict again, or pass --test_file")
-        n_test = len(questions)
-        if n_test != len(rows):
-            print(f"warning: {path} has {len(rows)} predictions but {test_file} has {n_test} questions; "
-                  "scores cover the predicted rows only (resume with inference.py to complete it)")
     return info
 
 
@@ -175,33 +227,37 @@ def judge_key(cfg: dict) -> str | None:
     if not key.strip():
         raise MedsftError(f"--judge=openai needs an API key in the environment variable {cfg['JUDGE_API_KEY_ENV']} "
                           "(export it, or name another with --judge_api_key_env=NAME)")
+    try:
+        check_base_url(cfg["JUDGE_BASE_URL"])
+    except JudgeConfigError as e:
+        raise MedsftError(f"--judge_base_url: {e}") from None
     return key.strip()
 
 
 def run_judge(cfg: dict, api_key: str, rows: list[dict], per_sample: list[dict]) -> dict:
-    judge = Judge(cfg["JUDGE_BASE_URL"], cfg["JUDGE_MODEL"], api_key, Path(cfg["RESULTS_DIR"]) / "judge_cache.jsonl",
-                  retries=cfg["JUDGE_RETRIES"], workers=cfg["JUDGE_WORKERS"])
     try:
+        judge = Judge(cfg["JUDGE_BASE_URL"], cfg["JUDGE_MODEL"], api_key,
+                      Path(cfg["RESULTS_DIR"]) / "judge_cache.jsonl", retries=cfg["JUDGE_RETRIES"],
+                      workers=cfg["JUDGE_WORKERS"])
         return judge.score_rows(rows, per_sample, metrics.split_steps)
     except JudgeConfigError as e:
         raise MedsftError(f"judge: {e}; check --judge_base_url, --judge_model and the key in "
                           f"${cfg['JUDGE_API_KEY_ENV']}") from None
 
 
-def mode_adherence(cfg: dict, t: Target, rows: list[dict]) -> dict:
-    """Adherence of one model in every mode: ``rows`` (thinking on) and the ``<stem>.<mode>.jsonl`` files beside
-    ``t.path`` that inference.py writes with --soft_switch=/no_think or --enable_thinking=false. A missing file
-    leaves its mode unmeasured (None) and prints the command that makes it; the other modes are still measured."""
-    by_mode, files = {"think": rows}, {"think": str(t.path)}
+def mode_adherence(t: Target) -> dict:
+    """Adherence of one model in every mode: ``t.rows`` (thinking on) and ``t.modes``, the ``<stem>.<mode>.jsonl``
+    files beside ``t.path`` that inference.py writes with --soft_switch=/no_think or --enable_thinking=false. A
+    missing file leaves its mode unmeasured (None) and prints the command that makes it; the other modes are still
+    measured."""
+    by_mode, files = {"think": t.rows}, {"think": str(t.path)}
     for mode in adherence.MODES[1:]:
         path = mode_output(t.path, mode)
-        if not path.is_file():
-            by_mode[mode] = None
+        by_mode[mode] = t.modes.get(mode)
+        if by_mode[mode] is None:
             print(f"{t.tag}: {adherence.SHORT[mode]} adherence not measured: no {path}; make it with\n  "
                   f"{t.command} {adherence.FLAGS[mode]}")
             continue
-        by_mode[mode] = load_predictions(path)
-        describe(path, by_mode[mode], cfg["TEST_FILE"])  # same split as the thinking predictions, or stop
         files[mode] = str(path)
     out = adherence.measure(by_mode)
     for mode, entry in out.items():
@@ -216,11 +272,14 @@ def _f(value) -> str:
 
 def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
     """Chain-of-thought scores and mode adherence of one model -> RESULTS_DIR/cot_<tag>.json + .jsonl."""
-    rows = load_predictions(t.path)
-    info = describe(t.path, rows, cfg["TEST_FILE"])
-    summary, per_sample = metrics.cot_scores(rows, tau=cfg["TAU"], repeat_threshold=cfg["REPEAT_THRESHOLD"],
-                                             floor_seed=cfg["FLOOR_SEED"], workers=cfg.get("WORKERS", 2))
-    summary = {"tag": t.tag, "predictions": info, **summary, "adherence": mode_adherence(cfg, t, rows),
+    rows = t.rows
+    info = describe(t.path, rows)
+    # IDF from the split's references, not from the rows scored: every model on one scale
+    references = [r["ref_think"] + "\n" + r["ref_answer"] for r in _test_split(cfg["TEST_FILE"]).values()]
+    summary, per_sample = metrics.cot_scores(rows, references=references, tau=cfg["TAU"],
+                                             repeat_threshold=cfg["REPEAT_THRESHOLD"], floor_seed=cfg["FLOOR_SEED"],
+                                             workers=cfg.get("WORKERS", 2))
+    summary = {"tag": t.tag, "predictions": info, **summary, "adherence": mode_adherence(t),
                "judge": run_judge(cfg, api_key, rows, per_sample) if api_key else None}
     s, base = summary["scores"], summary["baselines"]
     lines = ", ".join(f"{name.replace('_', '-')} {_f(base[name]['f1'])}" for name in metrics.BASELINES if base[name])
@@ -228,13 +287,18 @@ def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
           f"(baseline F1: {lines}); n={summary['n']}, no think {summary['n_no_think']}, "
           f"not asked to think {summary['n_think_na']}")
     print(f"{t.tag}: adherence {adherence.line(summary['adherence'])}")
+    if summary["judge"]:
+        j = summary["judge"]
+        print(f"{t.tag}: LLM judge F1 {_f(j['f1'])} over {j['n_scored']} samples ({j['n_judged']} judged, "
+              f"{j['n_no_steps']} without steps scored 0); {j['n_fallback']} failed calls left out, "
+              f"{j['n_think_na']} not asked to think")
     return write_outputs(cfg["RESULTS_DIR"], "cot", t.tag, summary, per_sample)
 
 
 def score_rouge(cfg: dict, t: Target) -> list[Path]:
     """ROUGE of one prediction file in the three views -> RESULTS_DIR/rouge_<tag>.json + .jsonl."""
-    rows = load_predictions(t.path)
-    info = describe(t.path, rows, cfg["TEST_FILE"])
+    rows = t.rows
+    info = describe(t.path, rows)
     summary, per_sample = metrics.rouge_scores(rows, workers=cfg["WORKERS"])
     summary = {"tag": t.tag, "predictions": info, **summary}
     a = summary["views"]["answer"]

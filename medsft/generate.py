@@ -1,7 +1,8 @@
 """Generation shared by inference, the training preview and the benchmark.
 
 ``generate`` answers many questions in batches (transformers), ``stream`` answers one question token by token
-for the chat, and ``generate_vllm`` is the optional vLLM backend with the same result format.
+for the chat, and ``generate_vllm`` is the optional vLLM backend with the same result format. All three feed the
+model ``chat.prompt_ids``: a control token typed in a question, a history or a system prompt stays text.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .chat import prompt_text
+from .chat import prompt_ids
 from .io import MedsftError
 
 # torch and transformers (seconds to import) are imported inside the functions that generate, so the scripts'
@@ -90,11 +91,10 @@ def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42,
     import torch
 
     tokenizer.padding_side = "left"
-    prompts = [prompt_text(tokenizer, q, system=system, history=(histories[i] if histories else None),
-                           mode=modes[i] if modes else "think")
+    prompts = [prompt_ids(tokenizer, q, system=system, history=(histories[i] if histories else None),
+                          mode=modes[i] if modes else "think")
                for i, q in enumerate(questions)]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     gc = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                            temperature=temperature, top_p=top_p, top_k=top_k)
     stop = set(gc.eos_token_id)
@@ -105,7 +105,7 @@ def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42,
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(device)
         torch.manual_seed(seed + start)  # reproducible run to run; a sampled row also depends on its batch
         with torch.inference_mode():
             out = model.generate(**enc, generation_config=gc)
@@ -141,8 +141,9 @@ def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, se
     gc = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                            temperature=temperature, top_p=top_p, top_k=top_k)
     device = next(model.parameters()).device
-    enc = tokenizer([prompt_text(tokenizer, question, system=system, history=history, mode=mode)], return_tensors="pt",
-                    add_special_tokens=False).to(device)
+    ids = prompt_ids(tokenizer, question, system=system, history=history, mode=mode)
+    input_ids = torch.tensor([ids], device=device)
+    enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     box: dict = {}
 
@@ -230,7 +231,8 @@ def generate_vllm(llm, tokenizer, questions, *, settings, stop_ids, seed=42, sys
     from vllm.lora.request import LoRARequest
 
     lora = LoRARequest("medsft-adapter", 1, str(adapter_dir)) if adapter_dir is not None else None
-    prompts = [prompt_text(tokenizer, q, system=system, mode=modes[i] if modes else "think")
+    # token ids, not text: vLLM would parse a typed "<|im_end|>" in a question as a real end of turn
+    prompts = [{"prompt_token_ids": prompt_ids(tokenizer, q, system=system, mode=modes[i] if modes else "think")}
                for i, q in enumerate(questions)]
     results: list[dict] = []
     step = batch_size or len(prompts) or 1

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import generate as gen
 from . import models
 from .adapters import load_for_inference
-from .chat import THINK_CLOSE, THINK_OPEN
+from .chat import output_shape, split_output
 from .io import MedsftError, atomic_write_bytes, iter_jsonl, write_json, write_jsonl
 from .model_checks import spec_key
 
@@ -36,11 +36,22 @@ LOCAL_HINT = ("pass a local folder of CMMLU CSVs instead: --dataset=/path/to/CMM
               "with columns ,Question,A,B,C,D,Answer, as in github.com/haonan-li/CMMLU)")
 SUMMARY_NAME = re.compile(r"^benchmark_([A-Za-z0-9_-]+)\.json$")  # not benchmark_<name>.config.json
 
-# The answer marker the prompt asks for; bold (**答案：D**, **答案**：D), 是/为, brackets and 选项 are tolerated.
-# A letter glued to more Latin letters ("答案是Apple") is a word, not an option.
-_MARKER = re.compile(r"答案\s*(?:\*\*)?\s*(?:[:：]|是|为)\s*[:：]?\s*(?:\*\*)?\s*(?:选项)?\s*[(（【\[]?\s*([A-D])(?![A-Za-z])")
-_ENGLISH = re.compile(r"(?i:answer\s+is)\s*[:：]?\s*(?:\*\*)?\s*[(（]?\s*([A-D])(?![A-Za-z])")
-_LETTER = re.compile(r"(?<![A-Za-z0-9_])([A-D])(?![A-Za-z0-9_])")
+PAIRS_NAME = "benchmark.pairs.json"  # the paired comparison of every two models (not a benchmark_<name>.json)
+EXTRACTED_BY = ("marker", "option_line", "none")  # how a row's letter was read
+SCORED = ("overall", "macro_accuracy", "by_subject", "extracted_by", "extraction")  # summary keys scores make
+
+# The reader (see extract). A letter touching a letter, digit, hyphen or CJK character is part of a word (维生素D, B超,
+# C反应蛋白, D-二聚体); after a letter only 项/选项 may follow ("答案：B项"). Letters joined by 或/和/、/or... are a hedge.
+_WORD = r"A-Za-z0-9_\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Whitespace runs are possessive (*+): a long run is never re-split between two of them (polynomial backtracking).
+_OPT = r"(?:[(（【\[][ \t]*+[A-D][ \t]*+[)）】\]]|[A-D])"  # one option letter, maybe bracketed
+_JOIN = r"[ \t]*+(?:或者|或是|还是|以及|或|和|与|及|、|/|,|，|\+|&|or|and)?[ \t]*+"
+# 答案：X as the prompt asks, bold (**答案：D**, **答案**：D), 是/为/应为, 选/选项 tolerated; or English "answer is X".
+# The letter list is atomic: a list whose last letter is part of a word is no answer, never its first letter alone.
+_MARKER = re.compile(rf"(?:答案\s*+(?:\*\*)?\s*+(?:应该|应当|应|就|即)?\s*+(?:[:：]|是|为)\s*+[:：]?|(?i:answer\s++is)\s*+[:：]?)"
+                     rf"\s*+(?:\*\*)?\s*+(?:选项|选)?\s*+(?>({_OPT}(?:{_JOIN}{_OPT})*))(?:[ \t]*+(?:选项|项)|(?![{_WORD}]))")
+# the fallback: a line that is an option letter alone: B, (B), B., **B**
+_OPTION_LINE = re.compile(r"^[ \t*]*+[(（【\[]?[ \t]*+([A-D])[ \t]*+[)）】\]]?[ \t]*+[.．。、:：]?[ \t*]*+$", re.M)
 
 
 # --- items -----------------------------------------------------------------------------------------------------
@@ -89,22 +100,27 @@ def read_csv(path: Path, subject: str) -> list[dict]:
     return items
 
 
-def _from_modelscope(dataset: str, subject: str) -> list[dict]:
+def _from_modelscope(dataset: str, subject: str, revision: str = "") -> list[dict]:
     from modelscope.msdatasets import MsDataset
 
-    try:
-        records = MsDataset.load(dataset, subset_name=subject, split="test")
+    pinned = {"version": revision} if revision else {}  # without it modelscope loads its default, the hub's current
+    try:  # a dataset's own loading script is code from the hub: never run it
+        records = MsDataset.load(dataset, subset_name=subject, split="test", trust_remote_code=False, **pinned)
     except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
         raise MedsftError(f"loading {dataset} ({subject}, test) from ModelScope failed: {type(e).__name__}: {e}; "
                           f"or {LOCAL_HINT}") from e
     return [_item(subject, i, dict(r), f"{dataset}:{subject}:{i}") for i, r in enumerate(records)]
 
 
-def load_items(dataset: str, subjects: list[str], limit: int = 0) -> list[dict]:
-    """The first ``limit`` (0 = all) test items of each subject, from a local folder or ModelScope."""
+def load_items(dataset: str, subjects: list[str], limit: int = 0, revision: str = "") -> list[dict]:
+    """The first ``limit`` (0 = all) test items of each subject, from a local folder or ModelScope (at ``revision``:
+    a branch, tag or commit; "" = the hub's current)."""
     if limit < 0:
         raise MedsftError(f"--limit={limit}: must be >= 0 (0 = every item)")
     folder = Path(str(dataset)).expanduser()
+    if revision and folder.is_dir():
+        raise MedsftError(f"--dataset_revision applies to a ModelScope dataset, not to the local folder {folder}; "
+                          "pass --dataset_revision= (empty)")
     if folder.is_dir() and not any(folder.glob("*.csv")) and (folder / "test").is_dir():
         folder = folder / "test"  # the CMMLU repo's data/ (or ../shared/cmmlu-medical) holds test/ and dev/
     if folder.is_dir():
@@ -120,7 +136,7 @@ def load_items(dataset: str, subjects: list[str], limit: int = 0) -> list[dict]:
         raise MedsftError(f"cannot load '{dataset}' from ModelScope ({models.MODELSCOPE_HOST} is unreachable); "
                           f"{LOCAL_HINT}")
     else:
-        load = lambda s: _from_modelscope(str(dataset), s)  # noqa: E731
+        load = lambda s: _from_modelscope(str(dataset), s, revision)  # noqa: E731
     return [it for s in subjects for it in (load(s)[:limit] if limit else load(s))]
 
 
@@ -130,21 +146,27 @@ def prompt(item: dict) -> str:
 
 
 # --- extraction and scores -------------------------------------------------------------------------------------
-def answer_part(output: str) -> str:
-    """The text after the last ``</think>``; empty for a think cut off before it closed (it holds no answer)."""
-    if THINK_CLOSE in output:
-        return output.rpartition(THINK_CLOSE)[2]
-    return "" if THINK_OPEN in output else output
-
-
 def extract(output: str) -> tuple[str | None, str]:
-    """(letter or None, how): the last ``答案：X``, else ``answer is X``, else the last standalone A-D."""
-    text = answer_part(output)
-    for how, pattern in (("marker", _MARKER), ("english", _ENGLISH), ("letter", _LETTER)):
-        found = pattern.findall(text)
-        if found:
-            return found[-1], how
+    """(letter or None, extracted_by): read after the think (``chat.split_output``, the split adherence uses), the
+    letter every ``答案：X`` / ``answer is X`` marker there names (``marker``), else every line holding only an
+    option letter (``option_line``). None (``none``): no letter, a marker or lines naming several letters (a hedge,
+    or a change of mind), a think never closed, or a stray think tag in the answer (adherence's ``stray_tag``)."""
+    if output_shape(output) in ("unclosed", "stray_tag"):
+        return None, "none"
+    answer = split_output(output)[1]
+    for how, found in (("marker", _MARKER.findall(answer)), ("option_line", _OPTION_LINE.findall(answer))):
+        letters = set(re.findall("[A-D]", "".join(found)))
+        if letters:
+            return (letters.pop(), how) if len(letters) == 1 else (None, "none")
     return None, "none"
+
+
+def _scored(row: dict) -> dict:
+    """``row`` with pred, correct and extracted_by read from its output by today's reader (an older reader's
+    ``extraction`` dropped), so rows read back or resumed never mix two readers."""
+    pred, how = extract(row["output"])
+    row = {k: v for k, v in row.items() if k != "extraction"}
+    return {**row, "pred": pred, "correct": pred == row["gold"], "extracted_by": how}
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -158,12 +180,45 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0 if k == 0 else center - half), (1.0 if k == n else center + half)
 
 
+def mcnemar(b: int, c: int) -> float:
+    """Exact two-sided McNemar p of two models on the same items: b items only the first got right, c only the
+    second; under "equally good" each of the b + c discordant items is a fair coin (binomial test at 1/2)."""
+    n = b + c
+    return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n)
+
+
+def compare_pairs(results_dir, names) -> list[dict]:
+    """Each two of ``names`` (report order) with rows in benchmark_<name>.jsonl, on the items both answered (same
+    subject and index; a question differing between the two files excludes the item and is counted): n, each one's
+    correct count, b (only the first right), c (only the second), p."""
+    from itertools import combinations
+
+    rows = {}
+    for name in names:
+        path = Path(results_dir) / f"benchmark_{name}.jsonl"
+        if path.is_file():
+            rows[name] = {(r.get("subject"), r.get("index")): r for _, r, err in iter_jsonl(path) if not err}
+    out = []
+    for first, second in combinations(rows, 2):
+        x, y = rows[first], rows[second]
+        keys = [k for k in x if k in y]
+        same = [k for k in keys if None in (x[k].get("question"), y[k].get("question"))
+                or x[k]["question"] == y[k]["question"]]  # a hand-made row may have no question
+        both = [(x[k].get("correct") is True, y[k].get("correct") is True) for k in same]
+        b, c = sum(p and not q for p, q in both), sum(q and not p for p, q in both)
+        out.append({"first": first, "second": second, "n": len(both), "first_correct": sum(p for p, _ in both),
+                    "second_correct": sum(q for _, q in both), "b": b, "c": c, "p": mcnemar(b, c),
+                    "question_differs": len(keys) - len(same)})
+    return out
+
+
 def _stats(rows: list[dict]) -> dict:
     n, k = len(rows), sum(bool(r["correct"]) for r in rows)
     lo, hi = wilson(k, n)
     none = sum(r["pred"] is None for r in rows)
     return {"n": n, "correct": k, "accuracy": round(k / n, 6) if n else None, "ci95": [round(lo, 6), round(hi, 6)],
             "unextractable": none, "unextractable_rate": round(none / n, 6) if n else None,
+            "option_line": sum(r["extracted_by"] == "option_line" for r in rows),
             "truncated": sum(r.get("finished") is False for r in rows)}
 
 
@@ -172,14 +227,14 @@ def summarize(rows: list[dict], meta: dict) -> dict:
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     by_subject = {s: _stats([r for r in rows if r["subject"] == s]) for s in subjects}
     accs = [v["accuracy"] for v in by_subject.values()]
+    how = Counter(r["extracted_by"] for r in rows)
     return {**meta, "overall": _stats(rows), "macro_accuracy": round(sum(accs) / len(accs), 6) if accs else None,
-            "by_subject": by_subject, "extraction": dict(sorted(Counter(r["extraction"] for r in rows).items()))}
+            "by_subject": by_subject, "extracted_by": {k: how[k] for k in EXTRACTED_BY}}
 
 
 def make_row(item: dict, result: dict, model: str, adapter: str | None) -> dict:
-    pred, how = extract(result["output"])
-    row = {**item, "output": result["output"], "pred": pred, "correct": pred == item["gold"], "extraction": how,
-           "new_tokens": result.get("new_tokens"), "finished": result.get("finished"), "model": model}
+    row = _scored({**item, "output": result["output"], "pred": None, "correct": False, "extracted_by": None,
+                   "new_tokens": result.get("new_tokens"), "finished": result.get("finished"), "model": model})
     return {**row, "adapter": adapter} if adapter else row
 
 
@@ -195,9 +250,7 @@ def read_predictions(path) -> list[dict]:
                 raise MedsftError(f"{where}: missing '{key}'; each row needs gold (A-D) and output (the model's text)")
         if obj["gold"].strip() not in LETTERS:
             raise MedsftError(f"{where}: gold {obj['gold']!r} is not one of A, B, C, D")
-        pred, how = extract(obj["output"])
-        rows.append({"subject": "all", "index": lineno, **obj, "gold": obj["gold"].strip(), "pred": pred,
-                     "correct": pred == obj["gold"].strip(), "extraction": how})
+        rows.append(_scored({"subject": "all", "index": lineno, **obj, "gold": obj["gold"].strip()}))
     if not rows:
         raise MedsftError(f"{path}: no rows")
     return rows
@@ -224,7 +277,7 @@ def load_done(path, items: list[dict], model: str, adapter: str | None) -> dict:
             by = " + ".join(str(obj[k]) for k in ("model", "adapter") if obj.get(k))
             raise MedsftError(f"{where}: generated by {by}, not by this model; pass another --name so two models' "
                               "answers are never mixed")
-        done[key] = obj
+        done[key] = _scored({**obj, "gold": wanted[key]["gold"]})
     return done
 
 
@@ -299,10 +352,29 @@ def _cell(stats: dict | None) -> str:
     return f"{100 * stats['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def markdown_section(runs: dict[str, dict]) -> str:
-    """The report's knowledge section from ``load_summaries(results_dir)``: accuracy per subject and model, then who
-    was run how ("" when none ran)."""
-    from .report import LABELS, _fmt, _table
+def _pairs_table(pairs: list[dict]) -> list[str]:
+    from .report import LABELS, _table
+
+    if not pairs:
+        return []
+    out = ["### Paired comparison (same items)", "",
+           "Two overlapping 95% intervals are not a comparison: both models answered the same items, so they are "
+           "compared item by item. b: items only the first model got right; c: only the second; p: exact McNemar "
+           "test (two-sided binomial test of b among the b + c discordant items at 1/2), for each pair on its own "
+           "(no correction for several pairs). n: items both answered (same subject and index; an item whose "
+           f"question differs between the two files is left out and counted as `question_differs` in `{PAIRS_NAME}`).",
+           ""]
+    label = lambda t: LABELS.get(t, t)  # noqa: E731
+    acc = lambda p, k: f"{100 * p[k] / p['n']:.1f}" if p["n"] else "–"  # noqa: E731
+    rows = [[f"{label(p['first'])} vs {label(p['second'])}", p["n"],
+             f"{acc(p, 'first_correct')} / {acc(p, 'second_correct')}", p["b"], p["c"], f"{p['p']:.3g}"] for p in pairs]
+    return out + _table(["models (first vs second)", "n", "accuracy % (first / second)", "b", "c", "p"], rows)
+
+
+def markdown_section(runs: dict[str, dict], pairs: list[dict] | None = None) -> str:
+    """The report's knowledge section from ``load_summaries(results_dir)``: accuracy per subject and model, who was
+    run how, then ``compare_pairs`` ("" when none ran)."""
+    from .report import LABELS, OLD_MARK, _fmt, _table
 
     if not runs:
         return ""
@@ -310,8 +382,11 @@ def markdown_section(runs: dict[str, dict]) -> str:
     out = ["## Medical knowledge (CMMLU)", "",
            "Accuracy (%) with 95% Wilson interval on CMMLU's medical subjects (four options: chance 25%), "
            "`benchmark_<model>.json` in this folder. The model thinks, then ends with `答案：X`; the letter is read "
-           "after `</think>`: the last `答案：X`, else `answer is X`, else the last standalone A-D. No letter "
-           "(including a think cut off at max_new_tokens) counts as wrong and is counted as unextractable.", ""]
+           "after the first `</think>`: the letter the `答案：X` (or `answer is X`) markers there name, else the letter "
+           "of the lines holding only an option letter (`B`, `(B)`, `B.`: counted as `option line`). No letter "
+           "counts as wrong and is counted as unextractable: a letter inside a word (维生素D, B超, D-二聚体), "
+           "a marker or lines naming several letters (`答案：A或C`, a change of mind), a think never closed (cut "
+           "off at max_new_tokens), a think tag inside the answer (a second `</think>`).", ""]
     rows = []
     for s in subjects + ["overall"]:
         cells = {t: (v["overall"] if s == "overall" else v["by_subject"].get(s)) for t, v in runs.items()}
@@ -323,12 +398,17 @@ def markdown_section(runs: dict[str, dict]) -> str:
     rows = []
     for t, v in runs.items():
         o = v["overall"]
-        rows.append([LABELS.get(t, t), _fmt(v.get("model")), _fmt(v.get("adapter")), o["n"], _fmt(v.get("macro_accuracy"), 3),
-                     f"{o['unextractable']} ({_fmt(o['unextractable_rate'], 3)})", o["truncated"]]
+        old = "" if "extracted_by" in v else f" {OLD_MARK}"
+        rows.append([LABELS.get(t, t) + old, _fmt(v.get("model")), _fmt(v.get("adapter")), o["n"],
+                     _fmt(v.get("macro_accuracy"), 3), f"{o['unextractable']} ({_fmt(o['unextractable_rate'], 3)})",
+                     _fmt(o.get("option_line")), o["truncated"]]
                     + [_fmt((v.get("decoding") or {}).get(k)) for k in keys])
-    out += _table(["model", "model spec", "adapter", "n", "macro accuracy", "unextractable", "truncated",
-                   "max_new_tokens", "do_sample", "thinking", "seed"], rows)
-    return "\n".join(out)
+    out += _table(["model", "model spec", "adapter", "n", "macro accuracy", "unextractable", "option line",
+                   "truncated", "max_new_tokens", "do_sample", "thinking", "seed"], rows)
+    if any("extracted_by" not in v for v in runs.values()):
+        out += [f"{OLD_MARK} read by an older answer reader (it credited letters inside words and hedges): rescore it "
+                "with `python benchmark.py --score=<folder>/benchmark_<model>.jsonl --name=<model>`.", ""]
+    return "\n".join(out + _pairs_table(pairs or []))
 
 
 def write_outputs(results_dir, name: str, rows: list[dict], meta: dict, with_chart: bool = True) -> list[Path]:

@@ -29,14 +29,17 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     flat = hidden.reshape(-1, hidden.size(-1))
     keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     flat, targets = flat.index_select(0, keep), targets.index_select(0, keep)
-    total = hidden.sum() * 0.0  # keeps the graph (and a float32 zero) when a micro-batch supervises nothing
-    for start in range(0, targets.numel(), chunk_tokens):
+    # Only the selected rows reach the loss, so a NaN/inf at an unsupervised position cannot. A micro-batch that
+    # supervises nothing still runs one empty chunk: a 0.0 whose (zero) gradients reach the decoder and the head,
+    # so backward works and DDP sees every parameter used.
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, max(targets.numel(), 1), chunk_tokens):
         end = start + chunk_tokens
         total = total + checkpoint(_chunk_loss, flat[start:end], weight, targets[start:end], use_reentrant=False)
-    denom = num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1)
-    if torch.is_tensor(denom):
-        denom = denom.to(total.device)
-    return total.float() / denom
+    denom = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    # a step with no target token at all gives 0.0, not 0 / 0 = NaN
+    denom = denom.to(total.device).clamp(min=1) if torch.is_tensor(denom) else max(denom, 1)
+    return total / denom
 
 
 def causal_parts(model):

@@ -220,7 +220,7 @@ def check_fits(est: dict, lora: bool) -> None:
 
 
 def model_dir_for_estimate(spec: str) -> Path:
-    """Where config.json of a model spec lives (downloads a hub id's snapshot, as training would anyway)."""
+    """Where config.json of a model spec lives (of a hub id only config.json is downloaded)."""
     from .models import resolve_model
 
-    return resolve_model(spec)
+    return resolve_model(spec, config_only=True)

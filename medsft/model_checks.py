@@ -2,7 +2,8 @@
 
 * ``check_model``: fail fast on a spec that cannot work (a missing local directory, one without config.json);
 * ``spec_key``: one key per model, however its path is spelled, so rows of two models are never mixed;
-* ``weights_fingerprint``: a hash of the weight files, so predictions of retrained weights are never resumed into.
+* ``weights_fingerprint``: a hash of the weight files (a hub id's revision), so predictions of retrained weights,
+  or of another revision, are never resumed into.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from .io import MedsftError
-from .models import BUILTIN_SPECS, ensure_builtin, is_hub_id
+from .models import BUILTIN_SPECS, UNPINNED, ensure_builtin, hub_revision, is_hub_id, resolve_model
 
 LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
 
@@ -55,17 +56,24 @@ def spec_key(spec) -> str | None:
 
 def weights_fingerprint(model: str, adapter: str | None) -> str | None:
     """A hash of the weight files behind a local model (and adapter), recorded in the summary so predictions of
-    retrained weights are never resumed into, or mistaken for, an older file. None for a hub id (its files are
-    fixed by the revision). Reads the weights once (a few seconds for 1.7B)."""
+    retrained weights are never resumed into, or mistaken for, an older file. A hub id's is ``<id>@<revision>``
+    (``models.hub_revision``) when MODEL_REVISION pins it; unpinned, modelscope records no commit, so its snapshot's
+    files are hashed too: ``<id>@unpinned:<name>#<hash>`` (the adapter's hash follows either). Reads the weights
+    once (a few seconds for 1.7B); an unpinned hub id is fetched first, as loading it would be."""
     local = Path(model).expanduser()
+    revision = hub_revision(model)
     dirs = [ensure_builtin(model)] if model in BUILTIN_SPECS else [local] if local.is_dir() else []
+    if revision is not None and revision.startswith(UNPINNED):
+        dirs = [resolve_model(model)]
+        revision = hub_revision(model)  # now that it is cached: the name modelscope recorded for it
     dirs += [Path(adapter)] if adapter else []
     files = [f for d in dirs for f in sorted(d.glob("*.safetensors"))]
-    if not files:
-        return None
     digest = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 24), b""):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+    digest = digest.hexdigest()[:16] if files else None
+    if revision is None:
+        return digest
+    return f"{model}@{revision}" + (f"#{digest}" if digest else "")

@@ -7,7 +7,9 @@ A model spec is one of:
   * ``small``: like ``tiny`` but big enough to learn on CPU (``demo/learn.sh``: the hybrid thinking format in
     minutes), always with the project-built demo tokenizer so it needs nothing outside a fresh clone;
   * a local directory in Hugging Face format (a trained model, a LoRA adapter's base, a downloaded snapshot);
-  * a ModelScope id such as ``Qwen/Qwen3-1.7B``, fetched with ``modelscope.snapshot_download``.
+  * a ModelScope id such as ``Qwen/Qwen3-1.7B``, fetched with ``modelscope.snapshot_download`` at the revision the
+    script pinned (MODEL_REVISION, ``pin_revision``; ``hub_revision`` says which), once per machine, config.json
+    alone where that is all a stage reads (``resolve_model(spec, config_only=True)``: the memory estimate).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .io import MedsftError
@@ -48,6 +51,10 @@ MODELSCOPE_HOST = "modelscope.cn"  # for older messages; modelscope_unreachable_
 # modelscope_hub's DEFAULT_ENDPOINT and DEFAULT_INTL_ENDPOINT: the client tries the second when the first fails
 MODELSCOPE_ENDPOINTS = ("https://modelscope.cn", "https://www.modelscope.ai")
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # tag, branch or commit (>= 1.38: a folder name)
+CONFIG_ONLY = ("config.json",)  # what the memory estimate (--dry_run) reads of a hub model
+UNPINNED = "unpinned"  # hub_revision of a hub id without MODEL_REVISION
+_PINNED: dict[str, str] = {}  # hub id -> the revision this process downloads it at (pin_revision)
 
 # A Qwen3-style chat template for the project-built tiny tokenizer: same rendering of system/user/assistant turns
 # and of the think block as Qwen3's own template (tools omitted).
@@ -275,31 +282,139 @@ def modelscope_unreachable_reason() -> str:
             "a proxy with HTTPS_PROXY")
 
 
-def download(spec: str) -> Path:
-    """Fetch a ModelScope model snapshot (reusing the local cache); fail fast when offline."""
+def pin_revision(spec, revision) -> None:
+    """Make every later download of hub id ``spec`` in this process ask for ``revision`` (a tag, branch or commit;
+    "" = the hub's current). The scripts call it with their MODEL_REVISION; it does nothing for other specs."""
+    spec, revision = str(spec), str(revision or "").strip()
+    if revision and not _REVISION.match(revision):
+        raise MedsftError(f"--model_revision={revision!r}: expected a tag, branch or commit id (letters, digits, "
+                          "'.', '_', '-'), or \"\" for the hub's current")
+    if not is_hub_id(spec) or spec in BUILTIN_SPECS:
+        return
+    if revision:
+        _PINNED[spec] = revision
+    else:
+        _PINNED.pop(spec, None)
+
+
+def _complete_snapshot(d: Path) -> bool:
+    """Whether a cached snapshot is a whole model (config.json, tokenizer, every safetensors shard its index names),
+    not the config.json alone that a dry run fetched, nor the files a cut-off download got to."""
+    if not ((d / "config.json").is_file() and (d / "tokenizer_config.json").is_file()):
+        return False
+    index = d / "model.safetensors.index.json"
+    if not index.is_file():
+        return (d / "model.safetensors").is_file()
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return bool(shards) and all(isinstance(s, str) and (d / s).is_file() for s in shards)
+
+
+def _recorded_revision(d: Path) -> str | None:
+    """The revision modelscope recorded for a cached snapshot: a branch or tag name, never a commit id (modelscope
+    <= 1.37 writes ``.mv`` = "Revision:<name>,CreatedAt:<time>"; >= 1.38 names the folder snapshots/<asked for>)."""
+    mv = d / ".mv"
+    if mv.is_file():
+        try:
+            text = mv.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return None
+        name = text.split(",", 1)[0].removeprefix("Revision:")
+    else:
+        name = d.name if d.parent.name == "snapshots" else ""
+    return name if _REVISION.match(name) else None
+
+
+def _cached_snapshot(spec: str, revision: str | None) -> Path | None:
+    """The local snapshot modelscope holds for ``spec`` at ``revision`` (no network), or None."""
     from modelscope import snapshot_download
 
     try:
-        cached = Path(snapshot_download(spec, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any cache miss means: try the network
-        cached = None
-    # a download that failed or was cut off leaves a cache folder without config.json (seen: only .mdl), which
-    # modelscope still returns: it is not a model
-    if cached is not None and (cached / "config.json").is_file():
-        return cached
-    if not _modelscope_reachable():
-        raise MedsftError(
-            f"cannot download '{spec}' from ModelScope ({modelscope_unreachable_reason()}). Point at a local copy "
-            f"instead: --model=/path/to/Qwen3-1.7B (a directory with config.json and *.safetensors), or use "
-            f"--model=tiny (or small) for an offline CPU demo")
+        d = Path(snapshot_download(spec, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any cache miss means: not cached
+        return None
+    # modelscope <= 1.37 returns its one cache folder whatever revision was asked for
+    if revision and _recorded_revision(d) != revision:
+        return None
+    return d
+
+
+@contextmanager
+def _download_turn(spec: str):
+    """Hold a file lock per hub id in the medsft cache while fetching it: the processes of a torchrun launch on one
+    machine take turns, so one downloads and the others, waiting here (not in a collective that times out), find
+    it cached. The kernel drops the lock of a killed process."""
+    from filelock import FileLock, Timeout
+
+    path = cache_dir() / "locks" / (spec.replace("/", "--") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
     try:
-        return Path(snapshot_download(spec))
-    except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
-        raise MedsftError(f"downloading '{spec}' from ModelScope failed: {type(e).__name__}: {e}") from e
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"{spec}: another process is fetching it (it holds {path}); waiting for it to finish")
+            lock.acquire()
+    except OSError as e:  # e.g. ENOLCK on some network file systems: fetch unguarded rather than not at all
+        print(f"warning: cannot lock {path} ({e.strerror or e}); fetching {spec} without it")
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def resolve_model(spec: str) -> Path:
-    """Turn a model spec into a local directory (creating tiny or downloading as needed)."""
+def download(spec: str, config_only: bool = False) -> Path:
+    """Fetch a ModelScope snapshot at this process's pinned revision (``pin_revision``), reusing the local cache
+    only when it holds a whole model (``config_only``: config.json alone, all the memory estimate reads); fail fast
+    when offline. Concurrent callers on one machine download it once (``_download_turn``)."""
+    from modelscope import snapshot_download
+
+    revision = _PINNED.get(spec)
+    usable = (lambda d: (d / "config.json").is_file()) if config_only else _complete_snapshot
+    what = "config.json" if config_only else "config.json, tokenizer and *.safetensors"
+    with _download_turn(spec):
+        cached = _cached_snapshot(spec, revision)
+        if cached is not None and usable(cached):
+            return cached
+        if not _modelscope_reachable():
+            raise MedsftError(
+                f"cannot download '{spec}' from ModelScope ({modelscope_unreachable_reason()}). Point at a local "
+                f"copy instead: --model=/path/to/Qwen3-1.7B (a directory with config.json and *.safetensors), or "
+                f"use --model=tiny (or small) for an offline CPU demo")
+        patterns = {"allow_patterns": list(CONFIG_ONLY)} if config_only else {}
+        try:
+            got = Path(snapshot_download(spec, revision=revision, **patterns))
+        except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
+            raise MedsftError(f"downloading '{spec}'{' at ' + revision if revision else ''} from ModelScope "
+                              f"failed: {type(e).__name__}: {e}") from e
+    if not usable(got):
+        raise MedsftError(f"the snapshot of '{spec}' in {got} lacks some of {what} after its download: run again "
+                          "to fetch the missing files (this loader reads safetensors weights only)")
+    return got
+
+
+def hub_revision(spec) -> str | None:
+    """The revision of hub id ``spec`` this process uses, to record beside results: the MODEL_REVISION it pinned
+    (``pin_revision``), else ``"unpinned:<name>"`` with the branch or tag name modelscope recorded for the local
+    snapshot (``"unpinned"`` when it recorded none or nothing is cached). modelscope records no commit id, so an
+    unpinned revision names no fixed files. None for anything but a hub id (a local folder, tiny, small)."""
+    spec = str(spec)
+    if spec in BUILTIN_SPECS or not is_hub_id(spec):
+        return None
+    if spec in _PINNED:
+        return _PINNED[spec]
+    cached = _cached_snapshot(spec, None)
+    name = _recorded_revision(cached) if cached is not None else None
+    return f"{UNPINNED}:{name}" if name else UNPINNED
+
+
+def resolve_model(spec: str, config_only: bool = False) -> Path:
+    """Turn a model spec into a local directory (creating tiny or downloading as needed). ``config_only``: a hub
+    id's config.json is enough (the memory estimate); other specs are resolved as usual."""
     spec = str(spec)
     if spec in BUILTIN_SPECS:
         return ensure_builtin(spec)
@@ -310,7 +425,7 @@ def resolve_model(spec: str) -> Path:
                               "model directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
         return path
     if is_hub_id(spec):
-        return download(spec)
+        return download(spec, config_only=config_only)
     raise MedsftError(f"model '{spec}' not found: no such directory, and it is not a ModelScope id (org/name)")
 
 

@@ -24,6 +24,7 @@ from .chat import STATUSES, SWITCHES, question_mode, split_output
 from .generate import check_decoding
 from .io import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
 from .model_checks import check_model, spec_key, weights_fingerprint
+from .models import hub_revision
 
 
 # --- checks and resume bookkeeping (no model needed) -----------------------------------------------------------
@@ -216,11 +217,11 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
                                              "batch_size": batch_size,
                                              "system": system, "temperature": temperature, "top_p": top_p,
                                              "top_k": top_k, **switches})
-    weights = weights_fingerprint(model, adapter)
+    weights = weights_fingerprint(model, adapter)  # a hub id's includes its revision (fetched here if unpinned)
     if previous is not None and previous.get("weights", weights) != weights:
         raise MedsftError(f"{output_path} holds predictions of other weights of {model}"
-                          f"{' + ' + adapter if adapter else ''} (retrained since?): delete it and "
-                          f"{summary_path(output_path).name}, or pass another --output")
+                          f"{' + ' + adapter if adapter else ''} (retrained since, or another revision?): delete it "
+                          f"and {summary_path(output_path).name}, or pass another --output")
     todo = [r for r in rows if r["id"] not in done]
     print(f"{input_path}: {len(rows)} questions; {len(done)} already in {output_path}, {len(todo)} to predict")
 
@@ -240,7 +241,7 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
         settings = {k: previous.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")}
         run = None
     settings = {**settings, "seed": seed, "system": system, "batch_size": batch_size, "backend": backend,
-                **switches, "weights": weights}
+                **switches, "weights": weights, "model_revision": hub_revision(model)}
 
     # 3. Generate batch by batch, saving the file (and its summary) after each one
     stats = {"new_tokens": 0, "generate_s": 0.0, "n_generated": 0}

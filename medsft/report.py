@@ -2,8 +2,10 @@
 
 Reads RESULTS_DIR/rouge_{base,full,lora}.json and cot_{base,full,lora}.json (and train_{full,lora}.json when the
 training stage wrote them); writes rouge.png, cot.png, adherence.png, think_status.png and README.md, and for the
-training scripts the loss curves trainloss.png and evalloss.png (``write_charts``). The same summaries give the same bytes: no timestamps, PNG
-metadata without the software version, fixed styles and colours.
+training scripts the loss curves trainloss.png and evalloss.png (``write_charts``); with benchmark.py's
+benchmark_<name>.json(l), benchmark.pairs.json (every two models compared item by item, ``knowledge.compare_pairs``).
+The same summaries give the same bytes: no timestamps, PNG metadata without the software version, fixed styles and
+colours.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import json
 from pathlib import Path
 
 from . import adherence, knowledge
-from .io import MedsftError, atomic_write_bytes, atomic_write_text
+from .io import MedsftError, atomic_write_bytes, atomic_write_text, write_json
 from .training.disk import disk_errors
 from .training.outputs import KINDS, RESULTS_NAME
 
@@ -49,6 +51,7 @@ def collect(results_dir) -> dict:
         out[kind] = {t: _read(d / f"{kind}_{t}.json") for t in TAGS if (d / f"{kind}_{t}.json").is_file()}
     out["train"] = {t: _read(d / f"train_{t}.json") for t in ("full", "lora") if (d / f"train_{t}.json").is_file()}
     out["benchmark"] = knowledge.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
+    out["benchmark_pairs"] = knowledge.compare_pairs(d, out["benchmark"])  # from their rows, item by item
     return out
 
 
@@ -306,9 +309,13 @@ def _cot_section(cot: dict) -> list[str]:
     judged = {t: s["judge"] for t, s in cot.items() if s.get("judge")}
     if judged:
         out += ["### LLM judge", ""]
+        out += ["Averaged over the scored samples only: those the judge labelled, plus those without a think (0). "
+                "Failed calls (fallback) and rows not asked to think are left out and counted.", ""]
         rows = [[LABELS[t], _fmt(j.get("model")), _fmt(j["recall"], 3), _fmt(j["precision"], 3), _fmt(j["f1"], 3),
-                 j.get("n_fallback"), _fmt((j.get("judged_only") or {}).get("f1"), 3)] for t, j in judged.items()]
-        out += _table(["model", "judge", "recall", "precision", "F1", "fallback to offline", "F1, judged only"], rows)
+                 j.get("n_scored"), j.get("n_judged"), j.get("n_fallback"), j.get("n_think_na")]
+                for t, j in judged.items()]
+        out += _table(["model", "judge", "recall", "precision", "F1", "n scored", "judged", "fallback, left out",
+                       "not asked to think"], rows)
     out += ["### Reasoning format", ""]
     keys = (("closed_rate", "think closed"), ("unclosed_rate", "unclosed"), ("absent_rate", "absent"),
             ("truncation_rate", "truncated"), ("mean_think_chars", "think chars"),
@@ -372,7 +379,7 @@ def report_text(data: dict, charts: list[str]) -> str:
     if data["train"]:
         out += _train_section(data["train"])
     if data["benchmark"]:
-        out += [knowledge.markdown_section(data["benchmark"])]
+        out += [knowledge.markdown_section(data["benchmark"], data["benchmark_pairs"])]
     if charts:
         out += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(out)
@@ -396,6 +403,8 @@ def build(results_dir) -> list[Path]:
         written.append(atomic_write_bytes(d / "think_status.png",
                                           adherence.think_status_chart(data["cot"], LABELS, _png, _figure)))
         charts += ["adherence.png", "think_status.png"]
+    if data["benchmark"]:  # the paired comparison the report shows, as data (an empty list for one model)
+        written.append(write_json(d / knowledge.PAIRS_NAME, data["benchmark_pairs"]))
     charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png") if (d / c).is_file()]
     written.append(atomic_write_text(d / "README.md", report_text(data, charts)))
     return written

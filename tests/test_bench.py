@@ -149,3 +149,43 @@ def test_cpu_results_stay_out_of_the_repo_unless_asked(bench):
     assert bench.output_path("auto", "cpu", "CPU", keep_cpu=True) == ROOT / "bench" / "results" / "cpu-smoke.json"
     gpu = bench.output_path("auto", "gpu", "NVIDIA H100 80GB HBM3", keep_cpu=False)
     assert gpu == ROOT / "bench" / "results" / "nvidia-h100-80gb-hbm3.json"
+
+
+# --- bench/gpu_smoke.sh: the lean default through train.py, kill -9 and resume ------------------------------------
+
+
+def test_gpu_smoke_runs_end_to_end_on_cpu_in_tiny_mode(tmp_path):
+    """The GPU smoke script's whole path without a GPU (SMOKE_MODEL=tiny): dry run, reference run, a run killed -9
+    after its first checkpoint and resumed; every check passes, the two loss histories are bit-identical, the
+    optimizer inside train.py was torchao's AdamW8bit with stochastic rounding, and the scratch folder is gone."""
+    import os
+    import subprocess
+
+    out, work = tmp_path / "smoke.json", tmp_path / "work"
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_smoke.sh"), f"--output={out}", f"--work={work}"],
+                          env={**os.environ, "SMOKE_MODEL": "tiny"}, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert r["passed"] and r["mode"] == "tiny"
+    assert r["checks"].pop("estimate_covers_peak") is None  # CPU RSS is no GPU allocation: not compared
+    assert all(v is True for v in r["checks"].values()), r["checks"]
+    assert r["losses"]["identical"] and r["losses"]["max_relative_difference"] == 0.0
+    assert [s for s, k, _ in r["losses"]["resumed"] if k == "loss"] == [1, 2, 3, 4]
+    assert r["kill"] == {"killed_after_checkpoint": 2, "exit": -9, "finished": False}
+    assert r["optimizer"]["optimizer"] == "torchao.optim.adam.AdamW8bit"
+    assert r["optimizer"]["bf16_stochastic_round"] is True
+    assert r["resumed_optimizer"]["resumed_state"]["8bit"] == r["saved_optimizer_state"]["8bit"] > 0
+    assert r["features"]["PRECISION"] == "bf16" and r["features"]["LOSS"] == "chunked"
+    assert r["memory"]["estimated_peak_gib"] == pytest.approx(r["memory"]["dry_run_estimate_gib"], abs=0.006)
+    assert "PASSED" in proc.stdout and str(out) in proc.stdout.splitlines()[-1]
+    assert not work.exists()
+
+
+def test_gpu_smoke_real_mode_without_a_gpu_fails_fast():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = run_script("bench/gpu_smoke.py", check=False, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--model=real needs a CUDA GPU" in proc.stderr and "SMOKE_MODEL=tiny" in proc.stderr

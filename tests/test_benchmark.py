@@ -67,9 +67,10 @@ CASES = [
     (THINK + "答案为 A。", "A", "marker"),
     (THINK + "答案: A", "A", "marker"),  # half-width colon
     (THINK + "答案：（C）", "C", "marker"),
-    (THINK + "初步答案：A，但复核后发现 A 有误。\n答案：B", "B", "marker"),  # the last marker wins
-    (THINK + "卵巢是女性生殖腺。The answer is B.", "B", "english"),
-    (THINK + "应选 C 项，卵巢。", "C", "letter"),
+    (THINK + "初步答案：A，但复核后发现 A 有误。\n答案：B", None, "none"),  # markers naming two letters: a change of mind
+    (THINK + "卵巢是女性生殖腺。The answer is B.", "B", "marker"),
+    (THINK + "卵巢是女性生殖腺。\n\nC", "C", "option_line"),  # the fallback: a letter alone on a line
+    (THINK + "应选 C 项，卵巢。", None, "none"),  # a letter inside a sentence is no option line
     (THINK + "DNA 与卵巢无关，我无法确定。", None, "none"),  # letters inside a word are not options
     (THINK + "答案是Apple", None, "none"),
     ("<think>\n先看 A，再看 B，答案：C\n", None, "none"),  # cut off mid-think: no answer yet
@@ -118,6 +119,11 @@ def test_scripted_models_right_gives_100_and_always_a_gives_the_share_of_a(items
     section = knowledge.markdown_section(knowledge.load_summaries(results))
     assert "| base (untuned) | full fine-tune |" in section and "| **overall** | 1333 | " in section
     assert "100.0 [99.7, 100.0]" in section
+    # item by item: the always-A model is right only where the right one is too
+    [pair] = json.loads((results / knowledge.PAIRS_NAME).read_text(encoding="utf-8"))
+    assert (pair["first"], pair["second"], pair["n"], pair["b"]) == ("base", "full", 1333, 0)
+    assert pair["c"] == 1333 - golds["A"]
+    assert pair["p"] == knowledge.mcnemar(0, 1333 - golds["A"]) < 1e-100
 
 
 # A scripted model behind the real generation call: it answers from the prompt, so the prompt and row wiring run.
@@ -203,7 +209,8 @@ def test_tiny_end_to_end_offline_and_a_rerun_changes_nothing(cmmlu_dir, tmp_path
     results = tmp_path / "results"
     args = ["--model_dir=tiny", "--limit=2", f"--dataset={cmmlu_dir}", f"--results_dir={results}", "--max_new_tokens=8"]
     run_script("benchmark.py", *args)
-    names = {"benchmark_base.jsonl", "benchmark_base.json", "benchmark_base.config.json", "benchmark.png", "README.md"}
+    names = {"benchmark_base.jsonl", "benchmark_base.json", "benchmark_base.config.json", "benchmark.png", "README.md",
+             "benchmark.pairs.json"}
     assert {p.name for p in results.iterdir()} == names
     rows = read_jsonl(results / "benchmark_base.jsonl")
     assert [(r["subject"], r["index"]) for r in rows] == [(s, i) for s in knowledge.SUBJECTS for i in range(2)]

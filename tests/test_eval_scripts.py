@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 
 import pytest
 from conftest import run_script
@@ -205,7 +206,11 @@ def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
           f"--model_dir={tmp_path}"], "--model_dir=<the base model of the run, e.g. Qwen/Qwen3-1.7B> "
                                       f"--input=data/test.jsonl --output={tmp_path}/nb.jsonl"),
         ([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", "--judge=openai",
-          "--judge_api_key_env=MEDSFT_NO_SUCH_KEY"], "MEDSFT_NO_SUCH_KEY"),
+          f"--test_file={workdir}/test.jsonl", "--judge_api_key_env=MEDSFT_NO_SUCH_KEY"], "MEDSFT_NO_SUCH_KEY"),
+        # the key goes over https only (plain http to this machine's loopback alone): refused before scoring
+        ([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", "--judge=openai",
+          f"--test_file={workdir}/test.jsonl", "--judge_api_key_env=MEDSFT_TEST_JUDGE_KEY",
+          "--judge_base_url=http://judge.example/v1"], "the API key is sent only over https"),
     ]
     bad = tmp_path / "bad.jsonl"
     good = (workdir / "predictions_full.jsonl").read_text(encoding="utf-8").splitlines()
@@ -220,7 +225,8 @@ def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
     cases.append(([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", f"--test_file={other}"],
                   "predicted on another split"))
     for args, message in cases:
-        proc = run_script("evaluate.py", *args, f"--results_dir={tmp_path}/results", check=False)
+        proc = run_script("evaluate.py", *args, f"--results_dir={tmp_path}/results", check=False,
+                          env={"MEDSFT_TEST_JUDGE_KEY": "sk-x"})
         assert proc.returncode == 1, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()  # nothing written on failure
@@ -232,8 +238,8 @@ def test_judge_end_to_end_against_local_server(workdir, tmp_path):
     key = "sk-e2e-never-written"
     with FakeServer(good_reply) as server:
         proc = run_script("evaluate.py", f"--predictions={workdir}/predictions_lora.jsonl", "--eval_base=false",
-                          f"--results_dir={tmp_path}/results", "--judge=openai", f"--judge_base_url={server.url}",
-                          "--judge_model=fake-judge", "--judge_api_key_env=MEDSFT_TEST_JUDGE_KEY",
+                          f"--test_file={workdir}/test.jsonl", f"--results_dir={tmp_path}/results", "--judge=openai",
+                          f"--judge_base_url={server.url}?token=q-e2e-secret", "--judge_model=fake-judge", "--judge_api_key_env=MEDSFT_TEST_JUDGE_KEY",
                           env={"MEDSFT_TEST_JUDGE_KEY": key})
         assert server.requests and all(auth == f"Bearer {key}" for auth, _ in server.requests)
     summary = json.loads((tmp_path / "results" / "cot_full.json").read_text(encoding="utf-8"))
@@ -245,8 +251,10 @@ def test_judge_end_to_end_against_local_server(workdir, tmp_path):
     assert 0 < judge["recall"] < 1  # the server marks odd reference steps Matched
     assert "LLM judge" in (tmp_path / "results" / "README.md").read_text(encoding="utf-8")
     for path in (tmp_path / "results").iterdir():
-        assert key.encode() not in path.read_bytes(), path
-    assert key not in proc.stdout and key not in proc.stderr
+        assert key.encode() not in path.read_bytes() and b"q-e2e-secret" not in path.read_bytes(), path
+    assert key not in proc.stdout and key not in proc.stderr and "q-e2e-secret" not in proc.stdout
+    config = json.loads((tmp_path / "results" / "evaluate_config.json").read_text(encoding="utf-8"))
+    assert config["JUDGE_BASE_URL"] == judge["base_url"] == server.url
 
 
 def test_missing_predictions_stop_with_the_inference_commands_that_make_them(tmp_path, demo_data_path):
@@ -288,3 +296,20 @@ def test_missing_predictions_stop_with_the_inference_commands_that_make_them(tmp
     summary = json.loads((tmp_path / "results" / "rouge_full.json").read_text(encoding="utf-8"))
     assert summary["predictions"]["model"] == "tiny" and summary["n"] == 3
     assert summary["predictions"]["decoding"]["max_new_tokens"] == 8
+
+    # interrupted after one row: the evaluation names the command that completes the file with the settings it was
+    # started with; it resumes (greedy: the same rows as uninterrupted) and the script then scores all three
+    whole = base.read_text(encoding="utf-8").splitlines()
+    base.write_text(whole[0] + "\n", encoding="utf-8")
+    args = [f"--predictions={base}", "--eval_base=false", f"--test_file={test}", f"--results_dir={tmp_path}/again",
+            "--model_dir=tiny", "--workers=1"]
+    proc = run_script("evaluate.py", *args, check=False)
+    assert proc.returncode == 1 and "2 of the 3 questions" in proc.stderr, proc.stderr[-2000:]
+    command = shlex.split(proc.stderr.splitlines()[-1])
+    assert command[:2] == ["python", "inference.py"] and "--max_new_tokens=8" in command
+    assert "--do_sample=false" in command and not (tmp_path / "again").exists()
+    resumed = run_script(command[1], *command[2:])
+    assert "1 already in" in resumed.stdout and "2 to predict" in resumed.stdout
+    assert base.read_text(encoding="utf-8").splitlines() == whole
+    run_script("evaluate.py", *args)
+    assert json.loads((tmp_path / "again" / "cot_full.json").read_text(encoding="utf-8"))["n"] == 3

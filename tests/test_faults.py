@@ -11,8 +11,8 @@ the fix. Each test below checks one fault on one stage against that:
 * after the fault, no output file is half-written: every visible file under the stage's output folders is whole
   (JSON parses, every JSONL line parses and the file ends with a newline, a safetensors header is readable and its
   tensors fit the file, torch zip archives pass their CRC check, PNGs end with IEND). Hidden temp files and
-  training checkpoints without a readable trainer_state.json (the documented "incomplete checkpoint", removed on
-  resume) are not outputs;
+  training checkpoints without a readable trainer_state.json (the documented "incomplete checkpoint", moved aside
+  to a hidden .interrupted-checkpoint-N on resume) are not outputs;
 * the documented re-run (the same command; `--resume=true` for training) completes and reproduces the
   uninterrupted run: the same bytes for data, predictions (greedy) and evaluation files; for training the same
   loss history, bit-identical weights, the same charts and the same set of files (which checkpoints remain
@@ -598,7 +598,7 @@ def visible_files(root: Path, folders) -> list[Path]:
 
 def half_written(root: Path, stage: Stage) -> list[str]:
     """Every output file that is not whole. Checkpoints without a readable trainer_state.json are incomplete by
-    design (the documented mark of a save cut short; --resume=true removes them) and are skipped."""
+    design (the documented mark of a save cut short; --resume=true moves them aside) and are skipped."""
     problems = []
     for rel in visible_files(root, stage.outputs):
         ck = next((p for p in rel.parents if CHECKPOINT.match(p.name)), None)

@@ -80,6 +80,58 @@ def test_chunked_loss_of_a_batch_that_supervises_nothing_is_zero_and_differentia
     assert loss.item() == 0.0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_hidden_state_at_an_unsupervised_position_changes_nothing(bad):
+    """Only supervised positions reach the loss: a NaN/inf in a masked prompt or padding position (garbage the
+    model computes there, never trained on) leaves the loss and every gradient exactly as on clean hidden states."""
+    import torch
+
+    from medsft.loss import chunked_causal_lm_loss
+
+    torch.manual_seed(0)
+    labels = _batch(100, n=2, length=20)["labels"]  # labels 0..14 masked (the prompt)
+    weight = torch.randn(100, 16, requires_grad=True)
+
+    def run(poison: bool):
+        hidden = torch.randn(2, 20, 16, generator=torch.Generator().manual_seed(1))
+        if poison:
+            hidden[0, 3, 5] = bad  # position 3 predicts label 4: masked
+            hidden[1, 19, :] = bad  # the last position predicts nothing
+        hidden.requires_grad_(True)
+        weight.grad = None
+        loss = chunked_causal_lm_loss(hidden, weight, labels, chunk_tokens=4)
+        loss.backward()
+        return loss.detach(), hidden.grad, weight.grad.clone()
+
+    clean, poisoned = run(False), run(True)
+    assert torch.isfinite(poisoned[0]) and poisoned[0] == clean[0]
+    assert torch.isfinite(poisoned[1]).all() and torch.isfinite(poisoned[2]).all()
+    torch.testing.assert_close(poisoned[1], clean[1], rtol=0, atol=0)
+    torch.testing.assert_close(poisoned[2], clean[2], rtol=0, atol=0)
+
+
+def test_a_micro_batch_that_supervises_nothing_gives_zero_gradients_even_beside_non_finite_values():
+    """All-prompt micro-batch (and an optimizer step whose token count is 0): a differentiable 0.0 whose
+    gradients reach the decoder's output and the head (DDP then syncs every parameter) and are all zero."""
+    import torch
+
+    from medsft.loss import chunked_causal_lm_loss
+
+    hidden = torch.randn(2, 10, 16)
+    hidden[0, 2] = float("nan")
+    hidden[1, 5] = float("inf")
+    hidden.requires_grad_(True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.full((2, 10), -100)
+    for num_items in (None, torch.tensor(0)):
+        hidden.grad = weight.grad = None
+        loss = chunked_causal_lm_loss(hidden, weight, labels, num_items)
+        loss.backward()
+        assert loss.item() == 0.0 and loss.dtype == torch.float32
+        assert hidden.grad is not None and weight.grad is not None  # both stay in the graph
+        assert (hidden.grad == 0).all() and (weight.grad == 0).all()
+
+
 # --- exact bytes ----------------------------------------------------------------------------------------------------
 
 
@@ -113,7 +165,9 @@ def test_estimate_counts_the_bytes_a_real_step_allocates(tmp_path, lora):
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4) if lora else AdamW8bit(params, lr=1e-4, bf16_stochastic_round=True)
+    # weight_decay 0.0 as the Trainer passes it: torch.compile's graphs are then reused by the resume test below
+    opt = torch.optim.AdamW(params, lr=1e-4) if lora else AdamW8bit(params, lr=1e-4, weight_decay=0.0,
+                                                                    bf16_stochastic_round=True)
     model(**_batch(config.vocab_size, n=1)).loss.backward()
     opt.step()
     weights = sum(_tensor_bytes(p) for p in {id(p): p for p in model.parameters()}.values())
@@ -230,6 +284,97 @@ def test_lean_default_reaches_the_fp32_gain_and_pure_bf16_does_not(tmp_path):
     assert ref > 0.05, ref  # the reference really learns
     assert lean >= 0.95 * ref, (ref, lean, pure)
     assert pure < 0.8 * ref, (ref, lean, pure)  # most updates round away
+
+
+# --- the optimizer the Trainer builds for bf16 weights, and its checkpoint ------------------------------------------
+
+
+def _gpu_default_cfg(out, **over):
+    """The full-FT constants as train.py resolves them on a bf16 GPU (attention and loss kept runnable on CPU)."""
+    from medsft.training import resolve_features
+
+    cfg = _cfg(out, PRECISION="auto", OPTIM="auto", **over)
+    cfg.update(resolve_features(cfg, log=False, assume_gpu=True))
+    assert (cfg["PRECISION"], cfg["OPTIM"]) == ("bf16", "adamw_torch_8bit")
+    return cfg
+
+
+def test_the_trainer_builds_torchao_8bit_adamw_with_stochastic_rounding_for_bf16_weights(tmp_path):
+    """The lean default end to end without a GPU: bf16 weights, and the optimizer transformers' Trainer builds from
+    OPTIM=adamw_torch_8bit + optim_args is torchao's AdamW8bit with bf16 stochastic rounding on. Without it most
+    bf16 updates at LR 1e-5 silently round away (test_lean_default_reaches_the_fp32_gain... measures that)."""
+    import torch
+    from torchao.optim import AdamW8bit
+
+    from medsft.models import load_tokenizer
+    from medsft.training import build_trainer, load_training_model
+
+    cfg = _gpu_default_cfg(tmp_path)
+    tok = load_tokenizer("tiny")
+    model = load_training_model(cfg)
+    trainer = build_trainer(model, tok, _examples(tok), None, cfg)
+    opt = trainer.create_optimizer()
+    assert type(opt) is AdamW8bit, type(opt)
+    sr = opt.bf16_stochastic_round
+    assert isinstance(sr, int) and sr == 1  # True, or the 1 of transformers' strtobool; never a string
+    stepped = [p for g in opt.param_groups for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in stepped} == {id(p) for p in trainable}
+    assert all(p.dtype == torch.bfloat16 for p in stepped)  # torchao rounds stochastically only bf16 params
+
+
+def _state_tensors(opt) -> dict:
+    """Every optimizer-state tensor by (param index, name, part): the 8-bit codes, block scales and code book of
+    torchao's OptimState8bit, else the tensor itself."""
+    out = {}
+    for i, state in opt.state_dict()["state"].items():
+        for name, v in state.items():
+            parts = getattr(v, "tensor_attrs", None)
+            out.update({(i, name, a): getattr(v, a) for a in parts} if parts else {(i, name, ""): v})
+    return out
+
+
+def test_the_8bit_optimizer_state_saves_and_resumes_exactly_through_the_trainer(tmp_path):
+    """4 steps straight, against 2 steps resumed from the uninterrupted run's checkpoint-2: the same losses, the
+    same bf16 weights and the same 8-bit optimizer state, bit for bit, and the state is still 8-bit after the load
+    (torch's load_state_dict casts state to the parameter's dtype, which must not dequantize it)."""
+    import torch
+    from torchao.optim.subclass_8bit import OptimState8bit
+    from transformers import Qwen3ForCausalLM
+
+    from medsft.models import load_tokenizer
+    from medsft.training import build_trainer
+
+    cfg = _gpu_default_cfg(tmp_path, MAX_STEPS=4, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=None, BATCH_SIZE=2,
+                           LEARNING_RATE=1e-3, SCHEDULER="linear")
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(8):  # one length: no padding (the tokenizer's pad id is outside this model's vocabulary)
+        ids = torch.randint(0, 4096, (24,), generator=g).tolist()
+        examples.append({"input_ids": ids, "attention_mask": [1] * 24, "labels": [-100] * (4 + i) + ids[4 + i:]})
+    tok = load_tokenizer("tiny")
+
+    def train(out, resume=None):
+        torch.manual_seed(0)  # the shapes test_estimate_counts_the_bytes... steps: torch.compile's graphs reused
+        model = Qwen3ForCausalLM(_small_config()).to(torch.bfloat16)  # a fresh config: the Trainer edits it
+        trainer = build_trainer(model, tok, examples, None, {**cfg, "OUTPUT_DIR": str(out)})
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+        return trainer, losses
+
+    straight, want = train(tmp_path / "straight")
+    resumed, got = train(tmp_path / "resumed", tmp_path / "straight" / "checkpoint-2")
+    assert sorted(want) == [1, 2, 3, 4] and got == want
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b), name
+    states = [v for s in resumed.optimizer.state_dict()["state"].values() for v in s.values()]
+    # torchao quantizes the moments of every tensor of >= 4096 values that splits into 256-value blocks
+    big = sum(1 for p in resumed.model.parameters() if p.numel() >= 4096 and p.numel() % 256 == 0)
+    assert big > 0 and sum(isinstance(v, OptimState8bit) for v in states) == 2 * big
+    a, b = _state_tensors(straight.optimizer), _state_tensors(resumed.optimizer)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
 # --- version floors -------------------------------------------------------------------------------------------------

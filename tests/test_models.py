@@ -1,6 +1,8 @@
 """Model specs: tiny is deterministic and reloads identically; hub ids and bad dirs fail fast and clearly."""
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,8 +84,9 @@ def test_base_model_of(tmp_path):
     assert models.base_model_of(tmp_path) is None
 
 
-def test_a_cache_folder_without_config_is_not_a_model(tmp_path, monkeypatch):
-    """modelscope returns the cache folder of a download that failed (only its .mdl marker): that is no model."""
+def test_a_cache_folder_without_the_whole_model_is_not_a_model(tmp_path, monkeypatch):
+    """modelscope returns the cache folder of a download that failed (only its .mdl marker), or of a dry run
+    (config.json alone): neither is a model to train or load."""
     import modelscope
 
     from medsft import models
@@ -95,4 +98,70 @@ def test_a_cache_folder_without_config_is_not_a_model(tmp_path, monkeypatch):
     with pytest.raises(MedsftError, match="cannot download 'Qwen/Qwen3-1.7B'"):
         models.download("Qwen/Qwen3-1.7B")
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(MedsftError, match="cannot download 'Qwen/Qwen3-1.7B'"):
+        models.download("Qwen/Qwen3-1.7B")
+    assert models.download("Qwen/Qwen3-1.7B", config_only=True) == tmp_path  # enough for the memory estimate
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    with pytest.raises(MedsftError, match="cannot download"):  # a download cut off between its shards
+        models.download("Qwen/Qwen3-1.7B")
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x")
     assert models.download("Qwen/Qwen3-1.7B") == tmp_path
+
+
+def test_the_installed_modelscope_takes_the_arguments_medsft_passes():
+    """What download() asks snapshot_download for, bound to the real signature (CI runs this on the floor 1.35 too):
+    an unknown keyword would be a TypeError there, after the user waited for the checks."""
+    import inspect
+
+    import modelscope
+
+    sig = inspect.signature(modelscope.snapshot_download)
+    sig.bind("Qwen/Qwen3-1.7B", revision=None, local_files_only=True)
+    sig.bind("Qwen/Qwen3-1.7B", revision="v1.0", allow_patterns=list(models.CONFIG_ONLY))
+    sig.bind("Qwen/Qwen3-1.7B", revision="v1.0")
+
+
+def test_a_snapshot_the_real_modelscope_cached_is_found_offline_at_its_revision(tmp_path, monkeypatch):
+    """The cache as the installed modelscope lays it out (>= 1.38: snapshots/<revision>/; the floor 1.35: one folder
+    per model, its revision in .mv): a pinned revision is served offline, another one is not taken for it."""
+    from packaging.version import Version
+
+    from modelscope.version import __version__
+
+    from medsft.io import MedsftError
+
+    spec = "FakeOrg/Fake-Model"
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
+    monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "medsft"))
+    monkeypatch.setattr(models, "_modelscope_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "_PINNED", {})
+    files = {"config.json": b"{}", "tokenizer_config.json": b"{}", "model.safetensors": b"x"}
+    if Version(__version__) >= Version("1.38"):
+        from modelscope_hub.config import get_default_config
+
+        monkeypatch.setattr("modelscope_hub.config._default_config", None)  # built once per process: read the env anew
+        assert get_default_config().cache_dir == tmp_path / "ms"
+        snap = tmp_path / "ms" / "models" / "FakeOrg--Fake-Model" / "snapshots" / "v2"
+        snap.mkdir(parents=True)
+        for name, data in files.items():
+            (snap / name).write_bytes(data)
+    else:  # written by modelscope's own cache class, as its snapshot_download does
+        from modelscope.hub.utils.caching import ModelFileSystemCache
+        from modelscope.utils.file_utils import get_model_cache_root
+
+        cache = ModelFileSystemCache(get_model_cache_root(), "FakeOrg", "Fake-Model")
+        for name, data in files.items():
+            (tmp_path / name).write_bytes(data)
+            cache.put_file({"Path": name, "Revision": "0123abc"}, str(tmp_path / name))
+        cache.save_model_version({"Revision": "v2", "CreatedAt": 1745000000})
+        snap = Path(cache.get_root_location())
+    models.pin_revision(spec, "v2")
+    assert models.download(spec) == snap and models.hub_revision(spec) == "v2"
+    models.pin_revision(spec, "")
+    assert models.hub_revision(spec) == "unpinned:v2"
+    models.pin_revision(spec, "v3")
+    with pytest.raises(MedsftError, match="cannot download 'FakeOrg/Fake-Model'"):
+        models.download(spec)

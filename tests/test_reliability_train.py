@@ -115,6 +115,45 @@ def test_rerun_of_a_finished_run_with_other_settings_is_refused(data_dir, finish
     assert _snapshot(out, results) == before
 
 
+def test_a_finished_output_dir_holds_no_pickle(finished):
+    """The Trainer's save_model writes training_args.bin (a pickle); the published model does not carry it."""
+    import zipfile
+
+    out, _ = finished
+    top = [p for p in out.iterdir() if p.is_file()]
+    assert {"model.safetensors", "train_config.json", "trainer_state.json"} <= {p.name for p in top}
+    assert not [p.name for p in top if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".pickle") or
+                zipfile.is_zipfile(p)]  # torch.save writes zips
+    assert (out / "checkpoint-2" / "training_args.bin").is_file()  # checkpoints keep the Trainer's own files
+
+
+def test_resume_is_refused_when_the_tokenizer_or_chat_template_changed(data_dir, tmp_path):
+    from medsft.io import MedsftError
+    from medsft.models import resolve_model
+    from medsft.training.run_dir import check_same_run
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("tiny"), model)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = _cfg(data_dir, out, tmp_path / "r", MODEL=str(model), RESUME=True, QUANTIZATION="none")
+    check_same_run(cfg, None, {})  # the run starts: its fingerprint is recorded
+    check_same_run(cfg, out / "checkpoint-2", {})  # nothing changed: the resume goes ahead
+    template = model / "chat_template.jinja"
+    if template.is_file():  # transformers 5 writes the template beside tokenizer_config.json
+        template.write_text(template.read_text(encoding="utf-8") + "{# edited #}", encoding="utf-8")
+    else:
+        conf = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+        conf["chat_template"] += "{# edited #}"
+        (model / "tokenizer_config.json").write_text(json.dumps(conf), encoding="utf-8")
+    with pytest.raises(MedsftError, match="tokenizer") as e:
+        check_same_run(cfg, out / "checkpoint-2", {})
+    assert "resuming would mix two runs" in str(e.value)
+    for key, value in (("MAX_GRAD_NORM", 0.5), ("QUANTIZATION", "4bit")):
+        with pytest.raises(MedsftError, match=key):
+            check_same_run({**cfg, key: value}, out / "checkpoint-2", {})
+
+
 def test_a_session_that_trained_nothing_keeps_the_timing_it_replaces(tmp_path):
     """Killed after writing its results but before its finished marker, a run resumes from its final checkpoint
     and trains nothing: its results keep the real tokens/s instead of 0."""
@@ -223,27 +262,131 @@ def _unfinished_copy(finished_out: Path, dst: Path) -> Path:
     return out
 
 
+def _tree(path: Path) -> dict:
+    """Every file under ``path`` (relative name -> sha256 of its bytes): a folder moved aside byte for byte keeps it."""
+    import hashlib
+
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.rglob("*"))
+            if f.is_file()}
+
+
 def test_resume_falls_back_past_a_truncated_newest_checkpoint(data_dir, finished, tmp_path):
+    from medsft.training import checkpoints
+
     ref, _ = finished
     out = _unfinished_copy(ref, tmp_path / "out")
-    _truncate(out / f"checkpoint-{MAX_STEPS}" / "model.safetensors")  # the disk filled during its save
-    proc = run_script("train.py", *_args(data_dir, out, tmp_path / "results", "--resume=true"))
+    newest = out / f"checkpoint-{MAX_STEPS}"
+    _truncate(newest / "model.safetensors")  # the disk filled during its save
+    before = _tree(newest)
+    # --save_total_limit=1: the Trainer's rotation runs when checkpoint-4 is saved again, beside the moved-aside one
+    proc = run_script("train.py", *_args(data_dir, out, tmp_path / "results", "--resume=true",
+                                         "--save_total_limit=1"))
+    aside = out / f"unreadable-checkpoint-{MAX_STEPS}"
     assert re.search(rf"checkpoint-{MAX_STEPS}.*model\.safetensors", proc.stdout), proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if "model.safetensors" in line and "moved" in line]
+    assert len(lines) == 1 and newest.name in lines[0] and str(aside) in lines[0], proc.stdout
     assert f"resume: continuing from {out / 'checkpoint-2'}" in proc.stdout
     assert "Traceback" not in proc.stderr
     assert _losses(out) == _losses(ref)  # steps 3-4 replayed exactly from checkpoint-2
+    assert _tree(aside) == before  # kept byte for byte, through the rotation ...
+    assert not (out / "checkpoint-2").exists()  # ... which did run
+    assert [step for step, _, _ in checkpoints(out)] == [MAX_STEPS]
 
 
-def test_resume_without_a_usable_checkpoint_starts_fresh_and_says_why(data_dir, finished, tmp_path, capsys):
+def _failing_reads(monkeypatch, victim: Path, err: int = errno.EIO) -> None:
+    """Every open of ``victim`` fails with ``err``, as on a network disk having a bad moment."""
+    import builtins
+    import io
+
+    real_open = io.open
+
+    def failing_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file) == victim:
+            raise OSError(err, os.strerror(err), str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", failing_open)
+    monkeypatch.setattr(builtins, "open", failing_open)
+
+
+def test_an_unreadable_checkpoint_is_moved_aside_byte_for_byte_never_deleted(data_dir, finished, tmp_path,
+                                                                             monkeypatch, capsys):
+    from medsft.training import check_output_dir
+
+    out = _unfinished_copy(finished[0], tmp_path / "out")
+    newest = out / f"checkpoint-{MAX_STEPS}"
+    before = _tree(newest)
+    cfg = _cfg(data_dir, out, tmp_path / "r", RESUME=True)
+    with monkeypatch.context() as m:
+        _failing_reads(m, newest / "optimizer.pt")  # a transient EIO: the files themselves are fine
+        assert check_output_dir(cfg) == out / "checkpoint-2"
+    text = capsys.readouterr().out
+    aside = out / f"unreadable-checkpoint-{MAX_STEPS}"
+    assert not newest.exists() and _tree(aside) == before
+    said = [line for line in text.splitlines() if "moved" in line]
+    assert len(said) == 1 and "optimizer.pt" in said[0] and os.strerror(errno.EIO) in said[0], text
+    assert str(aside) in said[0]
+
+    # damaged again later: the earlier moved-aside folder is never overwritten
+    shutil.copytree(out / "checkpoint-2", newest)
+    _truncate(newest / "optimizer.pt")
+    second = _tree(newest)
+    assert check_output_dir(cfg) == out / "checkpoint-2"
+    assert _tree(aside) == before and _tree(out / f"unreadable-checkpoint-{MAX_STEPS}.2") == second
+    assert "optimizer.pt is truncated" in capsys.readouterr().out
+
+
+def test_saves_the_trainer_never_finished_are_moved_aside_and_need_no_choice(data_dir, finished, tmp_path, capsys):
+    """A kill -9 or a full disk during a save leaves a checkpoint without trainer_state.json (written last): resume
+    goes on from the one before, or from scratch when it was the first save, keeping the folder (hidden)."""
+    from medsft.training import check_output_dir
+
+    out = _unfinished_copy(finished[0], tmp_path / "out")
+    cfg = _cfg(data_dir, out, tmp_path / "r", RESUME=True)
+    for step in (MAX_STEPS, 2):
+        (out / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    trees = {step: _tree(out / f"checkpoint-{step}") for step in (MAX_STEPS, 2)}
+    assert check_output_dir(cfg) is None
+    text = capsys.readouterr().out
+    assert "starting from scratch" in text and text.count("its save was interrupted") == 2, text
+    for step, tree in trees.items():
+        assert _tree(out / f".interrupted-checkpoint-{step}") == tree
+
+
+def test_transformers_rotation_never_matches_a_moved_aside_checkpoint(tmp_path):
+    from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints, sort_checkpoints
+
+    for name in ("checkpoint-2", "checkpoint-4", "unreadable-checkpoint-6", "unreadable-checkpoint-6.2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    for use_mtime in (True, False):
+        assert [Path(p).name for p in sort_checkpoints(str(tmp_path), use_mtime=use_mtime)] == \
+               ["checkpoint-2", "checkpoint-4"]
+    assert Path(get_last_checkpoint(str(tmp_path))).name == "checkpoint-4"
+    rotate_checkpoints(str(tmp_path), save_total_limit=1, use_mtime=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "unreadable-checkpoint-6",
+                                                          "unreadable-checkpoint-6.2"]
+
+
+def test_resume_without_a_usable_checkpoint_is_refused_and_changes_nothing(data_dir, finished, tmp_path, capsys):
+    from medsft.io import MedsftError
     from medsft.training import check_output_dir
 
     out = _unfinished_copy(finished[0], tmp_path / "out")
     _truncate(out / "checkpoint-2" / "optimizer.pt")
     (out / f"checkpoint-{MAX_STEPS}" / "rng_state.pth").unlink()
-    assert check_output_dir(_cfg(data_dir, out, tmp_path / "r", RESUME=True)) is None
-    text = capsys.readouterr().out
-    assert "optimizer.pt" in text and "rng_state.pth" in text and "starting from scratch" in text
-    assert not list(out.glob("checkpoint-*"))  # damaged checkpoints would shadow the new run's
+    before = _snapshot(out)
+    with pytest.raises(MedsftError) as e:
+        check_output_dir(_cfg(data_dir, out, tmp_path / "r", RESUME=True))
+    text = str(e.value)
+    assert "optimizer.pt" in text and "rng_state.pth" in text and "checkpoint-2" in text, text
+    assert "--overwrite=true" in text and "--output_dir" in text, text
+    assert _snapshot(out) == before  # nothing deleted, nothing moved: the user decides
+
+    empty = tmp_path / "empty"  # no checkpoint at all: --resume=true starts fresh (pipeline.sh's first run)
+    empty.mkdir()
+    assert check_output_dir(_cfg(data_dir, empty, tmp_path / "r", RESUME=True)) is None
+    assert "starting from scratch" in capsys.readouterr().out
 
 
 # --- 8. unwritable folders, too little disk, disk full while saving ------------------------------------------------

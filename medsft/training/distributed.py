@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from ..io import MedsftError
@@ -25,6 +26,9 @@ ENGINES = ("ddp", "zero2", "zero3", "fsdp2")
 SHARDED = ("zero3", "fsdp2")  # engines whose weights live split across the GPUs between forward passes
 ENGINE_CONFIGS = {"zero2": "configs/ds_zero2.json", "zero3": "configs/ds_zero3.json", "fsdp2": "configs/fsdp2.json"}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Longest wait in a collective before the run fails: rank 0 saving an 8B checkpoint, a node still downloading the model
+# (transformers' ddp_timeout default; torch's NCCL default, 10 minutes, is too short for either)
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 
 
 def world_size() -> int:
@@ -135,7 +139,8 @@ def start() -> None:
 
     Refuses a launch whose processes would not form one run: more processes on a node than GPUs, or a process
     group that does not hold every process. On CPU the group uses gloo (tests, CI); on GPUs NCCL, one GPU per
-    process. Ranks other than 0 stop printing: rank 0 speaks for the run (errors still reach stderr).
+    process. Ranks other than 0 stop printing: rank 0 speaks for the run (errors still reach stderr). A process
+    waits at most PROCESS_GROUP_TIMEOUT in a collective.
     """
     world = world_size()
     if world == 1:
@@ -155,7 +160,7 @@ def start() -> None:
     if cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     if dist.get_world_size() != world:
         raise MedsftError(f"the process group holds {dist.get_world_size()} processes but WORLD_SIZE={world}: "
                           "relaunch with torchrun or accelerate launch")
@@ -178,7 +183,7 @@ def start_deepspeed() -> None:
         import deepspeed.ops
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed()
+    deepspeed.init_distributed(timeout=PROCESS_GROUP_TIMEOUT)
 
 
 def stop_process_group() -> None:

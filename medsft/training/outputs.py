@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import generate as gen
 from ..config import save_config
 from ..io import read_jsonl, write_json
+from ..models import hub_revision
 from .disk import disk_errors
 from .distributed import SHARDED, on_main
 from .features import FEATURES
@@ -23,6 +24,9 @@ from .trainer import peak_memory
 KINDS = ("full", "lora")
 STAGING = ".final-staging"  # where save_final writes before renaming into OUTPUT_DIR
 RESULTS_NAME = "train_{kind}.json"
+# save_model's pickled TrainingArguments (transformers.trainer.TRAINING_ARGS_NAME): a published model holds no pickle,
+# and train_config.json has the settings
+UNPUBLISHED = ("training_args.bin",)
 HISTORY_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "num_input_tokens_seen",
                 "tokens_per_second", "peak_memory_gib")
 
@@ -88,7 +92,7 @@ def _gathered_state_dict(trainer, cfg: dict):
 
 def _publish(trainer, cfg: dict, stage: Path, out: Path) -> list[Path]:
     save_config(cfg, stage / "train_config.json")
-    names = sorted(p.name for p in stage.iterdir() if p.is_file())
+    names = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name not in UNPUBLISHED)
     for name in names:
         os.replace(stage / name, out / name)
     shutil.rmtree(stage, ignore_errors=True)
@@ -138,6 +142,7 @@ def write_results(trainer, cfg: dict, kind: str, summary: dict, data_stats: dict
     result = {
         "kind": kind,
         "model": str(cfg["MODEL"]),
+        "model_revision": hub_revision(cfg["MODEL"]),
         "output_dir": str(cfg["OUTPUT_DIR"]),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "features": {k: cfg.get(k) for k in FEATURES + ("GRADIENT_CHECKPOINTING",)},

@@ -67,13 +67,13 @@ def check_cpu(cfg: dict, est: dict) -> None:
                       "--model=tiny. To train on CPU anyway, add --allow_cpu=true")
 
 
-def dry_run(cfg: dict, kind: str) -> None:
+def dry_run(cfg: dict, kind: str, model_dir=None) -> None:
     """Print the resolved features and the memory estimate for the GPU this run is meant for, then exit 0.
-    Needs only config.json (no weights, no GPU, no data). The estimate is per GPU for the ENGINE on WORLD_SIZE
-    GPUs (DRY_RUN_GPUS when not launched on several)."""
+    Needs only config.json (no weights, no GPU, no data): of a hub id nothing else is downloaded. The estimate is
+    per GPU for the ENGINE on WORLD_SIZE GPUs (DRY_RUN_GPUS when not launched on several)."""
     lora = kind == "lora"
     feats = resolve_features(cfg, lora=lora, assume_gpu=True)
-    est = estimate({**cfg, **feats}, resolve_model(str(cfg["MODEL"])), lora)
+    est = estimate({**cfg, **feats}, model_dir or resolve_model(str(cfg["MODEL"]), config_only=True), lora)
     print(describe(est))
     where = ("" if cfg["ENGINE"] == "single" else
              f"; per GPU with {cfg['ENGINE']} on {cfg['WORLD_SIZE']} GPUs")
@@ -88,19 +88,30 @@ def preflight(cfg: dict, kind: str) -> Path | None:
 
     Under a multi-process launch every process joins one process group first; rank 0 alone runs the checks and
     the OUTPUT_DIR bookkeeping (--overwrite, resume choice, fingerprint, lock) and hands the outcome to the others.
+    Between the cheap checks and the estimate every process fetches the model itself, outside any collective: on
+    each machine one downloads a hub id while the others wait on a file lock (``models.download``), so a long
+    first download never runs into the process group's timeout.
     Sets ENGINE, DEEPSPEED, WORLD_SIZE, GRAD_ACCUM (derived from GLOBAL_BATCH when set), EXAMPLES_PER_STEP and
     ESTIMATED_PEAK_GIB in ``cfg`` on every rank.
-    With DRY_RUN it prints the resolved features and the memory estimate and exits instead.
+    With DRY_RUN it prints the resolved features and the memory estimate and exits instead (config.json only).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     distributed.start()
-    resume_from, updates = distributed.on_main(_preflight, dict(cfg), kind)
+    cfg.update(distributed.on_main(_check_settings, dict(cfg), kind))
+    model_dir = resolve_model(str(cfg["MODEL"]), config_only=bool(cfg.get("DRY_RUN")))
+    try:
+        resume_from, updates = distributed.on_main(_preflight, dict(cfg), kind, model_dir)
+    except SystemExit as e:
+        if e.code == 0:  # the dry run: every rank got its outcome and stops here, so the group can end cleanly
+            distributed.stop_process_group()
+        raise
     cfg.update(updates)
     return resume_from
 
 
-def _preflight(cfg: dict, kind: str) -> tuple[Path | None, dict]:
+def _check_settings(cfg: dict, kind: str) -> dict:
+    """The checks that need no model: settings, library versions and, but for a dry run, data and OUTPUT_DIR."""
     lora = kind == "lora"
     for name in ("BATCH_SIZE", "GRAD_ACCUM", "LOGGING_STEPS", "EVAL_STEPS", "SAVE_STEPS", "MAX_LENGTH"):
         if cfg[name] < 1:
@@ -115,19 +126,28 @@ def _preflight(cfg: dict, kind: str) -> tuple[Path | None, dict]:
                               "and alpha positive")
         if not 0 <= cfg["LORA_DROPOUT"] < 1:
             raise MedsftError(f"--lora_dropout={cfg['LORA_DROPOUT']}: must be in [0, 1)")
-    cfg.update(distributed.resolve_engine(cfg))
-    cfg.update(distributed.resolve_batch(cfg, cfg["WORLD_SIZE"]))
+    updates = distributed.resolve_engine(cfg)
+    updates.update(distributed.resolve_batch(cfg, updates["WORLD_SIZE"]))
+    cfg.update(updates)
     check_quantization(cfg, lora)
     check_versions()
     if cfg.get("DRY_RUN"):
-        dry_run(cfg, kind)
+        return updates
     check_data(cfg["DATA_DIR"])
-    feats = resolve_features(cfg, lora=lora, log=False)  # bad precision/attention/optim choices, before loading
-    check_finished(cfg, kind, run_fingerprint(cfg, feats))  # before anything below writes a file
-    check_writable(cfg["OUTPUT_DIR"], "output_dir")  # before the estimate, which may download the model
+    resolve_features(cfg, lora=lora, log=False)  # bad precision/attention/optim choices, before loading
+    check_writable(cfg["OUTPUT_DIR"], "output_dir")  # before the model is fetched (maybe downloaded)
     if cfg.get("RESULTS_DIR"):
         check_writable(cfg["RESULTS_DIR"], "results_dir")
-    est = estimate({**cfg, **feats}, resolve_model(str(cfg["MODEL"])), lora)
+    return updates
+
+
+def _preflight(cfg: dict, kind: str, model_dir: Path) -> tuple[Path | None, dict]:
+    lora = kind == "lora"
+    if cfg.get("DRY_RUN"):
+        dry_run(cfg, kind, model_dir)
+    feats = resolve_features(cfg, lora=lora, log=False)
+    check_finished(cfg, kind, run_fingerprint(cfg, feats))  # it hashes the model's tokenizer: after the fetch
+    est = estimate({**cfg, **feats}, model_dir, lora)
     print(describe(est))
     cfg["ESTIMATED_PEAK_GIB"] = round(est["total"] / 2 ** 30, 3)
     check_cpu(cfg, est)

@@ -16,7 +16,8 @@ except ImportError:  # Windows: no advisory locks, lock_output_dir does nothing
 
 from ..io import MedsftError, write_json
 from ..memory import GIB
-from .checkpoints import checkpoint_problem, checkpoints
+from ..models import resolve_model
+from .checkpoints import checkpoint_problem, checkpoints, save_interrupted
 from .disk import disk_errors
 from .outputs import RESULTS_NAME
 
@@ -29,6 +30,8 @@ FINAL_FILES = ("trainer_state.json", "model.safetensors", "model.safetensors.ind
                "added_tokens.json", "run_fingerprint.json", "swanlab_run.json")
 CHECKPOINT_SMALL_BYTES = 64 * 2 ** 20  # tokenizer, scheduler, RNG and trainer state of a checkpoint, generously
 LOCK_NAME = ".lock"
+# where --resume=true moves a checkpoint it cannot use: unreadable-checkpoint-N, .interrupted-checkpoint-N
+UNREADABLE_PREFIX, INTERRUPTED_PREFIX = "unreadable-", "interrupted-"
 _LOCKS: dict[str, int] = {}  # OUTPUT_DIR -> fd holding its flock, for the life of the process
 
 
@@ -55,8 +58,10 @@ def check_output_dir(cfg: dict) -> Path | None:
     A finished run or an unfinished one's checkpoints are never silently mixed with a new run: without RESUME the
     user must choose (resume, another OUTPUT_DIR, or OVERWRITE). OVERWRITE deletes the previous run's final outputs
     (the finished marker first) and checkpoints before anything trains, so a new run killed early never looks
-    finished nor leaves the old model for later stages. RESUME verifies checkpoints newest first and removes the
-    damaged ones; with none usable it starts from scratch, saying why (the damaged files hold nothing to save).
+    finished nor leaves the old model for later stages. RESUME verifies checkpoints newest first and resumes from
+    the newest usable one; the unusable ones newer than it are moved aside, never deleted (a read error may pass).
+    With none usable it refuses, changing nothing, unless each one is a save the Trainer never finished (moved
+    aside, then a fresh start, as with no checkpoint at all).
     """
     out = Path(cfg["OUTPUT_DIR"])
     ckpts = checkpoints(out)
@@ -73,18 +78,25 @@ def check_output_dir(cfg: dict) -> Path | None:
                   "checkpoint(s))")
         return None
     if cfg.get("RESUME"):
-        damaged = 0
+        unusable = []
         for step, path, _ in reversed(ckpts):
             why = checkpoint_problem(path)
             if why is None:
+                for bad, bad_why in unusable:  # else later resumes, and the Trainer re-saving that step, meet it
+                    _move_aside(bad, bad_why)
                 print(f"resume: continuing from {path} (step {step})")
                 return path
-            # a damaged checkpoint would shadow the older good one in every later resume
-            print(f"resume: removing {path.name}: {why}")
-            shutil.rmtree(path)
-            damaged += 1
-        print(f"resume: no usable checkpoint in {out}" + (f" ({damaged} damaged, removed)" if damaged else "")
-              + "; starting from scratch")
+            unusable.append((path, why))
+        damaged = [(path, why) for path, why in unusable if not save_interrupted(path)]
+        if damaged:  # a whole save that reads badly now may read fine later, or be worth recovering: the user decides
+            found = "; ".join(f"{path.name}: {why}" for path, why in unusable)
+            raise MedsftError(f"--resume=true: no checkpoint in {out} can be resumed from ({found}). Nothing was "
+                              "changed. If a disk or network error is to blame, retry once it is fixed; otherwise "
+                              "start over with --overwrite=true (deletes these checkpoints), or train into another "
+                              "--output_dir=DIR")
+        for bad, bad_why in unusable:  # saves the Trainer never finished (killed during the first one)
+            _move_aside(bad, bad_why)
+        print(f"resume: no {'finished ' if unusable else ''}checkpoint in {out}; starting from scratch")
         (out / "swanlab_run.json").unlink(missing_ok=True)  # a fresh start is a new SwanLab experiment too
         return None
     fix = ("continue it with --resume=true, write elsewhere with --output_dir=DIR, or start over with "
@@ -94,6 +106,30 @@ def check_output_dir(cfg: dict) -> Path | None:
     if ckpts:
         raise MedsftError(f"{out} holds checkpoints of an unfinished run (newest {ckpts[-1][1].name}): {fix}")
     return None
+
+
+def _move_aside(path: Path, why: str) -> Path:
+    """Rename checkpoint ``path`` to a free name beside it and say so in one line: ``unreadable-checkpoint-N[.k]``,
+    or a hidden ``.interrupted-checkpoint-N[.k]`` for a save the Trainer never finished. Neither name is matched by
+    the Trainer's rotation (transformers.trainer_utils.sort_checkpoints globs ``checkpoint-*``) nor by
+    ``checkpoints()``, so nothing deletes it; an earlier one is never overwritten."""
+    base = path.with_name(("." + INTERRUPTED_PREFIX if save_interrupted(path) else UNREADABLE_PREFIX) + path.name)
+    dest, k = base, 1
+    while dest.exists():
+        k += 1
+        dest = base.with_name(f"{base.name}.{k}")
+    try:
+        size = f"{_tree_bytes(path) / GIB:.2f} GiB"
+    except OSError:
+        size = "size unknown"
+    try:
+        os.rename(path, dest)
+    except OSError as e:
+        raise MedsftError(f"--resume=true: {path} cannot be resumed from ({why}) and cannot be moved aside to {dest} "
+                          f"({e.strerror or e}); check the disk, then retry") from None
+    print(f"resume: {path.name} cannot be resumed from ({why}); moved it to {dest} ({size}; delete it once you have "
+          "no use for it)")
+    return dest
 
 
 def checkpoint_bytes(est: dict, lora: bool) -> int:
@@ -161,20 +197,35 @@ def unlock_output_dir(output_dir) -> None:
         os.close(fd)
 
 
-RUN_KEYS = ("MODEL", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_ACCUM", "LEARNING_RATE", "SCHEDULER",
-            "WARMUP", "WEIGHT_DECAY", "SEED", "NO_THINK_RATIO", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT",
-            "LORA_TARGET_MODULES")
+RUN_KEYS = ("MODEL", "MODEL_REVISION", "QUANTIZATION", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_ACCUM",
+            "LEARNING_RATE", "SCHEDULER", "WARMUP", "WEIGHT_DECAY", "MAX_GRAD_NORM", "SEED", "NO_THINK_RATIO", "LORA_R",
+            "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
+# what turns a row into tokens: the tokenizer and its chat template, in whichever of these files the model has
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                   "added_tokens.json", "special_tokens_map.json")
 
 
 def run_fingerprint(cfg: dict, feats: dict) -> dict:
-    """What defines a run: the data bytes, the schedule (RUN_KEYS) and the resolved features, as JSON values."""
+    """What defines a run: the data bytes, the tokenizer and chat template of the model trained, the schedule
+    (RUN_KEYS) and the resolved features, as JSON values."""
     digest = hashlib.sha256()
     for name in ("train.jsonl", "val.jsonl"):
         digest.update((Path(cfg["DATA_DIR"]) / name).read_bytes())
-    fp = {"data_sha256": digest.hexdigest(), **{k: cfg[k] for k in RUN_KEYS if k in cfg}, "features": feats}
+    fp = {"data_sha256": digest.hexdigest(), "tokenizer_sha256": _tokenizer_sha256(cfg["MODEL"]),
+          **{k: cfg[k] for k in RUN_KEYS if k in cfg}, "features": feats}
     if int(cfg.get("WORLD_SIZE") or 1) > 1:  # another process count deals the data out differently
         fp.update(WORLD_SIZE=cfg["WORLD_SIZE"], ENGINE=cfg.get("ENGINE"))
     return json.loads(json.dumps(fp))  # tuples become lists, as in the file it is compared with
+
+
+def _tokenizer_sha256(spec) -> str:
+    model_dir = resolve_model(str(spec))
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = model_dir / name
+        if f.is_file():
+            digest.update(name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _read_fingerprint(output_dir) -> dict | None:
@@ -190,6 +241,12 @@ def _read_fingerprint(output_dir) -> dict | None:
 
 def _changed(old: dict, fp: dict) -> list[str]:
     return [k for k in dict.fromkeys([*fp, *old]) if k != "features" and old.get(k) != fp.get(k)]
+
+
+def _named(changed: list[str]) -> str:
+    """``"data_sha256 (the data files), LEARNING_RATE"``: the changed keys, the digests said in words."""
+    words = {"data_sha256": "the data files", "tokenizer_sha256": "the model's tokenizer or chat template"}
+    return ", ".join(f"{k} ({words[k]})" if k in words else k for k in changed)
 
 
 def _moved_features(old: dict, feats: dict) -> str | None:
@@ -229,26 +286,25 @@ def check_finished(cfg: dict, kind: str, fp: dict) -> None:
     moved = _moved_features(old, fp["features"]) if old and not changed else None
     if moved:
         raise MedsftError(f"--resume=true: {out} holds a finished run; {moved}")
-    what = (f"was trained with other {', '.join(changed)} (the data when data_sha256)" if old else
+    what = (f"was trained with other {_named(changed)}" if old else
             "has no run_fingerprint.json to compare its settings with")
     raise MedsftError(f"--resume=true: {out} holds a finished run that {what}: resuming would mix two runs; "
                       "start over with --overwrite=true, or use another --output_dir")
 
 
 def check_same_run(cfg: dict, resume_from, feats: dict) -> None:
-    """Record what defines a run (data bytes, schedule, resolved features) in OUTPUT_DIR/run_fingerprint.json;
-    refuse to resume a run whose data or schedule changed since (e.g. data.py re-run), or whose ``auto`` features
-    would now resolve differently (e.g. bitsandbytes or flash-attn installed meanwhile), which would silently mix
-    two runs."""
+    """Record what defines a run (data bytes, tokenizer and chat template, schedule, resolved features) in
+    OUTPUT_DIR/run_fingerprint.json; refuse to resume a run whose data, tokenizer or schedule changed since (e.g.
+    data.py re-run, or an edited chat template), or whose ``auto`` features would now resolve differently (e.g.
+    bitsandbytes or flash-attn installed meanwhile), which would silently mix two runs."""
     fp = run_fingerprint(cfg, feats)
     path = Path(cfg["OUTPUT_DIR"]) / "run_fingerprint.json"
     old = _read_fingerprint(cfg["OUTPUT_DIR"]) if resume_from is not None else None
     if old is not None:
         changed = _changed(old, fp)
         if changed:
-            raise MedsftError(f"--resume=true: {path.parent} was trained with other {', '.join(changed)} (the data "
-                              "when data_sha256): resuming would mix two runs; start over with --overwrite=true, or "
-                              "use another --output_dir")
+            raise MedsftError(f"--resume=true: {path.parent} was trained with other {_named(changed)}: resuming "
+                              "would mix two runs; start over with --overwrite=true, or use another --output_dir")
         moved = _moved_features(old, fp["features"])
         if moved:
             raise MedsftError(f"--resume=true: {moved}")

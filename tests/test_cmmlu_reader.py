@@ -1,0 +1,273 @@
+"""The CMMLU answer reader (medsft.knowledge.extract) on adversarial outputs, the paired McNemar comparison of
+models in the report, and how benchmark.py asks ModelScope for CMMLU (no remote code, a pinned revision).
+Hand-written rows through `benchmark.py --score`: no model, no ../shared."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_script
+
+from medsft import knowledge
+from medsft.chat import output_shape
+from medsft.io import MedsftError, read_jsonl
+
+# The think mentions every letter and a marker: none of it may ever count
+THINK = "<think>\n逐一看：A 卵巢；B 不对；C 也许；答案：D？再想想。\n</think>\n\n"
+
+UNEXTRACTABLE = [  # (output, the letter a loose reader credits)
+    (THINK + "患儿维生素D缺乏，导致佝偻病。", "D"),  # a letter inside a medical word
+    (THINK + "B超正常，C反应蛋白升高。", "C"),
+    (THINK + "D-二聚体升高，提示血栓。", "D"),  # hyphen-joined
+    (THINK + "甲肝即A型肝炎。", "A"),
+    (THINK + "答案：维生素D", "D"),
+    (THINK + "答案：C反应蛋白", "C"),
+    (THINK + "答案是B超", "B"),
+    (THINK + "答案：D-二聚体", "D"),
+    (THINK + "答案：A或C", "A"),  # hedges: a marker naming two letters
+    (THINK + "答案：AC", "A"),
+    (THINK + "答案：A、C", "A"),
+    (THINK + "答案：A和C", "A"),
+    (THINK + "答案：A/C", "A"),
+    (THINK + "答案：A 或 C", "A"),
+    (THINK + "答案：（A）或（C）", "A"),
+    (THINK + "The answer is A or C.", "A"),
+    (THINK + "答案：A\n\n不过再想想，答案：C", "C"),  # markers naming different letters after the think
+    (THINK + "A A B C D", "D"),  # repetition of several letters
+    (THINK + "ABCD", "A"),
+    (THINK + "答案：ABCD", "A"),
+    (THINK + "A. 卵巢\nB. 前庭大腺\nC. 子宫\nD. 输卵管", "D"),  # an answer copying all options
+    (THINK + "A\nB\nC\nD", "D"),  # option lines naming different letters
+    (THINK + "应选 C 项，卵巢。", "C"),  # a loose letter in a sentence is not an option line
+    ("", None),  # an empty output
+    (THINK, None),  # an empty answer
+    ("<think>\n先看 A，再看 B，答案：C\n", "C"),  # an unclosed think: nothing is extractable
+    ("答案：B\n<think>\n再想想", "B"),  # text before an unclosed think is no answer either
+    ("<think>\n答案：B\n</think>\n\n我不确定。", "B"),  # a marker in the think only
+    ("<think>\n想\n</think>\n\n答案：A\n</think>\n\n答案：A", "A"),  # a stray second </think>: stray_tag, as adherence
+    ("<think>\n想\n</think>\n\n先想想</think>答案：B", "B"),
+    ("<think>\n想\n</think>\n\n答案：B<think>", "B"),  # a stray <think>
+]
+
+
+@pytest.mark.parametrize("output,loose", UNEXTRACTABLE)
+def test_adversarial_outputs_are_unextractable(output, loose):
+    assert knowledge.extract(output) == (None, "none")
+
+
+READ = [  # (output, letter, extracted_by)
+    (THINK + "答案：B项", "B", "marker"),  # 项 / 选项 after the letter name the option
+    (THINK + "答案：B选项正确。", "B", "marker"),
+    (THINK + "答案：选C", "C", "marker"),
+    (THINK + "答案：**C**", "C", "marker"),
+    (THINK + "答案：B，不选C反应蛋白那项", "B", "marker"),  # the sentence after the marker is not part of it
+    (THINK + "答案应为 A。", "A", "marker"),
+    (THINK + "答案：B\n\n综上，最终答案是 B。", "B", "marker"),  # the same letter twice is one answer
+    (THINK + "A. 卵巢\nB. 前庭大腺\nC. 子宫\nD. 输卵管\n答案：A", "A", "marker"),
+    (THINK + "维生素D缺乏时，B超可见……\n答案：A", "A", "marker"),
+    (THINK + "答案：C\nB", "C", "marker"),  # a marker wins over an option line
+    (THINK + "女性生殖腺是卵巢。\nB", "B", "option_line"),  # the fallback: an option letter alone on a line
+    (THINK + "综上所述：\n(B)", "B", "option_line"),
+    (THINK + "B.", "B", "option_line"),
+    (THINK + "**B**", "B", "option_line"),
+    (THINK + "B\n\n解析：B超不能……\nB", "B", "option_line"),
+    ("答案：D", "D", "marker"),  # no think block at all (enable_thinking=False)
+]
+
+
+@pytest.mark.parametrize("output,pred,how", READ)
+def test_markers_and_option_lines(output, pred, how):
+    assert knowledge.extract(output) == (pred, how)
+
+
+def test_long_whitespace_runs_read_in_milliseconds():
+    """A degenerate answer (a marker, then a run of blanks) once took 34 s for 200 spaces: the reader's whitespace
+    quantifiers re-split the run between them (polynomial backtracking); 1,333 such answers would hang a run."""
+    import time
+
+    for output in ("答案：" + " " * 2000 + "x", "答案" + " \n" * 2000, "答案：(" + " " * 2000, "\n".join(["  * "] * 2000),
+                   "答案：A" + " 或 A" * 2000 + "超"):
+        start = time.perf_counter()
+        assert knowledge.extract(output) == (None, "none")
+        assert time.perf_counter() - start < 1.0
+
+
+def test_the_reader_and_adherence_split_the_think_alike():
+    """One split for chat, adherence and the benchmark: what adherence calls a stray tag the reader cannot read."""
+    for output, _ in UNEXTRACTABLE:
+        if output_shape(output) in ("stray_tag", "unclosed"):
+            assert knowledge.extract(output)[0] is None
+    assert not hasattr(knowledge, "answer_part")  # no second split of its own
+
+
+# --- re-scoring end to end: benchmark.py --score on hand-written rows ----------------------------------------
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_score_counts_markers_option_lines_and_unextractable(tmp_path):
+    # gold is the letter a loose reader credits, so every misread would count as right
+    rows = [{"subject": "nutrition", "index": i, "gold": loose, "output": out}
+            for i, (out, loose) in enumerate(UNEXTRACTABLE) if loose]
+    n_bad = len(rows)
+    rows += [{"subject": "nutrition", "index": 100 + i, "gold": pred, "output": out, "extraction": "letter"}
+             for i, (out, pred, _) in enumerate(READ)]
+    results = tmp_path / "results"
+    run_script("benchmark.py", f"--score={_write(tmp_path / 'p.jsonl', rows)}", "--name=full",
+               f"--results_dir={results}")
+    summary = json.loads((results / "benchmark_full.json").read_text(encoding="utf-8"))
+    n_line = sum(how == "option_line" for _, _, how in READ)
+    assert summary["extracted_by"] == {"marker": len(READ) - n_line, "option_line": n_line, "none": n_bad}
+    assert summary["overall"]["correct"] == len(READ) and summary["overall"]["unextractable"] == n_bad
+    assert summary["overall"]["option_line"] == n_line
+    scored = read_jsonl(results / "benchmark_full.jsonl")
+    assert [r["extracted_by"] for r in scored] == ["none"] * n_bad + [how for _, _, how in READ]
+    assert not any("extraction" in r for r in scored)  # an older reader's field is not kept beside today's
+    report = (results / "README.md").read_text(encoding="utf-8")
+    assert f"| {n_bad} (" in report and "option line" in report
+
+
+# --- paired comparison ---------------------------------------------------------------------------------------
+def test_mcnemar_exact_against_hand_computed_values():
+    # b=1, c=9: 2 * (C(10,0) + C(10,1)) / 2^10 = 2 * 11 / 1024
+    assert knowledge.mcnemar(1, 9) == 0.021484375 == knowledge.mcnemar(9, 1)
+    assert knowledge.mcnemar(0, 0) == 1.0 and knowledge.mcnemar(5, 5) == 1.0  # no evidence either way
+    assert knowledge.mcnemar(0, 1) == 1.0 and knowledge.mcnemar(3, 4) == 1.0  # capped at 1
+    assert knowledge.mcnemar(0, 6) == 2 / 64 and knowledge.mcnemar(0, 5) == 2 / 32
+    assert 0 < knowledge.mcnemar(600, 700) == knowledge.mcnemar(700, 600) < 0.01  # big counts: exact, no overflow
+
+
+def score(monkeypatch, path, *args):
+    """`python benchmark.py --score=path args`, in this process (a second each saved)."""
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", f"--score={path}", *args])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # configure() installs its own; restore it afterwards
+    runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
+
+
+def test_report_compares_each_pair_of_models_on_the_items_both_answered(tmp_path, monkeypatch):
+    """base right on items 0-9 of 20, full on 1-19 (item 0 lost, 10-19 gained), lora on 0-4 of items 0-11, whose
+    item 11 is another question (another dataset version): left out and counted."""
+    results = tmp_path / "results"
+
+    def rows(right, items, other=()):
+        return [{"subject": "anatomy", "index": i, "question": "别的题" if i in other else f"题{i}", "gold": "A",
+                 "output": "答案：A" if i in right else "答案：B"} for i in items]
+
+    for name, made in (("lora", rows(range(5), range(12), other={11})), ("base", rows(range(10), range(20))),
+                       ("full", rows(range(1, 20), range(20)))):
+        score(monkeypatch, _write(tmp_path / f"{name}.jsonl", made), f"--name={name}", f"--results_dir={results}")
+    pairs = json.loads((results / knowledge.PAIRS_NAME).read_text(encoding="utf-8"))
+    got = {(p["first"], p["second"]): (p["n"], p["first_correct"], p["second_correct"], p["b"], p["c"],
+                                       p["question_differs"]) for p in pairs}
+    # in report order; base vs full: b = item 0 (only base right), c = items 10-19 (only full right)
+    assert list(got) == [("base", "full"), ("base", "lora"), ("full", "lora")]
+    assert got == {("base", "full"): (20, 10, 19, 1, 10, 0), ("base", "lora"): (11, 10, 5, 5, 0, 1),
+                   ("full", "lora"): (11, 10, 5, 6, 1, 1)}
+    p = {(q["first"], q["second"]): q["p"] for q in pairs}
+    assert p[("base", "full")] == knowledge.mcnemar(1, 10) == 2 * (1 + 11) / 2 ** 11
+    assert p[("base", "lora")] == 2 / 2 ** 5 and p[("full", "lora")] == 2 * (1 + 7) / 2 ** 7
+    report = (results / "README.md").read_text(encoding="utf-8")
+    assert "| base (untuned) vs full fine-tune | 20 | 50.0 / 95.0 | 1 | 10 | 0.0117 |" in report
+    assert "| full fine-tune vs LoRA | 11 | 90.9 / 45.5 | 6 | 1 | 0.125 |" in report
+    assert "overlapping 95% intervals are not a comparison" in report
+
+
+def test_one_model_has_no_pairs(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    score(monkeypatch, _write(tmp_path / "b.jsonl", [{"gold": "A", "output": "A"}]), f"--results_dir={results}")
+    assert json.loads((results / knowledge.PAIRS_NAME).read_text(encoding="utf-8")) == []
+    assert "McNemar" not in (results / "README.md").read_text(encoding="utf-8")
+
+
+# --- ModelScope: no remote code, the revision asked for and recorded -----------------------------------------
+@pytest.fixture
+def fake_modelscope(monkeypatch):
+    """MsDataset.load recording its keyword arguments (a stand-in module: importing modelscope takes ~6 s)."""
+    from medsft import models
+
+    calls = []
+
+    def load(name, **kw):
+        calls.append((name, kw))
+        return [{"Question": f"{kw['subset_name']}题", "A": "甲", "B": "乙", "C": "丙", "D": "丁", "Answer": "B"}]
+
+    monkeypatch.setitem(sys.modules, "modelscope.msdatasets", types.SimpleNamespace(MsDataset=types.SimpleNamespace(
+        load=load)))
+    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: True)
+    return calls
+
+
+def test_the_installed_modelscope_takes_those_arguments():
+    """The names passed are MsDataset.load's own (read from the installed source, not imported: see above)."""
+    import ast
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("modelscope").origin).parent / "msdatasets" / "ms_dataset.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    load = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MsDataset" for f in c.body
+                if isinstance(f, ast.FunctionDef) and f.name == "load")
+    assert {"subset_name", "split", "trust_remote_code", "version"} <= {a.arg for a in load.args.args}
+
+
+def test_modelscope_load_trusts_no_remote_code_and_pins_the_revision(fake_modelscope):
+    items = knowledge.load_items("opencompass/cmmlu", ["anatomy", "virology"], revision="abc123")
+    assert [it["question"] for it in items] == ["anatomy题", "virology题"]
+    assert fake_modelscope == [("opencompass/cmmlu", {"subset_name": s, "split": "test", "trust_remote_code": False,
+                                                      "version": "abc123"}) for s in ("anatomy", "virology")]
+    fake_modelscope.clear()
+    knowledge.load_items("opencompass/cmmlu", ["anatomy"])  # "": the hub's current version (modelscope's default)
+    assert fake_modelscope == [("opencompass/cmmlu", {"subset_name": "anatomy", "split": "test",
+                                                      "trust_remote_code": False})]
+
+
+def test_benchmark_records_the_dataset_revision(fake_modelscope, tmp_path, monkeypatch):
+    """benchmark.py hands --dataset_revision to ModelScope, records it, and never resumes a file in another one."""
+    def scripted(model, adapter, **kw):  # a model that always answers B, without loading one
+        return {}, lambda todo, on_rows: on_rows([knowledge.make_row(it, {"output": "答案：B"}, model, adapter)
+                                                  for it in todo])
+
+    monkeypatch.setattr(knowledge, "load_generator", scripted)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")  # a model folder as check_model wants it (never loaded)
+    args = [f"--model_dir={tmp_path / 'm'}", "--subjects=anatomy", f"--results_dir={tmp_path / 'r'}"]
+
+    def run(*extra):
+        monkeypatch.setattr(sys, "argv", ["benchmark.py", *args, *extra])
+        monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+        runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
+
+    run("--dataset_revision=v1.0")
+    summary = json.loads((tmp_path / "r" / "benchmark_base.json").read_text(encoding="utf-8"))
+    assert summary["dataset_revision"] == "v1.0" and summary["overall"]["accuracy"] == 1.0
+    assert fake_modelscope[-1][1]["version"] == "v1.0"
+    with pytest.raises(MedsftError, match="dataset_revision='v1.0' \\(now 'v2.0'\\)"):  # never two versions mixed
+        run("--dataset_revision=v2.0")
+    with pytest.raises(MedsftError, match="--dataset_revision applies to a ModelScope dataset"):
+        knowledge.load_items(tmp_path, ["anatomy"], revision="v1.0")
+
+
+def test_a_resumed_file_is_read_again_by_todays_reader(fake_modelscope, tmp_path, monkeypatch):
+    """Rows an earlier run (and reader) left are re-read on resume: one file never mixes two readers."""
+    monkeypatch.setattr(knowledge, "load_generator", lambda *a, **kw: ({}, None))  # nothing left to generate
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    [item] = knowledge.load_items("opencompass/cmmlu", ["anatomy"])
+    assert item["gold"] == "B"  # which the old reader credited for B超
+    old = {**item, "output": "B超正常。", "pred": "B", "correct": True, "extraction": "letter", "model": str(model)}
+    _write(tmp_path / "benchmark_base.jsonl", [old])
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", f"--model_dir={model}", "--subjects=anatomy",
+                                      f"--results_dir={tmp_path}"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
+    [row] = read_jsonl(tmp_path / "benchmark_base.jsonl")
+    assert (row["pred"], row["correct"], row["extracted_by"], "extraction" in row) == (None, False, "none", False)
+    summary = json.loads((tmp_path / "benchmark_base.json").read_text(encoding="utf-8"))
+    assert summary["overall"]["unextractable"] == 1 and summary["overall"]["accuracy"] == 0.0
