@@ -1,7 +1,7 @@
 """Medical knowledge: accuracy on CMMLU's seven medical subjects (1,333 four-option questions), with 95% intervals.
 
 The model gets each question with its options in Chinese, thinks, and ends with a line `答案：X`; the letter is read
-after `</think>` (medsft/knowledge.py). Run it once per model, each under its own NAME:
+after `</think>` (medsft/cmmlu.py). Run it once per model, each under its own NAME:
 
   python benchmark.py                                            # untuned Qwen/Qwen3-1.7B, CMMLU from ModelScope
   python benchmark.py --model_dir=output/full --name=full        # the full fine-tune
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medsft import knowledge, report
+from medsft import cmmlu, report
 from medsft.adapters import check_adapter, lora_base
 from medsft.chat import SYSTEM_PROMPT
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
-from medsft.io import MedsftError
+from medsft.files import MedsftError
 from medsft.model_checks import check_model, weights_fingerprint
 from medsft.models import hub_revision, pin_revision
 
@@ -61,9 +61,9 @@ def main():
 
     # 2. --score: re-score an existing predictions file with today's extraction, no model
     if SCORE:
-        rows = knowledge.read_predictions(SCORE)
-        old = knowledge.load_summaries(Path(SCORE).parent).get(Path(SCORE).stem.removeprefix("benchmark_"), {})
-        meta = {k: v for k, v in old.items() if k not in knowledge.SCORED}
+        rows = cmmlu.read_predictions(SCORE)
+        old = cmmlu.load_summaries(Path(SCORE).parent).get(Path(SCORE).stem.removeprefix("benchmark_"), {})
+        meta = {k: v for k, v in old.items() if k not in cmmlu.SCORED}
         meta = {"model": rows[0].get("model"), "adapter": rows[0].get("adapter"), **meta, "name": NAME,
                 "scored_from": str(SCORE)}
         finish(rows, meta, cfg, config_path)
@@ -76,10 +76,10 @@ def main():
     else:
         model = check_model(MODEL_DIR, flag="--model_dir", producer="train.py")
     pin_revision(model, MODEL_REVISION)
-    items = knowledge.load_items(DATASET, knowledge.parse_subjects(SUBJECTS), LIMIT, DATASET_REVISION)
+    items = cmmlu.load_items(DATASET, cmmlu.parse_subjects(SUBJECTS), LIMIT, DATASET_REVISION)
     rows_path = results / f"benchmark_{NAME}.jsonl"
-    done = knowledge.load_done(rows_path, items, model, adapter)
-    previous = knowledge.load_summaries(results).get(NAME) if rows_path.is_file() else None
+    done = cmmlu.load_done(rows_path, items, model, adapter)
+    previous = cmmlu.load_summaries(results).get(NAME) if rows_path.is_file() else None
     weights = weights_fingerprint(model, adapter)
     requested = {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": DO_SAMPLE, "enable_thinking": ENABLE_THINKING}
     if DO_SAMPLE:  # under sampling an answer depends on its seed and batch too
@@ -101,17 +101,17 @@ def main():
     meta = {"name": NAME, "model": model, "model_revision": hub_revision(model), "adapter": adapter, "weights": weights,
             "dataset": str(DATASET),
             "dataset_revision": DATASET_REVISION, "split": "test", "limit": LIMIT, "n_items": len(items),
-            "system": SYSTEM_PROMPT, "prompt": knowledge.PROMPT}
+            "system": SYSTEM_PROMPT, "prompt": cmmlu.PROMPT}
     decoding = (previous or {}).get("decoding")
     if todo or decoding is None:
-        used, run = knowledge.load_generator(model, adapter, max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE,
+        used, run = cmmlu.load_generator(model, adapter, max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE,
                                              seed=SEED, batch_size=BATCH_SIZE, enable_thinking=ENABLE_THINKING)
         decoding = {**used, "seed": SEED, "batch_size": BATCH_SIZE, "enable_thinking": ENABLE_THINKING}
     bar = tqdm(total=len(items), initial=len(done), desc="benchmark", unit="q")
 
     def save(new_rows):
         done.update({(r["subject"], r["index"]): r for r in new_rows})
-        knowledge.write_outputs(results, NAME, in_order(), {**meta, "complete": False, "decoding": decoding},
+        cmmlu.write_outputs(results, NAME, in_order(), {**meta, "complete": False, "decoding": decoding},
                                 with_chart=False)
         bar.update(len(new_rows))
 
@@ -127,10 +127,10 @@ def main():
 
 
 def finish(rows, meta, cfg, config_path):
-    written = knowledge.write_outputs(RESULTS_DIR, NAME, rows, meta)
+    written = cmmlu.write_outputs(RESULTS_DIR, NAME, rows, meta)
     written += report.build(RESULTS_DIR)  # results/README.md, as every stage that adds results rebuilds it
     written.append(save_config(cfg, config_path))
-    overall = knowledge.summarize(rows, meta)["overall"]
+    overall = cmmlu.summarize(rows, meta)["overall"]
     lo, hi = overall["ci95"]
     print(f"{NAME}: accuracy {overall['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}) on {overall['n']} items; "
           f"{overall['unextractable']} unextractable, {overall['option_line']} read from a bare option line, "

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from medsft.chat import control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
-from medsft.io import (MedsftError, check_utf8, check_writable_dir, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
+from medsft.files import (MedsftError, check_utf8, check_writable_dir, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
                        publish_files)
 
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory

@@ -15,7 +15,7 @@ verified).
 """
 from pathlib import Path
 
-from medsft import evaluation, report
+from medsft import report, scoring
 from medsft.config import configure, save_config
 from medsft.judge import public_url
 
@@ -42,13 +42,13 @@ def main():
     cfg = configure(globals())
     # 1. Check the prediction files (each exactly TEST_FILE's questions, else stop with the command that makes or
     #    completes it), the judge key and URL, RESULTS_DIR
-    targets = evaluation.targets(cfg, "lora", modes=True)
-    api_key = evaluation.judge_key(cfg)
-    evaluation.check_results_dir(cfg)
+    targets = scoring.targets(cfg, "lora", modes=True)
+    api_key = scoring.judge_key(cfg)
+    scoring.check_results_dir(cfg)
     # 2. Score base and LoRA on the same split and IDF scale
-    written = [path for t in targets for path in evaluation.score_cot(cfg, t, api_key)]
+    written = [path for t in targets for path in scoring.score_cot(cfg, t, api_key)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    with evaluation.writing_results(RESULTS_DIR):
+    with scoring.writing_results(RESULTS_DIR):
         written += report.build(RESULTS_DIR)
         # the URL without credentials or query string, which may carry a secret
         written.append(save_config({**cfg, "JUDGE_BASE_URL": public_url(cfg["JUDGE_BASE_URL"])},

@@ -27,7 +27,7 @@ from medsft.backends import check_backend
 from medsft.chat_repl import chat, choose_mode
 from medsft.config import configure, save_config
 from medsft.generate import check_decoding
-from medsft.io import MedsftError, disk_errors
+from medsft.files import MedsftError, disk_errors
 from medsft.model_checks import check_model
 from medsft.models import hub_revision, pin_revision
 from medsft.predict import check_switches, mode_output, predict_file

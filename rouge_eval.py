@@ -18,7 +18,7 @@ old numbers (n-gram sets) are kept in the summary as rouge_chinese_exclusive, fo
 """
 from pathlib import Path
 
-from medsft import evaluation, report
+from medsft import report, scoring
 from medsft.config import configure, save_config
 
 PREDICTIONS = "results/predictions_full.jsonl"  # predictions of the full fine-tune (made by inference.py)
@@ -35,12 +35,12 @@ def main():
     cfg = configure(globals())
     # 1. Check the prediction files (each exactly TEST_FILE's questions, else stop with the command that makes or
     #    completes it) and that RESULTS_DIR is writable
-    targets = evaluation.targets(cfg, "full")
-    evaluation.check_results_dir(cfg)
+    targets = scoring.targets(cfg, "full")
+    scoring.check_results_dir(cfg)
     # 2. Score base and full fine-tune in the three views
-    written = [path for t in targets for path in evaluation.score_rouge(cfg, t)]
+    written = [path for t in targets for path in scoring.score_rouge(cfg, t)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    with evaluation.writing_results(RESULTS_DIR):
+    with scoring.writing_results(RESULTS_DIR):
         written += report.build(RESULTS_DIR)
         written.append(save_config(cfg, Path(RESULTS_DIR) / "rouge_eval_config.json"))
     for path in written:

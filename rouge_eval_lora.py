@@ -13,7 +13,7 @@ The metric: see rouge_eval.py.
 """
 from pathlib import Path
 
-from medsft import evaluation, report
+from medsft import report, scoring
 from medsft.config import configure, save_config
 
 PREDICTIONS = "results/predictions_lora.jsonl"  # predictions of the LoRA fine-tune (made by inference_lora.py)
@@ -30,12 +30,12 @@ def main():
     cfg = configure(globals())
     # 1. Check the prediction files (each exactly TEST_FILE's questions, else stop with the command that makes or
     #    completes it) and that RESULTS_DIR is writable
-    targets = evaluation.targets(cfg, "lora")
-    evaluation.check_results_dir(cfg)
+    targets = scoring.targets(cfg, "lora")
+    scoring.check_results_dir(cfg)
     # 2. Score base and LoRA in the three views
-    written = [path for t in targets for path in evaluation.score_rouge(cfg, t)]
+    written = [path for t in targets for path in scoring.score_rouge(cfg, t)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    with evaluation.writing_results(RESULTS_DIR):
+    with scoring.writing_results(RESULTS_DIR):
         written += report.build(RESULTS_DIR)
         written.append(save_config(cfg, Path(RESULTS_DIR) / "rouge_eval_lora_config.json"))
     for path in written:

@@ -41,7 +41,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))  # run as `python bench/bench.py` from anywhere: the medsft package is in the root
 
 from medsft.config import configure, script_defaults  # noqa: E402
-from medsft.io import MedsftError, write_json  # noqa: E402
+from medsft.files import MedsftError, write_json  # noqa: E402
 
 MODE = "auto"  # auto | cpu | gpu; auto = gpu when a CUDA GPU is present. cpu = scaled-down smoke test
 MODEL = "auto"  # config.json + tokenizer of the architecture (GPU mode): local HF dir or ModelScope id; auto = ../shared/qwen3-1.7b if present, else Qwen/Qwen3-1.7B
@@ -603,7 +603,7 @@ def main():
         from medsft.models import load_tokenizer
         from medsft import training
         from medsft.chat import IGNORE_INDEX
-        from medsft.io import read_jsonl
+        from medsft.files import read_jsonl
 
         torch.manual_seed(SEED)
         model_dir = work / "model"

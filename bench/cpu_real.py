@@ -28,7 +28,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
 from medsft.config import configure, script_defaults  # noqa: E402
-from medsft.io import MedsftError, write_json  # noqa: E402
+from medsft.files import MedsftError, write_json  # noqa: E402
 
 MODEL = "auto"  # config.json + tokenizer of the architecture; auto = ../shared/qwen3-1.7b
 DATA = "auto"  # JSONL rows {question, think, answer}; auto = ../shared/data/medical_r1_sample.jsonl, else the demo rows
@@ -51,7 +51,7 @@ def _status_kib(field: str) -> int:
 def _examples(tokenizer, data: Path, n: int, length: int) -> list[dict]:
     """Real rows in the chat format, cut to exactly ``length`` tokens (prompt masked as in training)."""
     from medsft.chat import tokenize_example
-    from medsft.io import read_jsonl
+    from medsft.files import read_jsonl
 
     out = []
     for row in read_jsonl(data):

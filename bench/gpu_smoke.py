@@ -38,7 +38,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
 from medsft.config import configure  # noqa: E402
-from medsft.io import MedsftError, write_json, write_jsonl  # noqa: E402
+from medsft.files import MedsftError, write_json, write_jsonl  # noqa: E402
 
 MODEL = "real"  # real: the Qwen3-1.7B architecture of CONFIG_DIR, random weights, one CUDA GPU | tiny: a 2-layer Qwen3 on CPU
 CONFIG_DIR = "auto"  # config.json + tokenizer of the architecture (no weights needed); auto = ../shared/qwen3-1.7b
@@ -78,7 +78,7 @@ def _data(data_spec: str, real: bool, tokenizer, work: Path, n: int, max_length:
     """DATA's rows that fit MAX_LENGTH, longest first (the estimate's worst case is full-length micro-batches), as
     WORK/data/train.jsonl (n rows: one epoch is the STEPS steps) and val.jsonl (2 rows)."""
     from medsft.chat import tokenize_example
-    from medsft.io import read_jsonl
+    from medsft.files import read_jsonl
 
     sample, demo = _ROOT.parent / "shared" / "data" / "medical_r1_sample.jsonl", _ROOT / "demo" / "medical_demo.jsonl"
     path = Path(data_spec) if data_spec != "auto" else sample if real and sample.is_file() else demo

@@ -17,7 +17,7 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
-from medsft.io import write_json  # noqa: E402
+from medsft.files import write_json  # noqa: E402
 
 
 def state_kinds(states) -> dict:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from medsft.adherence import MODES  # noqa: E402 - think, no_think_soft, no_think_hard
 from medsft.config import configure  # noqa: E402
-from medsft.io import MedsftError, dumps_json, dumps_jsonl, publish_files, read_jsonl  # noqa: E402
+from medsft.files import MedsftError, dumps_json, dumps_jsonl, publish_files, read_jsonl  # noqa: E402
 
 DATA_DIR = "data"  # folder with train.jsonl and val.jsonl (data.py's output)
 OUT_DIR = "data_aug"  # folder for the augmented train.jsonl, val.jsonl and augment_config.json

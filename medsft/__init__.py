@@ -12,7 +12,7 @@ logging.getLogger("torchao").setLevel(logging.ERROR)
 
 from .chat import SYSTEM_PROMPT, build_messages, format_reference, prompt_text, split_output, tokenize_example
 from .config import configure, save_config
-from .io import MedsftError
+from .files import MedsftError
 
 __all__ = ["SYSTEM_PROMPT", "build_messages", "format_reference", "prompt_text", "split_output", "tokenize_example",
            "configure", "save_config", "MedsftError"]

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .io import MedsftError, write_json
+from .files import MedsftError, write_json
 from .model_checks import check_model
 from .models import base_model_of, load_model, load_tokenizer, resolve_model
 

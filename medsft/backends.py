@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import generate as gen
 from .adapters import adapter_tokenizer_spec, load_for_inference
-from .io import MedsftError
+from .files import MedsftError
 from .models import load_tokenizer, resolve_model
 
 BACKENDS = ("transformers", "vllm")

@@ -13,7 +13,7 @@ import threading
 
 from .chat import SWITCHES, THINK_CLOSE, THINK_OPEN, question_mode, split_output
 from .generate import stream
-from .io import MedsftError
+from .files import MedsftError
 
 
 def choose_mode(question, input_path, argv=None) -> str:

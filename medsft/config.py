@@ -14,7 +14,7 @@ import tokenize
 from pathlib import Path
 from typing import Any
 
-from .io import MedsftError, write_json
+from .files import MedsftError, write_json
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}

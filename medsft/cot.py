@@ -1,6 +1,6 @@
 """Offline chain-of-thought scores: the steps of the generated think against the steps of the reference think.
 
-Texts are split into steps (medsft.steps); two steps are compared with an IDF-weighted character-bigram Dice
+Texts are split into steps (medsft.think_steps); two steps are compared with an IDF-weighted character-bigram Dice
 coefficient. Each generated step is paired with at most one reference step (greedy, most similar pair first), so a
 step said twice matches once and the copies count against precision. Recall = matched reference steps / reference
 steps, precision = matched generated steps / generated steps (matched = similarity >= tau), F1 is the headline.
@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .steps import content_chars, split_steps
+from .think_steps import content_chars, split_steps
 
 SCORE_KEYS = ("recall", "precision", "f1", "soft_recall", "soft_precision", "soft_f1")
 BASELINES = ("chance", "answer_as_think", "reference_as_think")

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .chat import prompt_ids
-from .io import MedsftError
+from .files import MedsftError
 
 # torch and transformers (seconds to import) are imported inside the functions that generate, so the scripts'
 # --help and fail-fast checks (check_decoding) stay instant; vllm is optional and heavy, imported only when used.

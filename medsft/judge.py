@@ -192,7 +192,7 @@ class Judge:
         self._cache: dict[str, str] = {}
         self._dirty = 0
         if self.cache_path.is_file():
-            from .io import read_jsonl
+            from .files import read_jsonl
 
             for row in read_jsonl(self.cache_path):
                 self._cache[row["key"]] = row["content"]
@@ -202,7 +202,7 @@ class Judge:
 
     # -- cache ------------------------------------------------------------------------------------------------
     def save_cache(self):
-        from .io import write_jsonl
+        from .files import write_jsonl
 
         with self._lock:
             if not self._dirty:

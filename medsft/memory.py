@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import MedsftError
+from .files import MedsftError
 
 GIB = 2 ** 30
 TORCHAO_BLOCK = 256  # torchao's 8-bit AdamW: one fp32 scale per 256 values, tensors >= 4096 values only

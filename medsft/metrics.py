@@ -1,5 +1,5 @@
 """Evaluation metrics under one name for the eval scripts and the judge: ROUGE (`medsft.rouge`), reasoning steps
-(`medsft.steps`) and the offline chain-of-thought scores (`medsft.cot`)."""
+(`medsft.think_steps`) and the offline chain-of-thought scores (`medsft.cot`)."""
 from __future__ import annotations
 
 from .cot import (BASELINES, MATCHING, SCORE_KEYS, BigramIdf, Idf, Step, StepSet, bigrams, cot_scores, derangement,
@@ -7,7 +7,7 @@ from .cot import (BASELINES, MATCHING, SCORE_KEYS, BigramIdf, Idf, Step, StepSet
                   text_similarity)
 from .rouge import (DEFINITION, ROUGE_METRICS, ROUGE_STATS, ROUGE_VIEWS, THINK_TAGS, exclusive_scores, lcs_length,
                     pair_scores, rouge_scores, segment, versions)
-from .steps import MIN_STEP_CHARS, content_chars, split_steps
+from .think_steps import MIN_STEP_CHARS, content_chars, split_steps
 
 __all__ = ["BASELINES", "MATCHING", "MIN_STEP_CHARS", "SCORE_KEYS", "BigramIdf", "Idf", "Step", "StepSet", "bigrams",
            "content_chars", "cot_scores", "derangement", "format_stats", "match_scores", "one_to_one",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .io import MedsftError
+from .files import MedsftError
 from .models import BUILTIN_SPECS, UNPINNED, ensure_builtin, hub_revision, is_hub_id, resolve_model
 
 LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id

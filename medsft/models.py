@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import MedsftError
+from .files import MedsftError
 
 TINY = "tiny"
 TINY_VERSION = 1  # bump when the tiny recipe changes, so caches are rebuilt
@@ -121,7 +121,7 @@ def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA, vocab_size: in
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    from .io import read_jsonl
+    from .files import read_jsonl
 
     texts = [r[k] for r in read_jsonl(corpus) for k in ("question", "think", "answer")]
     tok = Tokenizer(models.BPE())

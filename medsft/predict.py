@@ -22,7 +22,7 @@ from .adapters import check_adapter, lora_base
 from .backends import check_backend, load_backend
 from .chat import STATUSES, SWITCHES, question_mode, split_output
 from .generate import check_decoding
-from .io import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
+from .files import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
 from .model_checks import check_model, spec_key, weights_fingerprint
 from .models import hub_revision
 

@@ -3,7 +3,7 @@
 Reads RESULTS_DIR/rouge_{base,full,lora}.json and cot_{base,full,lora}.json (and train_{full,lora}.json when the
 training stage wrote them); writes rouge.png, cot.png, adherence.png, think_status.png and README.md, and for the
 training scripts the loss curves trainloss.png and evalloss.png (``write_charts``); with benchmark.py's
-benchmark_<name>.json(l), benchmark.pairs.json (every two models compared item by item, ``knowledge.compare_pairs``).
+benchmark_<name>.json(l), benchmark.pairs.json (every two models compared item by item, ``cmmlu.compare_pairs``).
 The same summaries give the same bytes: no timestamps, PNG metadata without the software version, fixed styles and
 colours.
 """
@@ -13,8 +13,8 @@ import io
 import json
 from pathlib import Path
 
-from . import adherence, knowledge
-from .io import MedsftError, atomic_write_bytes, atomic_write_text, write_json
+from . import adherence, cmmlu
+from .files import MedsftError, atomic_write_bytes, atomic_write_text, write_json
 from .training.disk import disk_errors
 from .training.outputs import KINDS, RESULTS_NAME
 
@@ -50,8 +50,8 @@ def collect(results_dir) -> dict:
     for kind in ("rouge", "cot"):
         out[kind] = {t: _read(d / f"{kind}_{t}.json") for t in TAGS if (d / f"{kind}_{t}.json").is_file()}
     out["train"] = {t: _read(d / f"train_{t}.json") for t in ("full", "lora") if (d / f"train_{t}.json").is_file()}
-    out["benchmark"] = knowledge.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
-    out["benchmark_pairs"] = knowledge.compare_pairs(d, out["benchmark"])  # from their rows, item by item
+    out["benchmark"] = cmmlu.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
+    out["benchmark_pairs"] = cmmlu.compare_pairs(d, out["benchmark"])  # from their rows, item by item
     return out
 
 
@@ -379,7 +379,7 @@ def report_text(data: dict, charts: list[str]) -> str:
     if data["train"]:
         out += _train_section(data["train"])
     if data["benchmark"]:
-        out += [knowledge.markdown_section(data["benchmark"], data["benchmark_pairs"])]
+        out += [cmmlu.markdown_section(data["benchmark"], data["benchmark_pairs"])]
     if charts:
         out += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(out)
@@ -404,7 +404,7 @@ def build(results_dir) -> list[Path]:
                                           adherence.think_status_chart(data["cot"], LABELS, _png, _figure)))
         charts += ["adherence.png", "think_status.png"]
     if data["benchmark"]:  # the paired comparison the report shows, as data (an empty list for one model)
-        written.append(write_json(d / knowledge.PAIRS_NAME, data["benchmark_pairs"]))
+        written.append(write_json(d / cmmlu.PAIRS_NAME, data["benchmark_pairs"]))
     charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png") if (d / c).is_file()]
     written.append(atomic_write_text(d / "README.md", report_text(data, charts)))
     return written

@@ -1,4 +1,4 @@
-"""benchmark.py / medsft.knowledge on the real CMMLU medical items in ../shared (skipped without it): loading,
+"""benchmark.py / medsft.cmmlu on the real CMMLU medical items in ../shared (skipped without it): loading,
 answer extraction, Wilson intervals, scores of scripted models, resume, the tiny end-to-end run, bad input."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ROOT, SHARED, run_script
 
-from medsft import knowledge
-from medsft.io import MedsftError, read_jsonl
+from medsft import cmmlu as knowledge
+from medsft.files import MedsftError, read_jsonl
 
 CMMLU = SHARED / "cmmlu-medical"
 COUNTS = {"anatomy": 148, "clinical_knowledge": 237, "college_medicine": 273, "genetics": 176, "nutrition": 145,

@@ -1,4 +1,4 @@
-"""The CMMLU answer reader (medsft.knowledge.extract) on adversarial outputs, the paired McNemar comparison of
+"""The CMMLU answer reader (medsft.cmmlu.extract) on adversarial outputs, the paired McNemar comparison of
 models in the report, and how benchmark.py asks ModelScope for CMMLU (no remote code, a pinned revision).
 Hand-written rows through `benchmark.py --score`: no model, no ../shared."""
 
@@ -14,9 +14,9 @@ import pytest
 
 from conftest import ROOT, run_script
 
-from medsft import knowledge
+from medsft import cmmlu as knowledge
 from medsft.chat import output_shape
-from medsft.io import MedsftError, read_jsonl
+from medsft.files import MedsftError, read_jsonl
 
 # The think mentions every letter and a marker: none of it may ever count
 THINK = "<think>\n逐一看：A 卵巢；B 不对；C 也许；答案：D？再想想。\n</think>\n\n"

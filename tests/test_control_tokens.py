@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, run_script
 
 from medsft.chat import CONTROL_TOKENS, prompt_ids, prompt_text, tokenize_example
-from medsft.io import MedsftError
+from medsft.files import MedsftError
 
 THINK_TAGS = ("<think>", "</think>")
 # a fake user turn and a fake assistant answer, as a scraped row or a pasted question may hold them

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_script
 
 from medsft import models
-from medsft.io import MedsftError
+from medsft.files import MedsftError
 
 
 def read(path):

@@ -316,7 +316,7 @@ def test_dry_run_estimates_per_gpu_for_qwen3_8b(shared_dir, capsys):
 
 
 def test_global_batch_derives_the_accumulation_and_refuses_what_does_not_divide():
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import resolve_batch
 
     cfg = {"BATCH_SIZE": 2, "GRAD_ACCUM": 8, "GLOBAL_BATCH": 16}
@@ -328,7 +328,7 @@ def test_global_batch_derives_the_accumulation_and_refuses_what_does_not_divide(
 
 
 def test_chunked_loss_under_a_sharding_engine_is_refused_with_the_reason():
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import resolve_features
 
     base = {"PRECISION": "auto", "ATTN_IMPLEMENTATION": "auto", "PADDING_FREE": "auto", "OPTIM": "auto",
@@ -342,7 +342,7 @@ def test_chunked_loss_under_a_sharding_engine_is_refused_with_the_reason():
 def test_engines_follow_the_launcher_and_the_shipped_configs(monkeypatch):
     import yaml
 
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import resolve_engine
 
     for var in ("WORLD_SIZE", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_USE_FSDP"):

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 from hub_standin import HubStandin, network_calls
 from medsft import models
-from medsft.io import MedsftError
+from medsft.files import MedsftError
 
 SPEC = "FakeOrg/Fake-Model"  # a hub id: no such folder here
 TINY_CONFIG = dict(vocab_size=2048, max_position_embeddings=8192, **models.TINY_SIZE)

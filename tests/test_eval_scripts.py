@@ -10,7 +10,7 @@ from conftest import run_script
 
 from medsft import report
 from medsft.chat import format_reference, split_output
-from medsft.io import read_jsonl
+from medsft.files import read_jsonl
 
 SCRIPTS = ("evaluate.py", "evaluate_lora.py", "rouge_eval.py", "rouge_eval_lora.py")
 

@@ -103,7 +103,7 @@ def test_training_examples_mix_the_modes_by_seed(tmp_path):
 def test_a_rows_own_mode_field_wins_over_the_ratio(tmp_path):
     """A row may fix its own mode (`"mode": "no_think_soft"`, as demo/augment.py writes them); NO_THINK_RATIO then
     picks among the rows without one. A mode that is not one of the three is an error naming file:line."""
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.models import load_tokenizer
     from medsft.training import prepare_examples
 

@@ -174,7 +174,7 @@ def test_resume_after_truncated_file_loses_and_duplicates_nothing(tiny, tmp_path
 
 
 def test_resume_refuses_another_model_or_split(tiny, tmp_path):
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.predict import predict_file
 
     split = write_split(tmp_path / "test.jsonl")
@@ -446,7 +446,7 @@ def test_vllm_backend_wiring_with_a_stand_in_engine(tiny, adapter_dir, tmp_path,
 def test_retrained_weights_are_not_resumed_into_old_predictions(adapter_dir, tmp_path):
     import shutil
 
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.predict import predict_file
 
     adapter = tmp_path / "adapter"

@@ -383,7 +383,7 @@ def test_the_8bit_optimizer_state_saves_and_resumes_exactly_through_the_trainer(
 def test_an_installed_library_below_its_floor_stops_before_loading(tmp_path):
     from importlib.metadata import version
 
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import check_versions
 
     req = tmp_path / "requirements.txt"

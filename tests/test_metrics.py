@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from medsft import metrics, rouge, steps
+from medsft import metrics, rouge, think_steps as steps
 from medsft.chat import format_reference
-from medsft.io import read_jsonl
+from medsft.files import read_jsonl
 
 
 def _words(text: str) -> list[str]:

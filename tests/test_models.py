@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medsft import models
-from medsft.io import MedsftError
+from medsft.files import MedsftError
 
 
 def sha(path):
@@ -90,7 +90,7 @@ def test_a_cache_folder_without_the_whole_model_is_not_a_model(tmp_path, monkeyp
     import modelscope
 
     from medsft import models
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
 
     (tmp_path / ".mdl").write_text("x")
     monkeypatch.setattr(modelscope, "snapshot_download", lambda spec, **kw: str(tmp_path))
@@ -131,7 +131,7 @@ def test_a_snapshot_the_real_modelscope_cached_is_found_offline_at_its_revision(
 
     from modelscope.version import __version__
 
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
 
     spec = "FakeOrg/Fake-Model"
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_script
 
-from medsft import io, models
-from medsft.io import MedsftError
+from medsft import files as io, models
+from medsft.files import MedsftError
 
 PUBLISHED = ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json", "data_config.json")
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",

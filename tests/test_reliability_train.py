@@ -128,7 +128,7 @@ def test_a_finished_output_dir_holds_no_pickle(finished):
 
 
 def test_resume_is_refused_when_the_tokenizer_or_chat_template_changed(data_dir, tmp_path):
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.models import resolve_model
     from medsft.training.run_dir import check_same_run
 
@@ -369,7 +369,7 @@ def test_transformers_rotation_never_matches_a_moved_aside_checkpoint(tmp_path):
 
 
 def test_resume_without_a_usable_checkpoint_is_refused_and_changes_nothing(data_dir, finished, tmp_path, capsys):
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import check_output_dir
 
     out = _unfinished_copy(finished[0], tmp_path / "out")
@@ -406,7 +406,7 @@ def test_unwritable_folder_fails_before_loading(data_dir, tmp_path, option):
 
 def test_too_little_free_disk_fails_before_loading(data_dir, tmp_path, monkeypatch):
     from medsft import training
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=1000))
     out = tmp_path / "out"
@@ -419,9 +419,9 @@ def test_too_little_free_disk_fails_before_loading(data_dir, tmp_path, monkeypat
 def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch):
     import torch
 
-    from medsft import io as medsft_io
+    from medsft import files as medsft_io
     from medsft import training
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.models import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
@@ -458,7 +458,7 @@ def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch
 ])
 def test_disk_full_is_recognised_in_the_forms_torch_and_safetensors_raise(tmp_path, monkeypatch, error):
     from medsft import training
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=0))
     with pytest.raises(MedsftError, match="disk full while writing a checkpoint in"):

@@ -10,7 +10,7 @@ from test_eval_scripts import SCRIPTS, _pred, _write
 
 from medsft import metrics
 from medsft.chat import format_reference
-from medsft.io import read_jsonl
+from medsft.files import read_jsonl
 
 N = 12
 

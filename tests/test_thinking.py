@@ -11,7 +11,7 @@ from conftest import run_script
 
 from medsft.adherence import measure, shape
 from medsft.chat import follows_mode, prompt_text, question_mode
-from medsft.io import MedsftError, read_jsonl
+from medsft.files import MedsftError, read_jsonl
 from medsft.metrics import cot_scores, rouge_scores
 
 THINK_OK = "<think>\n先想一想。\n</think>\n\n建议就医。"

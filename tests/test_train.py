@@ -316,7 +316,7 @@ def test_prepare_examples_masks_prompt_and_skips_long_rows(data_dir, tiny_tokeni
 
 
 def test_prepare_examples_names_bad_line(tmp_path, tiny_tokenizer):
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import prepare_examples
 
     p = tmp_path / "train.jsonl"
@@ -328,7 +328,7 @@ def test_prepare_examples_names_bad_line(tmp_path, tiny_tokenizer):
 def test_auto_features_on_cpu(tmp_path):
     import torch
 
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import resolve_features
 
     if torch.cuda.is_available():
@@ -380,7 +380,7 @@ def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expe
     ({"ATTN_IMPLEMENTATION": "flash_attention_2"}, "needs a CUDA GPU"),
 ])
 def test_bad_settings_fail_in_preflight(data_dir, tmp_path, over, message):
-    from medsft.io import MedsftError
+    from medsft.files import MedsftError
     from medsft.training import preflight
 
     cfg = _cfg(tmp_path, DATA_DIR=str(data_dir), **over)

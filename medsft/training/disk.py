@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..io import MedsftError
+from ..files import MedsftError
 from ..memory import GIB
 
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "storagefull")

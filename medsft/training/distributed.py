@@ -17,7 +17,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from ..io import MedsftError
+from ..files import MedsftError
 
 # torch is imported inside the functions: importing this module stays fast (train.py --help).
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..chat import IGNORE_INDEX, MODES, control_tokens, example_modes, find_control_token, tokenize_example
-from ..io import MedsftError, iter_jsonl
+from ..files import MedsftError, iter_jsonl
 
 
 def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_ratio: float = 0.0,

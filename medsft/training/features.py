@@ -3,7 +3,7 @@ a concrete choice for this machine, explicit choices checked, and the dtype the 
 
 from __future__ import annotations
 
-from ..io import MedsftError
+from ..files import MedsftError
 from .distributed import SHARDED
 
 # torch and transformers are imported inside the functions: importing this module stays fast (train.py --help).

@@ -4,7 +4,7 @@ optionally wrapped with a LoRA adapter, its forward computing the chunked loss w
 from __future__ import annotations
 
 from .. import models
-from ..io import MedsftError
+from ..files import MedsftError
 from .features import resolve_features, weight_dtype
 
 # peft and transformers are imported inside add_lora: importing this module stays fast (train.py --help).

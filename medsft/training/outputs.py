@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import generate as gen
 from ..config import save_config
-from ..io import read_jsonl, write_json
+from ..files import read_jsonl, write_json
 from ..models import hub_revision
 from .disk import disk_errors
 from .distributed import SHARDED, on_main

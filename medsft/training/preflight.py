@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import Version
 
-from ..io import MedsftError
+from ..files import MedsftError
 from ..memory import check_fits, describe, estimate
 from ..models import resolve_model
 from . import distributed

@@ -14,7 +14,7 @@ try:
 except ImportError:  # Windows: no advisory locks, lock_output_dir does nothing
     fcntl = None
 
-from ..io import MedsftError, write_json
+from ..files import MedsftError, write_json
 from ..memory import GIB
 from ..models import resolve_model
 from .checkpoints import checkpoint_problem, checkpoints, save_interrupted

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..io import MedsftError, write_json
+from ..files import MedsftError, write_json
 from .checkpoints import CHECKPOINT_DIR
 from .distributed import is_main
 

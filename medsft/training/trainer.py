@@ -11,7 +11,7 @@ import threading
 import time
 
 from ..chat import IGNORE_INDEX
-from ..io import MedsftError
+from ..files import MedsftError
 from ..memory import ways_out
 from . import distributed
 from .disk import disk_errors

@@ -18,7 +18,7 @@ from . import generate as gen
 from . import models
 from .adapters import load_for_inference
 from .chat import output_shape, split_output
-from .io import MedsftError, atomic_write_bytes, iter_jsonl, write_json, write_jsonl
+from .files import MedsftError, atomic_write_bytes, iter_jsonl, write_json, write_jsonl
 from .model_checks import spec_key
 
 # modelscope (heavy, needed only for CMMLU from ModelScope) is imported where it loads a subset; medsft.report

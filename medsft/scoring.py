@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import adherence, metrics
 from .chat import STATUSES
-from .io import MedsftError, check_writable_dir, disk_errors, iter_jsonl, write_json, write_jsonl
+from .files import MedsftError, check_writable_dir, disk_errors, iter_jsonl, write_json, write_jsonl
 from .judge import Judge, JudgeConfigError, check_base_url
 from .models import UNPINNED, base_model_of
 from .predict import mode_output, read_questions, summary_path
