@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from medsft.chat import control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
-from medsft.files import (MedsftError, check_utf8, check_writable_dir, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
+from medsft.files import (MedsftError, check_utf8, check_writable, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
                        publish_files)
 
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
@@ -100,10 +100,11 @@ def read_table(f: Path):
 def read_modelscope(name: str, subset: str, split: str, revision: str = ""):
     from modelscope.msdatasets import MsDataset
 
-    from medsft.models import _modelscope_reachable, modelscope_unreachable_reason
+    from medsft.models import hub_problem
 
-    if not _modelscope_reachable():
-        raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({modelscope_unreachable_reason()}). "
+    problem = hub_problem(name, "dataset")
+    if problem is not None:
+        raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({problem}). "
                           "Use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a "
                           "directory of them), or --dataset=demo/medical_demo.jsonl for the offline demo")
     # no dataset script from the hub ever runs here; a pinned revision makes a rerun read the same rows
@@ -202,7 +203,7 @@ def main():
                           "ModelScope id")
     if not 0 < VAL_RATIO < 1 or not 0 < TEST_RATIO < 1 or VAL_RATIO + TEST_RATIO >= 1:
         raise MedsftError(f"--val_ratio={VAL_RATIO} --test_ratio={TEST_RATIO}: each must be in (0, 1), sum < 1")
-    check_writable_dir(out_dir, "data_dir")  # before a download and a pass over every row, not after
+    check_writable(out_dir, "data_dir")  # before a download and a pass over every row, not after
 
     # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows; the tokenizer
     # first, as its own added tokens are control tokens too
@@ -249,7 +250,7 @@ def main():
     files = {f"{name}.jsonl": dumps_jsonl(rows).encode("utf-8") for name, rows in splits.items()}
     files["stats.json"] = dumps_json(stats).encode("utf-8")
     files["data_config.json"] = dumps_json(cfg).encode("utf-8")
-    with disk_errors(out_dir, "data_dir"):  # publish_files has put the previous files back by then
+    with disk_errors(out_dir, None, "data_dir"):  # publish_files has put the previous files back by then
         written = publish_files(out_dir, files, writer="data.py")
     print(f"split {n} rows: train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}")
     if lengths:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medsft import report, scoring
 from medsft.config import configure, save_config
+from medsft.files import check_writable, disk_errors
 from medsft.judge import public_url
 
 PREDICTIONS = "results/predictions_lora.jsonl"  # predictions of the LoRA fine-tune (made by inference_lora.py)
@@ -44,11 +45,11 @@ def main():
     #    completes it), the judge key and URL, RESULTS_DIR
     targets = scoring.targets(cfg, "lora", modes=True)
     api_key = scoring.judge_key(cfg)
-    scoring.check_results_dir(cfg)
+    check_writable(cfg["RESULTS_DIR"], "results_dir")
     # 2. Score base and LoRA on the same split and IDF scale
     written = [path for t in targets for path in scoring.score_cot(cfg, t, api_key)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    with scoring.writing_results(RESULTS_DIR):
+    with disk_errors(RESULTS_DIR, None, "results_dir"):
         written += report.build(RESULTS_DIR)
         # the URL without credentials or query string, which may carry a secret
         written.append(save_config({**cfg, "JUDGE_BASE_URL": public_url(cfg["JUDGE_BASE_URL"])},

@@ -66,7 +66,7 @@ def main():
     if mode == "predict":
         predict_file(MODEL_DIR, INPUT, output, batch_size=BATCH_SIZE, backend=BACKEND, enable_thinking=ENABLE_THINKING,
                      soft_switch=SOFT_SWITCH, **decoding)
-        with disk_errors(output.parent, None):  # the predictions are complete: a re-run only writes this
+        with disk_errors(output.parent, None, None):  # the predictions are complete: a re-run only writes this
             used = {**cfg, "OUTPUT": str(output), "RESOLVED_REVISION": hub_revision(MODEL_DIR)}  # None: not a hub id
             print(f"wrote {save_config(used, output.with_suffix('.config.json'))}")
         return

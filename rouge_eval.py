@@ -20,6 +20,7 @@ from pathlib import Path
 
 from medsft import report, scoring
 from medsft.config import configure, save_config
+from medsft.files import check_writable, disk_errors
 
 PREDICTIONS = "results/predictions_full.jsonl"  # predictions of the full fine-tune (made by inference.py)
 MODEL_DIR = "output/full"  # the full fine-tune: records its base; named in the command for a missing file
@@ -36,11 +37,11 @@ def main():
     # 1. Check the prediction files (each exactly TEST_FILE's questions, else stop with the command that makes or
     #    completes it) and that RESULTS_DIR is writable
     targets = scoring.targets(cfg, "full")
-    scoring.check_results_dir(cfg)
+    check_writable(cfg["RESULTS_DIR"], "results_dir")
     # 2. Score base and full fine-tune in the three views
     written = [path for t in targets for path in scoring.score_rouge(cfg, t)]
     # 3. Rebuild the charts and the report from every summary in RESULTS_DIR
-    with scoring.writing_results(RESULTS_DIR):
+    with disk_errors(RESULTS_DIR, None, "results_dir"):
         written += report.build(RESULTS_DIR)
         written.append(save_config(cfg, Path(RESULTS_DIR) / "rouge_eval_config.json"))
     for path in written:

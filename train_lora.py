@@ -18,7 +18,7 @@ Ctrl-C saves a checkpoint and stops; --resume=true continues from the newest che
 and schedule. Every efficiency constant defaults to "auto" (the choice is printed in one line).
 """
 
-from medsft.config import configure
+from medsft.config import TrainConfig, configure
 from medsft.models import load_tokenizer, pin_revision
 from medsft import report, training
 
@@ -69,13 +69,12 @@ LORA_TARGET_MODULES = "all-linear"  # "all-linear" (q/k/v/o and MLP projections 
 
 def main():
     training.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
-    cfg = configure(globals())
+    cfg = TrainConfig.of(configure(globals()))  # frozen: start_run returns it with the launch and features added
     pin_revision(MODEL, MODEL_REVISION)  # every download of MODEL in this process (and each of a launch) asks for it
     # 1. Fail fast, before loading weights: data present, memory estimate vs this GPU, OUTPUT_DIR state
     #    (--dry_run=true prints the estimate and exits here). Under torchrun / accelerate launch every process joins
     #    one run here; rank 0 alone does the OUTPUT_DIR bookkeeping and, below, writes every output
-    resume_from = training.preflight(cfg, kind="lora")
-    cfg.update(training.resolve_features(cfg, lora=True))
+    cfg, resume_from = training.start_run(cfg, kind="lora")  # + the launch, the estimate, the features
     # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted;
     #    NO_THINK_RATIO of the train rows in Qwen3's non-thinking forms, so both switches keep working)
     tokenizer = load_tokenizer(MODEL)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: medsft is beside demo/
 
-from medsft.adherence import MODES  # noqa: E402 - think, no_think_soft, no_think_hard
+from medsft.chat import MODES  # noqa: E402 - think, no_think_soft, no_think_hard
 from medsft.config import configure  # noqa: E402
 from medsft.files import MedsftError, dumps_json, dumps_jsonl, publish_files, read_jsonl  # noqa: E402
 

@@ -1,13 +1,9 @@
-"""medsft: what must be identical across the stages of the Qwen3 medical SFT toolkit.
-
-Chat format and tokenization (``chat``), model loading (``models``), generation (``generate``), constants and
-overrides (``config``), atomic file I/O (``io``).
-"""
+"""medsft: what must be identical across the stages of the Qwen3 medical SFT toolkit (chat format, models,
+generation, config, file I/O)."""
 
 import logging
 
-# torchao's import tries its CUDA-only kernels (.so) and warns about each on machines without them; its Python
-# optimizers, which this project uses, work regardless
+# torchao warns about each CUDA-only kernel it cannot load; its Python optimizers, used here, work regardless
 logging.getLogger("torchao").setLevel(logging.ERROR)
 
 from .chat import SYSTEM_PROMPT, build_messages, format_reference, prompt_text, split_output, tokenize_example

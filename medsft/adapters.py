@@ -1,9 +1,4 @@
-"""LoRA adapters at inference: check an adapter and its base, load a model with or without one, merge one.
-
-* ``check_adapter`` / ``lora_base``: the adapter directory and the base model it runs on, checked before loading;
-* ``load_for_inference``: (model, tokenizer) for a model spec, with a LoRA adapter on top when one is given;
-* ``merge_lora``: the adapter folded into its base and saved as a plain Hugging Face model directory.
-"""
+"""LoRA adapters at inference: check an adapter and its base, load a model with or without one, merge one."""
 
 from __future__ import annotations
 
@@ -19,7 +14,6 @@ from .models import base_model_of, load_model, load_tokenizer, resolve_model
 # torch, transformers and peft take seconds to import: they are imported inside the functions that load a model,
 # so the scripts' --help and their fail-fast checks stay instant.
 
-
 def check_adapter(adapter_dir, *, flag="--adapter_dir", producer="train_lora.py") -> Path:
     """Fail fast on a directory that is not a LoRA adapter (no adapter_config.json)."""
     path = Path(str(adapter_dir)).expanduser()
@@ -28,7 +22,6 @@ def check_adapter(adapter_dir, *, flag="--adapter_dir", producer="train_lora.py"
         raise MedsftError(f"LoRA adapter directory {adapter_dir} {what}: run {producer} first, or pass {flag}=<dir>")
     return path
 
-
 def lora_base(adapter_dir, base_model=None, *, flag="--base_model") -> str:
     """The base model spec of an adapter: ``base_model`` if given, else the one recorded in the adapter."""
     base = base_model or base_model_of(adapter_dir)
@@ -36,13 +29,11 @@ def lora_base(adapter_dir, base_model=None, *, flag="--base_model") -> str:
         raise MedsftError(f"{adapter_dir}/adapter_config.json names no base model: pass {flag}=<spec>")
     return check_model(base, flag=flag, producer=None)
 
-
 def adapter_tokenizer_spec(model, adapter_dir) -> str:
     """Where the tokenizer comes from: the adapter's own copy (saved with it at training) if any, else the model."""
     if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
         return adapter_dir
     return model
-
 
 def load_for_inference(model, adapter_dir=None, dtype=None, device=None):
     """(model, tokenizer) for a model spec, with a LoRA adapter on top when ``adapter_dir`` is given."""
@@ -54,7 +45,6 @@ def load_for_inference(model, adapter_dir=None, dtype=None, device=None):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
-
 
 def merge_lora(adapter_dir, merged_dir, base_model=None) -> Path:
     """Fold a LoRA adapter into its base and save a plain Hugging Face model directory (safetensors, tokenizer with

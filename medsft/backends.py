@@ -1,8 +1,4 @@
-"""The two engines behind batch predictions, behind one interface: transformers (default) and vLLM (optional).
-
-``check_backend`` fails fast on an unknown or uninstalled backend; ``load_backend`` loads a model on one and returns
-the decoding settings it will actually use and ``run(questions, on_batch)``.
-"""
+"""The two engines behind batch predictions, behind one interface: transformers (default) and vLLM (optional)."""
 
 from __future__ import annotations
 
@@ -14,13 +10,11 @@ from .models import load_tokenizer, resolve_model
 BACKENDS = ("transformers", "vllm")
 VLLM_MIN_CHUNK = 64  # vLLM schedules its own batches; hand it at least this many questions between saves
 
-
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise MedsftError(f"--backend={backend}: expected one of {', '.join(BACKENDS)}")
     if backend == "vllm":
         gen.require_vllm()
-
 
 def load_backend(backend, model, adapter_dir, *, max_new_tokens, do_sample, seed, batch_size, system, temperature,
                  top_p, top_k):

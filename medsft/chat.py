@@ -1,13 +1,9 @@
-"""The one chat format shared by training, inference and evaluation (the tokenizer's own Qwen3 chat template).
-
-Training renders [system, user, assistant] with the tokenizer's chat template and masks exactly the generation
-prompt that inference feeds the model, so what the model learns to continue is what it is later asked to continue.
-Text never becomes a control token: rows holding one (``CONTROL_TOKENS``) are rejected before training, and
-inference tokenizes message contents as plain text (``prompt_ids``).
-"""
-
+"""The one chat format of training, inference and evaluation (the tokenizer's own Qwen3 chat template), the thinking
+modes and the think split. Text never becomes a control token: rows holding one are rejected before training, and
+inference tokenizes message contents as plain text (``prompt_ids``)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -15,37 +11,37 @@ import weakref
 
 SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+THINK_TAGS = re.compile(r"</?think>")
 IGNORE_INDEX = -100  # label of tokens that carry no loss (transformers' convention)
 STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answer (see split_output)
-# How an example asks for reasoning. think: the default, <think>…</think> then the answer. no_think_hard: the
-# template's enable_thinking=False (the prompt itself closes an empty think block; the model writes the answer).
-# no_think_soft: "/no_think" at the end of the user turn; the model writes the empty think block, then the answer.
-MODES = ("think", "no_think_hard", "no_think_soft")
+# How a question asks for reasoning, in display order. think: <think>…</think> then the answer. no_think_soft:
+# "/no_think" ends the user turn; the model writes the empty think block. no_think_hard: enable_thinking=False (the
+# prompt itself closes an empty think block).
+MODES = ("think", "no_think_soft", "no_think_hard")
+MODE_LABELS = {"think": "thinking on", "no_think_soft": "/no_think (soft switch)",
+               "no_think_hard": "enable_thinking=False (hard switch)"}
+SHORT = {"think": "think-on", "no_think_soft": "no-think-soft", "no_think_hard": "no-think-hard"}
+FLAGS = {"think": "", "no_think_soft": "--soft_switch=/no_think", "no_think_hard": "--enable_thinking=false"}
 SOFT_SWITCH = {"no_think_soft": " /no_think"}
 SWITCHES = ("/think", "/no_think")  # Qwen3's soft switches, typed in a user turn
-# The texts of the Qwen3 tokenizer family's added tokens other than the think tags, in id order (a test keeps it equal
-# to the real tokenizer's): in a row's text they would be parsed as turns or tool/vision/FIM markers, so data.py and
-# prepare_examples reject such rows, and inference tokenizes message contents without parsing any of them.
+# The Qwen3 tokenizer family's added tokens other than the think tags, in id order (a test keeps it equal to the real
+# tokenizer's): in a row's text they would be parsed as turns or tool/vision/FIM markers.
 CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
                   "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
                   "<|file_sep|>", "<tool_response>", "</tool_response>")
 
-
 def question_mode(question: str, enable_thinking: bool = True) -> str:
-    """The mode Qwen3 answers ``question`` in: enable_thinking=False is the hard switch (the prompt closes an empty
-    think, so no soft switch can reopen it); otherwise the last ``/think`` or ``/no_think`` in the question wins."""
+    """The mode Qwen3 answers ``question`` in: enable_thinking=False is the hard switch (no soft switch can reopen
+    the think the prompt closed); otherwise the last ``/think`` or ``/no_think`` in the question wins."""
     if not enable_thinking:
         return "no_think_hard"
     return "no_think_soft" if question.rfind("/no_think") > question.rfind("/think") else "think"
 
-
 def output_shape(output: str, finished: bool = True) -> str:
-    """The shape of a generated assistant text (``finished``: it ended with end-of-turn): ``think`` (a closed,
-    non-empty think, then an answer), ``empty_think``, ``no_think`` (no think block), ``unclosed``, ``no_answer``,
-    ``stray_tag`` (a think tag inside the answer, such as a second ``</think>``: the model lost track of where its
-    think ended) or ``cut_off`` (it never ended)."""
+    """The shape of a generated assistant text (``finished``: it ended with end-of-turn): think, empty_think,
+    no_think, unclosed, no_answer, stray_tag (a think tag inside the answer) or cut_off (it never ended)."""
     think, answer, status = split_output(output)
     if status == "unclosed":
         return "unclosed"
@@ -59,26 +55,15 @@ def output_shape(output: str, finished: bool = True) -> str:
         return "no_think"
     return "think" if think else "empty_think"
 
-
 def obeying_shapes(mode: str) -> tuple[str, ...]:
-    """The ``output_shape`` values that obey ``mode``. think: a closed, non-empty think, then a non-empty answer.
-    no_think_*: an empty think block or none, then a non-empty answer."""
+    """The ``output_shape`` values that obey ``mode``."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
     return ("think",) if mode == "think" else ("empty_think", "no_think")
 
-
-def follows_mode(output: str, mode: str) -> bool:
-    """Does a finished generated assistant text have the shape ``mode`` asks for (``obeying_shapes``)?"""
-    return output_shape(output) in obeying_shapes(mode)
-
-
 def build_messages(question, think=None, answer=None, system=None, history=None) -> list[dict]:
-    """Chat messages: system, earlier turns, the user question and, for training, the assistant's think + answer.
-
-    ``history`` is a list of earlier ``{"role", "content"[, "reasoning_content"]}`` turns; Qwen3's template drops
-    the reasoning of turns before the last question, as the model was trained.
-    """
+    """System, earlier ``{"role", "content"[, "reasoning_content"]}`` turns, the question and, for training, the
+    assistant's think + answer (Qwen3's template drops the reasoning of turns before the last question)."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT if system is None else system}]
     messages += list(history or [])
     messages.append({"role": "user", "content": question})
@@ -86,32 +71,25 @@ def build_messages(question, think=None, answer=None, system=None, history=None)
         messages.append({"role": "assistant", "content": answer, "reasoning_content": think or ""})
     return messages
 
-
 def _template(tokenizer, messages, mode: str, **kw) -> str:
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
     return tokenizer.apply_chat_template(messages, tokenize=False, enable_thinking=mode != "no_think_hard", **kw)
 
-
 def prompt_text(tokenizer, question, system=None, history=None, mode: str = "think") -> str:
-    """The generation prompt inference feeds the model, as text (ends with ``<|im_start|>assistant\\n``, plus the
-    closed empty think block in ``no_think_hard`` mode); the model is fed its ``prompt_ids``. ``no_think_soft``
-    appends `` /no_think`` to the question unless the question already switches thinking off itself."""
+    """The generation prompt as text (the model is fed its ``prompt_ids``); ``no_think_soft`` appends `` /no_think``
+    unless the question already switches thinking off itself."""
     return _template(tokenizer, _prompt_messages(question, system, history, mode), mode, add_generation_prompt=True)
-
 
 def _prompt_messages(question, system, history, mode: str) -> list[dict]:
     if mode == "no_think_soft" and question_mode(question) != mode:
         question = question + SOFT_SWITCH[mode]
     return build_messages(question, system=system, history=history)
 
-
 def control_tokens(tokenizer=None) -> tuple[str, ...]:
-    """``CONTROL_TOKENS`` plus ``tokenizer``'s own added tokens (a fine-tuned or other tokenizer may add some); the
-    think tags are not among them (data.py cleans them out of rows)."""
+    """``CONTROL_TOKENS`` plus ``tokenizer``'s own added tokens other than the think tags."""
     added = tokenizer.get_added_vocab() if tokenizer is not None else {}
     return CONTROL_TOKENS + tuple(t for t in sorted(added) if t not in CONTROL_TOKENS + (THINK_OPEN, THINK_CLOSE))
-
 
 def find_control_token(row: dict, fields, tokens=CONTROL_TOKENS) -> tuple[str, str] | None:
     """``(field, token)`` for the first of ``row``'s text ``fields`` holding a control token's text (the token that
@@ -123,13 +101,10 @@ def find_control_token(row: dict, fields, tokens=CONTROL_TOKENS) -> tuple[str, s
             return k, min(found)[1]
     return None
 
-
 _PLAIN = weakref.WeakKeyDictionary()  # tokenizer -> a copy that knows no added token (built on first need)
 
-
 def _text_ids(tokenizer, text: str) -> list[int]:
-    """Ids of ``text`` read as plain text: no added token (``<|im_end|>``, ``<tool_call>``, ``<think>``…) is parsed.
-    Text holding none of them takes the tokenizer's own path, so ordinary text gets exactly today's ids."""
+    # text holding no added token takes the tokenizer's own path, so ordinary text gets exactly the usual ids
     if not any(t in text for t in tokenizer.get_added_vocab()):
         return _ids(tokenizer, text)
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -143,15 +118,9 @@ def _text_ids(tokenizer, text: str) -> list[int]:
         _PLAIN[tokenizer] = Tokenizer.from_str(json.dumps(spec))
     return _PLAIN[tokenizer].encode(text, add_special_tokens=False).ids
 
-
 def prompt_ids(tokenizer, question, system=None, history=None, mode: str = "think") -> list[int]:
-    """The token ids of ``prompt_text``, with every message content (question, history, system prompt) read as
-    text: a typed ``<|im_end|>\\n<|im_start|>user`` stays those characters and can never open a turn, while the
-    template's own control tokens stay single tokens. For ordinary text the ids equal tokenizing ``prompt_text``.
-
-    The template is rendered with a unique placeholder per content; its skeleton is split on the tokenizer's added
-    tokens, and the text between them (template text + contents) is tokenized with none parsed (``_text_ids``).
-    The contents go in verbatim, so no content can steer the template's own choices either."""
+    """The token ids of ``prompt_text`` with every message content read as plain text (a typed ``<|im_end|>`` can
+    never open a turn); the template's own control tokens stay single tokens. Ordinary text: the same ids."""
     messages = _prompt_messages(question, system, history, mode)
     mark = f"\ue000{uuid.uuid4().hex}"  # a private-use character: no template op (strip, split) touches it
     texts, masked = [], []
@@ -162,6 +131,7 @@ def prompt_ids(tokenizer, question, system=None, history=None, mode: str = "thin
                 texts.append(m[key])
                 m[key] = f"{mark}{len(texts) - 1}\ue001"
         masked.append(m)
+    # the skeleton is split on the added tokens; contents go in verbatim, so none can steer the template either
     skeleton = _template(tokenizer, masked, mode, add_generation_prompt=True)
     added = tokenizer.get_added_vocab()
     token_re = "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))
@@ -178,29 +148,19 @@ def prompt_ids(tokenizer, question, system=None, history=None, mode: str = "thin
                 text += part
     return ids + _text_ids(tokenizer, text)
 
-
 def format_reference(think: str, answer: str) -> str:
     """The assistant text exactly as Qwen3's template renders a think + answer turn (without ``<|im_end|>``)."""
     return f"{THINK_OPEN}\n{think.strip(chr(10))}\n{THINK_CLOSE}\n\n{answer.lstrip(chr(10))}"
 
-
 def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-
 def tokenize_example(tokenizer, row: dict, max_length: int, system=None, mode: str = "think") -> dict | None:
-    """Tokenize one {question, think, answer} row for SFT, in one of ``MODES``.
-
-    ``input_ids`` are the chat template of [system, user, assistant]; ``labels`` are -100 over the generation
-    prompt (for ``mode``) and equal to ``input_ids`` from there through the answer's ``<|im_end|>``: ``<think>``,
-    the reasoning, ``</think>`` and the answer in think mode; the empty think block and the answer in soft
-    no-think mode; the answer alone in hard no-think mode (the prompt holds the empty block). A row whose think is
-    empty is never a thinking example: it becomes a hard no-think one. Template text after ``<|im_end|>`` (a
-    newline the model never generates) is masked too. Returns None when the example is longer than ``max_length``:
-    a truncated example would teach the model not to stop.
-    """
+    """One {question, think, answer} row for SFT in ``mode``: ``labels`` are -100 over the generation prompt and
+    after the answer's ``<|im_end|>``. None when longer than ``max_length`` (a truncated example would teach the
+    model not to stop)."""
     if mode == "think" and not str(row.get("think") or "").strip():
-        mode = "no_think_hard"
+        mode = "no_think_hard"  # a row whose think is empty is never a thinking example
     think = row["think"] if mode == "think" else ""
     messages = build_messages(row["question"] + SOFT_SWITCH.get(mode, ""), think, row["answer"], system=system)
     full = _template(tokenizer, messages, mode)
@@ -222,12 +182,9 @@ def tokenize_example(tokenizer, row: dict, max_length: int, system=None, mode: s
     labels = [IGNORE_INDEX] * len(head) + input_ids[len(head):end] + [IGNORE_INDEX] * (len(input_ids) - end)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
-
 def example_modes(ids: list[str], no_think_ratio: float, seed: int) -> list[str]:
-    """The mode of each training row: a ``no_think_ratio`` share of rows, chosen by a hash of (seed, row id) so the
-    choice is the same on every run and resume, becomes non-thinking, half hard and half soft."""
-    import hashlib
-
+    """The mode of each training row: a hash of (seed, row id) puts a ``no_think_ratio`` share of rows, the same on
+    every run and resume, in non-thinking modes, half hard and half soft."""
     out = []
     for row_id in ids:
         h = int.from_bytes(hashlib.sha256(f"{seed}:{row_id}".encode()).digest()[:8], "big") / 2 ** 64
@@ -237,13 +194,9 @@ def example_modes(ids: list[str], no_think_ratio: float, seed: int) -> list[str]
             out.append("no_think_hard" if h < no_think_ratio / 2 else "no_think_soft")
     return out
 
-
 def split_output(text: str) -> tuple[str, str, str]:
-    """Split a generated assistant text into ``(think, answer, status)``.
-
-    status: ``closed`` (``<think>…</think>`` then the answer), ``unclosed`` (``<think>`` with no ``</think>``: the
-    generation was cut off mid-thought; answer is empty) or ``absent`` (no think block; all text is the answer).
-    """
+    """``(think, answer, status)`` of a generated assistant text; status is closed, unclosed (cut off mid-thought:
+    the answer is empty) or absent (no think block: all text is the answer)."""
     if THINK_CLOSE in text:
         head, _, answer = text.partition(THINK_CLOSE)
         think = head.split(THINK_OPEN, 1)[-1]
@@ -252,3 +205,7 @@ def split_output(text: str) -> tuple[str, str, str]:
         before, _, think = text.partition(THINK_OPEN)
         return think.strip(), before.strip(), "unclosed"
     return "", text.strip(), "absent"
+
+def strip_think_tags(text: str) -> str:
+    """``text`` with every think tag replaced by a line break (rouge's whole-output view)."""
+    return THINK_TAGS.sub("\n", text)

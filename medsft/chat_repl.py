@@ -1,10 +1,5 @@
-"""The terminal chat of inference.py and inference_lora.py: one streamed ``--question`` or a multi-turn session.
-
-* ``choose_mode``: which of the scripts' three modes the constants ask for (one question, batch predictions, chat);
-* ``SectionPrinter``: a streamed answer printed as 【思考】 (the reasoning, dimmed on a terminal) then 【回答】;
-* ``chat``: the REPL (history kept as Qwen3's template expects, /reset, /exit, Ctrl-C stops an answer, thinking
-  switched per message with ``/think`` / ``/no_think`` in it, or for every message with ``/thinking``).
-"""
+"""The terminal chat of inference.py and inference_lora.py: one streamed ``--question`` or a multi-turn session
+(/reset, /exit, /thinking, Ctrl-C stops an answer), printed as 【思考】 then 【回答】."""
 
 from __future__ import annotations
 
@@ -14,7 +9,6 @@ import threading
 from .chat import SWITCHES, THINK_CLOSE, THINK_OPEN, question_mode, split_output
 from .generate import stream
 from .files import MedsftError
-
 
 def choose_mode(question, input_path, argv=None) -> str:
     """'question', 'predict' or 'chat' from the QUESTION and INPUT constants; an empty --question is an error."""
@@ -28,13 +22,9 @@ def choose_mode(question, input_path, argv=None) -> str:
         raise MedsftError("pass either --question (one answer) or --input (batch predictions), not both")
     return "question" if question else "predict" if input_path else "chat"
 
-
 class SectionPrinter:
-    """Print a streamed assistant text with its reasoning and its answer under separate headers.
-
-    Chunks may split the ``<think>``/``</think>`` tags anywhere; the tags themselves are never printed, nor is the
-    header of an empty think (``/no_think`` answers). The reasoning is dimmed on a terminal.
-    """
+    """A streamed text's reasoning and answer under separate headers; chunks may split the tags anywhere, which are
+    never printed, nor the header of an empty think."""
 
     THINK_HEADER = "【思考】"
     ANSWER_HEADER = "【回答】"
@@ -112,24 +102,21 @@ class SectionPrinter:
         self.write("\n")
         self.buf, self.state = "", "start"
 
-
 CHAT_HELP = ("输入问题后回车。/reset 清空对话历史，/exit 退出（Ctrl-D 也可）；回答中按 Ctrl-C 可中止当前回答。\n"
              "思考模式：问题末尾加 /no_think 本轮不思考、加 /think 本轮思考；/thinking 切换默认（思考 ↔ 不思考）。")
-MODE_LABELS = {"think": "思考模式：开",
-               "no_think_soft": "思考模式：关（/no_think）",
-               "no_think_hard": "思考模式：关（enable_thinking=False）"}
-
+REPL_MODE_LINES = {"think": "思考模式：开",
+                   "no_think_soft": "思考模式：关（/no_think）",
+                   "no_think_hard": "思考模式：关（enable_thinking=False）"}
 
 def message_mode(text: str, default: str) -> str:
     """The mode a chat message is answered in: a ``/think`` or ``/no_think`` in it decides (the last one wins, and
     ``/think`` reopens thinking even when it is off by default); otherwise the session's default."""
     return question_mode(text) if any(s in text for s in SWITCHES) else default
 
-
 def _answer(model, tokenizer, question, history, out, *, color, turn, gen_kwargs, mode="think") -> dict | None:
     """Stream one answer to ``out``, under a line naming its thinking mode; return the result, or None when the
     user stopped it with Ctrl-C."""
-    out.write(f"〔{MODE_LABELS[mode]}〕\n")
+    out.write(f"〔{REPL_MODE_LINES[mode]}〕\n")
     printer = SectionPrinter(lambda s: (out.write(s), out.flush()), color=color)
     stop = threading.Event()
     try:
@@ -145,17 +132,10 @@ def _answer(model, tokenizer, question, history, out, *, color, turn, gen_kwargs
     out.flush()
     return result
 
-
 def chat(model, tokenizer, *, question=None, max_new_tokens=2048, do_sample=True, seed=42, system=None,
          temperature=None, top_p=None, top_k=None, stdin=None, out=None, mode="think") -> int:
-    """Answer ``question`` (streamed) and return, or run the interactive multi-turn chat on ``stdin``.
-
-    ``mode`` (a ``chat.MODES`` name, from ENABLE_THINKING and SOFT_SWITCH) is the default thinking mode; a message
-    with ``/think`` or ``/no_think`` in it overrides it for that message, ``/thinking`` flips it between thinking
-    and enable_thinking=False, and a message that is only ``/think`` or ``/no_think`` sets it. History is kept as
-    Qwen3's template expects (the assistant's answer as content, its reasoning as reasoning_content, which the
-    template drops for earlier turns). Works with a pipe as stdin. Returns 0.
-    """
+    """Answer ``question`` (streamed), or chat on ``stdin`` in ``mode`` by default: ``/think`` or ``/no_think`` in a
+    message overrides it once (alone: sets it), ``/thinking`` flips it. History as Qwen3's template expects."""
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     color = out.isatty() if hasattr(out, "isatty") else False
@@ -196,7 +176,7 @@ def chat(model, tokenizer, *, question=None, max_new_tokens=2048, do_sample=True
                 mode = "no_think_hard" if mode == "think" else "think"
             else:
                 mode = "think" if text == "/think" else "no_think_hard"
-            out.write(f"（默认{MODE_LABELS[mode]}）\n")
+            out.write(f"（默认{REPL_MODE_LINES[mode]}）\n")
             continue
         if text.startswith("/"):
             out.write(f"未知命令 {text}。{CHAT_HELP}\n")

@@ -1,10 +1,6 @@
-"""Medical knowledge accuracy on CMMLU's medical subjects: items, prompt, answer extraction, scores, chart, report.
+"""The CMMLU benchmark's medical subjects: items, prompt, the strict answer reader, scores and paired comparisons.
 
-benchmark.py is the stage script; everything here but ``load_generator`` needs no model, so a re-score
-(``--score``), the tests and the report use the very same extraction and numbers. CMMLU (Li et al., 2023) is
-CC BY-NC-SA 4.0: it is read from ModelScope or a local folder at run time and never shipped with the project.
-"""
-
+CMMLU (Li et al., 2023) is CC BY-NC-SA 4.0: read from ModelScope or a local folder at run time, never shipped."""
 from __future__ import annotations
 
 import csv
@@ -12,17 +8,15 @@ import json
 import math
 import re
 from collections import Counter
+from itertools import combinations
 from pathlib import Path
 
 from . import generate as gen
 from . import models
 from .adapters import load_for_inference
 from .chat import output_shape, split_output
-from .files import MedsftError, atomic_write_bytes, iter_jsonl, write_json, write_jsonl
-from .model_checks import spec_key
-
-# modelscope (heavy, needed only for CMMLU from ModelScope) is imported where it loads a subset; medsft.report
-# imports this module, so its names are imported inside the functions that draw and tabulate (no import cycle).
+from .config import TAGS
+from .files import MedsftError, iter_jsonl
 
 SUBJECTS = {"anatomy": "解剖学", "clinical_knowledge": "临床知识", "college_medicine": "大学医学", "genetics": "遗传学",
             "nutrition": "营养学", "traditional_chinese_medicine": "中医中药", "virology": "病毒学"}
@@ -35,13 +29,12 @@ PROMPT = ("以下是关于{subject}的单项选择题，请选出唯一正确的
 LOCAL_HINT = ("pass a local folder of CMMLU CSVs instead: --dataset=/path/to/CMMLU/data/test (files <subject>.csv "
               "with columns ,Question,A,B,C,D,Answer, as in github.com/haonan-li/CMMLU)")
 SUMMARY_NAME = re.compile(r"^benchmark_([A-Za-z0-9_-]+)\.json$")  # not benchmark_<name>.config.json
-
 PAIRS_NAME = "benchmark.pairs.json"  # the paired comparison of every two models (not a benchmark_<name>.json)
 EXTRACTED_BY = ("marker", "option_line", "none")  # how a row's letter was read
 SCORED = ("overall", "macro_accuracy", "by_subject", "extracted_by", "extraction")  # summary keys scores make
 
-# The reader (see extract). A letter touching a letter, digit, hyphen or CJK character is part of a word (维生素D, B超,
-# C反应蛋白, D-二聚体); after a letter only 项/选项 may follow ("答案：B项"). Letters joined by 或/和/、/or... are a hedge.
+# A letter touching a letter, digit, hyphen or CJK character is part of a word (维生素D, B超, C反应蛋白, D-二聚体);
+# after a letter only 项/选项 may follow ("答案：B项"). Letters joined by 或/和/、/or... are a hedge.
 _WORD = r"A-Za-z0-9_\-\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Whitespace runs are possessive (*+): a long run is never re-split between two of them (polynomial backtracking).
 _OPT = r"(?:[(（【\[][ \t]*+[A-D][ \t]*+[)）】\]]|[A-D])"  # one option letter, maybe bracketed
@@ -53,8 +46,6 @@ _MARKER = re.compile(rf"(?:答案\s*+(?:\*\*)?\s*+(?:应该|应当|应|就|即)?
 # the fallback: a line that is an option letter alone: B, (B), B., **B**
 _OPTION_LINE = re.compile(r"^[ \t*]*+[(（【\[]?[ \t]*+([A-D])[ \t]*+[)）】\]]?[ \t]*+[.．。、:：]?[ \t*]*+$", re.M)
 
-
-# --- items -----------------------------------------------------------------------------------------------------
 def parse_subjects(text) -> list[str]:
     names = [s.strip() for s in str(text).split(",") if s.strip()]
     bad = [s for s in names if not re.fullmatch(r"[a-z_]+", s)]
@@ -63,10 +54,8 @@ def parse_subjects(text) -> list[str]:
                           f"{','.join(SUBJECTS)}")
     return names
 
-
 def _item(subject: str, index: int, rec: dict, where: str) -> dict:
-    """One validated item; ModelScope records may spell the columns in lower case."""
-    vals = {c: rec.get(c, rec.get(c.lower())) for c in COLUMNS}
+    vals = {c: rec.get(c, rec.get(c.lower())) for c in COLUMNS}  # ModelScope records may spell them in lower case
     for c, v in vals.items():
         if not isinstance(v, str) or not v.strip():
             raise MedsftError(f"{where}: empty or missing '{c}'; every item needs Question, A, B, C, D and Answer")
@@ -75,7 +64,6 @@ def _item(subject: str, index: int, rec: dict, where: str) -> dict:
         raise MedsftError(f"{where}: Answer {vals['Answer']!r} is not one of A, B, C, D")
     return {"subject": subject, "index": index, "question": vals["Question"].strip(),
             "choices": [vals[c].strip() for c in LETTERS], "gold": gold}
-
 
 def read_csv(path: Path, subject: str) -> list[dict]:
     """Items of one CMMLU CSV; fields may hold line breaks, so errors name the line where a record starts."""
@@ -99,11 +87,10 @@ def read_csv(path: Path, subject: str) -> list[dict]:
         raise MedsftError(f"{path}: no items")
     return items
 
-
 def _from_modelscope(dataset: str, subject: str, revision: str = "") -> list[dict]:
-    from modelscope.msdatasets import MsDataset
+    from modelscope.msdatasets import MsDataset  # heavy: only for CMMLU from ModelScope
 
-    pinned = {"version": revision} if revision else {}  # without it modelscope loads its default, the hub's current
+    pinned = {"version": revision} if revision else {}  # without it modelscope loads the hub's current
     try:  # a dataset's own loading script is code from the hub: never run it
         records = MsDataset.load(dataset, subset_name=subject, split="test", trust_remote_code=False, **pinned)
     except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
@@ -111,10 +98,9 @@ def _from_modelscope(dataset: str, subject: str, revision: str = "") -> list[dic
                           f"or {LOCAL_HINT}") from e
     return [_item(subject, i, dict(r), f"{dataset}:{subject}:{i}") for i, r in enumerate(records)]
 
-
 def load_items(dataset: str, subjects: list[str], limit: int = 0, revision: str = "") -> list[dict]:
-    """The first ``limit`` (0 = all) test items of each subject, from a local folder or ModelScope (at ``revision``:
-    a branch, tag or commit; "" = the hub's current)."""
+    """The first ``limit`` (0 = all) test items of each subject, from a local folder or ModelScope (at ``revision``;
+    "" = the hub's current)."""
     if limit < 0:
         raise MedsftError(f"--limit={limit}: must be >= 0 (0 = every item)")
     folder = Path(str(dataset)).expanduser()
@@ -132,25 +118,20 @@ def load_items(dataset: str, subjects: list[str], limit: int = 0, revision: str 
         load = lambda s: read_csv(folder / f"{s}.csv", s)  # noqa: E731
     elif folder.exists() or not models.is_hub_id(str(dataset)):
         raise MedsftError(f"--dataset={dataset}: no such folder, and not a ModelScope id (org/name); {LOCAL_HINT}")
-    elif not models._modelscope_reachable():  # before any model loads: seconds, not a 1.7B load, to learn we're offline
-        raise MedsftError(f"cannot load '{dataset}' from ModelScope ({models.MODELSCOPE_HOST} is unreachable); "
-                          f"{LOCAL_HINT}")
+    elif problem := models.hub_problem(str(dataset), repo_type="dataset"):  # seconds, before any model loads
+        raise MedsftError(f"cannot load '{dataset}' from ModelScope ({problem}); {LOCAL_HINT}")
     else:
         load = lambda s: _from_modelscope(str(dataset), s, revision)  # noqa: E731
     return [it for s in subjects for it in (load(s)[:limit] if limit else load(s))]
-
 
 def prompt(item: dict) -> str:
     name = SUBJECTS.get(item["subject"], item["subject"].replace("_", " "))
     return PROMPT.format(subject=name, question=item["question"], **dict(zip(LETTERS, item["choices"])))
 
-
-# --- extraction and scores -------------------------------------------------------------------------------------
 def extract(output: str) -> tuple[str | None, str]:
-    """(letter or None, extracted_by): read after the think (``chat.split_output``, the split adherence uses), the
-    letter every ``答案：X`` / ``answer is X`` marker there names (``marker``), else every line holding only an
-    option letter (``option_line``). None (``none``): no letter, a marker or lines naming several letters (a hedge,
-    or a change of mind), a think never closed, or a stray think tag in the answer (adherence's ``stray_tag``)."""
+    """(letter or None, extracted_by), read after the think: the one letter the ``答案：X`` markers name, else the one
+    letter of the lines holding only an option letter. None: no letter, several (a hedge), an unclosed think or a
+    stray think tag."""
     if output_shape(output) in ("unclosed", "stray_tag"):
         return None, "none"
     answer = split_output(output)[1]
@@ -160,14 +141,11 @@ def extract(output: str) -> tuple[str | None, str]:
             return (letters.pop(), how) if len(letters) == 1 else (None, "none")
     return None, "none"
 
-
-def _scored(row: dict) -> dict:
-    """``row`` with pred, correct and extracted_by read from its output by today's reader (an older reader's
-    ``extraction`` dropped), so rows read back or resumed never mix two readers."""
+def rescored(row: dict) -> dict:
+    """``row`` re-read by today's reader (an older reader's ``extraction`` dropped): one file never mixes two readers."""
     pred, how = extract(row["output"])
     row = {k: v for k, v in row.items() if k != "extraction"}
     return {**row, "pred": pred, "correct": pred == row["gold"], "extracted_by": how}
-
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of k successes in n trials (sound near 0% and 100%, unlike the normal one)."""
@@ -179,20 +157,14 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     # exact ends at 0 of n and n of n, where the two terms cancel only up to rounding
     return (0.0 if k == 0 else center - half), (1.0 if k == n else center + half)
 
-
 def mcnemar(b: int, c: int) -> float:
-    """Exact two-sided McNemar p of two models on the same items: b items only the first got right, c only the
-    second; under "equally good" each of the b + c discordant items is a fair coin (binomial test at 1/2)."""
+    """Exact two-sided McNemar p: b items only the first model got right, c only the second (binomial test at 1/2)."""
     n = b + c
     return min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n)
 
-
 def compare_pairs(results_dir, names) -> list[dict]:
-    """Each two of ``names`` (report order) with rows in benchmark_<name>.jsonl, on the items both answered (same
-    subject and index; a question differing between the two files excludes the item and is counted): n, each one's
-    correct count, b (only the first right), c (only the second), p."""
-    from itertools import combinations
-
+    """Each two of ``names`` with rows in benchmark_<name>.jsonl, on the items both answered (same subject, index and
+    question; a differing question is counted in question_differs)."""
     rows = {}
     for name in names:
         path = Path(results_dir) / f"benchmark_{name}.jsonl"
@@ -211,7 +183,6 @@ def compare_pairs(results_dir, names) -> list[dict]:
                     "question_differs": len(keys) - len(same)})
     return out
 
-
 def _stats(rows: list[dict]) -> dict:
     n, k = len(rows), sum(bool(r["correct"]) for r in rows)
     lo, hi = wilson(k, n)
@@ -220,7 +191,6 @@ def _stats(rows: list[dict]) -> dict:
             "unextractable": none, "unextractable_rate": round(none / n, 6) if n else None,
             "option_line": sum(r["extracted_by"] == "option_line" for r in rows),
             "truncated": sum(r.get("finished") is False for r in rows)}
-
 
 def summarize(rows: list[dict], meta: dict) -> dict:
     """Per subject and overall accuracy with 95% Wilson intervals; unextractable answers count as wrong."""
@@ -231,63 +201,18 @@ def summarize(rows: list[dict], meta: dict) -> dict:
     return {**meta, "overall": _stats(rows), "macro_accuracy": round(sum(accs) / len(accs), 6) if accs else None,
             "by_subject": by_subject, "extracted_by": {k: how[k] for k in EXTRACTED_BY}}
 
-
 def make_row(item: dict, result: dict, model: str, adapter: str | None) -> dict:
-    row = _scored({**item, "output": result["output"], "pred": None, "correct": False, "extracted_by": None,
+    row = rescored({**item, "output": result["output"], "pred": None, "correct": False, "extracted_by": None,
                    "new_tokens": result.get("new_tokens"), "finished": result.get("finished"), "model": model})
     return {**row, "adapter": adapter} if adapter else row
 
-
-def read_predictions(path) -> list[dict]:
-    """Rows of a predictions file (at least gold and output), re-scored; a bad row raises with file:line."""
-    rows = []
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if err:
-            raise MedsftError(f"{where}: {err}; fix or remove that line")
-        for key in ("gold", "output"):
-            if not isinstance(obj.get(key), str):
-                raise MedsftError(f"{where}: missing '{key}'; each row needs gold (A-D) and output (the model's text)")
-        if obj["gold"].strip() not in LETTERS:
-            raise MedsftError(f"{where}: gold {obj['gold']!r} is not one of A, B, C, D")
-        rows.append(_scored({"subject": "all", "index": lineno, **obj, "gold": obj["gold"].strip()}))
-    if not rows:
-        raise MedsftError(f"{path}: no rows")
-    return rows
-
-
-# --- generation (resumable) ------------------------------------------------------------------------------------
-def load_done(path, items: list[dict], model: str, adapter: str | None) -> dict:
-    """Rows already generated in ``path`` by this model, keyed by (subject, index); other items or models raise."""
-    path, done = Path(path), {}
-    if not path.is_file():
-        return done
-    wanted = {(it["subject"], it["index"]): it for it in items}
-    for lineno, obj, err in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if err or "output" not in obj:  # e.g. a line of a non-atomic writer: generate that item again
-            print(f"warning: {where}: {err or 'not a benchmark row'}; it will be generated again")
-            continue
-        key = (obj.get("subject"), obj.get("index"))
-        if wanted.get(key, {}).get("question") != obj.get("question"):
-            raise MedsftError(f"{where}: item {key[0]}#{key[1]} is not in this selection (or its question differs): "
-                              "the file was made with other --dataset/--subjects/--limit; pass those, or another "
-                              "--name/--results_dir")
-        if (spec_key(obj.get("model")), spec_key(obj.get("adapter"))) != (spec_key(model), spec_key(adapter)):
-            by = " + ".join(str(obj[k]) for k in ("model", "adapter") if obj.get(k))
-            raise MedsftError(f"{where}: generated by {by}, not by this model; pass another --name so two models' "
-                              "answers are never mixed")
-        done[key] = _scored({**obj, "gold": wanted[key]["gold"]})
-    return done
-
-
 def load_generator(model: str, adapter: str | None, *, max_new_tokens: int, do_sample: bool, seed: int,
                    batch_size: int, enable_thinking: bool = True):
-    """(decoding settings actually used, run(todo, on_rows)): run answers items with the project's batched
-    generation and hands their rows to ``on_rows`` after each batch."""
+    """(decoding settings used, run(todo, on_rows)): run generates the items' rows and hands them to ``on_rows`` after
+    each batch."""
     net, tokenizer = load_for_inference(model, adapter)
     used = gen.used_settings(gen.generation_config(net, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample))
-    mode = "think" if enable_thinking else "no_think_hard"  # Qwen3's hard switch: the prompt closes an empty think
+    mode = "think" if enable_thinking else "no_think_hard"
 
     def run(todo: list[dict], on_rows) -> None:
         gen.generate(net, tokenizer, [prompt(it) for it in todo], max_new_tokens=max_new_tokens, do_sample=do_sample,
@@ -296,126 +221,17 @@ def load_generator(model: str, adapter: str | None, *, max_new_tokens: int, do_s
 
     return used, run
 
+def _summary(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MedsftError(f"{p}: not a valid summary ({e}); delete it and rerun benchmark.py") from None
 
-# --- outputs ---------------------------------------------------------------------------------------------------
 def load_summaries(results_dir) -> dict[str, dict]:
     """Every benchmark_<name>.json in ``results_dir``: base, full, lora first, then the others by name."""
-    from .report import TAGS
-
     found = {}
     for p in sorted(Path(results_dir).glob("benchmark_*.json")):
         match = SUMMARY_NAME.match(p.name)
         if match:
-            try:
-                found[match.group(1)] = json.loads(p.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise MedsftError(f"{p}: not a valid summary ({e}); delete it and rerun benchmark.py") from None
+            found[match.group(1)] = _summary(p)
     return dict(sorted(found.items(), key=lambda kv: (TAGS.index(kv[0]) if kv[0] in TAGS else len(TAGS), kv[0])))
-
-
-def chart(summaries: dict[str, dict]) -> bytes:
-    """Accuracy by subject and overall, one bar per model with its 95% Wilson interval, chance at 25%."""
-    from .report import COLORS, LABELS, _figure, _png
-
-    groups = list(dict.fromkeys(s for v in summaries.values() for s in v["by_subject"])) + ["overall"]
-    fig = _figure((12, 5.5))
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(summaries))
-    spare = iter(["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"])
-    for k, (name, s) in enumerate(summaries.items()):
-        cells = [(i, s["overall"] if g == "overall" else s["by_subject"].get(g)) for i, g in enumerate(groups)]
-        cells = [(i, c) for i, c in cells if c and c["n"]]
-        xs = [i - 0.4 + width * (k + 0.5) for i, _ in cells]
-        acc = [c["accuracy"] for _, c in cells]
-        err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)], [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
-        bars = ax.bar(xs, acc, width, yerr=err, capsize=2, label=f"{LABELS.get(name, name)} (n={s['overall']['n']})",
-                      color=COLORS.get(name) or next(spare, "#7f7f7f"), error_kw={"linewidth": 0.8})
-        ax.bar_label(bars, labels=[f"{100 * a:.0f}" for a in acc], fontsize=6, padding=1)
-    ax.axhline(CHANCE, color="black", linestyle="dashed", linewidth=1, label="chance (25%)")
-    ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.set_title("CMMLU medical subjects: accuracy with 95% Wilson intervals (unextractable answers count as wrong)",
-                 fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()  # lines come first there: models first, chance last
-    fig.legend(handles[1:] + handles[:1], labels[1:] + labels[:1], loc="outside lower center",
-               ncol=len(summaries) + 1, fontsize=8)
-    return _png(fig)
-
-
-def _cell(stats: dict | None) -> str:
-    if not stats or not stats["n"]:
-        return "–"
-    lo, hi = stats["ci95"]
-    return f"{100 * stats['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def _pairs_table(pairs: list[dict]) -> list[str]:
-    from .report import LABELS, _table
-
-    if not pairs:
-        return []
-    out = ["### Paired comparison (same items)", "",
-           "Two overlapping 95% intervals are not a comparison: both models answered the same items, so they are "
-           "compared item by item. b: items only the first model got right; c: only the second; p: exact McNemar "
-           "test (two-sided binomial test of b among the b + c discordant items at 1/2), for each pair on its own "
-           "(no correction for several pairs). n: items both answered (same subject and index; an item whose "
-           f"question differs between the two files is left out and counted as `question_differs` in `{PAIRS_NAME}`).",
-           ""]
-    label = lambda t: LABELS.get(t, t)  # noqa: E731
-    acc = lambda p, k: f"{100 * p[k] / p['n']:.1f}" if p["n"] else "–"  # noqa: E731
-    rows = [[f"{label(p['first'])} vs {label(p['second'])}", p["n"],
-             f"{acc(p, 'first_correct')} / {acc(p, 'second_correct')}", p["b"], p["c"], f"{p['p']:.3g}"] for p in pairs]
-    return out + _table(["models (first vs second)", "n", "accuracy % (first / second)", "b", "c", "p"], rows)
-
-
-def markdown_section(runs: dict[str, dict], pairs: list[dict] | None = None) -> str:
-    """The report's knowledge section from ``load_summaries(results_dir)``: accuracy per subject and model, who was
-    run how, then ``compare_pairs`` ("" when none ran)."""
-    from .report import LABELS, OLD_MARK, _fmt, _table
-
-    if not runs:
-        return ""
-    subjects = list(dict.fromkeys(s for v in runs.values() for s in v["by_subject"]))
-    out = ["## Medical knowledge (CMMLU)", "",
-           "Accuracy (%) with 95% Wilson interval on CMMLU's medical subjects (four options: chance 25%), "
-           "`benchmark_<model>.json` in this folder. The model thinks, then ends with `答案：X`; the letter is read "
-           "after the first `</think>`: the letter the `答案：X` (or `answer is X`) markers there name, else the letter "
-           "of the lines holding only an option letter (`B`, `(B)`, `B.`: counted as `option line`). No letter "
-           "counts as wrong and is counted as unextractable: a letter inside a word (维生素D, B超, D-二聚体), "
-           "a marker or lines naming several letters (`答案：A或C`, a change of mind), a think never closed (cut "
-           "off at max_new_tokens), a think tag inside the answer (a second `</think>`).", ""]
-    rows = []
-    for s in subjects + ["overall"]:
-        cells = {t: (v["overall"] if s == "overall" else v["by_subject"].get(s)) for t, v in runs.items()}
-        ns = sorted({c["n"] for c in cells.values() if c})
-        label = f"**{s}**" if s == "overall" else s
-        rows.append([label, "/".join(map(str, ns))] + [_cell(c) for c in cells.values()])
-    out += _table(["subject", "n"] + [LABELS.get(t, t) for t in runs], rows)
-    keys = ("max_new_tokens", "do_sample", "enable_thinking", "seed")
-    rows = []
-    for t, v in runs.items():
-        o = v["overall"]
-        old = "" if "extracted_by" in v else f" {OLD_MARK}"
-        rows.append([LABELS.get(t, t) + old, _fmt(v.get("model")), _fmt(v.get("adapter")), o["n"],
-                     _fmt(v.get("macro_accuracy"), 3), f"{o['unextractable']} ({_fmt(o['unextractable_rate'], 3)})",
-                     _fmt(o.get("option_line")), o["truncated"]]
-                    + [_fmt((v.get("decoding") or {}).get(k)) for k in keys])
-    out += _table(["model", "model spec", "adapter", "n", "macro accuracy", "unextractable", "option line",
-                   "truncated", "max_new_tokens", "do_sample", "thinking", "seed"], rows)
-    if any("extracted_by" not in v for v in runs.values()):
-        out += [f"{OLD_MARK} read by an older answer reader (it credited letters inside words and hedges): rescore it "
-                "with `python benchmark.py --score=<folder>/benchmark_<model>.jsonl --name=<model>`.", ""]
-    return "\n".join(out + _pairs_table(pairs or []))
-
-
-def write_outputs(results_dir, name: str, rows: list[dict], meta: dict, with_chart: bool = True) -> list[Path]:
-    """benchmark_<name>.jsonl and .json, then benchmark.png from every summary now in ``results_dir``."""
-    d = Path(results_dir)
-    written = [write_jsonl(d / f"benchmark_{name}.jsonl", rows), write_json(d / f"benchmark_{name}.json",
-                                                                             summarize(rows, meta))]
-    if with_chart:  # not after every batch: a chart costs more than the rows
-        written.append(atomic_write_bytes(d / "benchmark.png", chart(load_summaries(d))))
-    return written

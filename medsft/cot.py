@@ -1,13 +1,6 @@
-"""Offline chain-of-thought scores: the steps of the generated think against the steps of the reference think.
-
-Texts are split into steps (medsft.think_steps); two steps are compared with an IDF-weighted character-bigram Dice
-coefficient. Each generated step is paired with at most one reference step (greedy, most similar pair first), so a
-step said twice matches once and the copies count against precision. Recall = matched reference steps / reference
-steps, precision = matched generated steps / generated steps (matched = similarity >= tau), F1 is the headline.
-Every score comes with three baselines on the same rows: chance (another row's reference), answer-as-think (the
-reference answer's sentences used as the think) and reference-as-think (the ceiling). "Supported by the reference" is
-all precision means: nothing here checks medical correctness.
-"""
+"""Offline chain-of-thought scores: the steps of the generated think matched one-to-one against those of the reference
+think by IDF-weighted character-bigram Dice, with three baselines on the same rows (chance, answer-as-think,
+reference-as-think); docs/metrics.md defines them."""
 from __future__ import annotations
 
 import math
@@ -25,98 +18,26 @@ BASELINES = ("chance", "answer_as_think", "reference_as_think")
 MATCHING = "one-to-one: greedy, most similar pair first; a pair matches from similarity tau"
 MIN_ROWS_FOR_WORKERS = 400  # fewer rows are scored in this process: starting a worker costs ~1 s
 
-# ----------------------------------------------------------------------------------------------------------------
-# Similarity: the definition, one pair at a time
-# ----------------------------------------------------------------------------------------------------------------
-
-def bigrams(text: str) -> Counter:
-    """Character bigrams of the content characters (a single character counts as its own feature)."""
-    chars = content_chars(text)
-    if len(chars) == 1:
-        return Counter([chars])
-    return Counter(chars[i:i + 2] for i in range(len(chars) - 1))
-
-
-class Idf:
-    """Smoothed inverse document frequency of bigrams: ln((1 + N) / (1 + df)) + 1 over N documents."""
-
-    def __init__(self, documents: list[str]):
-        self.n_docs = len(documents)
-        df: Counter = Counter()
-        for doc in documents:
-            df.update(set(bigrams(doc)))
-        self.df = df
-        self.unseen = math.log((1 + self.n_docs) / 1) + 1  # bigrams in no document weigh the most
-
-    def weight(self, gram: str) -> float:
-        d = self.df.get(gram)
-        return self.unseen if d is None else math.log((1 + self.n_docs) / (1 + d)) + 1
-
-
-class Step:
-    """A step ready for comparison: its bigram counts, their IDF weights and the total weight."""
-
-    __slots__ = ("text", "grams", "weights", "total")
-
-    def __init__(self, text: str, idf: Idf):
-        self.text = text
-        self.grams = bigrams(text)
-        self.weights = {g: idf.weight(g) for g in self.grams}
-        self.total = sum(c * self.weights[g] for g, c in self.grams.items())
-
-
-def similarity(a: Step, b: Step) -> float:
-    """IDF-weighted bigram Dice (= F1 of weighted bigram precision and recall), in [0, 1]; 1 for identical texts."""
-    den = a.total + b.total
-    if den <= 0:
-        return 0.0
-    if len(a.grams) > len(b.grams):
-        a, b = b, a
-    bg = b.grams
-    num = 0.0
-    for g, c in a.grams.items():
-        other = bg.get(g)
-        if other:
-            num += min(c, other) * a.weights[g]
-    return 2.0 * num / den
-
-
-def text_similarity(x: str, y: str, idf: Idf) -> float:
-    return similarity(Step(x, idf), Step(y, idf))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Similarity: all step pairs of two texts at once (the same numbers as `similarity`, as arrays)
-# ----------------------------------------------------------------------------------------------------------------
-
 _PLANE = 0x110000  # code points: a bigram (a, b) is the integer (a + 1) * _PLANE + b, a lone character its code
 _LEVEL = 1 << 41  # above every bigram key: the k-th occurrence of a bigram in a step is key + (k - 1) * _LEVEL,
 #                   so sum(min(count_a, count_b) * weight) becomes the weight of a set intersection (a dot product)
 
-
 def _codes(chars: str) -> np.ndarray:
     return np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-
 
 def _gram_keys(codes: np.ndarray) -> np.ndarray:
     if len(codes) == 1:
         return codes.copy()
     return (codes[:-1] + 1) * _PLANE + codes[1:]
 
-
 class BigramIdf:
-    """`Idf` over integer bigram keys, as arrays: the weight of many bigrams in one lookup."""
+    """Smoothed IDF of character bigrams, ln((1 + N) / (1 + df)) + 1 over N documents, as arrays of integer keys."""
 
     def __init__(self, documents):
-        n_docs = 0
-        seen = []
-        for doc in documents:
-            n_docs += 1
-            seen.append(np.unique(_gram_keys(_codes(content_chars(doc)))))
-        self.n_docs = n_docs
+        seen = [np.unique(_gram_keys(_codes(content_chars(doc)))) for doc in documents]
+        self.n_docs = n_docs = len(seen)
         self.keys, df = np.unique(np.concatenate(seen) if seen else np.zeros(0, np.int64), return_counts=True)
-        # math.log, as Idf: numpy's vectorised log may differ in the last bit between CPUs, and the same inputs must
-        # give the same bytes everywhere (few distinct df values, so this costs nothing)
+        # math.log: numpy's vectorised log may differ in the last bit between CPUs, and results must be the same bytes
         counts, where = np.unique(df, return_inverse=True)
         self.key_weights = np.array([math.log((1 + n_docs) / (1 + int(d))) + 1 for d in counts])[where]
         self.unseen = math.log(1 + n_docs) + 1  # bigrams in no document weigh the most
@@ -127,10 +48,9 @@ class BigramIdf:
         pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return np.where(self.keys[pos] == keys, self.key_weights[pos], self.unseen)
 
-
 class StepSet:
     """The steps of one text as arrays: one feature per bigram occurrence (key with its level), its step and IDF
-    weight, and each step's total weight. Made once per text, compared with many."""
+    weight, and each step's total weight."""
 
     __slots__ = ("n", "feats", "step", "w", "total", "_cols", "_dense")
 
@@ -169,9 +89,8 @@ class StepSet:
             self._cols, self._dense = cols, dense
         return self._cols, self._dense
 
-
 def similarity_matrix(a: StepSet, b: StepSet) -> np.ndarray:
-    """similarity(a_i, b_j) for every step pair, shape (a.n, b.n)."""
+    """The IDF-weighted bigram Dice of every step pair, shape (a.n, b.n)."""
     num = np.zeros((a.n, b.n))
     if a.n == 0 or b.n == 0:
         return num
@@ -179,30 +98,21 @@ def similarity_matrix(a: StepSet, b: StepSet) -> np.ndarray:
     pos = np.minimum(np.searchsorted(cols, b.feats), len(cols) - 1)
     hit = cols[pos] == b.feats
     if hit.any():
-        # Column sums per step of b instead of a matrix product: BLAS would start threads for a 30x30 result, which
-        # costs milliseconds per call on a busy machine.
+        # column sums per step of b, not a matrix product: BLAS would start threads for a 30x30 result
         steps = b.step[hit]
         starts = np.flatnonzero(np.concatenate(([True], steps[1:] != steps[:-1])))
         num[:, steps[starts]] = np.add.reduceat(dense_a[:, pos[hit]], starts, axis=1)
     return 2.0 * num / (a.total[:, None] + b.total[None, :])
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scores
-# ----------------------------------------------------------------------------------------------------------------
-
 def one_to_one(sim: np.ndarray) -> np.ndarray:
-    """Similarities of the pairs of a one-to-one matching of rows (generated steps) to columns (reference steps).
-
-    Greedy, most similar pair first (ties: lower row, then lower column); pairs of similarity 0 are never matched.
-    Computed in rounds: every pair that is the best of both its row and its column is the next greedy choice of
-    the strict order, so all such pairs are taken at once.
-    """
+    """Similarities of a greedy one-to-one matching of rows to columns, most similar pair first (ties: lower row,
+    then column); pairs of similarity 0 never match."""
     s = np.array(sim, dtype=float)
     if s.size == 0:
         return np.zeros(0)
     rows_all = np.arange(s.shape[0])
     taken = []
+    # each round takes every pair that is the best of its row and its column: each is the next greedy choice
     while True:
         best_col = s.argmax(axis=1)
         best_row = s.argmax(axis=0)
@@ -216,17 +126,15 @@ def one_to_one(sim: np.ndarray) -> np.ndarray:
         s[:, cols] = -1.0
     return np.concatenate(taken) if taken else np.zeros(0)
 
-
 def _f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
-
 
 def match_scores(sim: np.ndarray, tau: float) -> dict:
     """Recall, precision, F1 (pairs matched at similarity >= tau) and their soft versions (sum of the matched
     similarities) of generated steps (rows of `sim`) against reference steps (columns), one-to-one."""
     n_gen, n_ref = sim.shape
     if not n_gen or not n_ref:
-        return {k: 0.0 for k in SCORE_KEYS}
+        return dict.fromkeys(SCORE_KEYS, 0.0)
     pairs = one_to_one(sim)
     hits = int(np.count_nonzero(pairs >= tau))
     soft = float(pairs.sum())
@@ -235,12 +143,9 @@ def match_scores(sim: np.ndarray, tau: float) -> dict:
     return {"recall": recall, "precision": precision, "f1": _f1(precision, recall),
             "soft_recall": soft_recall, "soft_precision": soft_precision, "soft_f1": _f1(soft_precision, soft_recall)}
 
-
 def repeated_steps(self_sim: np.ndarray, threshold: float) -> int:
-    """How many steps repeat an earlier step of the same reasoning (similarity >= threshold), from its own
-    similarity matrix."""
+    """How many steps repeat an earlier step (similarity >= threshold), from a reasoning's own similarity matrix."""
     return int(np.count_nonzero(np.tril(self_sim >= threshold, k=-1).any(axis=1)))
-
 
 def derangement(n: int, seed: int) -> list[int]:
     """A fixed permutation with no fixed point (Sattolo's single cycle), so no sample meets its own reference."""
@@ -251,10 +156,9 @@ def derangement(n: int, seed: int) -> list[int]:
         perm[i], perm[j] = perm[j], perm[i]
     return perm
 
-
 def _cycle_order(perm: list[int]) -> list[int]:
-    """Indices along the cycles of `perm` (i, perm[i], perm[perm[i]], ...): a row's chance reference is the next
-    row's own reference, so each reference is split into steps once and only one is held between rows."""
+    """Indices along the cycles of ``perm``: a row's chance reference is the next row's own, so each reference is
+    split into steps once."""
     seen = [False] * len(perm)
     order = []
     for start in range(len(perm)):
@@ -264,7 +168,6 @@ def _cycle_order(perm: list[int]) -> list[int]:
             order.append(i)
             i = perm[i]
     return order
-
 
 def _score_rows(items: list[tuple], idf: BigramIdf, tau: float, repeat_threshold: float) -> list[dict]:
     """Scores of (row, think, ref_think, ref_answer, chance_row, chance_ref_think) items, given in cycle order."""
@@ -287,36 +190,25 @@ def _score_rows(items: list[tuple], idf: BigramIdf, tau: float, repeat_threshold
         out.append(item)
     return out
 
-
 _WORKER_IDF: BigramIdf | None = None
-
 
 def _init_worker(idf: BigramIdf):
     global _WORKER_IDF
     _WORKER_IDF = idf
 
-
 def _score_chunk(args) -> list[dict]:
     items, tau, repeat_threshold = args
     return _score_rows(items, _WORKER_IDF, tau, repeat_threshold)
-
 
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else 0.0
 
-
 def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_threshold: float = 0.8,
                floor_seed: int = 0, workers: int = 2, progress: bool = True):
-    """Offline chain-of-thought scores of prediction rows, with their baselines. Returns (summary, per_sample).
-
-    IDF comes from ``references``, the reference think+answer texts of the split (evaluation passes TEST_FILE's), so
-    a row's score does not depend on which other rows are scored and every model is on the same scale; None takes
-    these rows' own references (the same, when the rows are the whole split). A sample whose generated think has no
-    step scores 0 and is counted in n_no_think; a row asked not to think (its ``mode`` is not ``think``) has no
-    think score (None: "n/a") and is left out of every mean, baselines included, and counted in n_think_na.
-    `workers` processes share the rows (1 = this process); the results do not depend on it.
-    """
+    """(summary, per_sample) of prediction rows, with their baselines. IDF comes from ``references`` (the split's
+    reference think+answer texts, so every model is on one scale; None: these rows'). A think without steps scores
+    0 (n_no_think); a row asked not to think is n/a, left out of every mean (n_think_na)."""
     from tqdm import tqdm
 
     own = references is None
@@ -327,7 +219,7 @@ def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_th
     items = [(i, rows[i].get("think") or "", rows[i].get("ref_think") or "", rows[i].get("ref_answer") or "",
               None if perm is None else perm[i], "" if perm is None else rows[perm[i]].get("ref_think") or "")
              for i in (_cycle_order(perm) if perm else range(n))]
-    # Consecutive items share references, so chunks are runs of the cycle; small enough to keep both workers busy.
+    # consecutive items share references, so chunks are runs of the cycle; small enough to keep both workers busy
     size = max(1, min(256, math.ceil(n / (max(1, workers) * 8))))
     chunks = [(items[k:k + size], tau, repeat_threshold) for k in range(0, n, size)]
     results: list[dict] = []
@@ -337,14 +229,13 @@ def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_th
             results.extend(_score_rows(chunk, idf, tau, repeat_threshold))
             bar.update(len(chunk))
     else:
-        # spawn, not fork: the caller may hold torch threads, which fork does not copy safely.
+        # spawn, not fork: the caller may hold torch threads, which fork does not copy safely
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(idf,)) as pool:
             for part in pool.map(_score_chunk, chunks):
                 results.extend(part)
                 bar.update(len(part))
     bar.close()
-
     per_sample: list = [None] * n
     for (i, *_), scores in zip(items, results):
         r = rows[i]
@@ -356,8 +247,7 @@ def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_th
             item.update({k: None for k in SCORE_KEYS + ("n_gen_steps", "no_think", "repeated_steps")})
             item.update({"floor_" + k: None for k in SCORE_KEYS})
         per_sample[i] = item
-
-    # Scores and baselines are means over the same rows: those asked to think
+    # scores and baselines are means over the same rows: those asked to think
     scored = [item for item in per_sample if not item.get("think_na")]
     some = bool(scored) or not n  # no row at all keeps the old 0.0; only rows none of which thinks are n/a
     mean = (lambda key: _mean(item[key] for item in scored)) if some else (lambda key: None)
@@ -379,9 +269,8 @@ def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_th
     }
     return summary, per_sample
 
-
 def format_stats(rows: list[dict], per_sample: list[dict]) -> dict:
-    """Shape of the reasoning: think closed/unclosed/absent, truncation, length, step counts, repetition."""
+    """Think closed/unclosed/absent, truncation, length, step counts, repetition."""
     n = len(rows)
     status = Counter(r.get("think_status") for r in rows)
     total_steps = sum(item["n_gen_steps"] or 0 for item in per_sample)

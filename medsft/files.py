@@ -1,5 +1,5 @@
-"""File I/O shared by every stage: atomic writes, all-or-nothing publishing of a set of files, JSONL reading with
-file:line errors and one clear message for a file that is not UTF-8."""
+"""File I/O of every stage: atomic writes, all-or-nothing publishing of a set of files, JSONL reading with file:line
+errors, one clear message for a non-UTF-8 file, and a full or read-only disk told as one error."""
 
 from __future__ import annotations
 
@@ -12,142 +12,150 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-JOURNAL = ".publish-journal.json"  # present in a folder only while publish_files is replacing its files
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
-
 class MedsftError(Exception):
-    """A problem the user can fix (bad input, missing file, wrong option).
-
-    Scripts print it as ``error: <message>`` without a traceback (see ``medsft.config.configure``).
-    """
-
+    """A problem the user can fix; scripts print it as ``error: <message>`` without a traceback."""
 
 class DiskWriteError(MedsftError, OSError):
-    """A full disk or an unwritable folder, told as a MedsftError (one line, the folder and the fix). Still an
-    OSError with the original errno, so code that handles write failures as OSError keeps working."""
+    """A full disk or an unwritable folder; still an OSError with the original errno."""
 
     def __str__(self):
         return BaseException.__str__(self)  # the message alone, not OSError's "[Errno N] ..." form
 
-
-# --- writing -----------------------------------------------------------------------------------------------------
-
 DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-# the hidden names atomic_write_bytes (.NAME.HEX.tmp) and publish_files (.NAME.TXN.new/old) write before renaming
-_TEMP_NAME = re.compile(r"^\.(.+)\.[0-9a-f-]+\.(tmp|new|old)$")
-
+# the hidden names atomic_write_bytes (.NAME.HEX.tmp) and publish_files (.publish-TXN/new/NAME) write first
+_TEMP_NAME = re.compile(r"^\.(.+)\.[0-9a-f]+\.tmp$")
+# safetensors and tokenizers (Rust) put the errno only in their text
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# torch.save reports a full disk without an errno; believed only while the disk is nearly full
+_TORCH_WRITE_FAILED = ("inline_container", "file write failed")
 
 def _shown(filename, folder: Path) -> Path:
     """The file a user knows: the real name behind one of our temp names (else ``folder`` itself)."""
     if not filename:
         return folder
     path = Path(os.fsdecode(filename))
+    if path.parent.name == "new" and path.parent.parent.name.startswith(".publish-"):
+        return path.parent.parent.parent / path.name
     m = _TEMP_NAME.match(path.name)
     return path.with_name(m.group(1)) if m else path
 
-
-def free_space(folder) -> str:
-    """``'1.23 GiB free'`` on the disk of ``folder`` (or of its nearest existing parent)."""
+def _free_bytes(folder) -> int | None:
     p = Path(folder).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
-        return f"{shutil.disk_usage(p).free / 2**30:.2f} GiB free"
+        return shutil.disk_usage(p).free
     except OSError:
-        return "free space unknown"
-
-
-def write_error(e: OSError, folder, option: str | None,
-                then: str = "then re-run the same command") -> DiskWriteError | None:
-    """The one-line error for a full disk or an unwritable folder met while writing into ``folder`` (None for any
-    other OSError: that one is not about the user's disk). ``option`` names the flag that picks another folder
-    (None where only the same output can continue the run)."""
-    folder = Path(folder)
-    target = _shown(e.filename, folder)
-    notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))  # e.g. publish_files' failed rollback
-    elsewhere = f" or pass another --{option}" if option else ""
-    if e.errno in DISK_FULL:
-        message = (f"disk full while writing {target} ({free_space(folder)} on the disk of {folder}){notes}: "
-                   f"free up space there{elsewhere}, {then}")
-    elif e.errno in NOT_WRITABLE:
-        message = (f"cannot write {target} ({e.strerror or e}){notes}: give yourself write access to {folder}"
-                   f"{elsewhere}, {then}")
-    else:
         return None
-    err = DiskWriteError(message)
-    err.errno, err.strerror, err.filename = e.errno, e.strerror, e.filename
-    return err
 
+def _write_problem(e: BaseException, folder: Path) -> tuple[int, BaseException] | None:
+    """(errno, the exception holding it) when ``e`` or one it chains is a full disk or a refused write."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+        m = code is None and _OS_ERROR.search(str(e))
+        code = int(m.group(1)) if m else code
+        if code in DISK_FULL or code in NOT_WRITABLE:
+            return code, e
+        if code is None and any(t in str(e) for t in _TORCH_WRITE_FAILED):
+            free = _free_bytes(folder)
+            if free is not None and free < 2 ** 30:
+                return errno.ENOSPC, e
+        e = e.__cause__ or e.__context__
+    return None
 
 @contextlib.contextmanager
-def disk_errors(folder, option: str | None, then: str = "then re-run the same command"):
-    """Turn a full disk or an unwritable ``folder`` met inside the block into one DiskWriteError (see write_error)."""
+def disk_errors(folder, what: str | None, option: str | None, *, resume: bool = False,
+                then: str = "then re-run the same command"):
+    """A full disk or a refused write inside the block becomes one DiskWriteError naming ``folder``, ``what`` was
+    written, the ``--option`` that picks another place (None: none) and ``then`` (``resume``: --resume=true)."""
+    folder = Path(folder)
     try:
         yield
-    except OSError as e:
-        err = write_error(e, folder, option, then)
-        if err is None:
+    except Exception as e:  # noqa: BLE001 - torch/safetensors raise their own types; anything else is re-raised
+        found = _write_problem(e, folder)
+        if found is None:
             raise
-        raise err from e
+        then = "then continue with --resume=true (it skips a half-written checkpoint)" if resume else then
+        raise _disk_error(found, folder, what, option, then) from e
 
+def _disk_error(found, folder: Path, what, option, then) -> DiskWriteError:
+    code, e = found
+    free = _free_bytes(folder)
+    free = "free space unknown" if free is None else f"{free / 2 ** 30:.2f} GiB free"
+    notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))  # e.g. publish_files' failed rollback
+    target = f"{what} in {folder}" if what else _shown(getattr(e, "filename", None), folder)
+    strerror = getattr(e, "strerror", None) or os.strerror(code)
+    if code in DISK_FULL:
+        where = f"{free} now" if what else f"{free} on the disk of {folder}"
+        elsewhere = f", or point --{option} at a disk with room" if option else ""
+        message = f"disk full while writing {target} ({where}){notes}: free up space there{elsewhere}, {then}"
+    else:
+        elsewhere = f" or pass another --{option}" if option else ""
+        message = (f"cannot write {target} ({strerror}){notes}: give yourself write access to {folder}{elsewhere}, "
+                   f"{then}")
+    err = DiskWriteError(message)
+    err.errno, err.strerror, err.filename = code, strerror, getattr(e, "filename", None)
+    return err
 
-def check_writable_dir(folder, option: str) -> Path:
-    """Write a file in ``folder`` now, so a read-only folder or a full disk stops a stage before its work instead
-    of at the end of it. Folders this creates for the test are removed again: a stage that fails later leaves
-    nothing behind."""
-    folder = Path(folder)
+def check_writable(path, option: str, *, file: bool = False) -> Path:
+    """Fail now, not after the stage's work, if the folder ``path`` (``file``: the file) cannot be written. Folders
+    created for the test are removed again."""
+    path = Path(path)
+    if file:
+        if path.is_dir():
+            raise MedsftError(f"output {path} is a directory: pass --{option}=<file.jsonl>")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise MedsftError(f"output {path} is not writable; pass another --{option}")
+        check_writable(path.parent, option)
+        return path
     created = []
     try:
-        for d in reversed([folder, *folder.parents]):
+        for d in reversed([path, *path.parents]):
             if not d.exists():
                 d.mkdir()
                 created.append(d)
         # an unnamed temp file (O_TMPFILE) leaves nothing behind even after kill -9
-        with tempfile.TemporaryFile(dir=folder, prefix=".medsft-write-test-") as f:
+        with tempfile.TemporaryFile(dir=path, prefix=".medsft-write-test-") as f:
             f.write(b"\0" * 4096)
             f.flush()
             os.fsync(f.fileno())  # a full disk may refuse the data only when it is flushed
     except OSError as e:
-        err = write_error(e, folder, option, "then run the command again")
-        raise (err or MedsftError(f"{folder} cannot be used as an output folder ({e.strerror or e}): pass another "
-                                  f"--{option}")) from None
+        found = _write_problem(e, path)
+        if found:
+            raise _disk_error(found, path, None, option, "then run the command again") from None
+        raise MedsftError(f"{path} cannot be written ({e.strerror or e}): pass another --{option}") from None
     finally:
         for d in reversed(created):
             try:
                 d.rmdir()
             except OSError:  # not empty after all (another process wrote there): it is no longer only ours
                 break
-    return folder
+    return path
 
 
 def _create_new(path: Path) -> int:
-    """Open a brand-new file for writing. Mode 0o666 lets the kernel apply the umask (and default ACLs), so the
-    file ends up with the same permissions as any other file the user creates; mkstemp would force 0600."""
+    # 0o666: the kernel applies the umask (and default ACLs) as for any file the user creates; mkstemp forces 0600
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     return os.open(path, flags, 0o666)
 
-
 def _write_durably(path: Path, data: bytes) -> None:
-    """Create ``path`` (which must not exist) with ``data``, flushed to disk before returning."""
     with os.fdopen(_create_new(path), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
-
-def _unique_temp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory + rename, so readers never see half a file."""
+    """Write ``data`` via a temp file in the same folder and a rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_temp(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         _write_durably(tmp, data)
         os.replace(tmp, path)
@@ -156,51 +164,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     return path
 
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
-
 
 def dumps_jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
-
 def dumps_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
-
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, dumps_jsonl(rows))
 
-
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, dumps_json(obj))
 
-
 # --- publishing several files as one unit ---------------------------------------------------------------------------
-#
-# Why not a directory swap: DATA_DIR may be the working directory or hold the user's own files (their raw data),
-# and renaming a whole folder would take those along. Instead, in the folder itself:
-#   1. stage each new file under a hidden name (written and fsynced);
-#   2. hard-link each existing file to a hidden backup name (the old file stays in place; no copy on most disks);
-#   3. write the journal (which files, which had an old version);
-#   4. rename the staged files over the real names, in a fixed order, and fsync the folder;
-#   5. delete the journal: the commit point. Then delete the backups.
-# An exception in 1-5 rolls back: backups renamed over the real names, files that had no old version removed.
-# If the rollback itself fails, or the process dies, the journal stays: readers (iter_jsonl) refuse the folder and
-# the next publish_files (or recover_publish) rolls it back first. One writer per folder at a time.
+# DATA_DIR may hold the user's own files, so the folder itself is never swapped. Its files are, one by one, through
+# DIR/.publish-TXN/: new/ (staged, fsynced), manifest.json, old/ (the files replaced), COMMITTED (written last).
+# A stage folder with a manifest and no COMMITTED is an interrupted publish: readers refuse the folder and the next
+# publish_files (or recover_publish) moves old/ back first. One writer per folder at a time.
 
-
-def _temp_name(directory: Path, name: str, txn: str, kind: str) -> Path:
-    return directory / f".{name}.{txn}.{kind}"
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # file systems without hard links (FAT, some network mounts): a copy does the same job
-        shutil.copyfile(src, dst)
-
+_STAGE = ".publish-"
 
 def _fsync_dir(directory: Path) -> None:
     try:
@@ -212,73 +197,47 @@ def _fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
+def _interrupted(directory: Path) -> Iterator[tuple[Path, dict | None]]:
+    for stage in sorted(directory.glob(_STAGE + "*")):
+        manifest = None
+        if stage.is_dir() and not (stage / "COMMITTED").exists():
+            try:  # no complete manifest: the publish died before it touched a real name
+                manifest = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+        yield stage, manifest
 
-def _remove(paths: Iterable[Path]) -> list[str]:
+def _roll_back(directory: Path, stage: Path, manifest: dict | None) -> list[str]:
+    """Put back the files ``manifest`` names, then delete ``stage``; return what could not be undone."""
     problems = []
-    for p in paths:
+    for name in manifest["files"] if manifest else ():
+        target, old = directory / name, stage / "old" / name
         try:
-            p.unlink(missing_ok=True)
-        except OSError as e:
-            problems.append(f"{p}: {e}")
-    return problems
-
-
-def _roll_back(directory: Path, journal: dict) -> list[str]:
-    """Put back the files a journal names; return what could not be undone (empty = the folder is as before)."""
-    problems, txn, had_old = [], journal["txn"], set(journal["had_old"])
-    for name in journal["files"]:
-        target, backup = directory / name, _temp_name(directory, name, txn, "old")
-        try:
-            if name not in had_old:
+            if old.exists():
+                os.replace(old, target)
+            elif name not in manifest["had_old"]:
                 target.unlink(missing_ok=True)
-            elif backup.exists():  # absent: already restored by an earlier, partial rollback
-                os.replace(backup, target)
-                # a rename between two hard links of one file is a no-op that leaves the backup name behind
-                backup.unlink(missing_ok=True)
         except OSError as e:
             problems.append(f"{target}: {e}")
-    problems += _remove(_temp_name(directory, n, txn, "new") for n in journal["files"])
     if not problems:
-        problems += _remove([directory / JOURNAL])
+        try:
+            shutil.rmtree(stage)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            problems.append(f"{stage}: {e}")
     return problems
 
-
-def _read_journal(directory: Path) -> dict | None:
-    path = directory / JOURNAL
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MedsftError(f"{path}: unreadable publish journal ({e}); the files beside it may mix two runs: "
-                          "delete the folder's outputs and run the stage again") from None
-
-
 def recover_publish(directory: str | os.PathLike) -> bool:
-    """Roll back a publish that was interrupted (journal left behind); True if there was one."""
-    directory = Path(directory)
-    journal = _read_journal(directory)
-    if journal is None:
-        return False
-    problems = _roll_back(directory, journal)
-    if problems:
-        raise MedsftError(f"{directory}: cannot restore the files of an interrupted update ({'; '.join(problems)}); "
-                          "fix the disk problem and run the stage again")
-    return True
-
-
-def _stage_and_swap(directory: Path, files: dict[str, bytes], journal: dict) -> None:
-    txn = journal["txn"]
-    for name, data in files.items():
-        _write_durably(_temp_name(directory, name, txn, "new"), data)
-    for name in journal["had_old"]:
-        _link_or_copy(directory / name, _temp_name(directory, name, txn, "old"))
-    atomic_write_text(directory / JOURNAL, json.dumps(journal))
-    for name in files:
-        os.replace(_temp_name(directory, name, txn, "new"), directory / name)
-    _fsync_dir(directory)
-    (directory / JOURNAL).unlink()
-
+    """Roll back a publish that was interrupted; True if there was one."""
+    directory, found = Path(directory), False
+    for stage, manifest in _interrupted(directory):
+        problems = _roll_back(directory, stage, manifest)
+        if problems:
+            raise MedsftError(f"{directory}: cannot restore the files of an interrupted update "
+                              f"({'; '.join(problems)}); fix the disk problem and run the stage again")
+        found = found or manifest is not None
+    return found
 
 def publish_files(directory: str | os.PathLike, files: dict[str, bytes], writer: str) -> list[Path]:
     """Write ``files`` ({name: bytes}) into ``directory`` as one unit: afterwards every file is new, or (after any
@@ -287,71 +246,50 @@ def publish_files(directory: str | os.PathLike, files: dict[str, bytes], writer:
     directory.mkdir(parents=True, exist_ok=True)
     if recover_publish(directory):
         print(f"{directory}: restored the files of an interrupted earlier update before writing")
-    # temp files of a process killed before it wrote its journal: nothing refers to them
-    _remove(p for n in files for kind in ("new", "old") for p in directory.glob(f".{n}.*.{kind}"))
-    txn = f"{os.getpid()}-{secrets.token_hex(4)}"
-    journal = {"writer": writer, "txn": txn, "files": list(files),
-               "had_old": [n for n in files if (directory / n).exists()]}
+    stage = directory / f"{_STAGE}{os.getpid()}-{secrets.token_hex(4)}"
+    manifest = {"writer": writer, "files": list(files), "had_old": [n for n in files if (directory / n).exists()]}
     try:
-        _stage_and_swap(directory, files, journal)
+        (stage / "new").mkdir(parents=True)
+        (stage / "old").mkdir()
+        for name, data in files.items():
+            _write_durably(stage / "new" / name, data)
+        _write_durably(stage / "manifest.json", json.dumps(manifest).encode())
+        _fsync_dir(stage)
+        for name in files:
+            if name in manifest["had_old"]:
+                os.replace(directory / name, stage / "old" / name)
+            os.replace(stage / "new" / name, directory / name)
+        _fsync_dir(directory)
+        _write_durably(stage / "COMMITTED", b"")
     except BaseException as e:
-        if (directory / JOURNAL).exists():
-            problems = _roll_back(directory, journal)
-        else:  # failed before any real name was touched: only temp files to drop
-            problems = _remove(_temp_name(directory, n, txn, k) for n in files for k in ("new", "old"))
+        problems = _roll_back(directory, stage, manifest)
         if problems:
             e.add_note(f"{directory} could not be restored ({'; '.join(problems)}): its files may mix two runs "
                        f"until you run {writer} again, which restores the previous files first")
         raise
-    _remove(_temp_name(directory, n, txn, "old") for n in files)  # committed: the backups are spare copies
+    shutil.rmtree(stage, ignore_errors=True)  # committed: only the replaced files are left in it
     return [directory / n for n in files]
-
-
-# --- reading -----------------------------------------------------------------------------------------------------
-
 
 def refuse_unfinished_publish(path: str | os.PathLike) -> None:
     """Raise MedsftError if ``path`` is one of the files of an interrupted publish_files (they may mix two runs)."""
     path = Path(path)
-    journal = _read_journal(path.parent)
-    if journal and path.name in journal.get("files", ()):
-        writer = journal.get("writer", "the stage that wrote it")
-        raise MedsftError(f"{path}: {writer} was interrupted while replacing the files in {path.parent} (its "
-                          f"{JOURNAL} is still there), so they may mix two runs; run {writer} again: it restores "
-                          "the previous files first")
-
-
-def _guess_encoding(path: Path) -> str | None:
-    """The first legacy encoding the whole file decodes in: a hint for the user, not a certainty."""
-    data = path.read_bytes()
-    for encoding in ("gbk", "gb18030", "big5"):
-        try:
-            data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        return encoding.upper()
-    return None
-
+    for stage, manifest in _interrupted(path.parent):
+        if manifest and path.name in manifest["files"]:
+            writer = manifest["writer"]
+            raise MedsftError(f"{path}: {writer} was interrupted while replacing the files in {path.parent} (its "
+                              f"{stage.name} is still there), so they may mix two runs; run {writer} again: it "
+                              "restores the previous files first")
 
 def _not_utf8_message(path: Path, lineno: int, offset: int, bad: int, nonascii: int) -> str:
-    guess = _guess_encoding(path)
     converted = path.with_name(f"{path.stem}.utf8{path.suffix}")
     return (f"{path}:{lineno}: this file is not UTF-8 text (line {lineno}, byte {offset} of the file, is the first "
-            f"that does not decode; {bad} of {nonascii} lines with non-ASCII text do not)"
-            + (f"; it decodes as {guess}" if guess else "")
-            + f". Convert it to UTF-8 and pass the converted file: iconv -f {guess or 'GBK'} -t UTF-8 {path} > "
-              f"{converted}  (or re-save it as UTF-8 in your editor or spreadsheet)")
-
+            f"that does not decode; {bad} of {nonascii} lines with non-ASCII text do not). Convert it to UTF-8 and "
+            f"pass the converted file, e.g. from GBK: iconv -f GBK -t UTF-8 {path} > {converted}  (or re-save it "
+            "as UTF-8 in your editor or spreadsheet)")
 
 def check_utf8(path: str | os.PathLike, *, strict: bool = False) -> None:
-    """Raise one MedsftError if ``path`` as a whole is not UTF-8, naming the first bad line and byte offset.
-
-    Policy: when most lines that hold non-ASCII bytes fail to decode, the file is in another encoding (a GBK
-    export from Excel/WPS on Chinese Windows is the usual case); none of its rows is usable, so one message with
-    the conversion command beats one error per row. When only a minority fail, the damage is local (a stray byte,
-    a bad splice): those lines stay per-row errors (counted and skipped by the caller) and the good rows are kept.
-    ``strict`` makes any bad line fatal, for parsers (CSV) that cannot skip a row.
-    """
+    """One MedsftError if most non-ASCII lines of ``path`` are not UTF-8 (the file is in another encoding); a
+    minority stay per-row errors. ``strict`` (parsers that cannot skip a row, CSV): any bad line."""
     path = Path(path)
     with open(path, "rb") as f:
         if f.read(2) in UTF16_BOMS:
@@ -360,8 +298,7 @@ def check_utf8(path: str | os.PathLike, *, strict: bool = False) -> None:
         f.seek(0)
         first, bad, nonascii, offset = None, 0, 0, 0
         for lineno, raw in enumerate(f, start=1):
-            # an unterminated last line cut inside a character is a torn append (a killed writer), not an
-            # encoding: it must not turn a one-row file into a whole-file error
+            # an unterminated last line cut inside a character is a torn append, not an encoding
             torn = not raw.endswith(b"\n") and not strict
             if not raw.isascii() and not torn:
                 nonascii += 1
@@ -374,15 +311,9 @@ def check_utf8(path: str | os.PathLike, *, strict: bool = False) -> None:
     if first and (strict or 2 * bad > nonascii):
         raise MedsftError(_not_utf8_message(path, *first, bad, nonascii))
 
-
 def iter_jsonl(path: str | os.PathLike):
-    """Yield ``(line_number, obj_or_None, error_or_None)`` for every non-blank line of a JSONL file.
-
-    Decoding problems of single lines are reported per line instead of raised, so a caller can keep the good
-    rows. A byte-order mark is ignored (at the start of any line: `cat`-ed files carry one per part).
-    Raises MedsftError if the file does not exist, is not UTF-8 as a whole (see ``check_utf8``), or belongs to an
-    interrupted ``publish_files``.
-    """
+    """``(lineno, obj or None, error or None)`` for each non-blank line; a BOM at the start of any line (`cat`-ed
+    parts) is ignored. MedsftError for a missing or non-UTF-8 file, or one of an interrupted publish_files."""
     path = Path(path)
     if not path.is_file():
         raise MedsftError(f"{path}: file not found")
@@ -407,12 +338,29 @@ def iter_jsonl(path: str | os.PathLike):
                 continue
             yield lineno, obj, None
 
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file of objects; the first bad line raises MedsftError naming ``path:line``."""
+    """The objects of a JSONL file; the first bad line raises MedsftError naming ``path:line``."""
     rows = []
     for lineno, obj, err in iter_jsonl(path):
         if err:
             raise MedsftError(f"{path}:{lineno}: {err}; fix or remove that line")
         rows.append(obj)
     return rows
+
+def resume_rows(path, keys, row: str, again: str) -> Iterator[tuple[int, dict]]:
+    """The good rows of a resumable JSONL (none if it is missing); a line that is not JSON or lacks one of
+    ``keys`` is skipped with a warning that it will be ``again`` again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    for lineno, obj, err in iter_jsonl(path):
+        if err or any(k not in obj for k in keys):
+            print(f"warning: {path}:{lineno}: {err or 'not ' + row}; it will be {again} again")
+            continue
+        yield lineno, obj
+
+def write_outputs(folder, stem: str, summary: dict, rows: Iterable[dict], *, option: str = "results_dir") -> list[Path]:
+    """``<stem>.jsonl`` (rows), then ``<stem>.json`` (summary, written last: it marks the pair complete)."""
+    folder = Path(folder)
+    with disk_errors(folder, None, option):
+        return [write_jsonl(folder / f"{stem}.jsonl", rows), write_json(folder / f"{stem}.json", summary)]

@@ -1,9 +1,5 @@
-"""Generation shared by inference, the training preview and the benchmark.
-
-``generate`` answers many questions in batches (transformers), ``stream`` answers one question token by token
-for the chat, and ``generate_vllm`` is the optional vLLM backend with the same result format. All three feed the
-model ``chat.prompt_ids``: a control token typed in a question, a history or a system prompt stays text.
-"""
+"""Generation for inference, the training preview and the benchmark: batched (``generate``), streamed
+(``stream``) or on vLLM (``generate_vllm``), all from ``chat.prompt_ids`` (a typed control token stays text)."""
 
 from __future__ import annotations
 
@@ -18,15 +14,12 @@ from tqdm import tqdm
 from .chat import prompt_ids
 from .files import MedsftError
 
-# torch and transformers (seconds to import) are imported inside the functions that generate, so the scripts'
-# --help and fail-fast checks (check_decoding) stay instant; vllm is optional and heavy, imported only when used.
-
+# torch, transformers and vllm are imported inside the functions that use them: --help and checks stay instant
 
 def eos_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     return sorted(set(ids) | {tokenizer.eos_token_id})
-
 
 def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None, **_) -> None:
     """Reject decoding settings transformers would refuse (or silently misuse), before any model loads."""
@@ -38,7 +31,6 @@ def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_
         raise MedsftError(f"--top_p={top_p}: must be in (0, 1]")
     if top_k is not None and top_k < 0:
         raise MedsftError(f"--top_k={top_k}: must be >= 0 (0 = off)")
-
 
 def generation_config(model, tokenizer, *, max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None):
     """The model's own generation_config (Qwen3: thinking-mode sampling) with this run's overrides."""
@@ -56,14 +48,12 @@ def generation_config(model, tokenizer, *, max_new_tokens, do_sample, temperatur
         gc.temperature, gc.top_p, gc.top_k = 1.0, 1.0, 50
     return gc
 
-
 def used_settings(gc) -> dict:
     """The decoding settings a generation_config actually applies (sampling knobs are None under greedy)."""
     return {"max_new_tokens": gc.max_new_tokens, "do_sample": bool(gc.do_sample),
             "temperature": gc.temperature if gc.do_sample else None,
             "top_p": gc.top_p if gc.do_sample else None,
             "top_k": gc.top_k if gc.do_sample else None}
-
 
 def _result(tokenizer, new: list[int], stop: set[int]) -> dict:
     """Cut generated ids at the first end-of-turn token and decode them (special tokens dropped, <think> kept)."""
@@ -75,19 +65,11 @@ def _result(tokenizer, new: list[int], stop: set[int]) -> dict:
         "finished": cut is not None,
     }
 
-
 def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42, batch_size=8, system=None,
              temperature=None, top_p=None, top_k=None, progress=True, histories=None, on_batch=None,
              modes=None) -> list[dict]:
-    """Answer ``questions`` in batches; returns ``{"output", "new_tokens", "finished"}`` per question, in order.
-
-    Prompts are sorted by length (longest first, so an out-of-memory shows in the first batch) and left-padded;
-    with the attention mask this gives the same greedy answers as one-at-a-time generation.
-    ``finished`` is False when the answer hit ``max_new_tokens`` before an end-of-turn token.
-    ``on_batch(pairs)``, if given, is called after each batch with its ``[(question_index, result)]`` so a caller
-    can save progress as it goes. ``modes`` (one of ``chat.MODES`` per question; default all ``think``) picks each
-    prompt's thinking switch.
-    """
+    """``{"output", "new_tokens", "finished"}`` per question, in order, in batches (longest first: an out-of-memory
+    shows at once); ``on_batch([(index, result)])`` after each; ``modes``: a ``chat.MODES`` name per question."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -118,18 +100,10 @@ def generate(model, tokenizer, questions, *, max_new_tokens, do_sample, seed=42,
     model.train(was_training)
     return results
 
-
-# --- streaming (the chat) --------------------------------------------------------------------------------------
-
-
 def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, seed=42, system=None, history=None,
            temperature=None, top_p=None, top_k=None, stop_event=None, mode="think") -> dict:
-    """Answer one question, calling ``on_text(chunk)`` with decoded text as tokens come; returns what
-    ``generate`` returns for it (``{"output", "new_tokens", "finished"}``): the same tokens under greedy decoding.
-
-    Generation runs in a worker thread feeding a ``TextIteratorStreamer``; setting ``stop_event`` (e.g. on Ctrl-C)
-    ends it after the current token.
-    """
+    """``generate``'s result for one question (the same tokens under greedy decoding), ``on_text(chunk)`` called as
+    text comes; setting ``stop_event`` (Ctrl-C) ends it after the current token."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -174,19 +148,13 @@ def stream(model, tokenizer, question, on_text, *, max_new_tokens, do_sample, se
         raise box["error"]
     return _result(tokenizer, box["out"][0, enc["input_ids"].shape[1]:].tolist(), set(gc.eos_token_id))
 
-
-# --- vLLM backend (optional) -----------------------------------------------------------------------------------
-
-
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
-
 
 def require_vllm() -> None:
     if not vllm_available():
         raise MedsftError("--backend=vllm needs vLLM, which is not installed: `pip install vllm` (Linux + CUDA GPU), "
                           "or use the default --backend=transformers")
-
 
 def load_vllm(model_dir, *, seed=42, adapter_dir=None, max_model_len=None):
     """A vLLM engine for a local model directory, with LoRA support switched on when an adapter is given."""
@@ -203,7 +171,6 @@ def load_vllm(model_dir, *, seed=42, adapter_dir=None, max_model_len=None):
         kwargs.update(enable_lora=True, max_lora_rank=max_rank, max_loras=1)
     return LLM(**kwargs)
 
-
 def vllm_settings(model_dir, *, max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None) -> dict:
     """The decoding settings vLLM will use: the model's generation_config.json with this run's overrides."""
     from transformers import GenerationConfig
@@ -219,14 +186,10 @@ def vllm_settings(model_dir, *, max_new_tokens, do_sample, temperature=None, top
             "top_p": base.top_p if top_p is None else top_p,
             "top_k": base.top_k if top_k is None else top_k}
 
-
 def generate_vllm(llm, tokenizer, questions, *, settings, stop_ids, seed=42, system=None, adapter_dir=None,
                   on_batch=None, batch_size=None, modes=None) -> list[dict]:
-    """``generate`` on vLLM (continuous batching): same result format; ``settings`` from ``vllm_settings``.
-
-    Each question gets its own sampling seed (seed + index), so answers do not depend on what else is in flight.
-    ``on_batch`` is called every ``batch_size`` questions (vLLM schedules them itself).
-    """
+    """``generate`` on vLLM; each question samples with seed + index, so answers do not depend on what else is in
+    flight; ``on_batch`` every ``batch_size`` questions."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 

@@ -1,10 +1,5 @@
-"""Checks on a model spec before any model is loaded, and the identity of what it names.
-
-* ``check_model``: fail fast on a spec that cannot work (a missing local directory, one without config.json);
-* ``spec_key``: one key per model, however its path is spelled, so rows of two models are never mixed;
-* ``weights_fingerprint``: a hash of the weight files (a hub id's revision), so predictions of retrained weights,
-  or of another revision, are never resumed into.
-"""
+"""Checks on a model spec before any model is loaded, and the identity of what it names (so rows of two models, or
+of retrained weights, are never mixed)."""
 
 from __future__ import annotations
 
@@ -16,14 +11,12 @@ from .models import BUILTIN_SPECS, UNPINNED, ensure_builtin, hub_revision, is_hu
 
 LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
 
-
 def _looks_local(spec: str) -> bool:
     """True when a missing spec is meant as a local path (so it must not be looked up on ModelScope)."""
     if spec.startswith((".", "/", "~")) or "\\" in spec:
         return True
     first = spec.split("/", 1)[0]
     return first in LOCAL_ROOTS or Path(first).is_dir() or not is_hub_id(spec)
-
 
 def check_model(spec, *, flag="--model_dir", producer="train.py") -> str:
     """Fail fast on a model spec that cannot work: a missing local directory or one without config.json."""
@@ -45,7 +38,6 @@ def check_model(spec, *, flag="--model_dir", producer="train.py") -> str:
                           "Qwen/Qwen3-1.7B | tiny>")
     return spec  # a ModelScope id: resolved (downloaded or found in the cache) when loading
 
-
 def spec_key(spec) -> str | None:
     """The key two spellings of one model share: the resolved path of a local one, else the spec itself."""
     if spec is None:
@@ -53,13 +45,9 @@ def spec_key(spec) -> str | None:
     path = Path(str(spec)).expanduser()
     return str(path.resolve()) if path.exists() else str(spec)
 
-
 def weights_fingerprint(model: str, adapter: str | None) -> str | None:
-    """A hash of the weight files behind a local model (and adapter), recorded in the summary so predictions of
-    retrained weights are never resumed into, or mistaken for, an older file. A hub id's is ``<id>@<revision>``
-    (``models.hub_revision``) when MODEL_REVISION pins it; unpinned, modelscope records no commit, so its snapshot's
-    files are hashed too: ``<id>@unpinned:<name>#<hash>`` (the adapter's hash follows either). Reads the weights
-    once (a few seconds for 1.7B); an unpinned hub id is fetched first, as loading it would be."""
+    """A hash of the weights behind a model (and adapter), so retrained weights are never resumed into an older file;
+    a pinned hub id's is ``<id>@<revision>``, an unpinned one's also hashes its snapshot (no commit is recorded)."""
     local = Path(model).expanduser()
     revision = hub_revision(model)
     dirs = [ensure_builtin(model)] if model in BUILTIN_SPECS else [local] if local.is_dir() else []

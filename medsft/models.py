@@ -1,15 +1,5 @@
-"""One model/tokenizer loader for every stage.
-
-A model spec is one of:
-  * ``tiny``: a small random-init ``Qwen3ForCausalLM`` made once, deterministically, for offline CPU runs; its
-    tokenizer is the one in ``$MEDSFT_TOKENIZER`` (e.g. ../shared/qwen3-1.7b) or, if unset, a small BPE tokenizer
-    trained on the project's demo data with Qwen3's special tokens and a Qwen3-style chat template;
-  * ``small``: like ``tiny`` but big enough to learn on CPU (``demo/learn.sh``: the hybrid thinking format in
-    minutes), always with the project-built demo tokenizer so it needs nothing outside a fresh clone;
-  * a local directory in Hugging Face format (a trained model, a LoRA adapter's base, a downloaded snapshot);
-  * a ModelScope id such as ``Qwen/Qwen3-1.7B``, fetched with ``modelscope.snapshot_download`` at the revision the
-    script pinned (MODEL_REVISION, ``pin_revision``; ``hub_revision`` says which), once per machine, config.json
-    alone where that is all a stage reads (``resolve_model(spec, config_only=True)``: the memory estimate).
+"""Model specs to local folders, and tokenizer/model loading. A spec is ``tiny`` or ``small`` (random Qwen3s built
+here for CPU runs), a local Hugging Face folder, or a ModelScope id fetched at the pinned revision (``pin_revision``).
 """
 
 from __future__ import annotations
@@ -22,7 +12,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,28 +25,21 @@ TINY_SIZE = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num
 SMALL = "small"
 SMALL_VERSION = 1  # bump when the small recipe changes, so caches are rebuilt
 SMALL_SEED = 1234
-# Size chosen by experiment for demo/learn.sh: ~0.8 CPU-s per step of 4 rows on a busy 2-core machine, so ~500 steps
-# fit the demo's minutes. Untied embeddings: with tied ones a model this small, its input and output vectors one,
-# kept predicting the token it had just read ("<think><think>…") for hundreds of steps.
-# 8192 merges on 40 rows make many tokens whole phrases: a row is half as many tokens as with tiny's 2048, so each
-# epoch costs half the CPU time and a think block is ~150 tokens to get through before it must close.
+# sized for demo/learn.sh on 2 cores, embeddings untied: why in docs/reliability.md
 SMALL_VOCAB = 8192
 SMALL_SIZE = dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=32, tie_word_embeddings=False, initializer_range=0.02)
 BUILTIN_SPECS = (TINY, SMALL)  # specs made on this machine rather than found on disk or on ModelScope
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = PROJECT_ROOT / "demo" / "medical_demo.jsonl"
-MODELSCOPE_HOST = "modelscope.cn"  # for older messages; modelscope_unreachable_reason() names what was tried
-# modelscope_hub's DEFAULT_ENDPOINT and DEFAULT_INTL_ENDPOINT: the client tries the second when the first fails
-MODELSCOPE_ENDPOINTS = ("https://modelscope.cn", "https://www.modelscope.ai")
+HUB_TIMEOUT_S = 3.0  # for the hub's first answer, before a download that may take minutes
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # tag, branch or commit (>= 1.38: a folder name)
 CONFIG_ONLY = ("config.json",)  # what the memory estimate (--dry_run) reads of a hub model
 UNPINNED = "unpinned"  # hub_revision of a hub id without MODEL_REVISION
 _PINNED: dict[str, str] = {}  # hub id -> the revision this process downloads it at (pin_revision)
 
-# A Qwen3-style chat template for the project-built tiny tokenizer: same rendering of system/user/assistant turns
-# and of the think block as Qwen3's own template (tools omitted).
+# Qwen3's own chat template (tools omitted) for the project-built tokenizer
 TINY_CHAT_TEMPLATE = (
     "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
     "{%- for message in messages %}{%- if message.role == 'user' %}{%- set ns.last_query_index = loop.index0 %}"
@@ -81,26 +63,19 @@ TINY_CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 
-
 def cache_dir() -> Path:
     return Path(os.environ.get("MEDSFT_CACHE") or Path.home() / ".cache" / "medsft")
-
 
 def pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-
 def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
 
-
-# --- tiny ------------------------------------------------------------------------------------------------------
-
-
 def _tiny_tokenizer_source() -> tuple[Path | None, bytes]:
-    """The tokenizer directory to use for tiny (None = build one) and the bytes that identify it."""
+    """The tokenizer folder tiny uses (None: build one) and the bytes that identify it."""
     env = os.environ.get("MEDSFT_TOKENIZER")
     if env:
         src = Path(env).expanduser()
@@ -113,7 +88,6 @@ def _tiny_tokenizer_source() -> tuple[Path | None, bytes]:
         raise MedsftError(f"{DEMO_DATA} is missing: the tiny tokenizer is trained on it (restore it from git), "
                           "or set MEDSFT_TOKENIZER to a tokenizer directory")
     return None, DEMO_DATA.read_bytes()
-
 
 def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA, vocab_size: int = 2048):
     """Train a small byte-level BPE tokenizer on the demo data, with Qwen3's special tokens and chat template."""
@@ -140,10 +114,7 @@ def build_tiny_tokenizer(out_dir: Path, corpus: Path = DEMO_DATA, vocab_size: in
     fast.save_pretrained(out_dir)
     return fast
 
-
-def _save_random_qwen3(out_dir: Path, tok, seed: int, size: dict) -> None:
-    """A random-init fp32 Qwen3 of ``size`` for tokenizer ``tok``, saved in ``out_dir`` (seeded: same inputs, same
-    weights)."""
+def save_random_qwen3(out_dir: Path, tok, seed: int, size: dict) -> None:
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
@@ -157,7 +128,6 @@ def _save_random_qwen3(out_dir: Path, tok, seed: int, size: dict) -> None:
                                                do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
     model.save_pretrained(out_dir)
 
-
 def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
     from transformers import AutoTokenizer
 
@@ -166,11 +136,10 @@ def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
     else:
         tok = AutoTokenizer.from_pretrained(tokenizer_src)
         tok.save_pretrained(out_dir)
-    _save_random_qwen3(out_dir, tok, TINY_SEED, TINY_SIZE)
-
+    save_random_qwen3(out_dir, tok, TINY_SEED, TINY_SIZE)
 
 def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
-    """Create a model folder in a temporary sibling and rename it into place, so a reader never sees half of one."""
+    # built in a temporary sibling and renamed into place: a reader never sees half a model
     if (out / "model.safetensors").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,26 +156,17 @@ def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-
 def ensure_tiny() -> Path:
-    """Return the tiny model's directory, creating it on first use (same tokenizer ⇒ same weights)."""
     src, ident = _tiny_tokenizer_source()
     key = hashlib.sha256(f"v{TINY_VERSION}-seed{TINY_SEED}".encode() + ident).hexdigest()[:12]
     return _build_once(cache_dir() / f"tiny-qwen3-{key}", lambda tmp: _create_tiny(tmp, src), "medsft_tiny.json",
                        {"tokenizer": str(src or "built from demo data"), "seed": TINY_SEED, "version": TINY_VERSION})
 
-
-# --- small -----------------------------------------------------------------------------------------------------
-
-
 def _create_small(out_dir: Path) -> None:
-    _save_random_qwen3(out_dir, build_tiny_tokenizer(out_dir, vocab_size=SMALL_VOCAB), SMALL_SEED, SMALL_SIZE)
-
+    save_random_qwen3(out_dir, build_tiny_tokenizer(out_dir, vocab_size=SMALL_VOCAB), SMALL_SEED, SMALL_SIZE)
 
 def ensure_small() -> Path:
-    """Return the small model's directory, creating it on first use. It always uses the tokenizer built from the
-    demo data ($MEDSFT_TOKENIZER is for tiny): the demo it serves must run from a fresh clone, and a 151k-token
-    vocabulary would make its embeddings most of the model and most of the CPU time."""
+    """Always with the tokenizer built from the demo data ($MEDSFT_TOKENIZER is for tiny): a fresh clone runs it."""
     if not DEMO_DATA.is_file():
         raise MedsftError(f"{DEMO_DATA} is missing: the small model's tokenizer is trained on it; restore it with "
                           "`git checkout -- demo/medical_demo.jsonl`")
@@ -217,74 +177,32 @@ def ensure_small() -> Path:
                        {"tokenizer": f"built from demo data, {SMALL_VOCAB} tokens", "seed": SMALL_SEED,
                         "version": SMALL_VERSION, **SMALL_SIZE})
 
-
 def ensure_builtin(spec: str) -> Path | None:
-    """The directory of a built-in spec (tiny, small), created on first use; None for any other spec."""
     return {TINY: ensure_tiny, SMALL: ensure_small}[spec]() if spec in BUILTIN_SPECS else None
 
+def hub_problem(spec: str, repo_type: str = "model") -> str | None:
+    """Why the ModelScope client cannot reach ``spec`` within HUB_TIMEOUT_S (None: it can)."""
+    from modelscope.hub.api import HubApi
 
-# --- resolution and loading ------------------------------------------------------------------------------------
+    api, answer = HubApi(), queue.Queue()
 
-
-def modelscope_endpoints() -> list[str]:
-    """The hub URLs the modelscope client would use, read from the same settings (modelscope_hub's HubConfig and
-    HubApi.resolve_endpoint_for_read): MODELSCOPE_ENDPOINT, else the deprecated MODELSCOPE_DOMAIN (https:// added
-    to a bare host), else modelscope.cn then www.modelscope.ai (the other way round with MODELSCOPE_PREFER_AI_SITE)."""
-    configured = os.environ.get("MODELSCOPE_ENDPOINT", "").strip() or os.environ.get("MODELSCOPE_DOMAIN", "").strip()
-    if configured:
-        has_scheme = configured.lower().startswith(("http://", "https://"))
-        return [(configured if has_scheme else "https://" + configured).rstrip("/")]
-    prefer_ai = os.environ.get("MODELSCOPE_PREFER_AI_SITE", "").strip().lower() in ("1", "true", "yes", "on")
-    return list(MODELSCOPE_ENDPOINTS[::-1] if prefer_ai else MODELSCOPE_ENDPOINTS)
-
-
-def _answers(url: str, timeout: float) -> bool:
-    import requests
-
-    try:
-        requests.head(url, timeout=timeout, allow_redirects=False)
-    except requests.RequestException:
-        return False
-    return True  # any HTTP answer, even an error status, means the hub can be reached
-
-
-def _modelscope_reachable(timeout: float = 3.0) -> bool:
-    """Whether a hub endpoint answers within ``timeout`` seconds in all.
-
-    It asks over HTTP(S) through ``requests``, as the modelscope client does, so HTTPS_PROXY/NO_PROXY and the
-    endpoint settings apply (a raw socket to modelscope.cn told users behind a proxy the hub was down). The probes
-    run in daemon threads because requests' timeout does not cover DNS, which can hang for long when offline.
-    """
-    urls = modelscope_endpoints()
-    answers: queue.Queue[bool] = queue.Queue()
-    for url in urls:
-        threading.Thread(target=lambda u=url: answers.put(_answers(u, timeout)), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    for _ in urls:
+    def ask():
         try:
-            if answers.get(timeout=max(0.0, deadline - time.monotonic())):
-                return True
-        except queue.Empty:
-            return False
-    return False
+            found = api.repo_exists(spec, repo_type=repo_type, re_raise=True)
+            answer.put(None if found else f"{api.endpoint} has no {repo_type} '{spec}'")
+        except Exception as e:  # noqa: BLE001 - the client raises many types; the user needs its text
+            answer.put(f"{api.endpoint}: {type(e).__name__}: {e}")
 
-
-def modelscope_unreachable_reason() -> str:
-    """For error messages: which URLs were tried and through which proxy (without its credentials)."""
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies
-
-    proxy, via = getproxies().get("https"), ""
-    if proxy:
-        parts = urlsplit(proxy if "://" in proxy else "//" + proxy)
-        via = f" through the proxy {parts.hostname}:{parts.port}"
-    return (f"{' and '.join(modelscope_endpoints())} did not answer{via}; a mirror is set with MODELSCOPE_ENDPOINT, "
-            "a proxy with HTTPS_PROXY")
-
+    # the client's own timeouts do not bound DNS, and it retries an unreachable host for ~20 s
+    threading.Thread(target=ask, daemon=True).start()
+    try:
+        return answer.get(timeout=HUB_TIMEOUT_S)
+    except queue.Empty:
+        return (f"{api.endpoint} did not answer within {HUB_TIMEOUT_S:g} s; a mirror is set with MODELSCOPE_ENDPOINT, "
+                "a proxy with HTTPS_PROXY")
 
 def pin_revision(spec, revision) -> None:
-    """Make every later download of hub id ``spec`` in this process ask for ``revision`` (a tag, branch or commit;
-    "" = the hub's current). The scripts call it with their MODEL_REVISION; it does nothing for other specs."""
+    """Every later download of hub id ``spec`` in this process asks for ``revision`` ("": the hub's current)."""
     spec, revision = str(spec), str(revision or "").strip()
     if revision and not _REVISION.match(revision):
         raise MedsftError(f"--model_revision={revision!r}: expected a tag, branch or commit id (letters, digits, "
@@ -296,10 +214,8 @@ def pin_revision(spec, revision) -> None:
     else:
         _PINNED.pop(spec, None)
 
-
 def _complete_snapshot(d: Path) -> bool:
-    """Whether a cached snapshot is a whole model (config.json, tokenizer, every safetensors shard its index names),
-    not the config.json alone that a dry run fetched, nor the files a cut-off download got to."""
+    # a whole model, not a dry run's config.json alone nor what a cut-off download got to
     if not ((d / "config.json").is_file() and (d / "tokenizer_config.json").is_file()):
         return False
     index = d / "model.safetensors.index.json"
@@ -311,10 +227,8 @@ def _complete_snapshot(d: Path) -> bool:
         return False
     return bool(shards) and all(isinstance(s, str) and (d / s).is_file() for s in shards)
 
-
 def _recorded_revision(d: Path) -> str | None:
-    """The revision modelscope recorded for a cached snapshot: a branch or tag name, never a commit id (modelscope
-    <= 1.37 writes ``.mv`` = "Revision:<name>,CreatedAt:<time>"; >= 1.38 names the folder snapshots/<asked for>)."""
+    # a branch or tag name, never a commit id: <= 1.37 writes .mv "Revision:<name>,...", >= 1.38 snapshots/<name>
     mv = d / ".mv"
     if mv.is_file():
         try:
@@ -326,9 +240,7 @@ def _recorded_revision(d: Path) -> str | None:
         name = d.name if d.parent.name == "snapshots" else ""
     return name if _REVISION.match(name) else None
 
-
 def _cached_snapshot(spec: str, revision: str | None) -> Path | None:
-    """The local snapshot modelscope holds for ``spec`` at ``revision`` (no network), or None."""
     from modelscope import snapshot_download
 
     try:
@@ -340,12 +252,9 @@ def _cached_snapshot(spec: str, revision: str | None) -> Path | None:
         return None
     return d
 
-
 @contextmanager
 def _download_turn(spec: str):
-    """Hold a file lock per hub id in the medsft cache while fetching it: the processes of a torchrun launch on one
-    machine take turns, so one downloads and the others, waiting here (not in a collective that times out), find
-    it cached. The kernel drops the lock of a killed process."""
+    # the processes of one torchrun launch wait here (not in a collective that times out) and find it cached
     from filelock import FileLock, Timeout
 
     path = cache_dir() / "locks" / (spec.replace("/", "--") + ".lock")
@@ -366,42 +275,38 @@ def _download_turn(spec: str):
         if lock is not None:
             lock.release()
 
-
 def download(spec: str, config_only: bool = False) -> Path:
-    """Fetch a ModelScope snapshot at this process's pinned revision (``pin_revision``), reusing the local cache
-    only when it holds a whole model (``config_only``: config.json alone, all the memory estimate reads); fail fast
-    when offline. Concurrent callers on one machine download it once (``_download_turn``)."""
+    """A ModelScope snapshot at the pinned revision, from the cache if it holds a whole model (``config_only``:
+    config.json, all the memory estimate reads); any failure is one MedsftError naming a local alternative."""
     from modelscope import snapshot_download
 
     revision = _PINNED.get(spec)
     usable = (lambda d: (d / "config.json").is_file()) if config_only else _complete_snapshot
     what = "config.json" if config_only else "config.json, tokenizer and *.safetensors"
+    patterns = {"allow_patterns": list(CONFIG_ONLY)} if config_only else {}
     with _download_turn(spec):
         cached = _cached_snapshot(spec, revision)
         if cached is not None and usable(cached):
             return cached
-        if not _modelscope_reachable():
-            raise MedsftError(
-                f"cannot download '{spec}' from ModelScope ({modelscope_unreachable_reason()}). Point at a local "
-                f"copy instead: --model=/path/to/Qwen3-1.7B (a directory with config.json and *.safetensors), or "
-                f"use --model=tiny (or small) for an offline CPU demo")
-        patterns = {"allow_patterns": list(CONFIG_ONLY)} if config_only else {}
-        try:
-            got = Path(snapshot_download(spec, revision=revision, **patterns))
-        except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
-            raise MedsftError(f"downloading '{spec}'{' at ' + revision if revision else ''} from ModelScope "
-                              f"failed: {type(e).__name__}: {e}") from e
+        problem = hub_problem(spec)
+        if problem is None:
+            try:
+                got = Path(snapshot_download(spec, revision=revision, **patterns))
+            except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
+                problem = f"{type(e).__name__}: {e}"
+        if problem is not None:
+            raise MedsftError(f"cannot download '{spec}'{' at ' + revision if revision else ''} from ModelScope "
+                              f"({problem}). Point at a local copy instead: --model=/path/to/Qwen3-1.7B (a directory "
+                              "with config.json and *.safetensors), or use --model=tiny (or small) for an offline "
+                              "CPU demo")
     if not usable(got):
         raise MedsftError(f"the snapshot of '{spec}' in {got} lacks some of {what} after its download: run again "
                           "to fetch the missing files (this loader reads safetensors weights only)")
     return got
 
-
 def hub_revision(spec) -> str | None:
-    """The revision of hub id ``spec`` this process uses, to record beside results: the MODEL_REVISION it pinned
-    (``pin_revision``), else ``"unpinned:<name>"`` with the branch or tag name modelscope recorded for the local
-    snapshot (``"unpinned"`` when it recorded none or nothing is cached). modelscope records no commit id, so an
-    unpinned revision names no fixed files. None for anything but a hub id (a local folder, tiny, small)."""
+    """The revision of hub id ``spec`` to record beside results: the pinned one, else ``unpinned:<branch or tag>``
+    of the cached snapshot (``unpinned``: none recorded); None for other specs."""
     spec = str(spec)
     if spec in BUILTIN_SPECS or not is_hub_id(spec):
         return None
@@ -411,10 +316,8 @@ def hub_revision(spec) -> str | None:
     name = _recorded_revision(cached) if cached is not None else None
     return f"{UNPINNED}:{name}" if name else UNPINNED
 
-
 def resolve_model(spec: str, config_only: bool = False) -> Path:
-    """Turn a model spec into a local directory (creating tiny or downloading as needed). ``config_only``: a hub
-    id's config.json is enough (the memory estimate); other specs are resolved as usual."""
+    """A spec's local folder (built or downloaded as needed); ``config_only``: a hub id's config.json is enough."""
     spec = str(spec)
     if spec in BUILTIN_SPECS:
         return ensure_builtin(spec)
@@ -428,14 +331,12 @@ def resolve_model(spec: str, config_only: bool = False) -> Path:
         return download(spec, config_only=config_only)
     raise MedsftError(f"model '{spec}' not found: no such directory, and it is not a ModelScope id (org/name)")
 
-
 def load_tokenizer(spec):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model(spec))
     tok.padding_side = "left"  # generation pads on the left; training collators set their own
     return tok
-
 
 def default_dtype(device: str):
     import torch
@@ -444,16 +345,14 @@ def default_dtype(device: str):
         return torch.bfloat16
     return torch.float32
 
-
 def load_model(spec, dtype=None, device=None, **kwargs):
-    """Load a causal LM from safetensors: bf16 on a bf16-capable GPU, fp32 on CPU, no remote code."""
+    """A causal LM from safetensors: bf16 on a bf16-capable GPU, fp32 on CPU, no remote code."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
     model = AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype or default_dtype(device),
                                                  use_safetensors=True, **kwargs)
     return model.to(device)
-
 
 def base_model_of(model_dir) -> str | None:
     """The base model spec a trained directory came from: a LoRA adapter's base, or a full run's MODEL."""

@@ -1,17 +1,9 @@
-"""Batch predictions of a JSONL split, as inference.py --input / inference_lora.py --input run them.
-
-``predict_file`` predicts every row into OUTPUT and writes ``<output stem>.summary.json`` beside it. It is
-resumable: the rows already in OUTPUT are kept (``load_done``) if they come from the same split, model, weights and
-decoding settings (``_check_settings``), and OUTPUT is rewritten atomically after every batch, so a kill never leaves
-half a line. Everything that can be checked without a model (model and adapter, input rows, output path, backend)
-is checked first, so a mistake costs seconds, not a model load.
-"""
+"""Batch predictions of a JSONL split into OUTPUT and ``<stem>.summary.json``, resumable (same split, model, weights
+and settings), rewritten atomically after every batch; everything checkable without a model is checked first."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,39 +14,13 @@ from .adapters import check_adapter, lora_base
 from .backends import check_backend, load_backend
 from .chat import STATUSES, SWITCHES, question_mode, split_output
 from .generate import check_decoding
-from .files import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
+from .files import MedsftError, check_writable, disk_errors, iter_jsonl, resume_rows, write_json, write_jsonl
 from .model_checks import check_model, spec_key, weights_fingerprint
 from .models import hub_revision
 
-
-# --- checks and resume bookkeeping (no model needed) -----------------------------------------------------------
-
-
-def check_writable(path) -> Path:
-    """Fail fast when ``path`` cannot be written (a directory, under a file, or no permission)."""
-    path = Path(path)
-    if path.is_dir():
-        raise MedsftError(f"output {path} is a directory: pass --output=<file.jsonl>")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise MedsftError(f"output {path} cannot be written: {parent} is a file, not a directory; pass another --output")
-    try:
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise MedsftError(f"output {path} cannot be written ({e.strerror} in {parent}); pass another --output") from None
-    if path.exists() and not os.access(path, os.W_OK):
-        raise MedsftError(f"output {path} is not writable; pass another --output")
-    return path
-
-
 def read_questions(path) -> list[dict]:
-    """The rows of a split as ``{id, question, ref_think, ref_answer}``; bad rows raise MedsftError with file:line.
-
-    A row without ``id`` gets its 1-based line number as id, so any JSONL of questions can be predicted.
-    """
+    """The rows of a split as ``{id, question, ref_think, ref_answer}`` (no ``id``: the line number); bad rows raise
+    MedsftError with file:line."""
     path = Path(path)
     if not path.is_file():
         raise MedsftError(f"input {path} not found: run data.py first (it writes data/test.jsonl), or pass "
@@ -78,15 +44,12 @@ def read_questions(path) -> list[dict]:
         raise MedsftError(f"input {path} has no rows")
     return rows
 
-
 def mode_output(path, mode: str) -> Path:
-    """Where predictions in ``mode`` go: OUTPUT itself for thinking, else ``<stem>.<mode>.jsonl`` beside it, so a
-    non-thinking run never lands in (or resumes into) the thinking predictions the scores are computed on."""
+    """OUTPUT itself for thinking, else ``<stem>.<mode>.jsonl`` beside it: never mixed into the scored file."""
     path = Path(path)
     if mode == "think" or path.name.endswith(f".{mode}{path.suffix}"):
         return path
     return path.with_name(f"{path.stem}.{mode}{path.suffix}")
-
 
 def check_switches(enable_thinking, soft_switch) -> str:
     """The mode the ENABLE_THINKING and SOFT_SWITCH constants ask for; bad values stop the script."""
@@ -96,32 +59,18 @@ def check_switches(enable_thinking, soft_switch) -> str:
         raise MedsftError(f"--soft_switch={soft_switch!r}: expected one of {', '.join(SWITCHES)} or empty")
     return question_mode(soft_switch, enable_thinking)
 
-
 def asked(question: str, soft_switch: str) -> str:
-    """The user turn the model sees: the question with SOFT_SWITCH appended, unless the question's own last switch
-    is already that one."""
+    """The question with SOFT_SWITCH appended, unless its own last switch is already that one."""
     last = max(SWITCHES, key=question.rfind)
     if not soft_switch or (last == soft_switch and question.rfind(last) >= 0):
         return question
     return f"{question} {soft_switch}"
 
-
-def load_done(output, rows: list[dict], model: str, adapter, modes: dict | None = None) -> dict:
-    """Rows of an earlier run of the same split and model in ``output``, by id (for resuming).
-
-    Unreadable lines (e.g. from a writer that was not atomic) are dropped with a warning and predicted again; rows
-    of another split, another model or another thinking mode (``modes``: id -> mode) raise MedsftError rather than
-    end up mixed in one file.
-    """
-    output = Path(output)
-    if not output.is_file():
-        return {}
-    questions = {r["id"]: r["question"] for r in rows}
-    done = {}
-    for lineno, obj, err in iter_jsonl(output):
-        if err or "id" not in obj or "output" not in obj:
-            print(f"warning: {output}:{lineno}: {err or 'not a prediction row'}; it will be predicted again")
-            continue
+def predicted_rows(output, rows: list[dict], model: str, adapter, modes: dict | None = None) -> dict:
+    """The rows an earlier run of this split and model left in ``output``, by id; rows of another split, model or
+    thinking mode (``modes``: id -> mode) raise MedsftError rather than end up mixed in one file."""
+    questions, done = {r["id"]: r["question"] for r in rows}, {}
+    for lineno, obj in resume_rows(output, ("id", "output"), "a prediction row", "predicted"):
         rid = obj["id"]
         if questions.get(rid, None) != obj.get("question"):
             raise MedsftError(f"{output}:{lineno}: id {rid!r} is not in the input split (or its question differs): "
@@ -136,18 +85,13 @@ def load_done(output, rows: list[dict], model: str, adapter, modes: dict | None 
         done[rid] = obj
     return done
 
-
 def summary_path(output) -> Path:
-    """``<output stem>.summary.json`` beside a predictions file: how it was made (model, settings, counts)."""
     output = Path(output)
     return output.with_name(f"{output.stem}.summary.json")
 
-
 def _check_settings(output, requested: dict) -> dict | None:
-    """Refuse to resume a file that was started with other decoding settings; return its summary if any.
-
-    Sampling knobs left at None (the model's default) and the seed under greedy decoding are not compared.
-    """
+    """Refuse to resume a file started with other decoding settings (knobs left at None and the seed under greedy
+    decoding not compared); its summary if any."""
     path = summary_path(output)
     if not (Path(output).is_file() and path.is_file()):
         return None
@@ -164,12 +108,8 @@ def _check_settings(output, requested: dict) -> dict | None:
                           "or delete it (and its summary) / pass another --output")
     return old
 
-
-# --- batch predictions -----------------------------------------------------------------------------------------
-
 # every rewrite of OUTPUT is atomic, so the rows saved before the failure are whole and a re-run skips them
 CONTINUE = "then re-run the same command: it continues where it stopped"
-
 
 def _row(src: dict, result: dict, model: str, adapter, mode: str) -> dict:
     think, answer, status = split_output(result["output"])
@@ -180,19 +120,11 @@ def _row(src: dict, result: dict, model: str, adapter, mode: str) -> dict:
         row["adapter"] = adapter
     return row
 
-
 def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_tokens=2048, do_sample=True, seed=42,
                  batch_size=8, system=None, temperature=None, top_p=None, top_k=None, backend="transformers",
                  enable_thinking=True, soft_switch="", progress=True) -> dict:
-    """Predict every row of ``input_path`` into ``output_path``; return (and save) the run's summary.
-
-    ``model`` is a model spec (None with an ``adapter_dir``: the adapter's base). Rows already in ``output_path``
-    are skipped, so an interrupted run continues where it stopped; after each batch the whole file is rewritten
-    atomically in input order, so a kill never leaves half a line. Under greedy decoding a resumed file is
-    byte-identical to an uninterrupted one. Each row is asked with ``soft_switch`` appended and answered in the mode
-    Qwen3 gives it (``chat.question_mode``: enable_thinking=False wins, else the question's last switch); the mode is
-    recorded per row. Pass ``output_path`` through ``mode_output`` first to keep modes in separate files.
-    """
+    """Predict every row of ``input_path`` not yet in ``output_path`` (``model`` None: the adapter's base), in
+    the mode ``chat.question_mode`` gives it; returns the summary. Greedy: a resumed file equals an uninterrupted one."""
     started = time.perf_counter()
     # 1. Everything checkable without a model
     if batch_size < 1:
@@ -209,9 +141,9 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     model = str(model)
     check_backend(backend)
     rows = read_questions(input_path)
-    output_path = check_writable(output_path)
+    output_path = check_writable(output_path, "output", file=True)
     modes = {r["id"]: question_mode(asked(r["question"], soft_switch), enable_thinking) for r in rows}
-    done = load_done(output_path, rows, model, adapter, modes)
+    done = predicted_rows(output_path, rows, model, adapter, modes)
     switches = {"enable_thinking": enable_thinking, "soft_switch": soft_switch}
     previous = _check_settings(output_path, {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
                                              "batch_size": batch_size,
@@ -255,7 +187,7 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
             done[todo[i]["id"]] = _row(todo[i], result, model, adapter, modes[todo[i]["id"]])
             stats["new_tokens"] += result["new_tokens"]
         stats["n_generated"] += len(pairs)
-        with disk_errors(output_path.parent, None, CONTINUE):
+        with disk_errors(output_path.parent, None, None, then=CONTINUE):
             write_jsonl(output_path, [done[r["id"]] for r in rows if r["id"] in done])
             _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
         bar.update(len(pairs))
@@ -266,7 +198,7 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
             run([asked(r["question"], soft_switch) for r in todo], save, [modes[r["id"]] for r in todo])
     finally:  # ends the bar's line, so an error message starts a line of its own
         bar.close()
-    with disk_errors(output_path.parent, None, CONTINUE):
+    with disk_errors(output_path.parent, None, None, then=CONTINUE):
         summary = _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
     print(f"{len(done)} predictions in mode {', '.join(summary['modes'])} ({summary['n_truncated']} truncated at max_new_tokens={settings['max_new_tokens']}, "
           f"think {summary['think_status']}); {stats['new_tokens']} new tokens, "
@@ -274,7 +206,6 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     print(f"wrote {output_path}")
     print(f"wrote {summary_path(output_path)}")
     return summary
-
 
 def _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started) -> dict:
     preds = [done[r["id"]] for r in rows if r["id"] in done]

@@ -1,12 +1,6 @@
-"""Charts and the results report, rebuilt from whatever evaluation summaries exist in a results directory.
-
-Reads RESULTS_DIR/rouge_{base,full,lora}.json and cot_{base,full,lora}.json (and train_{full,lora}.json when the
-training stage wrote them); writes rouge.png, cot.png, adherence.png, think_status.png and README.md, and for the
-training scripts the loss curves trainloss.png and evalloss.png (``write_charts``); with benchmark.py's
-benchmark_<name>.json(l), benchmark.pairs.json (every two models compared item by item, ``cmmlu.compare_pairs``).
-The same summaries give the same bytes: no timestamps, PNG metadata without the software version, fixed styles and
-colours.
-"""
+"""Every chart, table and report section: RESULTS_DIR's summaries (rouge_*, cot_*, train_*, benchmark_*.json) ->
+rouge.png, cot.png, adherence.png, think_status.png, benchmark.png, trainloss.png, evalloss.png and README.md.
+The only module that imports matplotlib; the same summaries give the same bytes (no timestamps or versions)."""
 from __future__ import annotations
 
 import io
@@ -14,16 +8,15 @@ import json
 from pathlib import Path
 
 from . import adherence, cmmlu
-from .files import MedsftError, atomic_write_bytes, atomic_write_text, write_json
-from .training.disk import disk_errors
-from .training.outputs import KINDS, RESULTS_NAME
+from .chat import FLAGS, MODE_LABELS, MODES, SHORT
+from .config import KINDS, RESULTS_NAME, TAGS
+from .files import MedsftError, atomic_write_bytes, atomic_write_text, disk_errors, write_json
+from .rouge import ROUGE_METRICS as _ROUGE_KEYS
+# matplotlib is imported inside the chart functions: the scripts' --help should not wait for it
 
-# matplotlib is imported inside the chart functions: it loads slowly, and the scripts' --help should not wait for it.
-
-TAGS = ("base", "full", "lora")
 LABELS = {"base": "base (untuned)", "full": "full fine-tune", "lora": "LoRA"}
 COLORS = {"base": "#9e9e9e", "full": "#1f77b4", "lora": "#ff7f0e"}
-ROUGE_METRICS = (("rouge-1", "R-1"), ("rouge-2", "R-2"), ("rouge-l", "R-L"))
+ROUGE_METRICS = tuple((m, "R-" + m.split("-")[1].upper()) for m in _ROUGE_KEYS)  # (key, label)
 STATS = (("p", "P"), ("r", "R"), ("f", "F"))
 COT_MAIN = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"))
 # reference lines of cot.png: (summary key, legend label, line style, colour)
@@ -33,15 +26,17 @@ COT_BASELINES = (("chance", "chance (another question's reference)", "dashed", "
 OLD_MARK = "†"  # a summary written before the metric definitions of this version: its numbers are not comparable
 LOSS_CHARTS = {"loss": "trainloss.png", "eval_loss": "evalloss.png"}  # history key -> chart of the training runs
 CHART_SMOOTHING = 0.6  # TensorBoard-style EMA weight for the smoothed loss curves
+# legend label and colour of each adherence.SHAPES in think_status.png
+SHAPE_STYLES = {"think": ("closed think with text", "#1f77b4"), "empty_think": ("empty think block", "#2ca02c"),
+                "no_think": ("no think block", "#98df8a"), "unclosed": ("think never closed", "#d62728"),
+                "no_answer": ("no answer after the think", "#ff9896"),
+                "stray_tag": ("think tag inside the answer", "#9467bd"), "cut_off": ("cut off at max_new_tokens", "#7f7f7f")}
 
-
-def _read(path: Path) -> dict:
+def _read(path: Path, fix: str = "rerun the evaluation that wrote it") -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MedsftError(f"{path}: not a valid summary ({e}); delete it and rerun the evaluation that wrote it"
-                          ) from None
-
+        raise MedsftError(f"{path}: not a valid summary ({e}); delete it and {fix}") from None
 
 def collect(results_dir) -> dict:
     """{"rouge": {tag: summary}, "cot": {...}, "train": {...}} for the summaries present, in base/full/lora order."""
@@ -54,38 +49,33 @@ def collect(results_dir) -> dict:
     out["benchmark_pairs"] = cmmlu.compare_pairs(d, out["benchmark"])  # from their rows, item by item
     return out
 
-
-# ---------------------------------------------------------------------------------------------------------- charts
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # no "Software" text chunk (it carries the matplotlib version): same numbers, same bytes
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
 
-
 def _figure(figsize):
     import matplotlib
-
     matplotlib.use("Agg")  # files only; never a window
     from matplotlib.figure import Figure
-
     return Figure(figsize=figsize, layout="constrained")
 
+def _axes(ax, ylabel: str, ymax: float) -> None:
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, ymax)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
 
 def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, ymax: float, fmt: str):
-    n = max(1, len(series))
-    width = 0.8 / n
+    width = 0.8 / max(1, len(series))
     for k, (tag, values) in enumerate(series.items()):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
         # None: nothing to score (e.g. the think of rows asked not to think), drawn as an empty, labelled slot
         bars = ax.bar(xs, [0 if v is None else v for v in values], width, label=LABELS[tag], color=COLORS[tag])
         ax.bar_label(bars, labels=["n/a" if v is None else format(v, fmt) for v in values], fontsize=6, padding=1)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, ymax)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-
+    _axes(ax, ylabel, ymax)
 
 def rouge_chart(rouge: dict) -> bytes:
     """Grouped bars per model: ROUGE-1/2/L P/R/F, answer view (top) and think view (bottom)."""
@@ -102,14 +92,12 @@ def rouge_chart(rouge: dict) -> bytes:
     fig.suptitle("ROUGE (clipped n-gram counts on jieba words, macro-averaged)", fontsize=11)
     return _png(fig)
 
-
 def _cot_baselines(summary: dict) -> dict:
     """{baseline: scores} of a cot summary; an older summary has only its chance floor."""
     found = dict(summary.get("baselines") or {})
     if not found and summary.get("chance_floor"):
         found["chance"] = summary["chance_floor"]
     return {name: found[name] for name, *_ in COT_BASELINES if found.get(name)}
-
 
 def cot_chart(cot: dict) -> bytes:
     """Recall / precision / F1 per model, with each model's baselines drawn across its bar."""
@@ -122,23 +110,95 @@ def cot_chart(cot: dict) -> bytes:
     drawn = set()
     for k, (tag, s) in enumerate(cot.items()):
         baselines = _cot_baselines(s)
-        for name, label, style, color in COT_BASELINES:
-            if name not in baselines:
-                continue
+        for name, label, style, color in (b for b in COT_BASELINES if b[0] in baselines):
             for i, (key, _) in enumerate(COT_MAIN):
-                x = i - 0.4 + width * (k + 0.5)
                 if baselines[name][key] is None:
                     continue
+                x = i - 0.4 + width * (k + 0.5)
                 ax.hlines(baselines[name][key], x - width / 2, x + width / 2, colors=color, linestyles=style,
                           linewidth=1.2, label=None if name in drawn else label)
                 drawn.add(name)
-    tau = next(iter(cot.values())).get("tau")
     ns = ", ".join(f"{t} n={s['n']}" for t, s in cot.items())
-    ax.set_title(f"Chain of thought vs reference think steps (offline, one-to-one, tau={tau}; {ns})", fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    ax.set_title(f"Chain of thought vs reference think steps (offline, one-to-one, "
+                 f"tau={next(iter(cot.values())).get('tau')}; {ns})", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     return _png(fig)
 
+def _adherence(cot: dict) -> dict:
+    return {tag: s["adherence"] for tag, s in cot.items() if s.get("adherence")}  # tag -> adherence.measure
+
+def adherence_chart(cot: dict) -> bytes:
+    """Grouped bars: adherence per mode, one bar per model; a mode without predictions is marked, not drawn as 0."""
+    found = _adherence(cot)
+    fig = _figure((8, 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(found))
+    for k, (tag, adh) in enumerate(found.items()):
+        for i, mode in enumerate(MODES):
+            x = i - 0.4 + width * (k + 0.5)
+            a = adh.get(mode)
+            if not a or a["rate"] is None:
+                ax.text(x, 0.02, "not\nmeasured", ha="center", va="bottom", fontsize=6, color="#555555")
+                continue
+            bar = ax.bar([x], [a["rate"]], width, color=COLORS[tag], label=LABELS[tag] if i == 0 else None)
+            ax.bar_label(bar, labels=[f"{a['rate']:.2f}\n{a['ok']}/{a['n']}"], fontsize=6, padding=1)
+    ax.set_xticks(range(len(MODES)), [MODE_LABELS[m] for m in MODES], fontsize=8)
+    _axes(ax, "share of right-shaped answers", 1.15)
+    ax.set_title("Mode adherence: does the model obey Qwen3's thinking switches?", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=max(1, len(found)), fontsize=8)
+    return _png(fig)
+
+def think_status_chart(cot: dict) -> bytes:
+    """One stacked bar per (model, mode): the shares of the shapes its outputs took."""
+    found = _adherence(cot)
+    bars = [(f"{LABELS[tag]}\n{SHORT[mode]}", adh[mode]) for tag, adh in found.items() for mode in MODES
+            if adh.get(mode) and adh[mode]["n"]]
+    fig = _figure((8, 1.2 + 0.45 * max(1, len(bars))))
+    ax = fig.subplots()
+    ys = range(len(bars))
+    left = [0.0] * len(bars)
+    for key in adherence.SHAPES:
+        label, color = SHAPE_STYLES[key]
+        shares = [a["shapes"][key] / a["n"] for _, a in bars]
+        ax.barh(list(ys), shares, left=left, color=color, label=label, height=0.7)
+        left = [lo + s for lo, s in zip(left, shares)]
+    ax.set_yticks(list(ys), [name for name, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of test answers")
+    ax.set_title("Think status of the outputs, per model and mode", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
+    return _png(fig)
+
+def benchmark_chart(summaries: dict[str, dict]) -> bytes:
+    """Accuracy by subject and overall, one bar per model with its 95% Wilson interval, chance at 25%."""
+    groups = list(dict.fromkeys(s for v in summaries.values() for s in v["by_subject"])) + ["overall"]
+    fig = _figure((12, 5.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(summaries))
+    spare = iter(["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"])
+    for k, (name, s) in enumerate(summaries.items()):
+        cells = [(i, s["overall"] if g == "overall" else s["by_subject"].get(g)) for i, g in enumerate(groups)]
+        cells = [(i, c) for i, c in cells if c and c["n"]]
+        xs = [i - 0.4 + width * (k + 0.5) for i, _ in cells]
+        acc = [c["accuracy"] for _, c in cells]
+        err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)], [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
+        bars = ax.bar(xs, acc, width, yerr=err, capsize=2, label=f"{LABELS.get(name, name)} (n={s['overall']['n']})",
+                      color=COLORS.get(name) or next(spare, "#7f7f7f"), error_kw={"linewidth": 0.8})
+        ax.bar_label(bars, labels=[f"{100 * a:.0f}" for a in acc], fontsize=6, padding=1)
+    ax.axhline(cmmlu.CHANCE, color="black", linestyle="dashed", linewidth=1, label="chance (25%)")
+    ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups], fontsize=8)
+    _axes(ax, "accuracy", 1.05)
+    ax.set_title("CMMLU medical subjects: accuracy with 95% Wilson intervals (unextractable answers count as wrong)",
+                 fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()  # lines come first there: models first, chance last
+    fig.legend(handles[1:] + handles[:1], labels[1:] + labels[:1], loc="outside lower center",
+               ncol=len(summaries) + 1, fontsize=8)
+    return _png(fig)
+
+def write_benchmark_chart(results_dir) -> Path:
+    """benchmark.png from every benchmark summary now in ``results_dir``."""
+    return atomic_write_bytes(Path(results_dir) / "benchmark.png", benchmark_chart(cmmlu.load_summaries(results_dir)))
 
 def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
     """TensorBoard's debiased exponential moving average."""
@@ -149,26 +209,17 @@ def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]
         out.append(last / (1 - weight ** n))
     return out
 
-
 def write_charts(results_dir) -> list[Path]:
-    """Redraw ``trainloss.png`` and ``evalloss.png`` with every run whose ``train_{kind}.json`` exists.
-
-    Each run is drawn raw (thin) and smoothed (EMA); same results ⇒ same PNG bytes.
-    """
+    """trainloss.png and evalloss.png: every run with a train_<kind>.json, raw (thin) and smoothed (EMA)."""
     import matplotlib
-
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
-
     results_dir = Path(results_dir)
     runs = {}
     for kind in KINDS:
         p = results_dir / RESULTS_NAME.format(kind=kind)
         if p.is_file():
-            try:
-                runs[kind] = json.loads(p.read_text(encoding="utf-8")).get("log_history", [])
-            except ValueError as e:
-                raise MedsftError(f"{p}: invalid JSON ({e}); delete it and re-run its training") from None
+            runs[kind] = _read(p, "re-run its training").get("log_history", [])
     colors = {"full": "tab:blue", "lora": "tab:orange"}
     written = []
     for key, name in LOSS_CHARTS.items():
@@ -182,8 +233,7 @@ def write_charts(results_dir) -> list[Path]:
                 ax.plot(steps, vals, color=colors[kind], alpha=0.3, linewidth=1,
                         marker="o" if key == "eval_loss" else None, markersize=3, label=f"{kind} (raw)")
                 ax.plot(steps, _smooth(list(vals)), color=colors[kind], linewidth=2, label=f"{kind} (smoothed)")
-            title = "Train loss" if key == "loss" else "Eval loss (val.jsonl)"
-            ax.set_title(title)
+            ax.set_title("Train loss" if key == "loss" else "Eval loss (val.jsonl)")
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("cross-entropy loss")
             ax.grid(True, alpha=0.3)
@@ -197,8 +247,6 @@ def write_charts(results_dir) -> list[Path]:
             written.append(atomic_write_bytes(results_dir / name, png))
     return written
 
-
-# ---------------------------------------------------------------------------------------------------------- report
 def _fmt(v, digits=2) -> str:
     if v is None:
         return "–"
@@ -208,41 +256,29 @@ def _fmt(v, digits=2) -> str:
         return f"{v:.{digits}f}"
     return str(v).replace("|", "\\|").replace("\n", " ")
 
-
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines + [""]
-
 
 def _runs(data: dict) -> list[str]:
     seen = {}
     for kind in ("cot", "rouge"):
         for tag, s in data[kind].items():
             seen.setdefault(tag, s.get("predictions") or {})
-    rows = []
-    for tag in TAGS:
-        if tag not in seen:
-            continue
-        p = seen[tag]
-        dec = p.get("decoding") or {}
-        rows.append([LABELS[tag], _fmt(p.get("model")), _fmt(p.get("adapter")), f"`{_fmt(p.get('path'))}`",
-                     _fmt(p.get("n"))] + [_fmt(dec.get(k)) for k in
-                                          ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed")])
-    return _table(["model", "model spec", "adapter", "predictions", "n", "max_new_tokens", "do_sample",
-                   "temperature", "top_p", "top_k", "seed"], rows)
-
+    keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed")
+    rows = [[LABELS[t], _fmt(p.get("model")), _fmt(p.get("adapter")), f"`{_fmt(p.get('path'))}`", _fmt(p.get("n"))]
+            + [_fmt((p.get("decoding") or {}).get(k)) for k in keys] for t in TAGS if (p := seen.get(t)) is not None]
+    return _table(["model", "model spec", "adapter", "predictions", "n", *keys], rows)
 
 def _label(tag: str, summary: dict, current_key: str) -> str:
     return LABELS[tag] + ("" if current_key in summary else f" {OLD_MARK}")
-
 
 def _old_note(summaries: dict, current_key: str, what: str) -> list[str]:
     if all(current_key in s for s in summaries.values()):
         return []
     return [f"{OLD_MARK} written by an older version ({what}): not comparable with the other rows; rerun its "
             "evaluation script.", ""]
-
 
 def _rouge_section(rouge: dict) -> list[str]:
     first = next(iter(rouge.values()))
@@ -274,7 +310,6 @@ def _rouge_section(rouge: dict) -> list[str]:
         out += _table(header, rows)
     return out
 
-
 def _cot_section(cot: dict) -> list[str]:
     first = next(iter(cot.values()))
     out = ["## Chain of thought (offline)", "",
@@ -286,12 +321,9 @@ def _cot_section(cot: dict) -> list[str]:
            "matched similarities summed instead of counted. A sample without generated think scores 0 "
            "(`no think`); a question asked not to think is `n/a`, left out of the means and baselines.", ""]
     header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "n", "no think", "n/a"]
-    rows = []
-    for t, s in cot.items():
-        sc = s["scores"]
-        rows.append([_label(t, s, "matching")] + [_fmt(sc[k], 3) for k in ("recall", "precision", "f1", "soft_recall",
-                                                                           "soft_precision", "soft_f1")]
-                    + [s["n"], s["n_no_think"], s.get("n_think_na", 0)])
+    keys = ("recall", "precision", "f1", "soft_recall", "soft_precision", "soft_f1")
+    rows = [[_label(t, s, "matching")] + [_fmt(s["scores"][k], 3) for k in keys]
+            + [s["n"], s["n_no_think"], s.get("n_think_na", 0)] for t, s in cot.items()]
     out += _table(header, rows)
     out += _old_note(cot, "matching", "many-to-one matching, precision against think + answer")
     out += ["### Baselines on the same split", "",
@@ -300,16 +332,13 @@ def _cot_section(cot: dict) -> list[str]:
             "answer's sentences used as the think — what restating the answer earns. Reference-as-think: the "
             "reference think itself, the ceiling.", ""]
     header = ["model"] + [f"{short} {k}" for short in ("chance", "answer", "ceiling") for k in ("R", "P", "F1")]
-    rows = []
-    for t, s in cot.items():
-        b = _cot_baselines(s)
-        rows.append([_label(t, s, "matching")] + [_fmt((b.get(name) or {}).get(k), 3) for name, *_ in COT_BASELINES
-                                                  for k in ("recall", "precision", "f1")])
+    rows = [[_label(t, s, "matching")] + [_fmt((b.get(name) or {}).get(k), 3) for name, *_ in COT_BASELINES
+                                          for k in ("recall", "precision", "f1")]
+            for t, s in cot.items() for b in [_cot_baselines(s)]]
     out += _table(header, rows)
     judged = {t: s["judge"] for t, s in cot.items() if s.get("judge")}
     if judged:
-        out += ["### LLM judge", ""]
-        out += ["Averaged over the scored samples only: those the judge labelled, plus those without a think (0). "
+        out += ["### LLM judge", "", "Averaged over the scored samples only: those the judge labelled, plus those without a think (0). "
                 "Failed calls (fallback) and rows not asked to think are left out and counted.", ""]
         rows = [[LABELS[t], _fmt(j.get("model")), _fmt(j["recall"], 3), _fmt(j["precision"], 3), _fmt(j["f1"], 3),
                  j.get("n_scored"), j.get("n_judged"), j.get("n_fallback"), j.get("n_think_na")]
@@ -329,6 +358,76 @@ def _cot_section(cot: dict) -> list[str]:
             "reasoning.", ""]
     return out
 
+def _adherence_section(cot: dict) -> list[str]:
+    found = _adherence(cot)
+    if not found:
+        return []
+    out = ["## Thinking switches (mode adherence)", "",
+           "Share of test questions answered in the shape each mode asks for. Thinking on: a closed, non-empty think, "
+           "then a non-empty answer. /no_think (appended to the question) and enable_thinking=False (the prompt "
+           "closes an empty think): an empty think block or none, then a non-empty answer. An answer with a think tag "
+           "inside it (a second `</think>`), or cut off at max_new_tokens, obeys no mode. A fine-tune that forgot "
+           "Qwen3's switches keeps thinking when told not to. `not measured`: no predictions in that mode; make "
+           "them with inference.py and the flag in the header.", ""]
+    header = ["model"] + [f"{MODE_LABELS[m]}{' `' + FLAGS[m] + '`' if FLAGS[m] else ''}" for m in MODES]
+    rows = [[LABELS[tag]] + ["not measured" if not a else "n/a (0 rows)" if a["rate"] is None
+                             else f"{a['rate']:.2f} ({a['ok']}/{a['n']})" for a in map(adh.get, MODES)]
+            for tag, adh in found.items()]
+    return out + _table(header, rows)
+
+def _cell(stats: dict | None) -> str:
+    if not stats or not stats["n"]:
+        return "–"
+    lo, hi = stats["ci95"]
+    return f"{100 * stats['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+def _pairs_table(pairs: list[dict]) -> list[str]:
+    if not pairs:
+        return []
+    out = ["### Paired comparison (same items)", "",
+           "Two overlapping 95% intervals are not a comparison: both models answered the same items, so they are "
+           "compared item by item. b: items only the first model got right; c: only the second; p: exact McNemar "
+           "test (two-sided binomial test of b among the b + c discordant items at 1/2), for each pair on its own "
+           "(no correction for several pairs). n: items both answered (same subject and index; an item whose "
+           f"question differs between the two files is left out and counted as `question_differs` in "
+           f"`{cmmlu.PAIRS_NAME}`).", ""]
+    label = lambda t: LABELS.get(t, t)  # noqa: E731
+    acc = lambda p, k: f"{100 * p[k] / p['n']:.1f}" if p["n"] else "–"  # noqa: E731
+    rows = [[f"{label(p['first'])} vs {label(p['second'])}", p["n"],
+             f"{acc(p, 'first_correct')} / {acc(p, 'second_correct')}", p["b"], p["c"], f"{p['p']:.3g}"] for p in pairs]
+    return out + _table(["models (first vs second)", "n", "accuracy % (first / second)", "b", "c", "p"], rows)
+
+def benchmark_section(runs: dict[str, dict], pairs: list[dict] | None = None) -> str:
+    """The CMMLU section from ``load_summaries``: accuracy per subject and model, how each ran, the paired table."""
+    if not runs:
+        return ""
+    subjects = list(dict.fromkeys(s for v in runs.values() for s in v["by_subject"]))
+    out = ["## Medical knowledge (CMMLU)", "",
+           "Accuracy (%) with 95% Wilson interval on CMMLU's medical subjects (four options: chance 25%), "
+           "`benchmark_<model>.json` in this folder. The model thinks, then ends with `答案：X`; the letter is read "
+           "after the first `</think>`: the letter the `答案：X` (or `answer is X`) markers there name, else the letter "
+           "of the lines holding only an option letter (`B`, `(B)`, `B.`: counted as `option line`). No letter "
+           "counts as wrong and is counted as unextractable: a letter inside a word (维生素D, B超, D-二聚体), "
+           "a marker or lines naming several letters (`答案：A或C`, a change of mind), a think never closed (cut "
+           "off at max_new_tokens), a think tag inside the answer (a second `</think>`).", ""]
+    rows = []
+    for s in subjects + ["overall"]:
+        cells = {t: (v["overall"] if s == "overall" else v["by_subject"].get(s)) for t, v in runs.items()}
+        ns = sorted({c["n"] for c in cells.values() if c})
+        label = f"**{s}**" if s == "overall" else s
+        rows.append([label, "/".join(map(str, ns))] + [_cell(c) for c in cells.values()])
+    out += _table(["subject", "n"] + [LABELS.get(t, t) for t in runs], rows)
+    keys = ("max_new_tokens", "do_sample", "enable_thinking", "seed")
+    rows = [[LABELS.get(t, t) + ("" if "extracted_by" in v else f" {OLD_MARK}"), _fmt(v.get("model")),
+             _fmt(v.get("adapter")), o["n"], _fmt(v.get("macro_accuracy"), 3),
+             f"{o['unextractable']} ({_fmt(o['unextractable_rate'], 3)})", _fmt(o.get("option_line")), o["truncated"]]
+            + [_fmt((v.get("decoding") or {}).get(k)) for k in keys] for t, v in runs.items() for o in [v["overall"]]]
+    out += _table(["model", "model spec", "adapter", "n", "macro accuracy", "unextractable", "option line",
+                   "truncated", "max_new_tokens", "do_sample", "thinking", "seed"], rows)
+    if any("extracted_by" not in v for v in runs.values()):
+        out += [f"{OLD_MARK} read by an older answer reader (it credited letters inside words and hedges): rescore it "
+                "with `python benchmark.py --score=<folder>/benchmark_<model>.jsonl --name=<model>`.", ""]
+    return "\n".join(out + _pairs_table(pairs or []))
 
 def _train_section(train: dict) -> list[str]:
     """Every scalar field of train_<run>.json (written by train.py / train_lora.py), one row per field."""
@@ -337,7 +436,6 @@ def _train_section(train: dict) -> list[str]:
         keys += [k for k, v in summary.items() if k not in keys and (v is None or isinstance(v, (int, float, str)))]
     rows = [[k] + [_fmt(s.get(k), 4) for s in train.values()] for k in keys]
     return ["## Training", ""] + _table(["field"] + [LABELS[t] for t in train], rows)
-
 
 # What a run on a demo model can and cannot show, by the model spec it was trained from
 DEMO_NOTES = {
@@ -348,21 +446,18 @@ DEMO_NOTES = {
     "small": "**This is the learning demo** (`bash demo/learn.sh`): a 2.9M-parameter random-init model, fully "
              "fine-tuned for minutes on the CPU on 32 demo rows, each in all three thinking modes, plus format-drill "
              "rows whose thinks and answers are shuffled runs of their sentences (`demo/augment.py`), and asked with "
-             "sampling. What it can show: "
-             "whether a model learns Qwen3's format and its two thinking switches (*Thinking switches*, beside the "
+             "sampling. What it can show: whether a model learns Qwen3's format and its two thinking switches (*Thinking switches*, beside the "
              "same model untrained: `base`). With 4 test questions each rate moves in steps of 0.25: a signal, not a "
              "measurement. What it cannot show: medical skill. At this size its thinks and answers are a sentence or "
              "two recalled from its training rows, often about another question, so ROUGE and chain-of-thought "
              "scores measure overlap with their style, not correctness.",
 }
 
-
 def _demo_note(data: dict) -> list[str]:
     specs = {str(s.get("model")) for s in data["train"].values()}
     specs |= {str((s.get("predictions") or {}).get("model")) for kind in ("cot", "rouge") for s in data[kind].values()}
     notes = [DEMO_NOTES[spec] for spec in DEMO_NOTES if spec in specs]
     return [n for note in notes for n in (note, "")]
-
 
 def report_text(data: dict, charts: list[str]) -> str:
     out = ["# Results", "",
@@ -374,20 +469,17 @@ def report_text(data: dict, charts: list[str]) -> str:
     if data["rouge"]:
         out += _rouge_section(data["rouge"])
     if data["cot"]:
-        out += adherence.section(data["cot"], LABELS, _table)
-        out += _cot_section(data["cot"])
+        out += _adherence_section(data["cot"]) + _cot_section(data["cot"])
     if data["train"]:
         out += _train_section(data["train"])
     if data["benchmark"]:
-        out += [cmmlu.markdown_section(data["benchmark"], data["benchmark_pairs"])]
+        out += [benchmark_section(data["benchmark"], data["benchmark_pairs"])]
     if charts:
         out += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(out)
 
-
 def build(results_dir) -> list[Path]:
-    """Rebuild rouge.png, cot.png, adherence.png + think_status.png (each when its summaries exist) and README.md;
-    return the paths written."""
+    """Rebuild the charts whose summaries exist, benchmark.pairs.json and README.md; return the paths written."""
     d = Path(results_dir)
     data = collect(d)
     written, charts = [], []
@@ -398,10 +490,8 @@ def build(results_dir) -> list[Path]:
         written.append(atomic_write_bytes(d / "cot.png", cot_chart(data["cot"])))
         charts.append("cot.png")
     if any(s.get("adherence") for s in data["cot"].values()):
-        written.append(atomic_write_bytes(d / "adherence.png",
-                                          adherence.adherence_chart(data["cot"], LABELS, COLORS, _png, _figure)))
-        written.append(atomic_write_bytes(d / "think_status.png",
-                                          adherence.think_status_chart(data["cot"], LABELS, _png, _figure)))
+        written.append(atomic_write_bytes(d / "adherence.png", adherence_chart(data["cot"])))
+        written.append(atomic_write_bytes(d / "think_status.png", think_status_chart(data["cot"])))
         charts += ["adherence.png", "think_status.png"]
     if data["benchmark"]:  # the paired comparison the report shows, as data (an empty list for one model)
         written.append(write_json(d / cmmlu.PAIRS_NAME, data["benchmark_pairs"]))

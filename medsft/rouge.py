@@ -1,137 +1,47 @@
-"""ROUGE-1/2/L of generated text against the reference, on jieba words, as ROUGE-1.5.5 and Google's rouge-score define
-it: n-grams are counted as multisets and clipped (an n-gram the reference holds twice matches at most twice), and
-ROUGE-L is precision / recall / F of the longest common subsequence of the two word sequences. Repeating an answer k
-times therefore divides its precision by about k. Scores are x100, macro-averaged over samples, in three views:
-answer (the headline), think, and the whole output.
-
-rouge-chinese's numbers (n-grams as sets, exclusive=True: a repeated n-gram counts once, so repetition costs nothing)
-are reported beside them as `rouge_chinese_exclusive`, only to compare with results computed before.
-"""
+"""Clipped ROUGE-1/2/L (ROUGE-1.5.5's and rouge-score's definition) of generated text against the reference, on jieba
+words, x100, macro-averaged, in three views: answer (the headline), think and the whole output; rouge-chinese's
+n-gram-set numbers beside them as ``rouge_chinese_exclusive`` (docs/metrics.md)."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import math
 import multiprocessing
-import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+
+from .chat import strip_think_tags
 
 ROUGE_VIEWS = ("answer", "think", "full")  # answer is the headline view
 THINK_VIEWS = ("think", "full")  # views that need a think: n/a for rows asked not to think
 ROUGE_METRICS = ("rouge-1", "rouge-2", "rouge-l")
 ROUGE_STATS = ("p", "r", "f")
-THINK_TAGS = re.compile(r"</?think>")
 MIN_ROWS_FOR_WORKERS = 20  # fewer rows are scored in this process
 DEFINITION = ("ROUGE-1/2: clipped n-gram counts (ROUGE-1.5.5, rouge-score); ROUGE-L: longest common subsequence of "
               "the word sequences")
 
-_JIEBA: dict = {}  # the default jieba tokenizer's tables, loaded on first use (each worker loads its own)
-_HAN = re.compile("([\u4E00-\u9FD5a-zA-Z0-9+#&\\._%\\-]+)")  # jieba 0.42.1's re_han_default
-_ABSENT = object()
+@functools.cache
+def _jieba():
+    import jieba
 
-
-def _jieba() -> dict:
-    if not _JIEBA:
-        import jieba
-        from jieba import finalseg
-
-        jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary loading to stderr otherwise
-        jieba.initialize()
-        _JIEBA.update(freq=jieba.dt.FREQ, logtotal=math.log(jieba.dt.total), finalseg=finalseg.cut, logp={},
-                      exact=jieba.__version__ == "0.42.1" and _HAN.pattern == jieba.re_han_default.pattern)
-    return _JIEBA
-
-
-def _cut_block(blk: str, j: dict) -> list[str]:
-    """jieba 0.42.1's Tokenizer.__cut_DAG (precise mode, HMM on) on one block of Han/alphanumeric characters.
-
-    The same dynamic programme over the same dictionary, with the same float operations in the same order and the
-    same tie-break (the longer word), so the same words; ~1.7x faster because it builds no DAG dict, no
-    generator of tuples and no log() per look-up (a test compares it with jieba on real rows).
-    """
-    freq, logp, logtotal, absent = j["freq"], j["logp"], j["logtotal"], _ABSENT
-    n = len(blk)
-    score = [0.0] * (n + 1)
-    end = list(range(n))
-    for k in range(n - 1, -1, -1):
-        best = None
-        i = k
-        frag = blk[k]
-        f = freq.get(frag, absent)
-        while f is not absent:
-            if f:
-                p = logp.get(frag)
-                if p is None:
-                    p = logp[frag] = math.log(f) - logtotal
-                s = p + score[i + 1]
-                if best is None or s >= best:  # >=: on a tie jieba's max() over (score, end) takes the longer word
-                    best = s
-                    end[k] = i
-            i += 1
-            if i == n:
-                break
-            frag = blk[k:i + 1]
-            f = freq.get(frag, absent)
-        score[k] = (0.0 - logtotal) + score[k + 1] if best is None else best  # unknown character: log(1)
-    words: list[str] = []
-    buf = ""
-
-    def flush():
-        if len(buf) == 1:
-            words.append(buf)
-        elif not freq.get(buf):
-            words.extend(j["finalseg"](buf))  # the HMM for runs of unknown single characters
-        else:
-            words.extend(buf)
-
-    x = 0
-    while x < n:
-        y = end[x] + 1
-        if y - x == 1:
-            buf += blk[x]
-        else:
-            if buf:
-                flush()
-                buf = ""
-            words.append(blk[x:y])
-        x = y
-    if buf:
-        flush()
-    return words
-
+    jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary loading to stderr otherwise
+    return jieba
 
 def segment(text: str) -> list[str]:
-    """jieba words of `text` (default dictionary, precise mode, HMM on: `jieba.lcut(text)`), whitespace dropped.
+    """``jieba.lcut(text)`` (precise mode, HMM on) without whitespace tokens, which would count as words."""
+    return [w for token in _jieba().lcut(text) for w in token.split()]
 
-    Whitespace tokens (line breaks, runs of spaces) carry no content and would count as words.
-    """
-    j = _jieba()
-    if not j["exact"]:  # another jieba: its own code
-        import jieba
-
-        return [w for token in jieba.lcut(text) for w in token.split()]
-    words: list[str] = []
-    for blk in _HAN.split(text):
-        if not blk:
-            continue
-        if _HAN.match(blk):
-            words.extend(_cut_block(blk, j))
-        else:  # jieba yields every other character alone
-            words.extend(c for c in blk if not c.isspace())
-    return words
-
+@functools.lru_cache(maxsize=4096)
+def _reference_words(text: str) -> tuple[str, ...]:
+    # a reference recurs in every model and mode scored in one process: cut once
+    return tuple(segment(text))
 
 def versions() -> dict:
     return {"jieba": importlib.metadata.version("jieba")}
 
-
 def lcs_length(x, y) -> int:
-    """Length of the longest common subsequence of two token sequences (bit-parallel, Allison-Dix / Hyyrö).
-
-    O(len(y) * len(x)/64) word operations instead of a table of len(x)*len(y) cells (~0.4 s and ~100 MB in Python
-    for a 900-word reasoning pair).
-    """
+    """Length of the longest common subsequence of two token sequences (bit-parallel, Allison-Dix / Hyyrö)."""
     if not x or not y:
         return 0
     masks: dict = {}
@@ -147,18 +57,14 @@ def lcs_length(x, y) -> int:
         v = ((v + u) | (v - u)) & full
     return len(x) - v.bit_count()
 
-
 def _fmeasure(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
-
 
 def _ngrams(words: list[str], n: int) -> Counter:
     return Counter(words) if n == 1 else Counter(zip(*(words[i:] for i in range(n))))
 
-
 def pair_scores(hyp: list[str], ref: list[str], lcs: int | None = None) -> dict:
-    """ROUGE-1/2/L P/R/F x100 of two word sequences (clipped counts; rouge-score's formulas). `lcs`: their LCS
-    length, when already known."""
+    """ROUGE-1/2/L P/R/F x100 of two word sequences (clipped counts; rouge-score's formulas); ``lcs`` if known."""
     out = {}
     for n, name in ((1, "rouge-1"), (2, "rouge-2")):
         h, r = _ngrams(hyp, n), _ngrams(ref, n)
@@ -173,12 +79,8 @@ def pair_scores(hyp: list[str], ref: list[str], lcs: int | None = None) -> dict:
     out["rouge-l"] = {"p": 100.0 * p, "r": 100.0 * rec, "f": 100.0 * _fmeasure(p, rec)}
     return out
 
-
 def exclusive_scores(hyp: list[str], ref: list[str], lcs: int | None = None) -> dict:
-    """What rouge-chinese 1.0.3 (exclusive=True) reports for the same words, x100: n-gram SETS, and its F with +1e-8.
-
-    Only for comparison with older results: an answer repeated k times keeps its ROUGE-1/2 here.
-    """
+    """What rouge-chinese 1.0.3 (exclusive=True) reports for the same words, x100: n-gram sets, its F with +1e-8."""
     def prf(overlap, n_hyp, n_ref):
         p = overlap / n_hyp if n_hyp else 0.0
         r = overlap / n_ref if n_ref else 0.0
@@ -191,16 +93,12 @@ def exclusive_scores(hyp: list[str], ref: list[str], lcs: int | None = None) -> 
     out["rouge-l"] = prf(lcs_length(ref, hyp) if lcs is None else lcs, len(hyp), len(ref))
     return out
 
-
 def _zero_scores() -> dict:
     return {m: {s: 0.0 for s in ROUGE_STATS} for m in ROUGE_METRICS}
 
-
 def _joined(text: str, parts: list[str]) -> bool:
-    """Is `text`, stripped, the non-empty `parts` in order with only whitespace (at least one char) between them?
-
-    jieba cuts at every whitespace character, so the words of such a text are the parts' words joined.
-    """
+    """Is ``text``, stripped, the non-empty ``parts`` in order with only whitespace (at least one char) between them?
+    jieba cuts at every whitespace character, so then its words are the parts' words joined."""
     text = text.strip()
     parts = [p for p in parts if p]
     if not parts:
@@ -208,22 +106,17 @@ def _joined(text: str, parts: list[str]) -> bool:
     if len(parts) == 1:
         return text == parts[0]
     first, last = parts
-    middle = text[len(first):len(text) - len(last)]
     return (len(text) > len(first) + len(last) and text.startswith(first) and text.endswith(last)
-            and middle.isspace())
-
+            and text[len(first):len(text) - len(last)].isspace())
 
 def _score_rows(texts: list[tuple]) -> list[tuple]:
-    """Worker: for each (output, think, answer, ref_think, ref_answer), per view (scores, empty side, old scores).
-
-    Segmentation happens here, in the workers: jieba costs more than ROUGE itself. Each text is cut once; the whole
-    output's words are its think's and answer's words when only whitespace and think tags lie between them.
-    """
+    """Per (output, think, answer, ref_think, ref_answer), per view: (scores, empty side, rouge-chinese scores).
+    Segmenting, which costs more than ROUGE itself, happens here in the workers."""
     out = []
     for output, think, answer, ref_think, ref_answer in texts:
         think_w, answer_w = segment(think), segment(answer)
-        ref_think_w, ref_answer_w = segment(ref_think), segment(ref_answer)
-        full = THINK_TAGS.sub("\n", output)
+        ref_think_w, ref_answer_w = _reference_words(ref_think), _reference_words(ref_answer)
+        full = strip_think_tags(output)
         full_w = think_w + answer_w if _joined(full, [think.strip(), answer.strip()]) else segment(full)
         pairs = {"answer": (answer_w, ref_answer_w), "think": (think_w, ref_think_w),
                  # the reference side is ref_think + "\n" + ref_answer: a line break always separates jieba words
@@ -238,40 +131,33 @@ def _score_rows(texts: list[tuple]) -> list[tuple]:
         out.append(row)
     return out
 
-
 def rouge_texts(row: dict) -> tuple:
     return (row.get("output") or "", row.get("think") or "", row.get("answer") or "", row.get("ref_think") or "",
             row.get("ref_answer") or "")
 
-
 def rouge_scores(rows: list[dict], *, workers: int = 2, progress: bool = True):
-    """ROUGE of every prediction row in every view, spread over `workers` processes (results in input order).
-
-    Returns (summary, per_sample). An empty prediction or reference side of a view (no word after segmentation)
-    scores 0 in that view and is counted in its n_empty; it is never skipped. Only a row asked not to think (its
-    ``mode`` is not ``think``) is left out of the think and think+answer views, as n/a (counted in n_na).
-    """
+    """(summary, per_sample): ROUGE of every row in every view, over ``workers`` processes. An empty side of a view
+    scores 0 and is counted in n_empty; a row asked not to think is n/a (n_na) in the think and full views."""
     from tqdm import tqdm
 
     texts = [rouge_texts(row) for row in rows]
-    # Small chunks keep both workers busy to the end; large enough that pickling stays negligible.
+    # small chunks keep both workers busy to the end; large enough that pickling stays negligible
     size = max(1, min(32, math.ceil(len(texts) / (max(1, workers) * 8))))
     chunks = [texts[k:k + size] for k in range(0, len(texts), size)]
     results: list[dict] = []
     bar = tqdm(total=len(texts), desc="rouge", unit="sample", disable=not progress)
-    # Starting a worker (a fresh interpreter + jieba's dictionary) costs ~2 s: not worth it for a few rows.
+    # a worker (a fresh interpreter + jieba's dictionary) costs ~2 s to start: not worth it for a few rows
     if workers <= 1 or len(texts) < MIN_ROWS_FOR_WORKERS:
         for chunk in chunks:
             results.extend(_score_rows(chunk))
             bar.update(len(chunk))
     else:
-        # spawn, not fork: the caller may hold torch threads, which fork does not copy safely.
+        # spawn, not fork: the caller may hold torch threads, which fork does not copy safely
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for part in pool.map(_score_rows, chunks):
                 results.extend(part)
                 bar.update(len(part))
     bar.close()
-
     per_sample, old = [], []
     for row, result in zip(rows, results):
         item = {"id": row.get("id"), "empty": {}}
@@ -283,7 +169,6 @@ def rouge_scores(rows: list[dict], *, workers: int = 2, progress: bool = True):
                 item["empty"][view] = empty
         per_sample.append(item)
         old.append({view: None if view in na else result[view][2] for view in ROUGE_VIEWS})
-
     n = len(rows)
 
     def mean(items, view, m, s):

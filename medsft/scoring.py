@@ -1,13 +1,6 @@
-"""The flow shared by evaluate.py, evaluate_lora.py, rouge_eval.py and rouge_eval_lora.py: they score files only.
-
-Which prediction files to score (the tuned model's and, unless EVAL_BASE is off, the untuned base model's),
-reading and checking them, and writing each model's summary + per-sample files. Model tags: base / full / lora.
-A missing prediction file stops the script with the exact inference.py / inference_lora.py command that makes it,
-because scoring must never silently generate with settings that differ from the predictions of the other models.
-Every file must hold exactly TEST_FILE's questions (same question, same reference), else the script stops before
-scoring anything (an incomplete file: with the command that completes it), and its rows are scored in TEST_FILE's
-order: so base, full and LoRA are scored on the same questions, with the same chance pairs and IDF.
-"""
+"""What the evaluation scripts score (base / full / lora prediction files, each exactly TEST_FILE's questions, in its
+order) and scoring them; they never generate: a missing or incomplete file stops them with the inference command
+that makes or completes it, so every model is scored on the same questions with the same settings."""
 from __future__ import annotations
 
 import json
@@ -16,64 +9,55 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import adherence, metrics
-from .chat import STATUSES
-from .files import MedsftError, check_writable_dir, disk_errors, iter_jsonl, write_json, write_jsonl
+from . import adherence
+from .chat import FLAGS, MODES, SHORT, STATUSES
+from .cot import BASELINES, cot_scores
+from .files import MedsftError, iter_jsonl, write_outputs
 from .judge import Judge, JudgeConfigError, check_base_url
 from .models import UNPINNED, base_model_of
 from .predict import mode_output, read_questions, summary_path
+from .rouge import rouge_scores
+from .think_steps import split_steps
 
 DECODING_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "backend")
 RESUME_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "batch_size", "backend")
 
-
 @dataclass
 class Target:
     """One prediction file to score, and the inference command that makes it."""
-
     tag: str
     path: Path
     command: str = ""
     rows: list = field(default_factory=list)  # its predictions, checked against TEST_FILE, in TEST_FILE's order
     modes: dict = field(default_factory=dict)  # mode -> the rows of its <stem>.<mode>.jsonl (None: no such file)
 
-
-def _rows_model(path: Path) -> tuple[str | None, str | None]:
-    """(model, adapter) recorded in the first row of a prediction file, if readable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = json.loads(f.readline() or "{}")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None, None
-    return (first.get("model"), first.get("adapter")) if isinstance(first, dict) else (None, None)
-
-
 def _command(script: str, flags: dict, cfg: dict, output) -> str:
-    """``python <script> --flag=value ... --input=TEST_FILE --output=<output>``, each value quoted for a shell (a
-    ``<placeholder>`` is left as it is)."""
+    # each value quoted for a shell, except a <placeholder>
     flags = {**flags, "input": cfg["TEST_FILE"], "output": output}
     return " ".join(["python", script] + [f"--{k}={v if str(v).startswith('<') else shlex.quote(str(v))}"
                                           for k, v in flags.items() if v])
 
-
 def _base_spec(cfg: dict, run_dir, tuned: Path) -> str | None:
-    """The base model of the run: BASE_MODEL, else the one its directory records, else the one its predictions name."""
+    # BASE_MODEL, else the one the run's directory records, else the one its predictions name
     spec = cfg.get("BASE_MODEL") or None
     if not spec and Path(str(run_dir)).is_dir():
         spec = base_model_of(run_dir)
     if not spec and tuned.is_file():  # the run's directory may be gone; its predictions still say
-        model, adapter = _rows_model(tuned)
+        try:
+            with open(tuned, encoding="utf-8") as f:
+                first = json.loads(f.readline() or "{}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            first = None
+        model, adapter = (first.get("model"), first.get("adapter")) if isinstance(first, dict) else (None, None)
         spec = model if adapter else (base_model_of(model) if model and Path(model).is_dir() else None)
     return spec
 
-
 def _resume_flags(path: Path) -> str:
-    """The decoding flags a predictions file was started with (from its summary), so that inference.py resumes it
-    rather than refusing other settings."""
+    # the decoding flags the file was started with: inference.py resumes it rather than refusing other settings
     try:
         s = json.loads(summary_path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return ""
+        s = None
     if not isinstance(s, dict):
         return ""
     flags = "".join(f" --{k}={json.dumps(s[k]) if isinstance(s[k], bool) else shlex.quote(str(s[k]))}"
@@ -83,10 +67,8 @@ def _resume_flags(path: Path) -> str:
         flags += f" --model_revision={shlex.quote(pinned)}"
     return flags
 
-
 def _same_rows(path: Path, rows: list[dict], test: dict, test_file, command: str) -> list[dict]:
-    """``rows`` in TEST_FILE's order, or MedsftError when they are not exactly its questions (same question and
-    reference), so every model of one evaluation is scored on the same questions."""
+    """``rows`` in TEST_FILE's order, or MedsftError when they are not exactly its questions and references."""
     stale = [r["id"] for r in rows if r["id"] not in test or
              (test[r["id"]]["question"], test[r["id"]]["ref_think"], test[r["id"]]["ref_answer"]) !=
              (r.get("question"), r["ref_think"], r["ref_answer"])]
@@ -102,20 +84,16 @@ def _same_rows(path: Path, rows: list[dict], test: dict, test_file, command: str
                           "first (inference.py skips the rows already written):\n  " + command + _resume_flags(path))
     return [by_id[rid] for rid in test]
 
-
 def _test_split(test_file) -> dict:
-    """TEST_FILE's rows by id, read as inference.py reads them."""
+    # TEST_FILE's rows by id, read as inference.py reads them
     if not Path(test_file).is_file():
         raise MedsftError(f"{test_file} not found: predictions are checked against the split they were made of; "
                           "pass --test_file=<that split>")
     return {r["id"]: r for r in read_questions(test_file)}
 
-
 def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
-    """The prediction files to score, base first, each loaded and checked to hold exactly TEST_FILE's questions
-    (with ``modes``, also the ``<stem>.<mode>.jsonl`` files beside them that exist). A missing, incomplete or
-    foreign file stops the script before anything is scored, with the inference command that makes or completes
-    it. `cfg` is a script's resolved constants (MODEL_DIR for full, ADAPTER_DIR for lora)."""
+    """The prediction files to score, base first, loaded and checked against TEST_FILE (``modes``: also the
+    ``<stem>.<mode>.jsonl`` files beside them that exist); ``cfg`` is a script's resolved constants."""
     if tag not in ("full", "lora"):
         raise ValueError(f"tag must be full or lora, not {tag!r}")
     run_dir = cfg["MODEL_DIR"] if tag == "full" else cfg["ADAPTER_DIR"]
@@ -136,8 +114,7 @@ def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
                           + "\n".join(f"  {t.command}" for t in missing))
     files = [(t, None, t.path, t.command) for t in out]  # (target, mode, file, the command that makes it)
     for t in out if modes else ():
-        files += [(t, mode, mode_output(t.path, mode), f"{t.command} {adherence.FLAGS[mode]}")
-                  for mode in adherence.MODES[1:]]
+        files += [(t, mode, mode_output(t.path, mode), f"{t.command} {FLAGS[mode]}") for mode in MODES[1:]]
     loaded = [load_predictions(path) if path.is_file() else None for _, _, path, _ in files]  # bad rows first
     test = _test_split(cfg["TEST_FILE"])
     for (t, mode, path, command), rows in zip(files, loaded):
@@ -148,9 +125,8 @@ def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
             t.modes[mode] = rows
     return out
 
-
 def load_predictions(path) -> list[dict]:
-    """Prediction rows, checked: every field evaluation reads, with the right type; errors name file:line."""
+    """Prediction rows, each field evaluation reads checked for its type; errors name file:line."""
     path = Path(path)
     rows, seen = [], {}
     for lineno, row, err in iter_jsonl(path):
@@ -180,15 +156,12 @@ def load_predictions(path) -> list[dict]:
         raise MedsftError(f"{path} has no rows: predict a split first (inference.py --input=data/test.jsonl)")
     return rows
 
-
-def describe(path, rows: list[dict]) -> dict:
+def scored_file(path, rows: list[dict]) -> dict:
     """What was scored: the file, its model, n, and the decoding settings from the inference summary beside it."""
     path = Path(path)
-    info = {"path": str(path), "n": len(rows), "model": None, "adapter": None, "decoding": None}
-    models = sorted({str(r.get("model")) for r in rows if r.get("model") is not None})
-    adapters = sorted({str(r.get("adapter")) for r in rows if r.get("adapter") is not None})
-    info["model"] = ", ".join(models) or None
-    info["adapter"] = ", ".join(adapters) or None
+    named = {k: ", ".join(sorted({str(r[k]) for r in rows if r.get(k) is not None})) or None
+             for k in ("model", "adapter")}
+    info = {"path": str(path), "n": len(rows), **named, "decoding": None}
     spath = summary_path(path)
     if spath.is_file():
         try:
@@ -198,27 +171,8 @@ def describe(path, rows: list[dict]) -> dict:
         info["decoding"] = {k: s.get(k) for k in DECODING_KEYS if k in s}
     return info
 
-
-def check_results_dir(cfg: dict) -> None:
-    """Stop before scoring (minutes with many workers or a judge) when RESULTS_DIR cannot be written."""
-    check_writable_dir(cfg["RESULTS_DIR"], "results_dir")
-
-
-def writing_results(results_dir):
-    """Around the writes into RESULTS_DIR: a full disk or a read-only folder becomes one MedsftError."""
-    return disk_errors(results_dir, "results_dir")
-
-
-def write_outputs(results_dir, kind: str, tag: str, summary: dict, per_sample: list[dict]) -> list[Path]:
-    """RESULTS_DIR/<kind>_<tag>.json (summary) and .jsonl (one row per sample), atomically."""
-    results_dir = Path(results_dir)
-    with writing_results(results_dir):
-        return [write_json(results_dir / f"{kind}_{tag}.json", summary),
-                write_jsonl(results_dir / f"{kind}_{tag}.jsonl", per_sample)]
-
-
 def judge_key(cfg: dict) -> str | None:
-    """The judge's API key from the environment variable JUDGE_API_KEY_ENV (checked before anything runs)."""
+    """The judge's API key from the environment variable JUDGE_API_KEY_ENV, checked with the URL (None: no judge)."""
     if cfg["JUDGE"] == "none":
         return None
     if cfg["JUDGE"] != "openai":
@@ -233,56 +187,46 @@ def judge_key(cfg: dict) -> str | None:
         raise MedsftError(f"--judge_base_url: {e}") from None
     return key.strip()
 
-
 def run_judge(cfg: dict, api_key: str, rows: list[dict], per_sample: list[dict]) -> dict:
     try:
         judge = Judge(cfg["JUDGE_BASE_URL"], cfg["JUDGE_MODEL"], api_key,
                       Path(cfg["RESULTS_DIR"]) / "judge_cache.jsonl", retries=cfg["JUDGE_RETRIES"],
                       workers=cfg["JUDGE_WORKERS"])
-        return judge.score_rows(rows, per_sample, metrics.split_steps)
+        return judge.score_rows(rows, per_sample, split_steps)
     except JudgeConfigError as e:
         raise MedsftError(f"judge: {e}; check --judge_base_url, --judge_model and the key in "
                           f"${cfg['JUDGE_API_KEY_ENV']}") from None
 
-
 def mode_adherence(t: Target) -> dict:
-    """Adherence of one model in every mode: ``t.rows`` (thinking on) and ``t.modes``, the ``<stem>.<mode>.jsonl``
-    files beside ``t.path`` that inference.py writes with --soft_switch=/no_think or --enable_thinking=false. A
-    missing file leaves its mode unmeasured (None) and prints the command that makes it; the other modes are still
-    measured."""
-    by_mode, files = {"think": t.rows}, {"think": str(t.path)}
-    for mode in adherence.MODES[1:]:
-        path = mode_output(t.path, mode)
-        by_mode[mode] = t.modes.get(mode)
+    """Adherence of one model in every mode (a mode without its ``<stem>.<mode>.jsonl`` is None, and the command
+    that makes the file is printed)."""
+    by_mode = {"think": t.rows, **{mode: t.modes.get(mode) for mode in MODES[1:]}}
+    for mode in MODES[1:]:
         if by_mode[mode] is None:
-            print(f"{t.tag}: {adherence.SHORT[mode]} adherence not measured: no {path}; make it with\n  "
-                  f"{t.command} {adherence.FLAGS[mode]}")
-            continue
-        files[mode] = str(path)
+            print(f"{t.tag}: {SHORT[mode]} adherence not measured: no {mode_output(t.path, mode)}; make it with\n  "
+                  f"{t.command} {FLAGS[mode]}")
     out = adherence.measure(by_mode)
     for mode, entry in out.items():
         if entry is not None:
-            entry["file"] = files[mode]
+            entry["file"] = str(t.path if mode == "think" else mode_output(t.path, mode))
     return out
-
 
 def _f(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
-
 def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
-    """Chain-of-thought scores and mode adherence of one model -> RESULTS_DIR/cot_<tag>.json + .jsonl."""
+    """Chain-of-thought scores and mode adherence of one model -> RESULTS_DIR/cot_<tag>.jsonl + .json."""
     rows = t.rows
-    info = describe(t.path, rows)
+    info = scored_file(t.path, rows)
     # IDF from the split's references, not from the rows scored: every model on one scale
     references = [r["ref_think"] + "\n" + r["ref_answer"] for r in _test_split(cfg["TEST_FILE"]).values()]
-    summary, per_sample = metrics.cot_scores(rows, references=references, tau=cfg["TAU"],
-                                             repeat_threshold=cfg["REPEAT_THRESHOLD"], floor_seed=cfg["FLOOR_SEED"],
-                                             workers=cfg.get("WORKERS", 2))
+    summary, per_sample = cot_scores(rows, references=references, tau=cfg["TAU"],
+                                     repeat_threshold=cfg["REPEAT_THRESHOLD"], floor_seed=cfg["FLOOR_SEED"],
+                                     workers=cfg.get("WORKERS", 2))
     summary = {"tag": t.tag, "predictions": info, **summary, "adherence": mode_adherence(t),
                "judge": run_judge(cfg, api_key, rows, per_sample) if api_key else None}
     s, base = summary["scores"], summary["baselines"]
-    lines = ", ".join(f"{name.replace('_', '-')} {_f(base[name]['f1'])}" for name in metrics.BASELINES if base[name])
+    lines = ", ".join(f"{name.replace('_', '-')} {_f(base[name]['f1'])}" for name in BASELINES if base[name])
     print(f"{t.tag}: chain of thought recall {_f(s['recall'])}, precision {_f(s['precision'])}, F1 {_f(s['f1'])} "
           f"(baseline F1: {lines}); n={summary['n']}, no think {summary['n_no_think']}, "
           f"not asked to think {summary['n_think_na']}")
@@ -292,16 +236,15 @@ def score_cot(cfg: dict, t: Target, api_key: str | None = None) -> list[Path]:
         print(f"{t.tag}: LLM judge F1 {_f(j['f1'])} over {j['n_scored']} samples ({j['n_judged']} judged, "
               f"{j['n_no_steps']} without steps scored 0); {j['n_fallback']} failed calls left out, "
               f"{j['n_think_na']} not asked to think")
-    return write_outputs(cfg["RESULTS_DIR"], "cot", t.tag, summary, per_sample)
-
+    return write_outputs(cfg["RESULTS_DIR"], f"cot_{t.tag}", summary, per_sample)
 
 def score_rouge(cfg: dict, t: Target) -> list[Path]:
-    """ROUGE of one prediction file in the three views -> RESULTS_DIR/rouge_<tag>.json + .jsonl."""
+    """ROUGE of one prediction file in the three views -> RESULTS_DIR/rouge_<tag>.jsonl + .json."""
     rows = t.rows
-    info = describe(t.path, rows)
-    summary, per_sample = metrics.rouge_scores(rows, workers=cfg["WORKERS"])
+    info = scored_file(t.path, rows)
+    summary, per_sample = rouge_scores(rows, workers=cfg["WORKERS"])
     summary = {"tag": t.tag, "predictions": info, **summary}
     a = summary["views"]["answer"]
     print(f"{t.tag}: answer ROUGE-1/2/L F {a['rouge-1']['f']:.2f} / {a['rouge-2']['f']:.2f} / {a['rouge-l']['f']:.2f};"
           f" n={summary['n']}, empty answers {a['n_empty']}")
-    return write_outputs(cfg["RESULTS_DIR"], "rouge", t.tag, summary, per_sample)
+    return write_outputs(cfg["RESULTS_DIR"], f"rouge_{t.tag}", summary, per_sample)

@@ -1,15 +1,11 @@
-"""Reasoning text -> steps: the unit the chain-of-thought scores (medsft.cot) and the LLM judge (medsft.judge) count.
-
-A step ends at a line break or a sentence end; list markers are stripped; pieces too short to say anything join a
-neighbour. `content_chars` is what a step says: its letters and digits, NFKC-normalised and case-folded.
-"""
+"""Reasoning text -> steps, the unit the chain-of-thought scores (medsft.cot) and the LLM judge count: a step ends at
+a line break or a sentence end, list markers are stripped, and pieces too short to say anything join a neighbour."""
 from __future__ import annotations
 
 import re
 import unicodedata
 
 MIN_STEP_CHARS = 4  # pieces with fewer content characters are merged into the previous step
-
 _CN_NUM = "一二三四五六七八九十"
 _MARKER = re.compile(
     r"^\s*(?:"
@@ -22,23 +18,18 @@ _MARKER = re.compile(
 # A sentence end: an ellipsis, a run of terminal marks, or one "."; closing quotes/brackets stay with the sentence.
 _END = re.compile(r"(?:\.{3,}|…+|[。！？；!?;]+|[.．])[”’」』）)】\]]*")
 _LINE = re.compile(r"\r\n|\r|\n")
-# Python's \w is exactly Unicode categories L* and N* plus "_" (a test checks every code point): one C-speed pass
-# instead of a category lookup per character.
+# Python's \w is exactly Unicode categories L* and N* plus "_" (a test checks every code point)
 _NOT_CONTENT = re.compile(r"[\W_]+")
 
-
 def content_chars(text: str) -> str:
-    """Letters and digits of `text` (NFKC, case-folded): what a step says, without punctuation or spacing."""
-    # NFKC is by definition NFC of NFKD; CPython's own NFKC is ~10x slower on Chinese text (its fullwidth
-    # punctuation fails the quick check), the two steps are not (a test compares every code point).
+    """Letters and digits of ``text`` (NFKC, case-folded): what a step says, without punctuation or spacing."""
+    # NFKC is NFC of NFKD by definition, and CPython's own NFKC is ~10x slower on Chinese text (a test compares them)
     nfkc = unicodedata.normalize("NFC", unicodedata.normalize("NFKD", text))
     return _NOT_CONTENT.sub("", nfkc.casefold())
 
-
 def _is_sentence_dot(line: str, start: int) -> bool:
-    """Is the single "." at line[start] a sentence end? Not between digits (1.5), not a list marker's (…：2. xx)."""
-    before = line[start - 1] if start > 0 else ""
-    after = line[start + 1] if start + 1 < len(line) else ""
+    # a single "." ends a sentence, except between digits (1.5) or after a list number (…：2. xx)
+    before, after = line[start - 1:start], line[start + 1:start + 2]
     if before.isdigit() and after.isdigit():
         return False
     if before.isdigit():
@@ -51,7 +42,6 @@ def _is_sentence_dot(line: str, start: int) -> bool:
             return False
     return True
 
-
 def _pieces(text: str) -> list[str]:
     pieces = []
     for line in _LINE.split(text):
@@ -63,27 +53,16 @@ def _pieces(text: str) -> list[str]:
             pieces.append(line[pos:m.end()])
             pos = m.end()
         pieces.append(line[pos:])
-    out = []
-    for piece in pieces:
-        piece = _MARKER.sub("", piece, count=1).strip()
-        if piece:
-            out.append(piece)
-    return out
-
+    stripped = (_MARKER.sub("", piece, count=1).strip() for piece in pieces)
+    return [piece for piece in stripped if piece]
 
 def _join(a: str, b: str) -> str:
-    # Latin text keeps a space between merged pieces; Chinese text has none to keep.
+    # Latin text keeps a space between merged pieces; Chinese text has none to keep
     return a + (" " if a[-1:].isascii() and b[:1].isascii() and b[:1].isalnum() else "") + b
 
-
 def split_steps(text: str) -> list[str]:
-    """Reasoning steps of `text`.
-
-    Breaks at line breaks and sentence ends (。！？；!?; …, "...", and "." unless between digits or after a list
-    number); strips list markers (1. 1、 1) （1） (1) 一、 - * •); a piece with fewer than MIN_STEP_CHARS
-    content characters joins the previous step (the next one when it comes first); pieces without any letter or
-    digit are dropped.
-    """
+    """Reasoning steps of ``text``: a piece with fewer than MIN_STEP_CHARS content characters joins the previous
+    step (the next one when it comes first); pieces without any letter or digit are dropped."""
     steps: list[str] = []
     pending = ""  # short pieces seen before the first real step
     for piece in _pieces(text or ""):

@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from medsft import models
 
-    models._modelscope_reachable = lambda *a, **k: True
+    models.hub_problem = lambda *a, **k: None
     if argv[0] == "--download":
         print(models.download(argv[1]))
         return

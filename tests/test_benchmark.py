@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, SHARED, run_script
 
-from medsft import cmmlu as knowledge
+from medsft import cmmlu as knowledge, report
 from medsft.files import MedsftError, read_jsonl
 
 CMMLU = SHARED / "cmmlu-medical"
@@ -114,9 +114,9 @@ def test_scripted_models_right_gives_100_and_always_a_gives_the_share_of_a(items
         assert stats["correct"] == sum(it["gold"] == "A" for it in items if it["subject"] == subject)
     assert base["overall"]["ci95"][0] < base["overall"]["accuracy"] < base["overall"]["ci95"][1]
     # the chart holds both models and is a pure function of the summaries; the report section lists both
-    png = knowledge.chart(knowledge.load_summaries(results))
+    png = report.benchmark_chart(knowledge.load_summaries(results))
     assert png == (results / "benchmark.png").read_bytes() and png[:8] == b"\x89PNG\r\n\x1a\n"
-    section = knowledge.markdown_section(knowledge.load_summaries(results))
+    section = report.benchmark_section(knowledge.load_summaries(results))
     assert "| base (untuned) | full fine-tune |" in section and "| **overall** | 1333 | " in section
     assert "100.0 [99.7, 100.0]" in section
     # item by item: the always-A model is right only where the right one is too
@@ -256,6 +256,6 @@ def test_bad_input_gives_one_clear_message_with_file_and_line(tmp_path, monkeypa
 def test_modelscope_offline_fails_fast_pointing_at_a_local_folder(monkeypatch):
     from medsft import models
 
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
     with pytest.raises(MedsftError, match=r"cannot load 'opencompass/cmmlu' from ModelScope .*--dataset=/path/"):
         knowledge.load_items("opencompass/cmmlu", ["anatomy"])

@@ -93,3 +93,33 @@ def test_save_config_roundtrip(tmp_path):
     path = save_config({"A": 1, "B": ("x", "y"), "C": "中文"}, tmp_path / "sub" / "cfg.json")
     assert json.loads(path.read_text(encoding="utf-8")) == {"A": 1, "B": ["x", "y"], "C": "中文"}
     assert not [p for p in path.parent.iterdir() if p.name != "cfg.json"]  # no temp files left behind
+
+
+def test_train_config_has_a_field_for_every_training_constant_and_train_py_s_defaults():
+    import dataclasses
+    from pathlib import Path
+
+    from medsft.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[1]
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for script in ("train.py", "train_lora.py"):
+        names = [n for n, _ in read_constants((root / script).read_text(encoding="utf-8"))]
+        assert [n for n in names if n.lower() not in fields] == [], script
+        assert TrainConfig.of(script_defaults(root / script)).constants() == script_defaults(root / script)
+    train = script_defaults(root / "train.py")
+    assert {n: fields[n.lower()] for n in train} == train
+    with pytest.raises(TypeError, match="NO_SUCH_CONSTANT"):
+        TrainConfig.of({"NO_SUCH_CONSTANT": 1})
+
+
+def test_train_config_json_keeps_the_constants_order_then_the_derived_keys():
+    import dataclasses
+
+    from medsft.config import DERIVED, TrainConfig
+
+    cfg = TrainConfig.of({"MODEL": "tiny", "SEED": 1, "ENGINE": "auto"})
+    cfg = cfg.replace(engine="single", deepspeed=None, world_size=1, examples_per_step=16, estimated_peak_gib=0.1)
+    assert list(cfg.constants()) == ["MODEL", "SEED", "ENGINE", *DERIVED]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 2

@@ -112,7 +112,7 @@ def test_missing_file_fails_with_fix(tmp_path):
 
 
 def test_modelscope_offline_fails_fast_naming_local_option(monkeypatch, tmp_path, root):
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
     monkeypatch.setattr(sys, "argv", ["data.py", f"--data_dir={tmp_path}"])
     with pytest.raises(MedsftError, match="--dataset=demo/medical_demo.jsonl"):
         runpy.run_path(str(root / "data.py"), run_name="__main__")

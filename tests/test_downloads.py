@@ -38,7 +38,7 @@ def _serve(repo: Path, tmp_path: Path, monkeypatch) -> HubStandin:
     """The stand-in as the modelscope module medsft imports (the real one takes seconds to import), reachable."""
     standin = HubStandin(repo, tmp_path / "ms-cache", tmp_path / "calls.jsonl")
     monkeypatch.setitem(sys.modules, "modelscope", types.SimpleNamespace(snapshot_download=standin))
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: None)
     monkeypatch.setattr(models, "_PINNED", {})  # a test's pin never leaks into the next
     return standin
 
@@ -107,7 +107,7 @@ def test_a_legacy_cache_of_another_revision_is_not_used(tmp_path, monkeypatch):
         return str(legacy)
 
     monkeypatch.setitem(sys.modules, "modelscope", types.SimpleNamespace(snapshot_download=snapshot_download))
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: None)
     monkeypatch.setattr(models, "_PINNED", {})
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "medsft-cache"))
     assert models.resolve_model(SPEC) == legacy and asked == [(None, True)]

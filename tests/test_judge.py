@@ -6,10 +6,10 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import metrics_ns as metrics
 import pytest
 
 from medsft import judge as J
-from medsft import metrics
 from medsft.chat import format_reference, split_output
 
 API_KEY = "sk-test-secret-123"

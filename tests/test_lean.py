@@ -19,6 +19,16 @@ def _small_config(vocab=4096, layers=2, hidden=256):
                        tie_word_embeddings=True, max_position_embeddings=2048)
 
 
+def chunked_forward_loss(model, inputs: dict, num_items_in_batch=None):
+    """Test oracle: the training loss of ``model`` on a collated batch through the chunked loss."""
+    from medsft.training.sft import causal_parts, chunked_causal_lm_loss
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    decoder, head = causal_parts(model)
+    return chunked_causal_lm_loss(decoder(**inputs).last_hidden_state, head.weight, labels, num_items_in_batch)
+
+
 def _batch(vocab, n=3, length=40, seed=0):
     import torch
 
@@ -41,8 +51,6 @@ def test_chunked_loss_equals_the_plain_loss_and_its_gradients(num_items):
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from medsft.loss import chunked_forward_loss
-
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(_small_config(vocab=1000, hidden=64))
     batch = _batch(1000)
@@ -52,7 +60,7 @@ def test_chunked_loss_equals_the_plain_loss_and_its_gradients(num_items):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     # chunks of 7 tokens: many chunks, the last one partial
-    import medsft.loss as L
+    import medsft.training.sft as L
 
     chunked = L.chunked_causal_lm_loss(*(lambda h: (h, model.lm_head.weight))(
         model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state),
@@ -70,8 +78,6 @@ def test_chunked_loss_of_a_batch_that_supervises_nothing_is_zero_and_differentia
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from medsft.loss import chunked_forward_loss
-
     model = Qwen3ForCausalLM(_small_config(vocab=500, hidden=64))
     batch = _batch(500)
     batch["labels"][:] = -100
@@ -86,7 +92,7 @@ def test_a_non_finite_hidden_state_at_an_unsupervised_position_changes_nothing(b
     model computes there, never trained on) leaves the loss and every gradient exactly as on clean hidden states."""
     import torch
 
-    from medsft.loss import chunked_causal_lm_loss
+    from medsft.training.sft import chunked_causal_lm_loss
 
     torch.manual_seed(0)
     labels = _batch(100, n=2, length=20)["labels"]  # labels 0..14 masked (the prompt)
@@ -115,7 +121,7 @@ def test_a_micro_batch_that_supervises_nothing_gives_zero_gradients_even_beside_
     gradients reach the decoder's output and the head (DDP then syncs every parameter) and are all zero."""
     import torch
 
-    from medsft.loss import chunked_causal_lm_loss
+    from medsft.training.sft import chunked_causal_lm_loss
 
     hidden = torch.randn(2, 10, 16)
     hidden[0, 2] = float("nan")

@@ -1,13 +1,14 @@
-"""ROUGE and offline chain-of-thought metrics (medsft/metrics.py = medsft/rouge.py + medsft/cot.py)."""
+"""ROUGE (medsft/rouge.py), reasoning steps (medsft/think_steps.py) and chain-of-thought scores (medsft/cot.py)."""
 from __future__ import annotations
 
 import json
 import logging
 import random
 
+import metrics_ns as metrics
 import pytest
 
-from medsft import metrics, rouge, think_steps as steps
+from medsft import rouge, think_steps as steps
 from medsft.chat import format_reference
 from medsft.files import read_jsonl
 

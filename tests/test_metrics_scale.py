@@ -20,10 +20,10 @@ import subprocess
 import sys
 import time
 
+import metrics_ns as metrics
 import pytest
 from conftest import ROOT
 
-from medsft import metrics
 from medsft.chat import format_reference, split_output
 
 N_SCALE = 10_000

@@ -62,7 +62,7 @@ def test_bad_medsft_tokenizer_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_hub_id_offline_fails_fast_with_local_hint(monkeypatch):
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
     with pytest.raises(MedsftError, match="--model=/path/to"):
         models.resolve_model("Qwen/Qwen3-1.7B")
 
@@ -94,7 +94,7 @@ def test_a_cache_folder_without_the_whole_model_is_not_a_model(tmp_path, monkeyp
 
     (tmp_path / ".mdl").write_text("x")
     monkeypatch.setattr(modelscope, "snapshot_download", lambda spec, **kw: str(tmp_path))
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
     with pytest.raises(MedsftError, match="cannot download 'Qwen/Qwen3-1.7B'"):
         models.download("Qwen/Qwen3-1.7B")
     (tmp_path / "config.json").write_text("{}")
@@ -136,7 +136,7 @@ def test_a_snapshot_the_real_modelscope_cached_is_found_offline_at_its_revision(
     spec = "FakeOrg/Fake-Model"
     monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms"))
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "medsft"))
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
     monkeypatch.setattr(models, "_PINNED", {})
     files = {"config.json": b"{}", "tokenizer_config.json": b"{}", "model.safetensors": b"x"}
     if Version(__version__) >= Version("1.38"):

@@ -292,6 +292,10 @@ class FakeServer:
 def no_hub_env(monkeypatch):
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
+    try:  # modelscope >= 1.38 reads its endpoint settings once per process
+        monkeypatch.setattr("modelscope_hub.config._default_config", None)
+    except ImportError:
+        pass
 
 
 @pytest.fixture
@@ -301,61 +305,33 @@ def refusing_proxy():
     server.close()
 
 
-def test_hub_check_offline_is_false_within_seconds(no_hub_env):
+def _one_download_error(spec="FakeOrg/Fake-Model", *fragments):
+    """The one MedsftError a hub id gives when the hub cannot be used, within the hub timeout."""
     start = time.monotonic()
-    assert models._modelscope_reachable(timeout=2.0) is False
-    assert time.monotonic() - start < 4
+    with pytest.raises(MedsftError, match=rf"cannot download '{spec}'.*--model=/path/to") as e:
+        models.resolve_model(spec)
+    assert time.monotonic() - start < models.HUB_TIMEOUT_S + 3
+    assert all(f in str(e.value) for f in fragments), str(e.value)
 
 
-def test_hub_check_goes_through_https_proxy(no_hub_env, monkeypatch, refusing_proxy):
-    monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
-    assert models._modelscope_reachable(timeout=2.0) is False  # the proxy refused the tunnel
-    assert any(r.startswith("CONNECT modelscope.cn:443 ") for r in refusing_proxy.requests)
+def test_hub_id_offline_is_one_error_within_the_timeout(no_hub_env, monkeypatch):
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://127.0.0.1:9")
+    _one_download_error("FakeOrg/Fake-Model", "http://127.0.0.1:9")
 
 
-def test_hub_check_uses_modelscope_domain(no_hub_env, monkeypatch, refusing_proxy):
-    monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
-    monkeypatch.setenv("MODELSCOPE_DOMAIN", "mirror.example.org")
-    assert models.modelscope_endpoints() == ["https://mirror.example.org"]
-    assert models._modelscope_reachable(timeout=2.0) is False
-    assert [r.split()[:2] for r in refusing_proxy.requests] == [["CONNECT", "mirror.example.org:443"]]
-
-
-def test_hub_check_is_true_when_the_configured_endpoint_answers(no_hub_env, monkeypatch):
-    proxy = FakeServer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    try:
-        monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://hub.internal")  # MODELSCOPE_ENDPOINT beats _DOMAIN
-        monkeypatch.setenv("MODELSCOPE_DOMAIN", "mirror.example.org")
-        assert models._modelscope_reachable(timeout=2.0) is True
-        assert proxy.requests and proxy.requests[0].split()[1].startswith("http://hub.internal")
-    finally:
-        proxy.close()
-
-
-def test_default_endpoints_follow_the_client(no_hub_env, monkeypatch):
-    assert models.modelscope_endpoints() == ["https://modelscope.cn", "https://www.modelscope.ai"]
-    monkeypatch.setenv("MODELSCOPE_PREFER_AI_SITE", "true")
-    assert models.modelscope_endpoints() == ["https://www.modelscope.ai", "https://modelscope.cn"]
-
-
-def test_hub_check_gives_up_on_a_silent_host_within_the_timeout(no_hub_env, monkeypatch):
+def test_a_silent_hub_is_one_error_within_the_timeout(no_hub_env, monkeypatch):
     silent = socket.create_server(("127.0.0.1", 0))  # accepts the connection, never answers
     try:
         monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        start = time.monotonic()
-        assert models._modelscope_reachable(timeout=1.0) is False
-        assert time.monotonic() - start < 2.5
+        _one_download_error("FakeOrg/Fake-Model", "did not answer")
     finally:
         silent.close()
 
 
-@pytest.mark.filterwarnings("ignore:Environment variable MODELSCOPE_DOMAIN is deprecated:FutureWarning")
-def test_offline_download_error_names_the_configured_mirror(no_hub_env, monkeypatch):
-    monkeypatch.setenv("MODELSCOPE_DOMAIN", "mirror.example.org")
-    monkeypatch.setattr(models, "_modelscope_reachable", lambda timeout=3.0: False)
-    with pytest.raises(MedsftError, match=r"mirror\.example\.org.*--model=/path/to"):
-        models.resolve_model("Qwen/Qwen3-1.7B")
+def test_a_refusing_proxy_is_one_error_within_the_timeout(no_hub_env, monkeypatch, refusing_proxy):
+    monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
+    _one_download_error("FakeOrg/Fake-Model")
+    assert any(r.startswith("CONNECT ") for r in refusing_proxy.requests)
 
 
 # --- 14/15. the test suite: MEDSFT_NO_SHARED and cleaning up its cache --------------------------------------------

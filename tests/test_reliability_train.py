@@ -130,7 +130,7 @@ def test_a_finished_output_dir_holds_no_pickle(finished):
 def test_resume_is_refused_when_the_tokenizer_or_chat_template_changed(data_dir, tmp_path):
     from medsft.files import MedsftError
     from medsft.models import resolve_model
-    from medsft.training.run_dir import check_same_run
+    from medsft.training.rundir import check_same_run
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model("tiny"), model)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import random
 
+import metrics_ns as metrics
 import pytest
 from conftest import run_script
 from test_eval_scripts import SCRIPTS, _pred, _write
 
-from medsft import metrics
 from medsft.chat import format_reference
 from medsft.files import read_jsonl
 

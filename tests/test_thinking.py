@@ -8,11 +8,14 @@ from io import StringIO
 
 import pytest
 from conftest import run_script
+from oracles import follows_mode
 
-from medsft.adherence import measure, shape
-from medsft.chat import follows_mode, prompt_text, question_mode
+from medsft.adherence import measure
+from medsft.chat import output_shape as shape
+from medsft.chat import prompt_text, question_mode
+from medsft.cot import cot_scores
 from medsft.files import MedsftError, read_jsonl
-from medsft.metrics import cot_scores, rouge_scores
+from medsft.rouge import rouge_scores
 
 THINK_OK = "<think>\n先想一想。\n</think>\n\n建议就医。"
 EMPTY_THINK = "<think>\n\n</think>\n\n建议就医。"

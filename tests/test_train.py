@@ -357,7 +357,7 @@ def test_auto_features_on_cpu(tmp_path):
 ])
 def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expected):
     from medsft import models, training
-    from medsft.training import model as training_model  # where load_training_model looks resolve_features up
+    from medsft.training import sft as training_model  # where load_training_model looks resolve_features up
 
     seen = {}
     monkeypatch.setattr(training_model, "resolve_features", lambda cfg, **kw: {

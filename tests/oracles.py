@@ -1,0 +1,62 @@
+"""Test oracles: slow, direct definitions that the fast production code is checked against."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from medsft.chat import obeying_shapes, output_shape
+from medsft.think_steps import content_chars
+
+def follows_mode(output: str, mode: str) -> bool:
+    """Does a finished generated assistant text have the shape ``mode`` asks for (``chat.obeying_shapes``)?"""
+    return output_shape(output) in obeying_shapes(mode)
+
+def bigrams(text: str) -> Counter:
+    """Character bigrams of the content characters (a single character counts as its own feature)."""
+    chars = content_chars(text)
+    if len(chars) == 1:
+        return Counter([chars])
+    return Counter(chars[i:i + 2] for i in range(len(chars) - 1))
+
+class Idf:
+    """Smoothed inverse document frequency of bigrams: ln((1 + N) / (1 + df)) + 1 over N documents."""
+
+    def __init__(self, documents: list[str]):
+        self.n_docs = len(documents)
+        df: Counter = Counter()
+        for doc in documents:
+            df.update(set(bigrams(doc)))
+        self.df = df
+        self.unseen = math.log((1 + self.n_docs) / 1) + 1  # bigrams in no document weigh the most
+
+    def weight(self, gram: str) -> float:
+        d = self.df.get(gram)
+        return self.unseen if d is None else math.log((1 + self.n_docs) / (1 + d)) + 1
+
+class Step:
+    """A step ready for comparison: its bigram counts, their IDF weights and the total weight."""
+
+    __slots__ = ("text", "grams", "weights", "total")
+
+    def __init__(self, text: str, idf: Idf):
+        self.text = text
+        self.grams = bigrams(text)
+        self.weights = {g: idf.weight(g) for g in self.grams}
+        self.total = sum(c * self.weights[g] for g, c in self.grams.items())
+
+def similarity(a: Step, b: Step) -> float:
+    """IDF-weighted bigram Dice (= F1 of weighted bigram precision and recall), in [0, 1]; 1 for identical texts."""
+    den = a.total + b.total
+    if den <= 0:
+        return 0.0
+    if len(a.grams) > len(b.grams):
+        a, b = b, a
+    num = 0.0
+    for g, c in a.grams.items():
+        other = b.grams.get(g)
+        if other:
+            num += min(c, other) * a.weights[g]
+    return 2.0 * num / den
+
+def text_similarity(x: str, y: str, idf: Idf) -> float:
+    return similarity(Step(x, idf), Step(y, idf))

@@ -1,0 +1,299 @@
+"""train_grpo.py: every reward on adversarial outputs, the per-row mode prompts token-exact against the real Qwen3
+template, the multiple-choice row reader and its errors, the evaluation-overlap filter."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+import train_grpo as g
+from medsft import chat, cmmlu
+
+ROW = {"question": "高血压的诊断切点是多少？", "choices": ["120/80", "130/85", "140/90", "160/100"], "gold": "C"}
+THINK = "<think>\n诊室血压≥140/90 mmHg 才能诊断高血压。\n</think>\n\n"
+
+
+# --- correctness ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("output, expected", [
+    (THINK + "答案：C", 1.0),
+    (THINK + "答案：B", 0.0),                                   # wrong letter
+    (THINK + "**答案：C**", 1.0),                               # bold, as the reader tolerates
+    (THINK + "答案：A或C", 0.0),                                # hedge
+    (THINK + "答案：C\n答案：D", 0.0),                          # change of mind: two letters
+    (THINK + "答案：ABCD", 0.0),                                # every letter
+    (THINK + "A\nB\nC\nD", 0.0),                                # option lines naming all letters
+    ("<think>\n答案：C\n</think>\n\n", 0.0),                     # the letter inside the think only, no answer
+    ("<think>\n答案：C\n</think>\n\n我不确定。", 0.0),            # the letter inside the think only
+    ("<think>\n想一想，答案：C", 0.0),                            # unclosed think
+    (THINK + "答案：C</think>", 0.0),                            # stray think tag in the answer
+    (THINK + "缺乏维生素D", 0.0),                                 # a letter inside a word
+    ("", 0.0),                                                  # empty
+    ("答案：C", 0.0),                                            # right letter, no think in think mode
+])
+def test_correct_reward_think_mode(output, expected):
+    assert g.correct_reward(output, "C", "think") == expected
+
+
+def test_correct_reward_copying_the_question_earns_nothing():
+    question = g.mc_question(ROW)  # ends with 请先思考，然后在最后一行只写“答案：X”，X 为 A、B、C、D 中的一个字母。
+    assert g.correct_reward(THINK + question, "C", "think") == 0.0
+    assert g.correct_reward(question, "C", "no_think_hard") == 0.0
+
+
+def test_correct_reward_no_think_modes_and_gating():
+    assert g.correct_reward("<think>\n\n</think>\n\n答案：C", "C", "no_think_soft") == 1.0
+    assert g.correct_reward("答案：C", "C", "no_think_hard") == 1.0
+    assert g.correct_reward(THINK + "答案：C", "C", "no_think_soft") == 0.0  # thought when told not to
+    assert g.correct_reward("答案：C", "C", "think", needs_shape=False) == 1.0  # the gate off: shape not required
+    assert g.correct_reward(THINK + "答案：C", "C", "think", finished=False) == 0.0  # cut off at the cap
+
+
+# --- shape ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("output, mode, expected", [
+    (THINK + "答案：C", "think", 1.0),
+    ("<think>\n\n</think>\n\n答案：C", "think", 0.0),   # empty think in think mode: think collapse
+    ("答案：C", "think", 0.0),                          # no think in think mode
+    ("<think>\n想", "think", 0.0),                      # unclosed
+    (THINK, "think", 0.0),                             # no answer after the think
+    (THINK + "答案：C</think>", "think", 0.0),          # stray tag
+    ("", "think", 0.0),
+    ("<think>\n\n</think>\n\n答案：C", "no_think_soft", 1.0),
+    ("答案：C", "no_think_soft", 1.0),
+    (THINK + "答案：C", "no_think_soft", 0.0),          # thought anyway
+    ("答案：C", "no_think_hard", 1.0),                  # the hard prompt closed the think itself
+    (THINK + "答案：C", "no_think_hard", 0.0),          # opened a second think
+    ("", "no_think_hard", 0.0),
+])
+def test_shape_reward(output, mode, expected):
+    assert g.shape_reward(output, mode) == expected
+
+
+def test_shape_reward_cut_off_is_no_shape():
+    assert g.shape_reward("答案：C", "no_think_hard", finished=False) == 0.0
+
+
+# --- repetition and overlong --------------------------------------------------------------------------------------
+def test_repetition_penalty_on_ids():
+    assert g.repetition_penalty(list(range(100)), n=4, free=0.1) == 0.0
+    loop = [1, 2, 3, 4, 5] * 40
+    assert g.repetition_penalty(loop, n=4, free=0.1) < -0.9
+    assert g.repetition_penalty([1, 2, 3], n=8) == 0.0  # shorter than one n-gram
+    assert g.repetition_penalty([], n=8) == 0.0
+    half = list(range(100)) + [1, 2, 3, 4, 5] * 20
+    assert -0.5 < g.repetition_penalty(half, n=4, free=0.1) < -0.2
+
+
+def test_repetition_penalty_on_chinese(real_tokenizer):
+    ids = lambda t: real_tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    natural = ("高血压的诊断需要非同日三次测量诊室血压，收缩压不低于140毫米汞柱或舒张压不低于90毫米汞柱。"
+               "还要排除白大衣效应，可以做家庭血压监测或者24小时动态血压监测，再结合危险因素分层决定是否用药。")
+    assert g.repetition_penalty(ids(natural)) == 0.0
+    looping = "所以答案是高血压，" * 30  # no spaces: a word-based penalty would see one "word"
+    assert g.repetition_penalty(ids(looping)) < -0.8
+
+
+def test_overlong_penalty():
+    assert g.overlong_penalty(100, True, max_len=1536, buffer=256) == 0.0
+    assert g.overlong_penalty(1280, True, max_len=1536, buffer=256) == 0.0
+    assert g.overlong_penalty(1408, True, max_len=1536, buffer=256) == pytest.approx(-0.5)
+    assert g.overlong_penalty(1536, True, max_len=1536, buffer=256) == -1.0
+    assert g.overlong_penalty(20, False, max_len=1536, buffer=256) == -1.0  # cut off
+    assert g.overlong_penalty(1536, True, max_len=1536, buffer=0) == 0.0
+
+
+def test_reward_functions_take_trls_call():
+    cfg = {"CORRECT_NEEDS_SHAPE": True, "REPETITION_NGRAM": 4, "REPETITION_FREE": 0.1, "MAX_COMPLETION_LENGTH": 10,
+           "OVERLONG_BUFFER": 4}
+    funcs = g.reward_functions([0], cfg)
+    assert [f.__name__ for f in funcs] == ["correct", "shape", "repetition", "overlong"]
+    kwargs = dict(prompts=["p", "p", "p"], completions=[THINK + "答案：C", THINK + "答案：C", "答案：C"],
+                  completion_ids=[[5, 6, 0], [5, 6, 7], [1, 2, 3, 4, 5, 1, 2, 3, 4, 0]], gold=["C", "C", "C"],
+                  mode=["think", "think", "no_think_hard"], id=["a", "b", "c"], trainer_state=None,
+                  log_extra=lambda *a: None, log_metric=lambda *a: None)
+    correct, shape, repetition, overlong = (f(**kwargs) for f in funcs)
+    assert correct == [1.0, 0.0, 1.0]  # the second never ended (no eos id 0): no credit
+    assert shape == [1.0, 0.0, 1.0]
+    assert repetition[0] == 0.0 and repetition[2] < 0
+    assert overlong == [0.0, -1.0, -1.0]  # 10 tokens = the cap
+
+
+# --- mode prompts -----------------------------------------------------------------------------------------------
+def _rows(n):
+    return [{**ROW, "question": f"{ROW['question']} 第{i}题", "id": f"r{i}"} for i in range(n)]
+
+
+def test_mode_prompts_token_exact(real_tokenizer):
+    rows = g.prompt_rows(real_tokenizer, _rows(40), no_think_ratio=0.5, seed=3)
+    assert {r["mode"] for r in rows} == set(chat.MODES)
+    for row, src in zip(rows, _rows(40)):
+        question = g.mc_question(src)
+        # TRL tokenizes a text prompt with processing_class(text=prompts) (grpo_trainer.py, _tokenize_prompts)
+        trl_ids = real_tokenizer(text=[row["prompt"]])["input_ids"][0]
+        assert trl_ids == chat.prompt_ids(real_tokenizer, question, mode=row["mode"])
+        messages = chat.build_messages(question + (" /no_think" if row["mode"] == "no_think_soft" else ""))
+        reference = real_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                       enable_thinking=row["mode"] != "no_think_hard")
+        assert row["prompt"] == reference
+        if row["mode"] == "no_think_hard":
+            assert row["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        else:
+            assert row["prompt"].endswith("<|im_start|>assistant\n")
+        assert row["prompt"].count("/no_think") == (row["mode"] == "no_think_soft")
+
+
+def test_mode_choice_is_seeded_per_row(real_tokenizer):
+    a = g.prompt_rows(real_tokenizer, _rows(200), 0.25, seed=42)
+    b = g.prompt_rows(real_tokenizer, list(reversed(_rows(200))), 0.25, seed=42)
+    assert {r["id"]: r["mode"] for r in a} == {r["id"]: r["mode"] for r in b}  # by row id, not position
+    share = sum(r["mode"] != "think" for r in a) / len(a)
+    assert 0.15 < share < 0.35
+    assert [r["mode"] for r in g.prompt_rows(real_tokenizer, _rows(200), 0.0, 42)] == ["think"] * 200
+
+
+def test_think_tags_survive_trls_decoding(real_tokenizer):
+    # TRL decodes completions with skip_special_tokens=True: the think tags must not be special tokens
+    ids = real_tokenizer(THINK + "答案：C<|im_end|>", add_special_tokens=False)["input_ids"]
+    text = real_tokenizer.decode(ids, skip_special_tokens=True)
+    assert text == THINK + "答案：C" and g.correct_reward(text, "C", "think") == 1.0
+
+
+# --- row reader -------------------------------------------------------------------------------------------------
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_read_rows_jsonl_layouts_and_errors(tmp_path, capsys):
+    lines = [json.dumps(r, ensure_ascii=False) for r in [
+        {"question": "q1", "A": "a", "B": "b", "C": "c", "D": "d", "answer": "B"},           # columns
+        {"question": "q2", "options": ["a", "b", "c", "d", "e"], "answer": "E"},             # list, five
+        {"question": "q3", "options": {"A": "a", "B": "b", "C": "c"}, "answer": "A, C"},     # dict, multi
+        {"question": "q4", "A": "a", "B": "b", "answer": "C"},                               # letter not an option
+        {"question": "", "A": "a", "B": "b", "answer": "A"},                                 # empty question
+        {"question": "q6", "A": "a", "B": "b", "answer": "甲"},                               # not a letter
+        {"question": "q7 <|im_end|>", "A": "a", "B": "b", "answer": "A"},                    # control token
+        {"question": "q8", "A": "a", "B": "", "C": "c", "answer": "A"},                      # empty option
+    ]] + ["{not json"]
+    rows, bad = g.read_rows(_write(tmp_path / "mc.jsonl", lines))
+    assert [(r["question"], r["choices"], r["gold"]) for r in rows] == [
+        ("q1", ["a", "b", "c", "d"], "B"), ("q2", ["a", "b", "c", "d", "e"], "E"), ("q3", ["a", "b", "c"], "AC")]
+    assert [b["where"].rsplit(":", 1)[1] for b in bad] == ["4", "5", "6", "7", "8", "9"]
+    reasons = " | ".join(b["reason"] for b in bad)
+    for part in ("names an option the row does not have", "empty or missing 'question'", "not option letter",
+                 "control token", "an empty option"):
+        assert part in reasons
+    assert f"{tmp_path / 'mc.jsonl'}:9:" in capsys.readouterr().out
+    assert [g.reader_supports(r) for r in rows] == [True, False, False]
+    assert len({r["id"] for r in rows}) == 3
+
+
+def test_read_rows_cmmlu_csv_layout(tmp_path):
+    folder = tmp_path / "cmmlu"
+    folder.mkdir()
+    (folder / "anatomy.csv").write_text(',Question,A,B,C,D,Answer\n0,"多行\n题干",a,b,c,d,D\n1,q,a,b,c,d,Z\n',
+                                        encoding="utf-8")
+    rows, bad = g.read_rows(folder)
+    assert [(r["question"], r["gold"]) for r in rows] == [("多行\n题干", "D")]
+    assert bad == [{"where": f"{folder / 'anatomy.csv'}:4", "reason": "answer 'Z' is not option letter(s) A-E"}]
+
+
+def test_read_rows_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "mc.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "choices": ["a", "b", "c", "d"], "answer": "a"},
+                                         {"question": "q2", "choices": ["a"], "answer": "A"}]), path)
+    rows, bad = g.read_rows(path)
+    assert rows[0]["gold"] == "A" and bad[0]["where"].endswith(":row 2") and "1 options" in bad[0]["reason"]
+
+
+def test_read_rows_fails_clearly(tmp_path):
+    with pytest.raises(g.MedsftError, match="no valid multiple-choice rows"):
+        g.read_rows(_write(tmp_path / "bad.jsonl", ['{"question": "q"}']))
+    with pytest.raises(g.MedsftError, match="unknown file type"):
+        g.read_rows(_write(tmp_path / "x.txt", ["x"]))
+    with pytest.raises(g.MedsftError, match="no such file"):
+        g.read_rows(tmp_path / "missing.jsonl")
+
+
+# --- evaluation overlap, held-out split, results ------------------------------------------------------------------
+def test_eval_overlap_dropped(tmp_path):
+    test = _write(tmp_path / "test.jsonl", [json.dumps({"question": "高血压的诊断切点是多少？", "think": "t",
+                                                          "answer": "a"}, ensure_ascii=False)])
+    keys, sources = g.eval_questions(str(test), "", "")
+    assert sources == {str(test): 1}
+    rows = [{**ROW, "question": "高血压的诊断切点是多少?  "}, {**ROW, "question": "糖尿病的诊断切点是多少？"}]
+    kept, dropped = g.drop_eval_overlap(rows, keys)  # full-width ？ vs ?, trailing spaces: the same question
+    assert dropped == 1 and kept[0]["question"].startswith("糖尿病")
+    with pytest.raises(g.MedsftError, match="no such file"):
+        g.eval_questions(str(tmp_path / "none.jsonl"), "", "")
+
+
+def test_eval_overlap_with_cmmlu_folder(tmp_path):
+    folder = tmp_path / "cmmlu"
+    folder.mkdir()
+    (folder / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n0,人体最大的器官是,a,b,c,d,A\n", encoding="utf-8")
+    keys, sources = g.eval_questions("", str(folder), "anatomy")
+    kept, dropped = g.drop_eval_overlap([{**ROW, "question": "人体最大的器官是"}, ROW], keys)
+    assert dropped == 1 and kept == [ROW]
+
+
+def test_split_heldout_is_seeded_and_disjoint():
+    rows = [{**ROW, "id": f"r{i}"} for i in range(50)]
+    train, held = g.split_heldout(rows, 10, seed=1)
+    assert len(held) == 10 and len(train) == 40 and not {r["id"] for r in held} & {r["id"] for r in train}
+    assert g.split_heldout(list(reversed(rows)), 10, seed=1)[1] == list(reversed(held))
+
+
+def test_step_history_and_sampling():
+    log = [{"step": 1, "rewards/correct/mean": 0.5, "rewards/correct/std": 0.1, "kl": 0.01,
+            "completions/mean_length": 12.0, "completions/clipped_ratio": 0.25}, {"step": 2, "train_runtime": 3.0}]
+    hist = g.step_history(log, ["correct", "shape"])
+    assert hist == [{"step": 1, "correct_mean": 0.5, "correct_std": 0.1, "shape_mean": None, "shape_std": None,
+                     **{k.replace("completions/", "completion_"): None for k in g.STEP_KEYS}, "kl": 0.01,
+                     "completion_mean_length": 12.0, "completion_clipped_ratio": 0.25}]
+    model = types.SimpleNamespace(generation_config=types.SimpleNamespace(temperature=0.6, top_p=0.95, top_k=20))
+    assert g.generation_settings(model, {"TEMPERATURE": None, "TOP_P": None, "TOP_K": None}) == \
+        {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    assert g.generation_settings(model, {"TEMPERATURE": 1.0, "TOP_P": None, "TOP_K": 0})["top_k"] == 0
+
+
+def test_mc_question_is_benchmarks_prompt():
+    item = {"subject": "anatomy", "question": ROW["question"], "choices": ROW["choices"]}
+    assert g.mc_question({**ROW, "subject": "anatomy"}) == cmmlu.prompt(item)
+
+
+# --- end to end (tiny model, CPU) -----------------------------------------------------------------------------------
+def _run_grpo(root, tmp_path, *extra):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWANLAB_MODE": "disabled"}
+    cmd = [sys.executable, str(root / "train_grpo.py"), "--model=tiny", f"--dataset={root / 'demo/grpo_mcq.jsonl'}",
+           "--eval_data=", "--heldout=4", "--num_generations=2", "--batch_size=2", "--grad_accum=2",
+           "--max_completion_length=8", "--overlong_buffer=2", "--save_steps=1", "--learning_rate=1e-4",
+           f"--output_dir={tmp_path / 'out'}", f"--results_dir={tmp_path / 'results'}", *extra]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((tmp_path / "results" / "train_grpo.json").read_text(encoding="utf-8"))
+
+
+def test_two_grpo_steps_end_to_end_then_resume(root, tmp_path):
+    pytest.importorskip("trl", reason="trl is not a requirement yet (issue 25 open): pip install --no-deps trl==1.16.0")
+    results = _run_grpo(root, tmp_path, "--max_steps=2")  # beta 0.04: the reference model is built too
+    assert [s["step"] for s in results["steps"]] == [1, 2]
+    for step in results["steps"]:
+        for name in ("correct", "shape", "repetition", "overlong"):
+            assert step[f"{name}_mean"] is not None and step[f"{name}_std"] is not None
+        assert step["kl"] is not None and step["completion_mean_length"] <= 8
+        assert step["completion_clipped_ratio"] is not None
+    assert results["sampling"] == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}  # Qwen3's, not TRL's 1.0/1.0/0
+    assert results["data"]["train"] == 24 and results["data"]["heldout"] == 4
+    assert (tmp_path / "out" / "checkpoint-2").is_dir() and (tmp_path / "out" / "model.safetensors").is_file()
+    resumed = _run_grpo(root, tmp_path, "--max_steps=3", "--resume=true")  # continues from checkpoint-2
+    assert [s["step"] for s in resumed["steps"]] == [1, 2, 3]
+    assert resumed["steps"][:2] == results["steps"]  # the history up to the checkpoint is kept as it was

@@ -1,0 +1,481 @@
+"""GRPO: reinforce the fine-tuned model with verifiable medical rewards (multiple-choice letters), switches kept.
+
+Reads   MODEL (default output/full, train.py's; a LoRA adapter dir continues that adapter), DATASET (multiple-choice
+        rows: JSONL / CSV / parquet, a folder of CMMLU-layout CSVs, or a ModelScope id), and the evaluation sets
+        EVAL_DATA / EVAL_CMMLU, whose questions are dropped from DATASET so RL never trains on what is measured.
+Writes  OUTPUT_DIR/ (model or adapter, tokenizer, checkpoint-N/, trainer_state.json, train_config.json);
+        RESULTS_DIR/train_grpo.json (per step: each reward's mean and std, KL, completion length, clipped share).
+
+    python train_grpo.py --dataset=mcq/train.jsonl                     # output/full on a GPU
+    python train_grpo.py --model=tiny --dataset=demo/grpo_mcq.jsonl --max_steps=2 --max_completion_length=16
+    python train_grpo.py --dataset=... --resume=true                   # continue after Ctrl-C or kill -9
+
+Each completion is scored by four small pure functions below (weights: the *_WEIGHT constants), each logged on its
+own as rewards/<name>/mean and /std: ``correct`` (the letter benchmark.py's strict reader reads after the think
+equals the gold one), ``shape`` (the shape the prompt's mode asks for), ``repetition`` (a penalty on repeated token
+n-grams) and ``overlong`` (DAPO's soft penalty near MAX_COMPLETION_LENGTH; -1 when cut off). NO_THINK_RATIO of the
+prompts are rendered in Qwen3's soft and hard no-think forms, per row, so the thinking switches keep working.
+Status: the rewards, the row reader, the mode prompts and the eval-overlap filter are built and tested; the
+trainer wiring is the minimal one of docs/plans/issue-25-grpo.md (the medsft additions it names are not made yet).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+from medsft import chat, cmmlu
+from medsft.config import configure, save_config
+from medsft.files import MedsftError, iter_jsonl, write_json
+
+MODEL = "output/full"  # model spec: the SFT model (train.py's), a LoRA adapter dir (that adapter trains on), a ModelScope id, local dir or "tiny"
+DATASET = ""  # multiple-choice rows: a .jsonl/.json/.csv/.parquet file, a folder of CMMLU-layout <subject>.csv, or a ModelScope id (split train)
+DATASET_REVISION = ""  # ModelScope dataset version when DATASET is a hub id; "" = the hub's current
+EVAL_DATA = "data/test.jsonl"  # questions measured by inference/evaluate (data.py's test split): dropped from DATASET; "" = none
+EVAL_CMMLU = ""  # benchmark.py's CMMLU (ModelScope id or local folder) whose SUBJECTS are dropped from DATASET; "" = not checked (printed)
+SUBJECTS = "anatomy,clinical_knowledge,college_medicine,genetics,nutrition,traditional_chinese_medicine,virology"  # benchmark.py's
+HELDOUT = 64  # rows held out (chosen by SEED) to measure the correctness reward before and after; never trained on
+OUTPUT_DIR = "output/grpo"  # trained model (or adapter), tokenizer, checkpoints, trainer_state.json, train_config.json
+RESULTS_DIR = "results"  # train_grpo.json
+ADAPTER = "none"  # none: train all parameters | lora: a new LoRA adapter on MODEL (the reference is the adapter switched off: no copy)
+NUM_GENERATIONS = 8  # completions per prompt (the group whose rewards are compared); TRL's default; 4-option items need a few to differ
+MAX_COMPLETION_LENGTH = 1536  # think + answer tokens at most; SFT rows average ~940, TRL's 512 would cut most thinks (they score 0)
+BATCH_SIZE = 2  # completions per micro-batch (2 x 1536 x 151,936 logits dominate the backward pass)
+GRAD_ACCUM = 16  # micro-batches per optimizer step: 32 completions = 4 prompts x 8, generated as one batch
+MAX_STEPS = 500  # optimizer steps (4 prompts each with the defaults: 2,000 prompts)
+LEARNING_RATE = 1e-6  # full-parameter RL moves 1.7B weights on a noisy signal: TRL's default; ~1e-5 with ADAPTER=lora
+BETA = 0.04  # KL penalty to the SFT model (a reference copy when > 0): keeps format and switches from drifting; TRL's default 0 has none
+LOSS_TYPE = "dapo"  # token-normalised over the batch (no length bias); "grpo" averages per sequence and favours short correct thinks
+SCALE_REWARDS = "group"  # advantage scaling: group (std within a prompt's group) | batch | none (Dr. GRPO)
+TEMPERATURE = None  # sampling temperature; None = the model's generation_config (Qwen3: 0.6), not TRL's 1.0
+TOP_P = None  # None = the model's generation_config (Qwen3: 0.95), not TRL's 1.0
+TOP_K = None  # None = the model's generation_config (Qwen3: 20), not TRL's 0 (off)
+NO_THINK_RATIO = 0.25  # share of prompts in the no-think forms (half enable_thinking=False, half /no_think), chosen by SEED per row
+CORRECT_WEIGHT = 1.0  # weight of the correctness reward (1 = right letter, 0 otherwise)
+SHAPE_WEIGHT = 0.2  # weight of the shape reward (1 = the shape the mode asks for): small, the answer matters most
+REPETITION_WEIGHT = 0.5  # weight of the repetition penalty (0 to -1); 0 = off
+OVERLONG_WEIGHT = 0.5  # weight of the overlong penalty (0 to -1); 0 = off
+CORRECT_NEEDS_SHAPE = True  # a right letter counts only in the mode's shape: otherwise dropping the think would pay (think collapse)
+REPETITION_NGRAM = 8  # tokens per n-gram for the repetition penalty (token ids: works on Chinese, which has no spaces)
+REPETITION_FREE = 0.1  # share of repeated n-grams tolerated before any penalty (ordinary text repeats a few)
+OVERLONG_BUFFER = 256  # the last tokens before MAX_COMPLETION_LENGTH where the penalty ramps from 0 to -1 (DAPO)
+SAVE_STEPS = 25  # checkpoint every N steps: a kill -9 loses at most this many
+LOGGING_STEPS = 1  # log every reward, KL and lengths every N steps
+SEED = 42  # seed of the held-out choice, the modes, the data order and sampling
+PRECISION = "auto"  # auto | bf16 | fp32 (as train.py); auto = bf16 on a bf16 GPU, fp32 on CPU
+GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass
+USE_VLLM = False  # generate with vLLM (colocate, GPU only) instead of transformers' generate
+RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR
+OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run
+
+
+# --- rewards: pure functions of one completion ------------------------------------------------------------------
+def correct_reward(output: str, gold: str, mode: str = "think", finished: bool = True,
+                   needs_shape: bool = True) -> float:
+    """1.0 when benchmark.py's strict reader (``cmmlu.extract``: after the think; hedges, an unclosed think and a
+    stray think tag read as no letter) reads ``gold``, else 0.0. ``needs_shape``: only in the shape ``mode`` asks
+    for (``shape_reward``), and only a finished completion (a cut-off one may have been about to change its mind)."""
+    if not finished or (needs_shape and not shape_reward(output, mode, finished)):
+        return 0.0
+    return 1.0 if cmmlu.extract(output)[0] == gold else 0.0
+
+
+def shape_reward(output: str, mode: str, finished: bool = True) -> float:
+    """1.0 when the completion has the shape ``mode`` asks for (``chat.obeying_shapes``: think mode a closed,
+    non-empty think then a non-empty answer; the no-think modes an empty think block or none, then an answer)."""
+    return 1.0 if chat.output_shape(output, finished) in chat.obeying_shapes(mode) else 0.0
+
+
+def repetition_penalty(ids, n: int = REPETITION_NGRAM, free: float = REPETITION_FREE) -> float:
+    """0 to -1: minus the share of token n-grams that already occurred earlier in the completion, beyond ``free``
+    (rescaled so that all-repeated is -1). Token ids, not words: Chinese text has no spaces to split on."""
+    ids = list(ids)
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    if not grams:
+        return 0.0
+    repeated = len(grams) - len(set(grams))
+    share = repeated / len(grams)
+    return -max(0.0, share - free) / (1.0 - free) if free < 1 else 0.0
+
+
+def overlong_penalty(n_tokens: int, finished: bool, max_len: int = MAX_COMPLETION_LENGTH,
+                     buffer: int = OVERLONG_BUFFER) -> float:
+    """DAPO's soft overlong punishment: 0 up to ``max_len - buffer`` tokens, then a linear ramp to -1 at
+    ``max_len``; a completion that never ended (cut off at the cap) is -1."""
+    if not finished:
+        return -1.0
+    start = max_len - buffer
+    if buffer <= 0 or n_tokens <= start:
+        return 0.0
+    return -min(1.0, (n_tokens - start) / buffer)
+
+
+def reward_functions(eos_ids, cfg: dict) -> list:
+    """The four rewards in TRL's signature ``f(prompts, completions, completion_ids, **columns) -> [float]`` (TRL
+    passes every dataset column: ``gold`` and ``mode`` here); each function's name is its logged name."""
+    stop = set(eos_ids)
+
+    def ended(ids):
+        return bool(ids) and ids[-1] in stop
+
+    def text_of(completion):  # non-conversational prompts: TRL hands back decoded text
+        return completion if isinstance(completion, str) else completion[-1]["content"]
+
+    def correct(prompts, completions, completion_ids, gold, mode, **_):
+        return [correct_reward(text_of(c), g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"])
+                for c, i, g, m in zip(completions, completion_ids, gold, mode)]
+
+    def shape(prompts, completions, completion_ids, mode, **_):
+        return [shape_reward(text_of(c), m, ended(i)) for c, i, m in zip(completions, completion_ids, mode)]
+
+    def repetition(prompts, completions, completion_ids, **_):
+        return [repetition_penalty(i, cfg["REPETITION_NGRAM"], cfg["REPETITION_FREE"]) for i in completion_ids]
+
+    def overlong(prompts, completions, completion_ids, **_):
+        return [overlong_penalty(len(i), ended(i), cfg["MAX_COMPLETION_LENGTH"], cfg["OVERLONG_BUFFER"])
+                for i in completion_ids]
+
+    return [correct, shape, repetition, overlong]
+
+
+# --- multiple-choice rows ---------------------------------------------------------------------------------------
+OPTION_LETTERS = "ABCDE"
+QUESTION_KEYS = ("question", "Question", "题目", "stem")
+ANSWER_KEYS = ("answer", "Answer", "gold", "答案", "label")
+OPTIONS_KEYS = ("options", "choices", "option", "选项")
+
+
+def _letters(text) -> str | None:
+    """'B' / 'AC' / 'A,C' / 'A、C' / ['A', 'C'] -> sorted distinct letters ('AC'); None when not letters A-E."""
+    if isinstance(text, (list, tuple)):
+        text = "".join(str(t) for t in text)
+    if not isinstance(text, str):
+        return None
+    bare = re.sub(r"[\s,，、;；/|]+", "", text.strip().upper())
+    if not bare or not re.fullmatch(f"[{OPTION_LETTERS}]+", bare):
+        return None
+    return "".join(sorted(set(bare)))
+
+
+def _options(rec: dict) -> list[str] | str:
+    """The options of a record, in letter order, or an error text. Columns A..E, or a list, or a dict by letter."""
+    for key in OPTIONS_KEYS:
+        value = rec.get(key)
+        if isinstance(value, str) and value.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return f"'{key}' is not a JSON list or object"
+        if isinstance(value, dict):
+            letters = sorted(k.strip().upper() for k in value)
+            if letters != list(OPTION_LETTERS[:len(letters)]):
+                return f"'{key}' keys {sorted(value)} are not A, B, C... in order"
+            value = [value[k] for k in sorted(value, key=lambda k: k.strip().upper())]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        if value is not None:
+            return f"'{key}' is neither a list nor an object"
+    cols = [rec.get(c) for c in OPTION_LETTERS]
+    while cols and cols[-1] in (None, ""):
+        cols.pop()
+    return ["" if c is None else str(c) for c in cols]
+
+
+def parse_row(rec: dict) -> dict | str:
+    """One validated multiple-choice row ``{question, choices, gold}`` or the reason it is bad (a string)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    question = next((rec[k] for k in QUESTION_KEYS if isinstance(rec.get(k), str)), None)
+    if question is None or not question.strip():
+        return "empty or missing 'question'"
+    choices = _options(rec)
+    if isinstance(choices, str):
+        return choices
+    if not 2 <= len(choices) <= len(OPTION_LETTERS):
+        return f"{len(choices)} options; expected 2 to {len(OPTION_LETTERS)} (columns A-E, or a list/object)"
+    if any(not c.strip() for c in choices):
+        return "an empty option"
+    raw = next((rec[k] for k in ANSWER_KEYS if rec.get(k) not in (None, "")), None)
+    gold = _letters(raw)
+    if gold is None:
+        return f"answer {raw!r} is not option letter(s) A-E"
+    if any(OPTION_LETTERS.index(g) >= len(choices) for g in gold):
+        return f"answer {gold} names an option the row does not have ({len(choices)} options)"
+    found = chat.find_control_token({"question": question, **{str(i): c for i, c in enumerate(choices)}},
+                                    ["question", *map(str, range(len(choices)))])
+    if found:
+        return f"'{found[0]}' holds the chat control token {found[1]}"
+    return {"question": question.strip(), "choices": [c.strip() for c in choices], "gold": gold}
+
+
+def _records(path: Path):
+    """(where, record or error) of a JSONL / JSON / CSV / parquet file; CSV line numbers are where a record starts."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8-sig")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                for i, rec in enumerate(json.loads(text)):
+                    yield f"{path}:[{i}]", rec
+                return
+            except json.JSONDecodeError as e:
+                raise MedsftError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        for lineno, obj, err in iter_jsonl(path):
+            yield f"{path}:{lineno}", err or obj
+    elif suffix == ".csv":
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                reader = csv.reader(f)
+                header = [h.strip() for h in next(reader, [])]
+                start = reader.line_num + 1
+                for rec in reader:
+                    where, start = f"{path}:{start}", reader.line_num + 1
+                    if any(field.strip() for field in rec):
+                        yield where, {h: rec[k] if k < len(rec) else None for k, h in enumerate(header) if h}
+        except UnicodeDecodeError as e:
+            raise MedsftError(f"{path}: not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, rec in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i + 1}", rec
+    else:
+        raise MedsftError(f"{path}: unknown file type {suffix!r}; expected .jsonl, .json, .csv or .parquet")
+
+
+def read_rows(dataset, revision: str = "") -> tuple[list[dict], list[dict]]:
+    """(rows, bad): every valid row with its ``where`` (file:line) and ``id``; each bad row's where and reason."""
+    src = Path(str(dataset)).expanduser()
+    if src.is_dir():
+        files = sorted(src.glob("*.csv"))
+        if not files:
+            raise MedsftError(f"--dataset={dataset}: a folder without .csv files (CMMLU layout: <subject>.csv)")
+        sources = [(f, _records(f)) for f in files]
+    elif src.is_file():
+        sources = [(src, _records(src))]
+    else:
+        from medsft import models
+
+        if not models.is_hub_id(str(dataset)):
+            raise MedsftError(f"--dataset={dataset}: no such file or folder, and not a ModelScope id (org/name)")
+        sources = [(dataset, _hub_records(str(dataset), revision))]
+    rows, bad = [], []
+    for src_path, records in sources:
+        for where, rec in records:
+            got = rec if isinstance(rec, str) else parse_row(rec)
+            if isinstance(got, str):
+                bad.append({"where": where, "reason": got})
+                print(f"{where}: {got}; row skipped")
+                continue
+            got["id"] = hashlib.sha256(json.dumps([got["question"], got["choices"]], ensure_ascii=False)
+                                       .encode()).hexdigest()[:16]
+            rows.append({**got, "where": where})
+    if not rows:
+        raise MedsftError(f"--dataset={dataset}: no valid multiple-choice rows ({len(bad)} bad, listed above)")
+    return rows, bad
+
+
+def _hub_records(dataset: str, revision: str):
+    from modelscope.msdatasets import MsDataset
+
+    pinned = {"version": revision} if revision else {}
+    try:
+        records = MsDataset.load(dataset, split="train", trust_remote_code=False, **pinned)
+    except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
+        raise MedsftError(f"loading {dataset} (train) from ModelScope failed: {type(e).__name__}: {e}; pass a local "
+                          "file instead") from e
+    for i, rec in enumerate(records):
+        yield f"{dataset}:{i}", dict(rec)
+
+
+def reader_supports(row: dict) -> bool:
+    """Rows benchmark.py's reader and prompt can score today: four options and one answer letter (A-D).
+    Five-option and multi-answer rows are validated but not trained on until ``cmmlu.extract`` takes letters."""
+    return len(row["choices"]) == 4 and len(row["gold"]) == 1
+
+
+# --- evaluation overlap -----------------------------------------------------------------------------------------
+def question_key(text: str) -> str:
+    """A question's identity across files: NFKC (full-width = half-width), no whitespace or punctuation, lower case."""
+    text = unicodedata.normalize("NFKC", str(text)).lower()
+    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
+
+
+def eval_questions(eval_data: str, eval_cmmlu: str, subjects: str) -> tuple[set[str], dict]:
+    """The question keys of the evaluation sets and how many each gave."""
+    keys, sources = set(), {}
+    if eval_data:
+        path = Path(eval_data)
+        if not path.is_file():
+            raise MedsftError(f"--eval_data={eval_data}: no such file (data.py writes data/test.jsonl); pass "
+                              "--eval_data= to check nothing")
+        found = {question_key(obj["question"]) for _, obj, err in iter_jsonl(path)
+                 if not err and isinstance(obj.get("question"), str)}
+        keys |= found
+        sources[str(path)] = len(found)
+    if eval_cmmlu:
+        items = cmmlu.load_items(eval_cmmlu, cmmlu.parse_subjects(subjects))
+        found = {question_key(it["question"]) for it in items}
+        keys |= found
+        sources[str(eval_cmmlu)] = len(found)
+    return keys, sources
+
+
+def drop_eval_overlap(rows: list[dict], keys: set[str]) -> tuple[list[dict], int]:
+    """Rows whose question is in no evaluation set, and how many were dropped."""
+    kept = [r for r in rows if question_key(r["question"]) not in keys]
+    return kept, len(rows) - len(kept)
+
+
+# --- prompts ----------------------------------------------------------------------------------------------------
+def mc_question(row: dict) -> str:
+    """The user turn: benchmark.py's multiple-choice prompt (``cmmlu.prompt``), so RL trains what it measures."""
+    return cmmlu.prompt({"subject": row.get("subject") or "医学", "question": row["question"],
+                         "choices": row["choices"]})
+
+
+def split_heldout(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, heldout): ``n`` rows chosen by a hash of (seed, id), the same on every run and resume."""
+    order = sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:held:{r['id']}".encode()).hexdigest())
+    held = {r["id"] for r in order[:n]}
+    return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
+
+
+def prompt_rows(tokenizer, rows: list[dict], no_think_ratio: float, seed: int) -> list[dict]:
+    """The GRPO dataset: each row's prompt as text rendered with the project's chat format in its mode
+    (``chat.example_modes``: seeded per row id). Text, not messages: TRL's chat_template_kwargs is one setting for
+    every prompt, so enable_thinking could not vary per row; TRL tokenizes the text, which equals
+    ``chat.prompt_ids`` for rows without control tokens (``parse_row`` rejects those)."""
+    modes = chat.example_modes([r["id"] for r in rows], no_think_ratio, seed)
+    return [{"prompt": chat.prompt_text(tokenizer, mc_question(r), mode=m), "gold": r["gold"], "mode": m,
+             "id": r["id"]} for r, m in zip(rows, modes)]
+
+
+# --- results ----------------------------------------------------------------------------------------------------
+STEP_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
+             "frac_reward_zero_std", "loss", "learning_rate", "grad_norm")
+
+
+def step_history(log_history: list[dict], reward_names) -> list[dict]:
+    """Per logged step: each reward's mean and std, KL, completion length, clipped share (None when absent)."""
+    out = []
+    for entry in log_history:
+        if "step" not in entry or not any(k.startswith("rewards/") for k in entry):
+            continue
+        row = {"step": entry["step"]}
+        for name in reward_names:
+            row[f"{name}_mean"] = entry.get(f"rewards/{name}/mean")
+            row[f"{name}_std"] = entry.get(f"rewards/{name}/std")
+        row.update({k.replace("completions/", "completion_"): entry.get(k) for k in STEP_KEYS})
+        out.append(row)
+    return out
+
+
+def generation_settings(model, cfg: dict) -> dict:
+    """temperature / top_p / top_k: the constants when set, else the model's generation_config (TRL would use its
+    own 1.0 / 1.0 / 0 otherwise)."""
+    gc = model.generation_config
+    pick = lambda name, default: cfg[name.upper()] if cfg[name.upper()] is not None else (  # noqa: E731
+        getattr(gc, name, None) if getattr(gc, name, None) is not None else default)
+    return {"temperature": float(pick("temperature", 1.0)), "top_p": float(pick("top_p", 1.0)),
+            "top_k": int(pick("top_k", 0))}
+
+
+def main():
+    cfg = configure(globals())
+    import torch
+    from datasets import Dataset
+    try:
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        raise MedsftError("train_grpo.py needs TRL, not yet in requirements.txt: "
+                          ".venv/bin/pip install --no-deps trl==1.16.0") from None
+
+    from medsft.generate import eos_ids
+    from medsft.models import load_model, load_tokenizer
+    from medsft.training import checkpoints
+
+    # 1. Checks before any weights: the rows (bad ones reported with file:line and counted), the evaluation
+    #    questions dropped, the held-out rows set aside, the rows today's reader cannot score counted
+    if not DATASET:
+        raise MedsftError("--dataset is required: a multiple-choice file (JSONL/CSV/parquet), a folder of CMMLU-"
+                          "layout CSVs, or a ModelScope id")
+    if NUM_GENERATIONS < 2 or (BATCH_SIZE * GRAD_ACCUM) % NUM_GENERATIONS:
+        raise MedsftError(f"--batch_size x --grad_accum ({BATCH_SIZE * GRAD_ACCUM}) must be a multiple of "
+                          f"--num_generations ({NUM_GENERATIONS}), which must be at least 2")
+    rows, bad = read_rows(DATASET, DATASET_REVISION)
+    keys, eval_sources = eval_questions(EVAL_DATA, EVAL_CMMLU, SUBJECTS)
+    if not EVAL_CMMLU:
+        print("note: --eval_cmmlu not set: questions of benchmark.py's CMMLU are not checked for overlap")
+    rows, n_overlap = drop_eval_overlap(rows, keys)
+    usable = [r for r in rows if reader_supports(r)]
+    train_rows, heldout = split_heldout(usable, HELDOUT, SEED)
+    stats = {"rows_read": len(rows) + n_overlap + len(bad), "rows_bad": len(bad), "bad": bad[:100],
+             "dropped_eval_overlap": n_overlap, "eval_sources": eval_sources,
+             "skipped_reader": len(rows) - len(usable), "heldout": len(heldout), "train": len(train_rows)}
+    print(f"{DATASET}: {stats['rows_read']} rows, {len(bad)} bad, {n_overlap} in the evaluation sets (dropped), "
+          f"{stats['skipped_reader']} not 4-option single-answer (skipped), {len(heldout)} held out, "
+          f"{len(train_rows)} to train on")
+    if not train_rows:
+        raise MedsftError("no rows left to train on (see the counts above)")
+    out = Path(OUTPUT_DIR)
+    found = checkpoints(out) if out.is_dir() else []
+    resume_from = str(found[-1][1]) if RESUME and found else None
+    if found and not (RESUME or OVERWRITE):
+        raise MedsftError(f"{out} holds checkpoints: continue with --resume=true or start over with --overwrite=true")
+
+    # 2. The model (a LoRA adapter dir: that adapter, trainable; ADAPTER=lora: a new one), prompts in their modes
+    tokenizer = load_tokenizer(MODEL)
+    cpu = not torch.cuda.is_available()
+    dtype = torch.float32 if cpu or PRECISION == "fp32" else torch.bfloat16
+    adapter_dir = Path(str(MODEL)) / "adapter_config.json"
+    peft_config = None
+    if adapter_dir.is_file():
+        from peft import PeftModel
+
+        from medsft.adapters import lora_base
+
+        model = PeftModel.from_pretrained(load_model(lora_base(str(MODEL)), dtype=dtype), str(MODEL), is_trainable=True)
+    else:
+        model = load_model(MODEL, dtype=dtype)
+        if ADAPTER == "lora":
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                     task_type="CAUSAL_LM")
+    dataset = Dataset.from_list(prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED))
+    sampling = generation_settings(model, cfg)
+
+    # 3. GRPO: four rewards with their weights, sampling as the model's generation_config says, checkpoints every
+    #    SAVE_STEPS (Ctrl-C / kill -9: --resume=true continues from the newest)
+    args = GRPOConfig(
+        output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH_SIZE,
+        gradient_accumulation_steps=GRAD_ACCUM, learning_rate=LEARNING_RATE, num_generations=NUM_GENERATIONS,
+        max_completion_length=MAX_COMPLETION_LENGTH, beta=BETA, loss_type=LOSS_TYPE, scale_rewards=SCALE_REWARDS,
+        reward_weights=[CORRECT_WEIGHT, SHAPE_WEIGHT, REPETITION_WEIGHT, OVERLONG_WEIGHT], **sampling,
+        logging_steps=LOGGING_STEPS, save_steps=SAVE_STEPS, save_total_limit=2, seed=SEED, data_seed=SEED,
+        bf16=dtype == torch.bfloat16, use_cpu=cpu, gradient_checkpointing=GRADIENT_CHECKPOINTING and not cpu,
+        use_vllm=USE_VLLM, vllm_mode="colocate", report_to="none", disable_tqdm=True, save_only_model=False)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(eos_ids(model, tokenizer), cfg), args=args,
+                          train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    # 4. Results (rank 0 alone writes: Trainer's should_save), the model, the config
+    if trainer.args.should_save:
+        names = [f.__name__ for f in trainer.reward_funcs]
+        results = {"model": str(MODEL), "dataset": str(DATASET), "data": stats, "sampling": sampling,
+                   "steps": step_history(trainer.state.log_history, names)}
+        written = [write_json(Path(RESULTS_DIR) / "train_grpo.json", results)]
+        trainer.save_model(str(out))
+        tokenizer.save_pretrained(str(out))
+        trainer.state.save_to_json(str(out / "trainer_state.json"))
+        written.append(save_config(cfg, out / "train_config.json"))
+        print("wrote:\n  " + "\n  ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()
