@@ -2,7 +2,7 @@
 # The whole pipeline, in order, each stage handing over files on disk:
 #   data → train (full) → train_lora → predictions base / full / LoRA, each thinking on and off (both switches)
 #   → evaluate ×2 (chain of thought, mode adherence) → rouge_eval ×2 (+ charts)
-#   → benchmark ×3 (CMMLU medical knowledge of base / full / LoRA)
+#   → benchmark ×3 (CMMLU medical knowledge of base / full / LoRA) → export (the full fine-tune as GGUF, q8_0)
 #
 #   bash pipeline.sh              # the real run: Qwen/Qwen3-1.7B, dataset from ModelScope (GPU), in ./
 #   MODEL=tiny bash pipeline.sh   # offline CPU demo (a few minutes): tiny random-init Qwen3 on demo/ data,
@@ -64,4 +64,6 @@ if [ "$MODEL" != tiny ] || [ -d "$CMMLU" ]; then
 else
   echo; echo "=== benchmark.py skipped: no local CMMLU at $CMMLU (set CMMLU=/path/to/CMMLU/data/test)"
 fi
+# the full fine-tune as one GGUF file + an Ollama Modelfile (q8_0), for Ollama, llama.cpp and LM Studio
+step export.py --model_dir=output/full --output_dir=export/full
 echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, adherence.png, think_status.png, benchmark.png, trainloss.png, evalloss.png)"

@@ -43,8 +43,14 @@ def test_tiny_pipeline_writes_every_result_and_reruns(tmp_path):
     # the real stage outputs a user keeps: model, adapter with its base recorded, split files
     assert (run_dir / "output" / "full" / "model.safetensors").is_file()
     assert json.loads((run_dir / "output" / "lora" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    # the last stage: the full fine-tune as a q8_0 GGUF with its Modelfile naming it
+    gguf = run_dir / "export" / "full" / "medsft-full-q8_0.gguf"
+    assert gguf.read_bytes()[:4] == b"GGUF"
+    assert "FROM ./medsft-full-q8_0.gguf" in (run_dir / "export" / "full" / "Modelfile").read_text()
     # a second run retrains to the same weights (same seed), so the predictions are reused, not redone
     before = (results / "predictions_full.jsonl").read_bytes()
+    exported = gguf.read_bytes()
     second = run_pipeline(run_dir, tmp_path / "cache")
     assert "already complete" in second.stdout
     assert (results / "predictions_full.jsonl").read_bytes() == before
+    assert gguf.read_bytes() == exported
