@@ -3,20 +3,25 @@
 Reads   MODEL (default output/full, train.py's; a LoRA adapter dir continues that adapter), DATASET (multiple-choice
         rows: JSONL / CSV / parquet, a folder of CMMLU-layout CSVs, or a ModelScope id), and the evaluation sets
         EVAL_DATA / EVAL_CMMLU, whose questions are dropped from DATASET so RL never trains on what is measured.
-Writes  OUTPUT_DIR/ (model or adapter, tokenizer, checkpoint-N/, trainer_state.json, train_config.json);
-        RESULTS_DIR/train_grpo.json (per step: each reward's mean and std, KL, completion length, clipped share).
+Writes  OUTPUT_DIR/ (model or adapter, tokenizer, checkpoint-N/, trainer_state.json last, train_config.json,
+        run_fingerprint.json); RESULTS_DIR/train_grpo.json (per step: each reward's mean and std, KL, completion
+        length, clipped share; the held-out reward and adherence before and after), grpo_heldout.jsonl (those
+        completions), rewards.png, completion_length.png.
 
     python train_grpo.py --dataset=mcq/train.jsonl                     # output/full on a GPU
     python train_grpo.py --model=tiny --dataset=demo/grpo_mcq.jsonl --max_steps=2 --max_completion_length=16
     python train_grpo.py --dataset=... --resume=true                   # continue after Ctrl-C or kill -9
+    python train_grpo.py --dataset=... --dry_run=true                  # counts and memory estimate, nothing loaded
+    torchrun --nproc_per_node=2 train_grpo.py --dataset=...            # several GPUs: rank 0 alone writes
 
 Each completion is scored by four small pure functions below (weights: the *_WEIGHT constants), each logged on its
 own as rewards/<name>/mean and /std: ``correct`` (the letter benchmark.py's strict reader reads after the think
 equals the gold one), ``shape`` (the shape the prompt's mode asks for), ``repetition`` (a penalty on repeated token
 n-grams) and ``overlong`` (DAPO's soft penalty near MAX_COMPLETION_LENGTH; -1 when cut off). NO_THINK_RATIO of the
 prompts are rendered in Qwen3's soft and hard no-think forms, per row, so the thinking switches keep working.
-Status: the rewards, the row reader, the mode prompts and the eval-overlap filter are built and tested; the
-trainer wiring is the minimal one of docs/plans/issue-25-grpo.md (the medsft additions it names are not made yet).
+HELDOUT rows (never trained on) are answered in all three modes by the model before and after training: the
+correctness reward and the shape adherence per mode land in train_grpo.json and its report. docs/grpo.md explains
+the rewards, the defaults per model size, the metrics to watch and several GPUs.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ NUM_GENERATIONS = 8  # completions per prompt (the group whose rewards are compa
 MAX_COMPLETION_LENGTH = 1536  # think + answer tokens at most; SFT rows average ~940, TRL's 512 would cut most thinks (they score 0)
 BATCH_SIZE = 2  # completions per micro-batch (2 x 1536 x 151,936 logits dominate the backward pass)
 GRAD_ACCUM = 16  # micro-batches per optimizer step: 32 completions = 4 prompts x 8, generated as one batch
+NUM_ITERATIONS = 1  # gradient steps per generated batch (TRL's mu); > 1 reuses each batch under PPO clipping
 MAX_STEPS = 500  # optimizer steps (4 prompts each with the defaults: 2,000 prompts)
 LEARNING_RATE = 1e-6  # full-parameter RL moves 1.7B weights on a noisy signal: TRL's default; ~1e-5 with ADAPTER=lora
 BETA = 0.04  # KL penalty to the SFT model (a reference copy when > 0): keeps format and switches from drifting; TRL's default 0 has none
@@ -65,12 +71,21 @@ REPETITION_FREE = 0.1  # share of repeated n-grams tolerated before any penalty 
 OVERLONG_BUFFER = 256  # the last tokens before MAX_COMPLETION_LENGTH where the penalty ramps from 0 to -1 (DAPO)
 SAVE_STEPS = 25  # checkpoint every N steps: a kill -9 loses at most this many
 LOGGING_STEPS = 1  # log every reward, KL and lengths every N steps
+SAVE_TOTAL_LIMIT = 2  # checkpoints kept (the newest ones)
 SEED = 42  # seed of the held-out choice, the modes, the data order and sampling
+EVAL_BATCH_SIZE = 16  # held-out prompts generated at once, before and after training
 PRECISION = "auto"  # auto | bf16 | fp32 (as train.py); auto = bf16 on a bf16 GPU, fp32 on CPU
-GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass
+OPTIM = "auto"  # auto = train.py's choice (full bf16: torchao 8-bit AdamW with stochastic rounding) | any Trainer optim
+GRADIENT_CHECKPOINTING = True  # recompute activations in the backward pass (GPU only; CPU runs without)
 USE_VLLM = False  # generate with vLLM (colocate, GPU only) instead of transformers' generate
-RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR
-OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run
+VLLM_GPU_MEMORY_UTILIZATION = 0.3  # share of the GPU vLLM may take for weights and KV cache when USE_VLLM
+SWANLAB_PROJECT = "qwen3-grpo-medical"  # SwanLab project; SWANLAB_MODE=disabled|local|offline|cloud picks where it logs
+RUN_NAME = "qwen3-1.7b-grpo"  # SwanLab experiment name
+SWANLAB_LOG_DIR = "swanlog"  # local SwanLab logs (local/offline modes)
+RESUME = False  # continue from the newest whole checkpoint in OUTPUT_DIR (unreadable ones are moved aside)
+OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run (deletes its checkpoints and final model)
+ALLOW_CPU = False  # train a model over 100M parameters on the CPU anyway (days)
+DRY_RUN = False  # print the rows' counts and the memory estimate (training and generation), then exit
 
 
 # --- rewards: pure functions of one completion ------------------------------------------------------------------
@@ -143,10 +158,10 @@ def reward_functions(eos_ids, cfg: dict) -> list:
 
 
 # --- multiple-choice rows ---------------------------------------------------------------------------------------
-OPTION_LETTERS = "ABCDE"
-QUESTION_KEYS = ("question", "Question", "题目", "stem")
-ANSWER_KEYS = ("answer", "Answer", "gold", "答案", "label")
-OPTIONS_KEYS = ("options", "choices", "option", "选项")
+_OPTION_LETTERS = "ABCDE"
+_QUESTION_KEYS = ("question", "Question", "题目", "stem")
+_ANSWER_KEYS = ("answer", "Answer", "gold", "答案", "label")
+_OPTIONS_KEYS = ("options", "choices", "option", "选项")
 
 
 def _letters(text) -> str | None:
@@ -156,14 +171,14 @@ def _letters(text) -> str | None:
     if not isinstance(text, str):
         return None
     bare = re.sub(r"[\s,，、;；/|]+", "", text.strip().upper())
-    if not bare or not re.fullmatch(f"[{OPTION_LETTERS}]+", bare):
+    if not bare or not re.fullmatch(f"[{_OPTION_LETTERS}]+", bare):
         return None
     return "".join(sorted(set(bare)))
 
 
 def _options(rec: dict) -> list[str] | str:
     """The options of a record, in letter order, or an error text. Columns A..E, or a list, or a dict by letter."""
-    for key in OPTIONS_KEYS:
+    for key in _OPTIONS_KEYS:
         value = rec.get(key)
         if isinstance(value, str) and value.strip().startswith(("[", "{")):
             try:
@@ -172,14 +187,14 @@ def _options(rec: dict) -> list[str] | str:
                 return f"'{key}' is not a JSON list or object"
         if isinstance(value, dict):
             letters = sorted(k.strip().upper() for k in value)
-            if letters != list(OPTION_LETTERS[:len(letters)]):
+            if letters != list(_OPTION_LETTERS[:len(letters)]):
                 return f"'{key}' keys {sorted(value)} are not A, B, C... in order"
             value = [value[k] for k in sorted(value, key=lambda k: k.strip().upper())]
         if isinstance(value, (list, tuple)):
             return [str(v) for v in value]
         if value is not None:
             return f"'{key}' is neither a list nor an object"
-    cols = [rec.get(c) for c in OPTION_LETTERS]
+    cols = [rec.get(c) for c in _OPTION_LETTERS]
     while cols and cols[-1] in (None, ""):
         cols.pop()
     return ["" if c is None else str(c) for c in cols]
@@ -189,21 +204,21 @@ def parse_row(rec: dict) -> dict | str:
     """One validated multiple-choice row ``{question, choices, gold}`` or the reason it is bad (a string)."""
     if not isinstance(rec, dict):
         return "not a JSON object"
-    question = next((rec[k] for k in QUESTION_KEYS if isinstance(rec.get(k), str)), None)
+    question = next((rec[k] for k in _QUESTION_KEYS if isinstance(rec.get(k), str)), None)
     if question is None or not question.strip():
         return "empty or missing 'question'"
     choices = _options(rec)
     if isinstance(choices, str):
         return choices
-    if not 2 <= len(choices) <= len(OPTION_LETTERS):
-        return f"{len(choices)} options; expected 2 to {len(OPTION_LETTERS)} (columns A-E, or a list/object)"
+    if not 2 <= len(choices) <= len(_OPTION_LETTERS):
+        return f"{len(choices)} options; expected 2 to {len(_OPTION_LETTERS)} (columns A-E, or a list/object)"
     if any(not c.strip() for c in choices):
         return "an empty option"
-    raw = next((rec[k] for k in ANSWER_KEYS if rec.get(k) not in (None, "")), None)
+    raw = next((rec[k] for k in _ANSWER_KEYS if rec.get(k) not in (None, "")), None)
     gold = _letters(raw)
     if gold is None:
         return f"answer {raw!r} is not option letter(s) A-E"
-    if any(OPTION_LETTERS.index(g) >= len(choices) for g in gold):
+    if any(_OPTION_LETTERS.index(g) >= len(choices) for g in gold):
         return f"answer {gold} names an option the row does not have ({len(choices)} options)"
     found = chat.find_control_token({"question": question, **{str(i): c for i, c in enumerate(choices)}},
                                     ["question", *map(str, range(len(choices)))])
@@ -356,7 +371,7 @@ def prompt_rows(tokenizer, rows: list[dict], no_think_ratio: float, seed: int) -
 
 
 # --- results ----------------------------------------------------------------------------------------------------
-STEP_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
+_STEP_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
              "frac_reward_zero_std", "loss", "learning_rate", "grad_norm")
 
 
@@ -370,7 +385,7 @@ def step_history(log_history: list[dict], reward_names) -> list[dict]:
         for name in reward_names:
             row[f"{name}_mean"] = entry.get(f"rewards/{name}/mean")
             row[f"{name}_std"] = entry.get(f"rewards/{name}/std")
-        row.update({k.replace("completions/", "completion_"): entry.get(k) for k in STEP_KEYS})
+        row.update({k.replace("completions/", "completion_"): entry.get(k) for k in _STEP_KEYS})
         out.append(row)
     return out
 
@@ -385,28 +400,100 @@ def generation_settings(model, cfg: dict) -> dict:
             "top_k": int(pick("top_k", 0))}
 
 
+def heldout_scores(model, tokenizer, rows: list[dict], cfg: dict, sampling: dict, when: str) -> tuple[dict, list]:
+    """Each held-out row answered in all three modes, sampled as in training (seeded): the mean correctness reward
+    (overall and per mode) and the shape adherence per mode, plus the completions."""
+    from medsft import adherence
+    from medsft.generate import generate
+
+    pairs = [(r, m) for r in rows for m in chat.MODES]
+    results = generate(model, tokenizer, [mc_question(r) for r, _ in pairs], modes=[m for _, m in pairs],
+                       max_new_tokens=cfg["MAX_COMPLETION_LENGTH"], do_sample=True, seed=cfg["SEED"],
+                       batch_size=cfg["EVAL_BATCH_SIZE"], progress=False, **sampling)
+    done = [{"when": when, "id": r["id"], "mode": m, "gold": r["gold"], "output": res["output"],
+             "finished": res["finished"], "new_tokens": res["new_tokens"],
+             "correct": correct_reward(res["output"], r["gold"], m, res["finished"], cfg["CORRECT_NEEDS_SHAPE"])}
+            for (r, m), res in zip(pairs, results)]
+    shapes = adherence.measure({m: [d for d in done if d["mode"] == m] for m in chat.MODES})
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
+    return {"n_rows": len(rows), "correct": mean([d["correct"] for d in done]),
+            "by_mode": {m: {"correct": mean([d["correct"] for d in done if d["mode"] == m]),
+                            "adherence": shapes[m]["rate"], "shapes": shapes[m]["shapes"]} for m in chat.MODES}}, done
+
+
+_RUN_KEYS = ("MODEL", "DATASET_REVISION", "ADAPTER", "NUM_GENERATIONS", "MAX_COMPLETION_LENGTH", "BATCH_SIZE",
+             "GRAD_ACCUM", "NUM_ITERATIONS", "MAX_STEPS", "LEARNING_RATE", "BETA", "LOSS_TYPE", "SCALE_REWARDS",
+             "TEMPERATURE", "TOP_P", "TOP_K", "NO_THINK_RATIO", "CORRECT_WEIGHT", "SHAPE_WEIGHT", "REPETITION_WEIGHT",
+             "OVERLONG_WEIGHT", "CORRECT_NEEDS_SHAPE", "REPETITION_NGRAM", "REPETITION_FREE", "OVERLONG_BUFFER",
+             "HELDOUT", "SEED")
+
+
+def run_fingerprint(cfg: dict, prompts: list[dict], heldout: list[dict], tokenizer_sha256: str, feats: dict) -> dict:
+    """What makes two runs the same run: the rows as prompted, the held-out rows, the tokenizer, the settings."""
+    digest = lambda obj: hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()  # noqa: E731
+    return json.loads(json.dumps({"data_sha256": digest(prompts), "heldout_sha256": digest([r["id"] for r in heldout]),
+                                  "tokenizer_sha256": tokenizer_sha256, **{k: cfg[k] for k in _RUN_KEYS},
+                                  "features": feats}))
+
+
+def run_config(cfg: dict):
+    """The shared run bookkeeping's view of this run (OUTPUT_DIR, resume, SwanLab, precision and optimizer)."""
+    from medsft.config import TrainConfig
+
+    keys = ("MODEL", "OUTPUT_DIR", "RESULTS_DIR", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "LEARNING_RATE",
+            "SAVE_STEPS", "SAVE_TOTAL_LIMIT", "LOGGING_STEPS", "NO_THINK_RATIO", "SEED", "GRADIENT_CHECKPOINTING",
+            "PRECISION", "OPTIM", "SWANLAB_PROJECT", "RUN_NAME", "SWANLAB_LOG_DIR", "RESUME", "OVERWRITE",
+            "ALLOW_CPU", "DRY_RUN")
+    from medsft.training import distributed
+
+    world = distributed.world_size()
+    tc = TrainConfig.of({k: cfg[k] for k in keys}).replace(world_size=world, engine="ddp" if world > 1 else "single")
+    return tc.replace(lora_r=16) if cfg["ADAPTER"] == "lora" or is_adapter(cfg["MODEL"]) else tc
+
+
+def prompt_tokens(model_dir: Path, rows: list[dict], no_think_ratio: float, seed: int) -> int:
+    """The longest prompt in tokens (the memory estimate's); 384 when only config.json is here (a dry run of a hub
+    id): CMMLU's medical prompts reach 332 tokens of Qwen3's tokenizer."""
+    if not (model_dir / "tokenizer_config.json").is_file():
+        return 384
+    from medsft.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    return max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompt_rows(tokenizer, rows, no_think_ratio, seed))
+
+
+def is_adapter(model) -> bool:
+    return (Path(str(model)) / "adapter_config.json").is_file()
+
+
 def main():
     cfg = configure(globals())
     import torch
-    from datasets import Dataset
+
+    from medsft import memory, report, training
+    from medsft.adapters import lora_base
+    from medsft.files import write_jsonl
+    from medsft.generate import eos_ids
+    from medsft.models import load_model, load_tokenizer, resolve_model
+    from medsft.training import distributed, rundir
+    from medsft.training.finish import session_clock
+    from medsft.training.sft import TORCHAO_OPTIMS, graceful_stop, resolved
     try:
         from trl import GRPOConfig, GRPOTrainer
     except ImportError:
-        raise MedsftError("train_grpo.py needs TRL, not yet in requirements.txt: "
-                          ".venv/bin/pip install --no-deps trl==1.16.0") from None
-
-    from medsft.generate import eos_ids
-    from medsft.models import load_model, load_tokenizer
-    from medsft.training import checkpoints
+        raise MedsftError("train_grpo.py needs TRL: pip install -r requirements.txt") from None
 
     # 1. Checks before any weights: the rows (bad ones reported with file:line and counted), the evaluation
     #    questions dropped, the held-out rows set aside, the rows today's reader cannot score counted
+    training.guard_output()
+    distributed.start()
     if not DATASET:
         raise MedsftError("--dataset is required: a multiple-choice file (JSONL/CSV/parquet), a folder of CMMLU-"
                           "layout CSVs, or a ModelScope id")
-    if NUM_GENERATIONS < 2 or (BATCH_SIZE * GRAD_ACCUM) % NUM_GENERATIONS:
-        raise MedsftError(f"--batch_size x --grad_accum ({BATCH_SIZE * GRAD_ACCUM}) must be a multiple of "
-                          f"--num_generations ({NUM_GENERATIONS}), which must be at least 2")
+    world = distributed.world_size()
+    if NUM_GENERATIONS < 2 or (BATCH_SIZE * GRAD_ACCUM * world) % NUM_GENERATIONS:
+        raise MedsftError(f"--batch_size x --grad_accum x processes ({BATCH_SIZE * GRAD_ACCUM * world}) must be a "
+                          f"multiple of --num_generations ({NUM_GENERATIONS}), which must be at least 2")
     rows, bad = read_rows(DATASET, DATASET_REVISION)
     keys, eval_sources = eval_questions(EVAL_DATA, EVAL_CMMLU, SUBJECTS)
     if not EVAL_CMMLU:
@@ -422,59 +509,129 @@ def main():
           f"{len(train_rows)} to train on")
     if not train_rows:
         raise MedsftError("no rows left to train on (see the counts above)")
-    out = Path(OUTPUT_DIR)
-    found = checkpoints(out) if out.is_dir() else []
-    resume_from = str(found[-1][1]) if RESUME and found else None
-    if found and not (RESUME or OVERWRITE):
-        raise MedsftError(f"{out} holds checkpoints: continue with --resume=true or start over with --overwrite=true")
 
-    # 2. The model (a LoRA adapter dir: that adapter, trainable; ADAPTER=lora: a new one), prompts in their modes
+    # 2. The run directory (rank 0): a finished identical run is a no-op; a lock; resume from the newest whole
+    #    checkpoint (unreadable ones moved aside, never deleted); the memory estimate (--dry_run exits after it)
+    tc = run_config(cfg)
+    lora = tc.lora
+    feats = training.resolve_features(tc, lora=lora, log=False, assume_gpu=DRY_RUN)
+    print(f"precision={feats['PRECISION']} attention={feats['ATTN_IMPLEMENTATION']} optim={feats['OPTIM']} "
+          f"processes={world}")
+    model_dir = resolve_model(str(MODEL), config_only=DRY_RUN)
+    if DRY_RUN:
+        est = memory.grpo_estimate(resolved(tc, lora=lora, assume_gpu=True),
+                                   model_dir, beta=BETA, num_generations=NUM_GENERATIONS,
+                                   prompt_tokens=prompt_tokens(model_dir, train_rows, NO_THINK_RATIO, SEED),
+                                   max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
+                                   vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
+        print(memory.estimate_line(est))
+        print(f"dry run: {len(train_rows)} rows to train on, {BATCH_SIZE * GRAD_ACCUM * world // NUM_GENERATIONS} "
+              f"prompts x {NUM_GENERATIONS} completions per optimizer step; nothing loaded or written")
+        raise SystemExit(0)
     tokenizer = load_tokenizer(MODEL)
-    cpu = not torch.cuda.is_available()
-    dtype = torch.float32 if cpu or PRECISION == "fp32" else torch.bfloat16
-    adapter_dir = Path(str(MODEL)) / "adapter_config.json"
-    peft_config = None
-    if adapter_dir.is_file():
-        from peft import PeftModel
+    prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED)
+    fp = run_fingerprint(cfg, prompts, heldout, rundir.tokenizer_sha256(model_dir), feats)
 
-        from medsft.adapters import lora_base
+    def prepare():
+        rundir.check_finished(tc, "grpo", fp)  # same run already finished: say so, exit 0, touch nothing
+        est = memory.grpo_estimate(resolved(tc, lora=lora), model_dir, beta=BETA,
+                                   num_generations=NUM_GENERATIONS,
+                                   prompt_tokens=max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts),
+                                   max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
+                                   vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
+        print(memory.estimate_line(est))
+        if not est["params"] < rundir.CPU_MAX_PARAMS and not ALLOW_CPU and not torch.cuda.is_available():
+            raise MedsftError(f"no CUDA GPU found, and {MODEL} has {est['params'] / 1e9:.2f}B parameters: GRPO on a "
+                              "CPU takes days. Run it on a GPU, or add --allow_cpu=true")
+        memory.check_fits(est, lora)
+        rundir.lock_output_dir(OUTPUT_DIR)
+        resume_from = rundir.check_output_dir(tc)
+        rundir.check_same_run(tc, resume_from, feats, fp=fp)
+        return resume_from
+
+    resume_from = distributed.on_main(prepare)
+
+    # 3. The model (a LoRA adapter dir: that adapter, trainable; ADAPTER=lora: a new one) and its held-out scores
+    #    before training (recomputed on resume: MODEL is unchanged, the sampling seeded)
+    dtype = memory.weight_dtype(feats["PRECISION"], lora)
+    peft_config = None
+    if is_adapter(MODEL):
+        from peft import PeftModel
 
         model = PeftModel.from_pretrained(load_model(lora_base(str(MODEL)), dtype=dtype), str(MODEL), is_trainable=True)
     else:
-        model = load_model(MODEL, dtype=dtype)
+        model = load_model(MODEL, dtype=dtype, attn_implementation=feats["ATTN_IMPLEMENTATION"])
         if ADAPTER == "lora":
             from peft import LoraConfig
 
             peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
-    dataset = Dataset.from_list(prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED))
     sampling = generation_settings(model, cfg)
+    before, before_rows = distributed.on_main(heldout_scores, model, tokenizer, heldout, cfg, sampling, "before") \
+        if heldout else (None, [])
+    if before:
+        print(f"held-out before: correct {before['correct']:.3f}, adherence "
+              + ", ".join(f"{chat.SHORT[m]}={before['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
 
-    # 3. GRPO: four rewards with their weights, sampling as the model's generation_config says, checkpoints every
-    #    SAVE_STEPS (Ctrl-C / kill -9: --resume=true continues from the newest)
+    # 4. GRPO: four rewards with their weights, sampling as the model's generation_config says, checkpoints every
+    #    SAVE_STEPS; Ctrl-C / SIGTERM saves one and stops (--resume=true continues; kill -9 loses < SAVE_STEPS)
+    from datasets import Dataset
+
+    cpu = not torch.cuda.is_available()
     args = GRPOConfig(
-        output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH_SIZE,
+        output_dir=str(OUTPUT_DIR), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH_SIZE,
         gradient_accumulation_steps=GRAD_ACCUM, learning_rate=LEARNING_RATE, num_generations=NUM_GENERATIONS,
+        num_iterations=NUM_ITERATIONS,
         max_completion_length=MAX_COMPLETION_LENGTH, beta=BETA, loss_type=LOSS_TYPE, scale_rewards=SCALE_REWARDS,
         reward_weights=[CORRECT_WEIGHT, SHAPE_WEIGHT, REPETITION_WEIGHT, OVERLONG_WEIGHT], **sampling,
-        logging_steps=LOGGING_STEPS, save_steps=SAVE_STEPS, save_total_limit=2, seed=SEED, data_seed=SEED,
-        bf16=dtype == torch.bfloat16, use_cpu=cpu, gradient_checkpointing=GRADIENT_CHECKPOINTING and not cpu,
-        use_vllm=USE_VLLM, vllm_mode="colocate", report_to="none", disable_tqdm=True, save_only_model=False)
+        optim=feats["OPTIM"], optim_args="bf16_stochastic_round=True" if feats["OPTIM"] in TORCHAO_OPTIMS
+        and feats["PRECISION"] == "bf16" and not lora else None,
+        logging_steps=LOGGING_STEPS, save_steps=SAVE_STEPS, save_total_limit=SAVE_TOTAL_LIMIT, seed=SEED,
+        data_seed=SEED, bf16=feats["PRECISION"] in ("bf16", "bf16-mixed"), use_cpu=cpu,
+        gradient_checkpointing=GRADIENT_CHECKPOINTING and not cpu, use_vllm=USE_VLLM, vllm_mode="colocate",
+        vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION, report_to="none", disable_tqdm=True,
+        run_name=RUN_NAME, dataloader_num_workers=0)
+    clock, stop = session_clock(), graceful_stop()
+    callbacks = [clock, stop] + training.start_swanlab(tc, kind="grpo", resume_from=resume_from, config=cfg)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(eos_ids(model, tokenizer), cfg), args=args,
-                          train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
-    trainer.train(resume_from_checkpoint=resume_from)
+                          train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=callbacks)
+    distributed.check_launch(trainer.args)
+    with training.disk_errors(OUTPUT_DIR, "a checkpoint", "output_dir", resume=True):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stop.requested:
+        stopped = f"stopped at step {trainer.state.global_step}: checkpoint saved in {OUTPUT_DIR}; continue with --resume=true"
+        training.finish_swanlab(interrupted=True, reason=stopped)
+        print(stopped)
+        raise SystemExit(130)
 
-    # 4. Results (rank 0 alone writes: Trainer's should_save), the model, the config
-    if trainer.args.should_save:
-        names = [f.__name__ for f in trainer.reward_funcs]
-        results = {"model": str(MODEL), "dataset": str(DATASET), "data": stats, "sampling": sampling,
-                   "steps": step_history(trainer.state.log_history, names)}
-        written = [write_json(Path(RESULTS_DIR) / "train_grpo.json", results)]
-        trainer.save_model(str(out))
-        tokenizer.save_pretrained(str(out))
-        trainer.state.save_to_json(str(out / "trainer_state.json"))
-        written.append(save_config(cfg, out / "train_config.json"))
-        print("wrote:\n  " + "\n  ".join(str(p) for p in written))
+    # 5. Held-out scores after, results and charts (rank 0), the model (trainer_state.json last marks it finished)
+    after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling,
+                                            "after") if heldout else (None, [])
+    names = [f.__name__ for f in trainer.reward_funcs]
+    results = {"model": str(MODEL), "dataset": str(DATASET), "data": stats, "sampling": sampling,
+               "rewards": names, "reward_weights": list(args.reward_weights), **clock.summary(trainer.state),
+               "peak_memory_gib": round(training.peak_memory()[0], 3), "peak_memory_of": training.peak_memory()[1],
+               "heldout": {"before": before, "after": after}, "steps": step_history(trainer.state.log_history, names)}
+
+    def write_results():
+        res = Path(RESULTS_DIR)
+        with training.disk_errors(res, "train_grpo.json", "results_dir"):
+            written = [write_json(res / "train_grpo.json", results)]
+            if heldout:
+                written.append(write_jsonl(res / "grpo_heldout.jsonl", before_rows + after_rows))
+            return written + report.write_grpo_charts(res, results)
+
+    written = distributed.on_main(write_results)
+    # an adapter records its base model: MODEL's own base when MODEL is an adapter
+    base = lora_base(str(MODEL)) if is_adapter(MODEL) else str(MODEL)
+    written += training.save_final(trainer, tokenizer, resolved(tc, lora=lora).replace(model=base), config=cfg)
+    if after:
+        print(f"held-out after: correct {after['correct']:.3f} (before {before['correct']:.3f}), adherence "
+              + ", ".join(f"{chat.SHORT[m]}={after['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
+    training.finish_swanlab()
+    print("wrote:\n  " + "\n  ".join(str(p) for p in written))
+    distributed.stop_process_group()
 
 
 if __name__ == "__main__":

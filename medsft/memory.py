@@ -1,5 +1,6 @@
 """Peak-memory estimate of one training configuration from config.json alone (no weights, no GPU): exact byte counts
-of the tensors on the meta device, activations and logits by formula (docs/memory.md gives the measurements)."""
+of the tensors on the meta device, activations and logits by formula (docs/memory.md gives the measurements);
+``grpo_estimate``: the same for train_grpo.py's GRPO step in TRL 1.16 (training phase and generation phase)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ CHUNK_TOKENS = 512  # supervised tokens per chunk of the chunked loss
 NF4_BLOCK = 64  # bitsandbytes NF4: one absmax per 64 weights (8-bit with double quantization, else fp32)
 NF4_BLOCK2 = 256  # double quantization: one fp32 scale per 256 absmax values
 LOW_BIT_OPTIMS = ("adamw_torch_8bit", "adamw_8bit", "paged_adamw_8bit", "adamw_bnb_8bit")
+TRL_TOKEN_TILE = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE: tokens per tile of TRL's fused log-prob head
+TRL_VOCAB_TILE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary columns per tile
+SAMPLING_BYTES = 40  # per sequence and vocabulary entry at each decode step: fp32 logits, warper copies, top-p's sort
+GRPO_PARTS = ("reference", "kv_cache", "vllm")  # the parts estimate_line adds for a GRPO estimate
 
 def weight_dtype(precision: str, lora: bool):
     """bf16 weights under bf16 (and a bf16-mixed LoRA base), else fp32 (bf16-mixed's master weights, fp16, fp32)."""
@@ -108,15 +113,15 @@ def estimate(cfg, model_dir, lora: bool) -> dict:
             logits += vocab * d * wsize
     # backward and optimizer step come one after the other: the step's excess over the backward shows as optimizer
     backward = int(activations) + int(logits)
-    moments = optim
-    optim += max(0, step_temporary(trainable, cfg.optim) - backward)
+    moments, temporary = optim, step_temporary(trainable, cfg.optim)
+    optim += max(0, temporary - backward)
     if quantized:  # one linear layer's weight dequantized to the compute dtype at a time
         activations += max(i * o for _, i, o in lora_targets(model, "all-linear")) * asize
     parts = {"weights": weights, "grads": grads, "optimizer": optim, "activations": int(activations),
              "logits": int(logits)}
     parts = per_gpu(parts, cfg, trainable, wsize, max(p.numel() for p in params) * wsize)
     return {"total": sum(parts.values()), **parts, "moments": moments, "params": n_params,
-            "trainable": sum(n for n, _ in trainable), "tokens_per_micro_batch": tokens}
+            "trainable": sum(n for n, _ in trainable), "tokens_per_micro_batch": tokens, "step_temporary": temporary}
 
 def nf4_bytes(model, wsize: int, n_params: int) -> int:
     """Bytes of an NF4 base (double quantization): linear weights at 4 bits + scales, the rest (head too) in wsize."""
@@ -141,12 +146,80 @@ def per_gpu(parts: dict, cfg: TrainConfig, trainable: list[tuple[int, int]], wsi
         out["weights"] = parts["weights"] // world + largest
     return out
 
-def estimate_line(est: dict) -> str:
-    """``estimated peak: X GiB (weights A, grads B, optimizer C, activations D, logits E)``."""
-    parts = ", ".join(f"{k} {est[k] / GIB:.2f}" for k in ("weights", "grads", "optimizer", "activations", "logits"))
-    return f"estimated peak: {est['total'] / GIB:.2f} GiB ({parts})"
+def logprob_bytes(tokens: int, d: int, vocab: int, asize: int, wsize: int, head_trains: bool) -> int:
+    """TRL's fused log-prob head (``trl.kernels.ChunkedLogProbFunction``, CUDA path) at its backward: the completion
+    tokens' hidden states it saved, one logits tile, their fp32 gradient and its cast, and when the head trains its
+    fp32 weight gradient and that gradient's cast; the (tokens x vocab) logits never exist."""
+    tile = min(tokens, TRL_TOKEN_TILE) * min(vocab, TRL_VOCAB_TILE) * asize
+    return tile + tokens * d * (2 * asize + 4) + (vocab * d * (4 + wsize) if head_trains else 0)
 
-def ways_out(lora: bool) -> str:
+def grpo_estimate(cfg, model_dir, *, beta, num_generations, prompt_tokens, max_completion_length, use_vllm=False,
+                  vllm_gpu_memory_utilization=0.3, gpu_gib=None) -> dict:
+    """Peak memory per GPU of train_grpo.py's step in TRL 1.16, in bytes by part (``total``; ``peak_gib``): the larger
+    of the training phase (``estimate`` at prompt + completion tokens with TRL's fused log-prob head for the loss,
+    plus the reference copy) and the generation phase (what stays resident plus the KV cache of one generation
+    batch: BATCH_SIZE x GRAD_ACCUM sequences; vLLM colocate: its share of the GPU instead, held in both phases)."""
+    from transformers import AutoConfig
+    cfg = TrainConfig.of(cfg)
+    seqs, lora, world = cfg.batch_size * cfg.grad_accum, cfg.lora, max(int(cfg.world_size or 1), 1)
+    if num_generations < 2 or seqs * world % num_generations:  # GRPOConfig.__post_init__: the global batch
+        raise MedsftError(f"--batch_size x --grad_accum x processes ({seqs * world}) must be a multiple of "
+                          f"--num_generations ({num_generations}), which must be at least 2")
+    if "auto" in (str(cfg.precision), str(cfg.optim)):
+        raise MedsftError("grpo_estimate needs a concrete precision and optim (training.resolved picks them)")
+    seq = prompt_tokens + max_completion_length  # TRL pads each micro-batch to the batch's longest prompt + completion
+    est = estimate(cfg.replace(max_length=seq), model_dir, lora)
+    c = AutoConfig.from_pretrained(model_dir)  # estimate read it already: valid
+    d, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    head_dim = getattr(c, "head_dim", None) or d // c.num_attention_heads
+    wsize = weight_dtype(cfg.precision, lora).itemsize  # the KV cache takes the k/v projections' dtype
+    asize = 2 if cfg.precision.startswith("bf16") or cfg.precision == "fp16" else 4
+    # GRPOTrainer.__init__: beta 0 -> no reference; a PEFT policy -> the adapter switched off (a continued adapter
+    # gets an adapter-sized "ref" copy, not counted); else create_model_from_path(..., dtype=self.model.dtype)
+    ref = 0 if beta == 0 or lora else est["params"] * wsize // (world if cfg.engine in ("zero3", "fsdp2") else 1)
+    # _get_per_token_logps_and_entropies -> add_fused_lm_head: only completion positions are scored
+    logits = logprob_bytes(cfg.batch_size * max_completion_length, d, vocab, asize, wsize, not lora)
+    optimizer = est["optimizer"]
+    if cfg.engine in ("single", "auto", "ddp"):  # the step's temporary weighed against this backward, not SFT's
+        optimizer = est["moments"] + max(0, est["step_temporary"] - est["activations"] - logits)
+    share = 0
+    if use_vllm:  # VLLMGeneration's LLM(gpu_memory_utilization=...) keeps its pool: no sleep mode in train_grpo.py
+        if gpu_gib is None:
+            import torch
+            if not torch.cuda.is_available():
+                raise MedsftError("--use_vllm: vLLM's share is a fraction of the GPU's memory, and no CUDA GPU is "
+                                  "visible here; estimate on the GPU machine, or without --use_vllm")
+            gpu_gib = torch.cuda.mem_get_info()[1] / GIB
+        share = int(vllm_gpu_memory_utilization * gpu_gib * GIB)
+    train = est["weights"] + est["grads"] + optimizer + est["activations"] + logits + ref + share
+    # generation comes first in a step (_prepare_inputs), after Trainer's model.zero_grad(): no grads, only moments
+    # (DDP's buckets stay); transformers' generate holds one cache for the whole generation batch
+    resident = est["weights"] + ref + share + (est["grads"] // 2 if cfg.engine == "ddp" else 0) + (
+        est["moments"] if cfg.engine in ("single", "auto", "ddp") else est["optimizer"])
+    kv = 0 if use_vllm else seqs * seq * 2 * layers * c.num_key_value_heads * head_dim * wsize
+    # one decode step's sampling or the prefill's widest layer, plus DynamicCache's torch.cat of one layer
+    work = 0 if use_vllm else max(seqs * vocab * SAMPLING_BYTES,
+                                  seqs * prompt_tokens * 3 * c.intermediate_size * asize) + kv // layers
+    generation = resident + kv + work
+    total = max(train, generation)
+    return {**est, "optimizer": optimizer, "logits": logits, "reference": ref, "kv_cache": kv, "vllm": share,
+            "generation_work": work, "train": train, "generation": generation, "total": total,
+            "peak_gib": round(total / GIB, 2), "phase": "training" if train >= generation else "generation",
+            "sequences_per_generation": seqs, "prompts_per_generation": seqs * world // num_generations}
+
+def estimate_line(est: dict) -> str:
+    """``estimated peak: X GiB (weights A, grads B, optimizer C, activations D, logits E)``; a GRPO estimate adds
+    its reference, KV cache and vLLM parts and both phases' totals."""
+    keys = ("weights", "grads", "optimizer", "activations", "logits", *(k for k in GRPO_PARTS if k in est))
+    parts = ", ".join(f"{k} {est[k] / GIB:.2f}" for k in keys)
+    phases = f"; training {est['train'] / GIB:.2f}, generation {est['generation'] / GIB:.2f}" if "phase" in est else ""
+    return f"estimated peak: {est['total'] / GIB:.2f} GiB ({parts}{phases})"
+
+def ways_out(lora: bool, grpo: bool = False) -> str:
+    if grpo:  # train_grpo.py's flags: the generation batch is BATCH_SIZE x GRAD_ACCUM sequences
+        lean = "" if lora else "--adapter=lora (no reference copy, adapter-sized optimizer), --beta=0 (no reference), "
+        return (f"ways out: {lean}a smaller --batch_size (training), a smaller --grad_accum (generation's KV cache), "
+                "a shorter --max_completion_length (both), --gradient_checkpointing=true")
     lean = "" if lora else "train_lora.py (LoRA), "
     return (f"ways out: {lean}a shorter --max_length, a smaller --batch_size (raise --grad_accum to keep the "
             "examples per step), --gradient_checkpointing=true, --precision=bf16 with --optim=auto (8-bit AdamW), "
@@ -160,4 +233,4 @@ def check_fits(est: dict, lora: bool) -> None:
     free, total = torch.cuda.mem_get_info()
     if est["total"] > free:
         raise MedsftError(f"{estimate_line(est)} exceeds the free memory of {torch.cuda.get_device_name(0)} "
-                          f"({free / GIB:.2f} of {total / GIB:.2f} GiB free). {ways_out(lora)}")
+                          f"({free / GIB:.2f} of {total / GIB:.2f} GiB free). {ways_out(lora, 'kv_cache' in est)}")

@@ -14,8 +14,8 @@ from .files import MedsftError, atomic_write_bytes, atomic_write_text, disk_erro
 from .rouge import ROUGE_METRICS as _ROUGE_KEYS
 # matplotlib is imported inside the chart functions: the scripts' --help should not wait for it
 
-LABELS = {"base": "base (untuned)", "full": "full fine-tune", "lora": "LoRA"}
-COLORS = {"base": "#9e9e9e", "full": "#1f77b4", "lora": "#ff7f0e"}
+LABELS = {"base": "base (untuned)", "full": "full fine-tune", "lora": "LoRA", "grpo": "GRPO"}
+COLORS = {"base": "#9e9e9e", "full": "#1f77b4", "lora": "#ff7f0e", "grpo": "#2ca02c"}
 ROUGE_METRICS = tuple((m, "R-" + m.split("-")[1].upper()) for m in _ROUGE_KEYS)  # (key, label)
 STATS = (("p", "P"), ("r", "R"), ("f", "F"))
 COT_MAIN = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"))
@@ -47,6 +47,7 @@ def collect(results_dir) -> dict:
     out["train"] = {t: _read(d / f"train_{t}.json") for t in ("full", "lora") if (d / f"train_{t}.json").is_file()}
     out["benchmark"] = cmmlu.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
     out["benchmark_pairs"] = cmmlu.compare_pairs(d, out["benchmark"])  # from their rows, item by item
+    out["grpo"] = _read(d / "train_grpo.json", "re-run train_grpo.py") if (d / "train_grpo.json").is_file() else None
     return out
 
 def _png(fig) -> bytes:
@@ -209,11 +210,35 @@ def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]
         out.append(last / (1 - weight ** n))
     return out
 
-def write_charts(results_dir) -> list[Path]:
-    """trainloss.png and evalloss.png: every run with a train_<kind>.json, raw (thin) and smoothed (EMA)."""
+def _curves(title: str, ylabel: str, curves: list[tuple[str, str, list, list]], marker=None) -> bytes:
+    """One line chart: each (label, colour, steps, values) raw (thin) and smoothed (EMA)."""
     import matplotlib
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
+    with plt.rc_context({"svg.hashsalt": "medsft", "path.simplify": False}):
+        fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+        for label, color, steps, vals in curves:
+            ax.plot(steps, vals, color=color, alpha=0.3, linewidth=1, marker=marker, markersize=3,
+                    label=f"{label} (raw)")
+            ax.plot(steps, _smooth(list(vals)), color=color, linewidth=2, label=f"{label} (smoothed)")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
+        png = _png(fig)
+        plt.close(fig)
+    return png
+
+def _points(hist: list[dict], key: str) -> tuple[list, list]:
+    pts = [(e["step"], e[key]) for e in hist if e.get(key) is not None]
+    return (list(s) for s in zip(*pts)) if pts else ([], [])
+
+def write_charts(results_dir) -> list[Path]:
+    """trainloss.png and evalloss.png: every run with a train_<kind>.json, raw (thin) and smoothed (EMA)."""
     results_dir = Path(results_dir)
     runs = {}
     for kind in KINDS:
@@ -223,26 +248,22 @@ def write_charts(results_dir) -> list[Path]:
     colors = {"full": "tab:blue", "lora": "tab:orange"}
     written = []
     for key, name in LOSS_CHARTS.items():
-        with plt.rc_context({"svg.hashsalt": "medsft", "path.simplify": False}):
-            fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-            for kind, hist in runs.items():
-                pts = [(e["step"], e[key]) for e in hist if key in e and e[key] is not None]
-                if not pts:
-                    continue
-                steps, vals = zip(*pts)
-                ax.plot(steps, vals, color=colors[kind], alpha=0.3, linewidth=1,
-                        marker="o" if key == "eval_loss" else None, markersize=3, label=f"{kind} (raw)")
-                ax.plot(steps, _smooth(list(vals)), color=colors[kind], linewidth=2, label=f"{kind} (smoothed)")
-            ax.set_title("Train loss" if key == "loss" else "Eval loss (val.jsonl)")
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel("cross-entropy loss")
-            ax.grid(True, alpha=0.3)
-            if ax.lines:
-                ax.legend()
-            else:
-                ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
-            png = _png(fig)
-            plt.close(fig)
+        curves = [(kind, colors[kind], *_points(hist, key)) for kind, hist in runs.items()]
+        png = _curves("Train loss" if key == "loss" else "Eval loss (val.jsonl)", "cross-entropy loss",
+                      [c for c in curves if c[2]], marker="o" if key == "eval_loss" else None)
+        with disk_errors(results_dir, name, "results_dir"):
+            written.append(atomic_write_bytes(results_dir / name, png))
+    return written
+
+def write_grpo_charts(results_dir, results: dict) -> list[Path]:
+    """rewards.png (each reward's mean per step) and completion_length.png (mean completion tokens) of a GRPO run."""
+    results_dir, steps = Path(results_dir), results.get("steps") or []
+    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"])
+    rewards = [(name, next(palette, "tab:gray"), *_points(steps, f"{name}_mean")) for name in results["rewards"]]
+    lengths = [("mean completion", "tab:blue", *_points(steps, "completion_mean_length"))]
+    written = []
+    for name, png in (("rewards.png", _curves("GRPO rewards (mean per step)", "reward", rewards)),
+                      ("completion_length.png", _curves("GRPO completion length", "tokens", lengths))):
         with disk_errors(results_dir, name, "results_dir"):
             written.append(atomic_write_bytes(results_dir / name, png))
     return written
@@ -437,6 +458,20 @@ def _train_section(train: dict) -> list[str]:
     rows = [[k] + [_fmt(s.get(k), 4) for s in train.values()] for k in keys]
     return ["## Training", ""] + _table(["field"] + [LABELS[t] for t in train], rows)
 
+def _grpo_section(g: dict) -> list[str]:
+    """The held-out correctness reward and mode adherence of train_grpo.json, before and after GRPO."""
+    h, steps = g.get("heldout") or {}, g.get("steps") or [{"step": 0}]
+    if not (h.get("before") and h.get("after")):
+        return []
+    rows = [[when, _fmt(s["correct"], 3)] + [f"{_fmt(s['by_mode'][m]['correct'], 3)} / "
+                                             f"{_fmt(s['by_mode'][m]['adherence'])}" for m in MODES]
+            for when, s in h.items()]
+    return ["## GRPO (held-out multiple choice)", "",
+            f"`train_grpo.json`: {h['before']['n_rows']} rows of `{g['dataset']}` never trained on, each asked in the "
+            f"three modes of `{g['model']}` (before) and of the GRPO model after {steps[-1]['step']} steps, sampled "
+            "as in training. Cells: correctness reward / adherence.", ""] + \
+        _table(["", "correct (all modes)"] + [MODE_LABELS[m] for m in MODES], rows)
+
 # What a run on a demo model can and cannot show, by the model spec it was trained from
 DEMO_NOTES = {
     "tiny": "**This is the plumbing check** (`MODEL=tiny bash pipeline.sh`): a random-init 2-layer model trained for "
@@ -472,6 +507,8 @@ def report_text(data: dict, charts: list[str]) -> str:
         out += _adherence_section(data["cot"]) + _cot_section(data["cot"])
     if data["train"]:
         out += _train_section(data["train"])
+    if data["grpo"]:
+        out += _grpo_section(data["grpo"])
     if data["benchmark"]:
         out += [benchmark_section(data["benchmark"], data["benchmark_pairs"])]
     if charts:
@@ -495,6 +532,7 @@ def build(results_dir) -> list[Path]:
         charts += ["adherence.png", "think_status.png"]
     if data["benchmark"]:  # the paired comparison the report shows, as data (an empty list for one model)
         written.append(write_json(d / cmmlu.PAIRS_NAME, data["benchmark_pairs"]))
-    charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png") if (d / c).is_file()]
+    charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png", "rewards.png", "completion_length.png")
+               if (d / c).is_file()]
     written.append(atomic_write_text(d / "README.md", report_text(data, charts)))
     return written

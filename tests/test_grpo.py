@@ -1,5 +1,7 @@
 """train_grpo.py: every reward on adversarial outputs, the per-row mode prompts token-exact against the real Qwen3
-template, the multiple-choice row reader and its errors, the evaluation-overlap filter."""
+template, the multiple-choice row reader and its errors, the evaluation-overlap filter; the stage end to end on the
+tiny model: results, charts and held-out scores, a re-run that changes nothing, kill -9 then resume, the dry run, and
+two processes under torchrun."""
 
 from __future__ import annotations
 
@@ -253,7 +255,7 @@ def test_step_history_and_sampling():
             "completions/mean_length": 12.0, "completions/clipped_ratio": 0.25}, {"step": 2, "train_runtime": 3.0}]
     hist = g.step_history(log, ["correct", "shape"])
     assert hist == [{"step": 1, "correct_mean": 0.5, "correct_std": 0.1, "shape_mean": None, "shape_std": None,
-                     **{k.replace("completions/", "completion_"): None for k in g.STEP_KEYS}, "kl": 0.01,
+                     **{k.replace("completions/", "completion_"): None for k in g._STEP_KEYS}, "kl": 0.01,
                      "completion_mean_length": 12.0, "completion_clipped_ratio": 0.25}]
     model = types.SimpleNamespace(generation_config=types.SimpleNamespace(temperature=0.6, top_p=0.95, top_k=20))
     assert g.generation_settings(model, {"TEMPERATURE": None, "TOP_P": None, "TOP_K": None}) == \
@@ -267,24 +269,59 @@ def test_mc_question_is_benchmarks_prompt():
 
 
 # --- end to end (tiny model, CPU) -----------------------------------------------------------------------------------
-def _run_grpo(root, tmp_path, *extra):
-    import os
-    import subprocess
+# --- the stage end to end (tiny) -----------------------------------------------------------------------------------
+GRPO_ARGS = ["--model=tiny", "--eval_data=", "--heldout=4", "--num_generations=2", "--batch_size=2", "--grad_accum=2",
+             "--max_completion_length=8", "--overlong_buffer=2", "--save_steps=1", "--learning_rate=1e-4",
+             "--eval_batch_size=12"]
+
+
+def _grpo_cmd(root, out, results, *extra):
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWANLAB_MODE": "disabled"}
-    cmd = [sys.executable, str(root / "train_grpo.py"), "--model=tiny", f"--dataset={root / 'demo/grpo_mcq.jsonl'}",
-           "--eval_data=", "--heldout=4", "--num_generations=2", "--batch_size=2", "--grad_accum=2",
-           "--max_completion_length=8", "--overlong_buffer=2", "--save_steps=1", "--learning_rate=1e-4",
-           f"--output_dir={tmp_path / 'out'}", f"--results_dir={tmp_path / 'results'}", *extra]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads((tmp_path / "results" / "train_grpo.json").read_text(encoding="utf-8"))
+    return [sys.executable, str(root / "train_grpo.py"), *GRPO_ARGS, f"--dataset={root / 'demo/grpo_mcq.jsonl'}",
+            f"--output_dir={out}", f"--results_dir={results}", *extra]
 
 
-def test_two_grpo_steps_end_to_end_then_resume(root, tmp_path):
-    pytest.importorskip("trl", reason="trl is not a requirement yet (issue 25 open): pip install --no-deps trl==1.16.0")
-    results = _run_grpo(root, tmp_path, "--max_steps=2")  # beta 0.04: the reference model is built too
+def _env(**extra):
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "SWANLAB_MODE": "disabled", **extra}
+
+
+def _run_grpo(root, tmp_path, *extra, name="out", check=True):
+    import subprocess
+
+    cmd = _grpo_cmd(root, tmp_path / name, tmp_path / f"{name}-results", *extra)
+    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _results(tmp_path, name="out") -> dict:
+    return json.loads((tmp_path / f"{name}-results" / "train_grpo.json").read_text(encoding="utf-8"))
+
+
+def _tree(folder) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def _steps(out) -> list[dict]:
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+    keep = ("step", "loss", "kl", "rewards/correct/mean", "rewards/shape/mean", "completions/mean_length")
+    return [{k: e.get(k) for k in keep} for e in state["log_history"] if "kl" in e]
+
+
+needs_trl = pytest.mark.skipif(not __import__("importlib").util.find_spec("trl"), reason="needs trl (requirements.txt)")
+
+
+@needs_trl
+def test_two_grpo_steps_end_to_end_then_a_rerun_changes_nothing(root, tmp_path):
+    _run_grpo(root, tmp_path, "--max_steps=2")  # beta 0.04: the reference model is built too
+    results = _results(tmp_path)
     assert [s["step"] for s in results["steps"]] == [1, 2]
     for step in results["steps"]:
         for name in ("correct", "shape", "repetition", "overlong"):
@@ -293,7 +330,116 @@ def test_two_grpo_steps_end_to_end_then_resume(root, tmp_path):
         assert step["completion_clipped_ratio"] is not None
     assert results["sampling"] == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}  # Qwen3's, not TRL's 1.0/1.0/0
     assert results["data"]["train"] == 24 and results["data"]["heldout"] == 4
-    assert (tmp_path / "out" / "checkpoint-2").is_dir() and (tmp_path / "out" / "model.safetensors").is_file()
-    resumed = _run_grpo(root, tmp_path, "--max_steps=3", "--resume=true")  # continues from checkpoint-2
-    assert [s["step"] for s in resumed["steps"]] == [1, 2, 3]
-    assert resumed["steps"][:2] == results["steps"]  # the history up to the checkpoint is kept as it was
+    # the held-out rows answered in all three modes before and after: 4 rows x 3 modes x 2
+    for when in ("before", "after"):
+        scores = results["heldout"][when]
+        assert scores["n_rows"] == 4 and set(scores["by_mode"]) == set(chat.MODES)
+        assert 0 <= scores["correct"] <= 1
+    heldout = [json.loads(line) for line in (tmp_path / "out-results" / "grpo_heldout.jsonl").read_text().splitlines()]
+    assert len(heldout) == 24 and {h["when"] for h in heldout} == {"before", "after"}
+    assert {(h["id"], h["mode"]) for h in heldout if h["when"] == "before"} == \
+        {(h["id"], h["mode"]) for h in heldout if h["when"] == "after"}
+    for png in ("rewards.png", "completion_length.png"):
+        assert (tmp_path / "out-results" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the results report shows the held-out table (the numbers of train_grpo.json) and the two charts
+    from medsft import report
+
+    report.build(tmp_path / "out-results")
+    text = (tmp_path / "out-results" / "README.md").read_text(encoding="utf-8")
+    after = results["heldout"]["after"]
+    assert "## GRPO (held-out multiple choice)" in text and "![rewards.png](rewards.png)" in text
+    assert f"| after | {after['correct']:.3f} | {after['by_mode']['think']['correct']:.3f} / " in text
+    out = tmp_path / "out"
+    assert (out / "checkpoint-2").is_dir() and (out / "model.safetensors").is_file()
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["NUM_GENERATIONS"] == 2 and saved["BETA"] == 0.04  # the whole resolved config, not a subset
+    # the same command again: a finished run, nothing to do, nothing touched
+    before = {**_tree(out), **{f"results/{k}": v for k, v in _tree(tmp_path / "out-results").items()}}
+    again = _run_grpo(root, tmp_path, "--max_steps=2")
+    assert "already holds this finished run" in again.stdout
+    assert {**_tree(out), **{f"results/{k}": v for k, v in _tree(tmp_path / "out-results").items()}} == before
+    # other settings on a finished run: refused, never mixed in
+    refused = _run_grpo(root, tmp_path, "--max_steps=2", "--beta=0.1", check=False)
+    assert refused.returncode != 0 and "already holds a finished run" in refused.stderr
+
+
+@needs_trl
+def test_grpo_kill9_then_resume_continues_exactly(root, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from medsft.training import checkpoints
+
+    steps = 5
+    _run_grpo(root, tmp_path, f"--max_steps={steps}", name="ref")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_grpo_cmd(root, out, tmp_path / "killed-results", f"--max_steps={steps}"), cwd=tmp_path,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not any(ok and 1 < step < steps - 1 for step, _, ok in checkpoints(out)):
+        assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint could be caught"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "trainer_state.json").exists()
+    again = _run_grpo(root, tmp_path, f"--max_steps={steps}", name="killed", check=False)
+    assert again.returncode != 0 and "--resume=true" in again.stderr  # an unfinished run is never overwritten
+    # an unreadable newest checkpoint (a disk error) is moved aside, not deleted, and the one before is used
+    newest = [path for _, path, ok in checkpoints(out) if ok][-1]
+    (newest / "optimizer.pt").write_bytes(b"PK\x03\x04 torn")
+    resumed = _run_grpo(root, tmp_path, f"--max_steps={steps}", "--resume=true", name="killed")
+    assert "resume: continuing from" in resumed.stdout, resumed.stdout[-2000:]
+    assert (out / f"unreadable-{newest.name}").is_dir()
+    assert _steps(out) == _steps(tmp_path / "ref")  # generation, rewards and updates replay exactly
+
+
+@needs_trl
+def test_grpo_dry_run_counts_the_reference_and_writes_nothing(root, tmp_path, real_tokenizer_dir):
+    import re
+
+    def peak(beta):  # Qwen3-1.7B's real config.json: no weights exist or load
+        done = _run_grpo(root, tmp_path, "--dry_run=true", f"--beta={beta}", f"--model={real_tokenizer_dir}")
+        assert "nothing loaded or written" in done.stdout
+        return float(re.search(r"estimated peak: ([0-9.]+) GiB", done.stdout).group(1))
+
+    c = json.loads((real_tokenizer_dir / "config.json").read_text())
+    d, hd, kv, heads = c["hidden_size"], c["head_dim"], c["num_key_value_heads"], c["num_attention_heads"]
+    layer = d * heads * hd * 2 + 2 * d * kv * hd + 3 * d * c["intermediate_size"] + 2 * d + 2 * hd
+    params = c["vocab_size"] * d + c["num_hidden_layers"] * layer + d  # the head is tied to the embedding
+    # beta > 0 with full parameters: TRL holds a second bf16 copy of the weights as the reference model
+    assert peak(0.04) - peak(0.0) == pytest.approx(params * 2 / 2 ** 30, abs=0.02)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out-results").exists()
+
+
+@needs_trl
+def test_grpo_on_two_processes_rank0_alone_writes(root, tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *_grpo_cmd(root, tmp_path / "out", tmp_path / "out-results", "--max_steps=2", "--grad_accum=1")[1:]]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(SWANLAB_MODE="local"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / "out-results"
+    assert sorted(p.name for p in results.iterdir()) == ["completion_length.png", "grpo_heldout.jsonl",
+                                                         "rewards.png", "train_grpo.json"]
+    assert [s["step"] for s in _results(tmp_path)["steps"]] == [1, 2]
+    with sqlite3.connect(tmp_path / "swanlog" / "runs.swanlab") as db:  # one experiment, not one per process
+        assert [r[0] for r in db.execute("select status from experiment")] == [1]
+    for line in ("estimated peak", "held-out before", "held-out after", "wrote:"):
+        assert proc.stdout.count(line) == 1, (line, proc.stdout[-3000:])
+
+
+def test_help_lists_the_constants_only(root):
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, str(root / "train_grpo.py"), "--help"], capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    for name in ("--num_generations", "--beta", "--num_iterations", "--dry_run", "--swanlab_project"):
+        assert name in shown
+    for internal in ("--run_keys", "--step_keys", "--option_letters", "--question_keys"):  # tables, not settings
+        assert internal not in shown

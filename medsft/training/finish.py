@@ -152,9 +152,10 @@ def _cloud_unreachable(timeout: float = 5.0) -> str | None:
         return f"{url.hostname}:{port}: {e.strerror or e or type(e).__name__}"
     return None
 
-def start_swanlab(cfg, kind: str, resume_from=None) -> list:
+def start_swanlab(cfg, kind: str, resume_from=None, config: dict | None = None) -> list:
     """Start SwanLab without ever prompting (cloud without credentials or network falls back to local swanlog/);
-    a resumed run continues its cloud experiment, or becomes "RUN_NAME (resumed at step N)" locally."""
+    a resumed run continues its cloud experiment, or becomes "RUN_NAME (resumed at step N)" locally. ``config``:
+    what the experiment records (default: cfg's constants)."""
     cfg = TrainConfig.of(cfg)
     if not is_main():  # one experiment per run: rank 0 logs
         return []
@@ -164,7 +165,7 @@ def start_swanlab(cfg, kind: str, resume_from=None) -> list:
         return []
     import swanlab
     from transformers.integrations import SwanLabCallback
-    init = dict(project=cfg.swanlab_project, name=cfg.run_name, config={**cfg.constants(), "KIND": kind},
+    init = dict(project=cfg.swanlab_project, name=cfg.run_name, config={**(config or cfg.constants()), "KIND": kind},
                 log_dir=str(cfg.swanlab_log_dir), settings=swanlab.Settings(interactive=False))
     id_file = Path(cfg.output_dir) / "swanlab_run.json"
     resumed = bool(cfg.resume and id_file.is_file())
@@ -211,9 +212,10 @@ def finish_swanlab(interrupted: bool = False, reason: str | None = None) -> None
         else:
             swanlab.finish(state="success")
 
-def save_final(trainer, tokenizer, cfg) -> list[Path]:
+def save_final(trainer, tokenizer, cfg, config: dict | None = None) -> list[Path]:
     """Save the model or adapter (base_model_name_or_path = MODEL), tokenizer, generation config, train_config.json
-    and, last, trainer_state.json into OUTPUT_DIR. Every process calls it (ZeRO-3 / FSDP2 gather); rank 0 writes."""
+    (``config``, else cfg's constants) and, last, trainer_state.json into OUTPUT_DIR. Every process calls it (ZeRO-3
+    / FSDP2 gather); rank 0 writes."""
     cfg = TrainConfig.of(cfg)
     out = Path(cfg.output_dir)
     with disk_errors(out, "the final model", "output_dir", resume=True):
@@ -238,14 +240,14 @@ def save_final(trainer, tokenizer, cfg) -> list[Path]:
                 import torch
                 model.to(torch.bfloat16)  # fp32 master weights were for the updates; ship bf16 like Qwen3 itself
             trainer.save_model(str(stage))  # model.safetensors + config + generation_config + tokenizer; gathers
-        return on_main(_publish, trainer, cfg, stage, out)
+        return on_main(_publish, trainer, config or cfg.constants(), stage, out)
 
 def _fresh_folder(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
 
-def _publish(trainer, cfg: TrainConfig, stage: Path, out: Path) -> list[Path]:
-    save_config(cfg.constants(), stage / "train_config.json")
+def _publish(trainer, config: dict, stage: Path, out: Path) -> list[Path]:
+    save_config(config, stage / "train_config.json")
     names = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name not in UNPUBLISHED)
     for name in names:
         os.replace(stage / name, out / name)

@@ -317,16 +317,19 @@ def run_fingerprint(cfg, feats: dict) -> dict:
     digest = hashlib.sha256()
     for name in ("train.jsonl", "val.jsonl"):
         digest.update((Path(cfg.data_dir) / name).read_bytes())
-    tokenizer = hashlib.sha256()
-    model_dir = resolve_model(str(cfg.model))
-    for name in TOKENIZER_FILES:
-        if (model_dir / name).is_file():
-            tokenizer.update(name.encode() + b"\0" + hashlib.sha256((model_dir / name).read_bytes()).digest())
-    fp = {"data_sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer.hexdigest(),
+    fp = {"data_sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha256(resolve_model(str(cfg.model))),
           **{k: constants[k] for k in RUN_KEYS if k in constants}, "features": feats}
     if int(cfg.world_size or 1) > 1:  # another process count deals the data out differently
         fp.update(WORLD_SIZE=cfg.world_size, ENGINE=cfg.engine)
     return json.loads(json.dumps(fp))  # tuples become lists, as in the file it is compared with
+
+def tokenizer_sha256(model_dir: Path) -> str:
+    """One hash of the files that turn text into tokens (the tokenizer and its chat template)."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (model_dir / name).is_file():
+            digest.update(name.encode() + b"\0" + hashlib.sha256((model_dir / name).read_bytes()).digest())
+    return digest.hexdigest()
 
 def _read_fingerprint(out: Path) -> dict | None:
     path = out / "run_fingerprint.json"
@@ -378,11 +381,11 @@ def check_finished(cfg, kind: str, fp: dict) -> None:
     raise MedsftError(f"--resume=true: {out} holds a finished run that {what}: resuming would mix two runs; "
                       "start over with --overwrite=true, or use another --output_dir")
 
-def check_same_run(cfg, resume_from, feats: dict) -> None:
-    """Record the fingerprint in OUTPUT_DIR/run_fingerprint.json; refuse to resume a run whose data, tokenizer,
-    schedule or resolved auto features changed since."""
+def check_same_run(cfg, resume_from, feats: dict, fp: dict | None = None) -> None:
+    """Record the fingerprint (``fp``, else SFT's) in OUTPUT_DIR/run_fingerprint.json; refuse to resume a run whose
+    data, tokenizer, schedule or resolved auto features changed since."""
     cfg = TrainConfig.of(cfg)
-    fp = run_fingerprint(cfg, feats)
+    fp = run_fingerprint(cfg, feats) if fp is None else fp
     out = Path(cfg.output_dir)
     old = _read_fingerprint(out) if resume_from is not None else None
     changed, moved = _mismatch(old, fp) if old is not None else ("", None)

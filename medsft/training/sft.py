@@ -276,23 +276,8 @@ def install_chunked_loss(model) -> None:
 # --- trainer ----------------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _trainer_class():
-    import torch
-    from transformers import Trainer, TrainerCallback
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-
-    class EpochLengthGroupedSampler(LengthGroupedSampler):
-        """Length-grouped order drawn from ``seed + epoch``: a resumed run replays the interrupted epoch's order."""
-        def __init__(self, batch_size, lengths, seed):
-            super().__init__(batch_size, lengths=lengths)
-            self.seed, self.epoch = seed, 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+def _graceful_stop_class():
+    from transformers import TrainerCallback
 
     class GracefulStop(TrainerCallback):
         """Ctrl-C or SIGTERM: save a checkpoint after this step on every rank, then stop; a repeat aborts."""
@@ -323,10 +308,35 @@ def _trainer_class():
                 signal.signal(sig, handler)
             self._previous = {}
 
+    return GracefulStop
+
+def graceful_stop():
+    """A callback: Ctrl-C or SIGTERM saves a checkpoint after the current step on every rank, then stops."""
+    return _graceful_stop_class()()
+
+@functools.lru_cache(maxsize=None)
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped order drawn from ``seed + epoch``: a resumed run replays the interrupted epoch's order."""
+        def __init__(self, batch_size, lengths, seed):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
     class MedsftTrainer(Trainer):
         """transformers' Trainer plus tokens/s and peak memory in every training log, and a token-mean eval loss."""
         def __init__(self, *args, **kwargs):
-            self.clock, self.graceful_stop = session_clock(), GracefulStop()
+            self.clock, self.graceful_stop = session_clock(), graceful_stop()
             kwargs.setdefault("compute_metrics", _token_mean_loss)
             super().__init__(*args, **kwargs)
             self.add_callback(self.clock)
