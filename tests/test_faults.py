@@ -338,6 +338,9 @@ def install(spec):
 
 
 def run(script, args, spec):
+    # Ctrl-C as in a shell: the launching pytest worker may have left SIGINT ignored or blocked, both inherited
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install(spec)
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
