@@ -1,6 +1,4 @@
-"""Every chart, table and report section: RESULTS_DIR's summaries (rouge_*, cot_*, train_*, benchmark_*.json) ->
-rouge.png, cot.png, adherence.png, think_status.png, benchmark.png, trainloss.png, evalloss.png and README.md.
-The only module that imports matplotlib; the same summaries give the same bytes (no timestamps or versions)."""
+"""RESULTS_DIR's summaries -> every chart and README.md; the only matplotlib importer; same summaries, same bytes."""
 from __future__ import annotations
 
 import io
@@ -41,30 +39,30 @@ def _read(path: Path, fix: str = "rerun the evaluation that wrote it") -> dict:
 def collect(results_dir) -> dict:
     """{"rouge": {tag: summary}, "cot": {...}, "train": {...}} for the summaries present, in base/full/lora order."""
     d = Path(results_dir)
-    out = {}
-    for kind in ("rouge", "cot"):
-        out[kind] = {t: _read(d / f"{kind}_{t}.json") for t in TAGS if (d / f"{kind}_{t}.json").is_file()}
-    out["train"] = {t: _read(d / f"train_{t}.json") for t in ("full", "lora") if (d / f"train_{t}.json").is_file()}
+    out = {kind: {t: _read(p) for t in tags if (p := d / f"{kind}_{t}.json").is_file()}
+           for kind, tags in (("rouge", TAGS), ("cot", TAGS), ("train", ("full", "lora")))}
     out["benchmark"] = cmmlu.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
     out["benchmark_pairs"] = cmmlu.compare_pairs(d, out["benchmark"])  # from their rows, item by item
     out["grpo"] = _read(d / "train_grpo.json", "re-run train_grpo.py") if (d / "train_grpo.json").is_file() else None
     return out
 
-def _png(fig) -> bytes:
+def _png(fig, legend=None, ncol=1, fontsize=8) -> bytes:
+    if legend:  # (handles, labels) of the figure's legend, below the axes
+        fig.legend(*legend, loc="outside lower center", ncol=ncol, fontsize=fontsize)
     buf = io.BytesIO()
     # no "Software" text chunk (it carries the matplotlib version): same numbers, same bytes
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
 
-def _figure(figsize):
+def _figure(figsize, *grid):
     import matplotlib
     matplotlib.use("Agg")  # files only; never a window
     from matplotlib.figure import Figure
-    return Figure(figsize=figsize, layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(*grid)
 
 def _axes(ax, ylabel: str, ymax: float) -> None:
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, ymax)
+    ax.set(ylabel=ylabel, ylim=(0, ymax))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
@@ -80,8 +78,7 @@ def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, ym
 
 def rouge_chart(rouge: dict) -> bytes:
     """Grouped bars per model: ROUGE-1/2/L P/R/F, answer view (top) and think view (bottom)."""
-    fig = _figure((11, 7.5))
-    axes = fig.subplots(2, 1)
+    fig, axes = _figure((11, 7.5), 2, 1)
     groups = [f"{m}-{s}" for _, m in ROUGE_METRICS for _, s in STATS]
     for ax, view, title in ((axes[0], "answer", "answer vs reference answer (headline)"),
                             (axes[1], "think", "think vs reference think")):
@@ -89,41 +86,33 @@ def rouge_chart(rouge: dict) -> bytes:
         _bars(ax, groups, series, "score (x100)", 105, ".1f")
         ns = ", ".join(f"{t} n={s['n']}" for t, s in rouge.items())
         ax.set_title(f"ROUGE, {title} ({ns})", fontsize=10)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(rouge), fontsize=9)
     fig.suptitle("ROUGE (clipped n-gram counts on jieba words, macro-averaged)", fontsize=11)
-    return _png(fig)
+    return _png(fig, axes[0].get_legend_handles_labels(), len(rouge), 9)
 
 def _cot_baselines(summary: dict) -> dict:
     """{baseline: scores} of a cot summary; an older summary has only its chance floor."""
-    found = dict(summary.get("baselines") or {})
-    if not found and summary.get("chance_floor"):
-        found["chance"] = summary["chance_floor"]
+    found = summary.get("baselines") or {"chance": summary.get("chance_floor")}
     return {name: found[name] for name, *_ in COT_BASELINES if found.get(name)}
 
 def cot_chart(cot: dict) -> bytes:
     """Recall / precision / F1 per model, with each model's baselines drawn across its bar."""
-    fig = _figure((9, 5.5))
-    ax = fig.subplots()
-    groups = [label for _, label in COT_MAIN]
+    fig, ax = _figure((9, 5.5))
     series = {t: [s["scores"][k] for k, _ in COT_MAIN] for t, s in cot.items()}
-    _bars(ax, groups, series, "score (0-1)", 1.08, ".2f")
-    width = 0.8 / max(1, len(cot))
-    drawn = set()
+    _bars(ax, [label for _, label in COT_MAIN], series, "score (0-1)", 1.08, ".2f")
+    width, drawn = 0.8 / max(1, len(cot)), set()
     for k, (tag, s) in enumerate(cot.items()):
         baselines = _cot_baselines(s)
         for name, label, style, color in (b for b in COT_BASELINES if b[0] in baselines):
-            for i, (key, _) in enumerate(COT_MAIN):
-                if baselines[name][key] is None:
-                    continue
+            for i, y in enumerate(baselines[name][key] for key, _ in COT_MAIN):
                 x = i - 0.4 + width * (k + 0.5)
-                ax.hlines(baselines[name][key], x - width / 2, x + width / 2, colors=color, linestyles=style,
-                          linewidth=1.2, label=None if name in drawn else label)
-                drawn.add(name)
+                if y is not None:
+                    ax.hlines(y, x - width / 2, x + width / 2, colors=color, linestyles=style, linewidth=1.2,
+                              label=None if name in drawn else label)
+                    drawn.add(name)
     ns = ", ".join(f"{t} n={s['n']}" for t, s in cot.items())
     ax.set_title(f"Chain of thought vs reference think steps (offline, one-to-one, "
                  f"tau={next(iter(cot.values())).get('tau')}; {ns})", fontsize=10)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
-    return _png(fig)
+    return _png(fig, ax.get_legend_handles_labels(), 3)
 
 def _adherence(cot: dict) -> dict:
     return {tag: s["adherence"] for tag, s in cot.items() if s.get("adherence")}  # tag -> adherence.measure
@@ -131,13 +120,11 @@ def _adherence(cot: dict) -> dict:
 def adherence_chart(cot: dict) -> bytes:
     """Grouped bars: adherence per mode, one bar per model; a mode without predictions is marked, not drawn as 0."""
     found = _adherence(cot)
-    fig = _figure((8, 4.5))
-    ax = fig.subplots()
+    fig, ax = _figure((8, 4.5))
     width = 0.8 / max(1, len(found))
     for k, (tag, adh) in enumerate(found.items()):
-        for i, mode in enumerate(MODES):
+        for i, a in enumerate(map(adh.get, MODES)):
             x = i - 0.4 + width * (k + 0.5)
-            a = adh.get(mode)
             if not a or a["rate"] is None:
                 ax.text(x, 0.02, "not\nmeasured", ha="center", va="bottom", fontsize=6, color="#555555")
                 continue
@@ -146,41 +133,35 @@ def adherence_chart(cot: dict) -> bytes:
     ax.set_xticks(range(len(MODES)), [MODE_LABELS[m] for m in MODES], fontsize=8)
     _axes(ax, "share of right-shaped answers", 1.15)
     ax.set_title("Mode adherence: does the model obey Qwen3's thinking switches?", fontsize=10)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=max(1, len(found)), fontsize=8)
-    return _png(fig)
+    return _png(fig, ax.get_legend_handles_labels(), max(1, len(found)))
 
 def think_status_chart(cot: dict) -> bytes:
     """One stacked bar per (model, mode): the shares of the shapes its outputs took."""
     found = _adherence(cot)
     bars = [(f"{LABELS[tag]}\n{SHORT[mode]}", adh[mode]) for tag, adh in found.items() for mode in MODES
             if adh.get(mode) and adh[mode]["n"]]
-    fig = _figure((8, 1.2 + 0.45 * max(1, len(bars))))
-    ax = fig.subplots()
-    ys = range(len(bars))
-    left = [0.0] * len(bars)
+    fig, ax = _figure((8, 1.2 + 0.45 * max(1, len(bars))))
+    ys, left = list(range(len(bars))), [0.0] * len(bars)
     for key in adherence.SHAPES:
         label, color = SHAPE_STYLES[key]
         shares = [a["shapes"][key] / a["n"] for _, a in bars]
-        ax.barh(list(ys), shares, left=left, color=color, label=label, height=0.7)
+        ax.barh(ys, shares, left=left, color=color, label=label, height=0.7)
         left = [lo + s for lo, s in zip(left, shares)]
-    ax.set_yticks(list(ys), [name for name, _ in bars], fontsize=7)
+    ax.set_yticks(ys, [name for name, _ in bars], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of test answers")
+    ax.set(xlim=(0, 1), xlabel="share of test answers")
     ax.set_title("Think status of the outputs, per model and mode", fontsize=10)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
-    return _png(fig)
+    return _png(fig, ax.get_legend_handles_labels(), 3, 7)
 
 def benchmark_chart(summaries: dict[str, dict]) -> bytes:
     """Accuracy by subject and overall, one bar per model with its 95% Wilson interval, chance at 25%."""
     groups = list(dict.fromkeys(s for v in summaries.values() for s in v["by_subject"])) + ["overall"]
-    fig = _figure((12, 5.5))
-    ax = fig.subplots()
+    fig, ax = _figure((12, 5.5))
     width = 0.8 / max(1, len(summaries))
     spare = iter(["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"])
     for k, (name, s) in enumerate(summaries.items()):
-        cells = [(i, s["overall"] if g == "overall" else s["by_subject"].get(g)) for i, g in enumerate(groups)]
-        cells = [(i, c) for i, c in cells if c and c["n"]]
+        cells = [(i, c) for i, g in enumerate(groups)
+                 if (c := s["overall"] if g == "overall" else s["by_subject"].get(g)) and c["n"]]
         xs = [i - 0.4 + width * (k + 0.5) for i, _ in cells]
         acc = [c["accuracy"] for _, c in cells]
         err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)], [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
@@ -193,9 +174,7 @@ def benchmark_chart(summaries: dict[str, dict]) -> bytes:
     ax.set_title("CMMLU medical subjects: accuracy with 95% Wilson intervals (unextractable answers count as wrong)",
                  fontsize=10)
     handles, labels = ax.get_legend_handles_labels()  # lines come first there: models first, chance last
-    fig.legend(handles[1:] + handles[:1], labels[1:] + labels[:1], loc="outside lower center",
-               ncol=len(summaries) + 1, fontsize=8)
-    return _png(fig)
+    return _png(fig, (handles[1:] + handles[:1], labels[1:] + labels[:1]), len(summaries) + 1)
 
 def write_benchmark_chart(results_dir) -> Path:
     """benchmark.png from every benchmark summary now in ``results_dir``."""
@@ -203,9 +182,8 @@ def write_benchmark_chart(results_dir) -> Path:
 
 def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
     """TensorBoard's debiased exponential moving average."""
-    out, last, n = [], 0.0, 0
-    for v in values:
-        n += 1
+    out, last = [], 0.0
+    for n, v in enumerate(values, 1):
         last = last * weight + (1 - weight) * v
         out.append(last / (1 - weight ** n))
     return out
@@ -221,9 +199,7 @@ def _curves(title: str, ylabel: str, curves: list[tuple[str, str, list, list]], 
             ax.plot(steps, vals, color=color, alpha=0.3, linewidth=1, marker=marker, markersize=3,
                     label=f"{label} (raw)")
             ax.plot(steps, _smooth(list(vals)), color=color, linewidth=2, label=f"{label} (smoothed)")
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(ylabel)
+        ax.set(title=title, xlabel="optimizer step", ylabel=ylabel)
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend()
@@ -239,21 +215,13 @@ def _points(hist: list[dict], key: str) -> tuple[list, list]:
 
 def write_charts(results_dir) -> list[Path]:
     """trainloss.png and evalloss.png: every run with a train_<kind>.json, raw (thin) and smoothed (EMA)."""
-    results_dir = Path(results_dir)
-    runs = {}
-    for kind in KINDS:
-        p = results_dir / RESULTS_NAME.format(kind=kind)
-        if p.is_file():
-            runs[kind] = _read(p, "re-run its training").get("log_history", [])
-    colors = {"full": "tab:blue", "lora": "tab:orange"}
-    written = []
-    for key, name in LOSS_CHARTS.items():
-        curves = [(kind, colors[kind], *_points(hist, key)) for kind, hist in runs.items()]
-        png = _curves("Train loss" if key == "loss" else "Eval loss (val.jsonl)", "cross-entropy loss",
-                      [c for c in curves if c[2]], marker="o" if key == "eval_loss" else None)
-        with disk_errors(results_dir, name, "results_dir"):
-            written.append(atomic_write_bytes(results_dir / name, png))
-    return written
+    results_dir, colors = Path(results_dir), {"full": "tab:blue", "lora": "tab:orange"}
+    runs = {kind: _read(p, "re-run its training").get("log_history", []) for kind in KINDS
+            if (p := results_dir / RESULTS_NAME.format(kind=kind)).is_file()}
+    pngs = ((name, _curves("Train loss" if key == "loss" else "Eval loss (val.jsonl)", "cross-entropy loss",
+                           [c for kind, hist in runs.items() if (c := (kind, colors[kind], *_points(hist, key)))[2]],
+                           marker="o" if key == "eval_loss" else None)) for key, name in LOSS_CHARTS.items())
+    return _write_pngs(results_dir, pngs)  # each chart made as it is written
 
 def write_grpo_charts(results_dir, results: dict) -> list[Path]:
     """rewards.png (each reward's mean per step) and completion_length.png (mean completion tokens) of a GRPO run."""
@@ -261,9 +229,12 @@ def write_grpo_charts(results_dir, results: dict) -> list[Path]:
     palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"])
     rewards = [(name, next(palette, "tab:gray"), *_points(steps, f"{name}_mean")) for name in results["rewards"]]
     lengths = [("mean completion", "tab:blue", *_points(steps, "completion_mean_length"))]
+    return _write_pngs(results_dir, (("rewards.png", _curves("GRPO rewards (mean per step)", "reward", rewards)),
+                                     ("completion_length.png", _curves("GRPO completion length", "tokens", lengths))))
+
+def _write_pngs(results_dir: Path, pngs) -> list[Path]:
     written = []
-    for name, png in (("rewards.png", _curves("GRPO rewards (mean per step)", "reward", rewards)),
-                      ("completion_length.png", _curves("GRPO completion length", "tokens", lengths))):
+    for name, png in pngs:
         with disk_errors(results_dir, name, "results_dir"):
             written.append(atomic_write_bytes(results_dir / name, png))
     return written
@@ -283,10 +254,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + [""]
 
 def _runs(data: dict) -> list[str]:
-    seen = {}
-    for kind in ("cot", "rouge"):
-        for tag, s in data[kind].items():
-            seen.setdefault(tag, s.get("predictions") or {})
+    seen = {t: s.get("predictions") or {} for kind in ("rouge", "cot") for t, s in data[kind].items()}  # cot's wins
     keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed")
     rows = [[LABELS[t], _fmt(p.get("model")), _fmt(p.get("adapter")), f"`{_fmt(p.get('path'))}`", _fmt(p.get("n"))]
             + [_fmt((p.get("decoding") or {}).get(k)) for k in keys] for t in TAGS if (p := seen.get(t)) is not None]
@@ -296,10 +264,9 @@ def _label(tag: str, summary: dict, current_key: str) -> str:
     return LABELS[tag] + ("" if current_key in summary else f" {OLD_MARK}")
 
 def _old_note(summaries: dict, current_key: str, what: str) -> list[str]:
-    if all(current_key in s for s in summaries.values()):
-        return []
-    return [f"{OLD_MARK} written by an older version ({what}): not comparable with the other rows; rerun its "
-            "evaluation script.", ""]
+    return [] if all(current_key in s for s in summaries.values()) else [
+        f"{OLD_MARK} written by an older version ({what}): not comparable with the other rows; rerun its evaluation "
+        "script.", ""]
 
 def _rouge_section(rouge: dict) -> list[str]:
     first = next(iter(rouge.values()))
@@ -315,9 +282,8 @@ def _rouge_section(rouge: dict) -> list[str]:
                         ("full", "Whole output vs reference think + answer")):
         out += [f"### {title}", ""]
         header = ["model"] + [f"{m} {s}" for _, m in ROUGE_METRICS for _, s in STATS] + ["n", "empty", "n/a"]
-        rows = [[_label(t, s, "definition")] + [_fmt(s["views"][view][m][st]) for m, _ in ROUGE_METRICS
-                                                 for st, _ in STATS]
-                + [s["n"], s["views"][view]["n_empty"], s["views"][view].get("n_na", 0)] for t, s in rouge.items()]
+        rows = [[_label(t, s, "definition")] + [_fmt(v[m][st]) for m, _ in ROUGE_METRICS for st, _ in STATS]
+                + [s["n"], v["n_empty"], v.get("n_na", 0)] for t, s in rouge.items() for v in [s["views"][view]]]
         out += _table(header, rows)
     out += _old_note(rouge, "definition", "rouge-chinese's n-gram sets")
     old = {t: s["rouge_chinese_exclusive"]["views"] for t, s in rouge.items() if s.get("rouge_chinese_exclusive")}
@@ -325,10 +291,9 @@ def _rouge_section(rouge: dict) -> list[str]:
         out += ["### For comparison: rouge-chinese's old numbers (F)", "",
                 "rouge-chinese 1.0.3 with `exclusive=True` on the same words counts each n-gram once (a set), so "
                 "repetition costs it nothing. Earlier results used it; it is not the headline.", ""]
-        header = ["model"] + [f"{view} {m}" for view in ("answer", "think") for _, m in ROUGE_METRICS]
         rows = [[LABELS[t]] + [_fmt(v[view][m]["f"]) for view in ("answer", "think") for m, _ in ROUGE_METRICS]
                 for t, v in old.items()]
-        out += _table(header, rows)
+        out += _table(["model"] + [f"{view} {m}" for view in ("answer", "think") for _, m in ROUGE_METRICS], rows)
     return out
 
 def _cot_section(cot: dict) -> list[str]:
@@ -345,17 +310,15 @@ def _cot_section(cot: dict) -> list[str]:
     keys = ("recall", "precision", "f1", "soft_recall", "soft_precision", "soft_f1")
     rows = [[_label(t, s, "matching")] + [_fmt(s["scores"][k], 3) for k in keys]
             + [s["n"], s["n_no_think"], s.get("n_think_na", 0)] for t, s in cot.items()]
-    out += _table(header, rows)
-    out += _old_note(cot, "matching", "many-to-one matching, precision against think + answer")
+    out += _table(header, rows) + _old_note(cot, "matching", "many-to-one matching, precision against think + answer")
     out += ["### Baselines on the same split", "",
             "Chance: the model's think against another question's reference (a fixed permutation, seed "
             f"{first.get('floor_seed')}); a score near it means nothing was learned. Answer-as-think: the reference "
             "answer's sentences used as the think — what restating the answer earns. Reference-as-think: the "
             "reference think itself, the ceiling.", ""]
     header = ["model"] + [f"{short} {k}" for short in ("chance", "answer", "ceiling") for k in ("R", "P", "F1")]
-    rows = [[_label(t, s, "matching")] + [_fmt((b.get(name) or {}).get(k), 3) for name, *_ in COT_BASELINES
-                                          for k in ("recall", "precision", "f1")]
-            for t, s in cot.items() for b in [_cot_baselines(s)]]
+    rows = [[_label(t, s, "matching")] + [_fmt(b.get(name, {}).get(k), 3) for name, *_ in COT_BASELINES
+                                          for k in keys[:3]] for t, s in cot.items() for b in [_cot_baselines(s)]]
     out += _table(header, rows)
     judged = {t: s["judge"] for t, s in cot.items() if s.get("judge")}
     if judged:
@@ -380,8 +343,7 @@ def _cot_section(cot: dict) -> list[str]:
     return out
 
 def _adherence_section(cot: dict) -> list[str]:
-    found = _adherence(cot)
-    if not found:
+    if not (found := _adherence(cot)):
         return []
     out = ["## Thinking switches (mode adherence)", "",
            "Share of test questions answered in the shape each mode asks for. Thinking on: a closed, non-empty think, "
@@ -396,15 +358,10 @@ def _adherence_section(cot: dict) -> list[str]:
             for tag, adh in found.items()]
     return out + _table(header, rows)
 
-def _cell(stats: dict | None) -> str:
-    if not stats or not stats["n"]:
-        return "–"
-    lo, hi = stats["ci95"]
-    return f"{100 * stats['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+def _cell(c: dict | None) -> str:
+    return f"{100 * c['accuracy']:.1f} [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}]" if c and c["n"] else "–"
 
 def _pairs_table(pairs: list[dict]) -> list[str]:
-    if not pairs:
-        return []
     out = ["### Paired comparison (same items)", "",
            "Two overlapping 95% intervals are not a comparison: both models answered the same items, so they are "
            "compared item by item. b: items only the first model got right; c: only the second; p: exact McNemar "
@@ -431,12 +388,10 @@ def benchmark_section(runs: dict[str, dict], pairs: list[dict] | None = None) ->
            "counts as wrong and is counted as unextractable: a letter inside a word (维生素D, B超, D-二聚体), "
            "a marker or lines naming several letters (`答案：A或C`, a change of mind), a think never closed (cut "
            "off at max_new_tokens), a think tag inside the answer (a second `</think>`).", ""]
-    rows = []
-    for s in subjects + ["overall"]:
-        cells = {t: (v["overall"] if s == "overall" else v["by_subject"].get(s)) for t, v in runs.items()}
-        ns = sorted({c["n"] for c in cells.values() if c})
-        label = f"**{s}**" if s == "overall" else s
-        rows.append([label, "/".join(map(str, ns))] + [_cell(c) for c in cells.values()])
+    cells = {s: [v["overall"] if s == "overall" else v["by_subject"].get(s) for v in runs.values()]
+             for s in subjects + ["overall"]}
+    rows = [[f"**{s}**" if s == "overall" else s, "/".join(str(n) for n in sorted({c["n"] for c in cs if c}))]
+            + [_cell(c) for c in cs] for s, cs in cells.items()]
     out += _table(["subject", "n"] + [LABELS.get(t, t) for t in runs], rows)
     keys = ("max_new_tokens", "do_sample", "enable_thinking", "seed")
     rows = [[LABELS.get(t, t) + ("" if "extracted_by" in v else f" {OLD_MARK}"), _fmt(v.get("model")),
@@ -448,13 +403,12 @@ def benchmark_section(runs: dict[str, dict], pairs: list[dict] | None = None) ->
     if any("extracted_by" not in v for v in runs.values()):
         out += [f"{OLD_MARK} read by an older answer reader (it credited letters inside words and hedges): rescore it "
                 "with `python benchmark.py --score=<folder>/benchmark_<model>.jsonl --name=<model>`.", ""]
-    return "\n".join(out + _pairs_table(pairs or []))
+    return "\n".join(out + (_pairs_table(pairs) if pairs else []))
 
 def _train_section(train: dict) -> list[str]:
     """Every scalar field of train_<run>.json (written by train.py / train_lora.py), one row per field."""
-    keys = []
-    for summary in train.values():
-        keys += [k for k, v in summary.items() if k not in keys and (v is None or isinstance(v, (int, float, str)))]
+    keys = dict.fromkeys(k for s in train.values() for k, v in s.items()
+                         if v is None or isinstance(v, (int, float, str)))
     rows = [[k] + [_fmt(s.get(k), 4) for s in train.values()] for k in keys]
     return ["## Training", ""] + _table(["field"] + [LABELS[t] for t in train], rows)
 
@@ -463,9 +417,8 @@ def _grpo_section(g: dict) -> list[str]:
     h, steps = g.get("heldout") or {}, g.get("steps") or [{"step": 0}]
     if not (h.get("before") and h.get("after")):
         return []
-    rows = [[when, _fmt(s["correct"], 3)] + [f"{_fmt(s['by_mode'][m]['correct'], 3)} / "
-                                             f"{_fmt(s['by_mode'][m]['adherence'])}" for m in MODES]
-            for when, s in h.items()]
+    rows = [[when, _fmt(s["correct"], 3)] + [f"{_fmt(b['correct'], 3)} / {_fmt(b['adherence'])}"
+                                             for b in (s["by_mode"][m] for m in MODES)] for when, s in h.items()]
     return ["## GRPO (held-out multiple choice)", "",
             f"`train_grpo.json`: {h['before']['n_rows']} rows of `{g['dataset']}` never trained on, each asked in the "
             f"three modes of `{g['model']}` (before) and of the GRPO model after {steps[-1]['step']} steps, sampled "
@@ -491,26 +444,19 @@ DEMO_NOTES = {
 def _demo_note(data: dict) -> list[str]:
     specs = {str(s.get("model")) for s in data["train"].values()}
     specs |= {str((s.get("predictions") or {}).get("model")) for kind in ("cot", "rouge") for s in data[kind].values()}
-    notes = [DEMO_NOTES[spec] for spec in DEMO_NOTES if spec in specs]
-    return [n for note in notes for n in (note, "")]
+    return [n for spec, note in DEMO_NOTES.items() if spec in specs for n in (note, "")]
 
 def report_text(data: dict, charts: list[str]) -> str:
     out = ["# Results", "",
            "Rebuilt by evaluate.py / evaluate_lora.py / rouge_eval.py / rouge_eval_lora.py from the summaries in "
            "this folder (`rouge_<model>.json`, `cot_<model>.json`; per-sample scores in the `.jsonl` beside each). "
            "Do not edit by hand.", ""]
-    out += _demo_note(data)
-    out += ["## Runs", ""] + _runs(data)
-    if data["rouge"]:
-        out += _rouge_section(data["rouge"])
-    if data["cot"]:
-        out += _adherence_section(data["cot"]) + _cot_section(data["cot"])
-    if data["train"]:
-        out += _train_section(data["train"])
-    if data["grpo"]:
-        out += _grpo_section(data["grpo"])
-    if data["benchmark"]:
-        out += [benchmark_section(data["benchmark"], data["benchmark_pairs"])]
+    out += _demo_note(data) + ["## Runs", ""] + _runs(data)
+    for kind, section in (("rouge", _rouge_section), ("cot", lambda c: _adherence_section(c) + _cot_section(c)),
+                          ("train", _train_section), ("grpo", _grpo_section),
+                          ("benchmark", lambda b: [benchmark_section(b, data["benchmark_pairs"])])):
+        if data[kind]:
+            out += section(data[kind])
     if charts:
         out += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(out)
@@ -519,17 +465,13 @@ def build(results_dir) -> list[Path]:
     """Rebuild the charts whose summaries exist, benchmark.pairs.json and README.md; return the paths written."""
     d = Path(results_dir)
     data = collect(d)
-    written, charts = [], []
-    if data["rouge"]:
-        written.append(atomic_write_bytes(d / "rouge.png", rouge_chart(data["rouge"])))
-        charts.append("rouge.png")
-    if data["cot"]:
-        written.append(atomic_write_bytes(d / "cot.png", cot_chart(data["cot"])))
-        charts.append("cot.png")
-    if any(s.get("adherence") for s in data["cot"].values()):
-        written.append(atomic_write_bytes(d / "adherence.png", adherence_chart(data["cot"])))
-        written.append(atomic_write_bytes(d / "think_status.png", think_status_chart(data["cot"])))
-        charts += ["adherence.png", "think_status.png"]
+    written, charts, adh = [], [], data["cot"] if _adherence(data["cot"]) else {}
+    for name, chart, summaries in (("rouge.png", rouge_chart, data["rouge"]), ("cot.png", cot_chart, data["cot"]),
+                                   ("adherence.png", adherence_chart, adh),
+                                   ("think_status.png", think_status_chart, adh)):
+        if summaries:
+            written.append(atomic_write_bytes(d / name, chart(summaries)))
+            charts.append(name)
     if data["benchmark"]:  # the paired comparison the report shows, as data (an empty list for one model)
         written.append(write_json(d / cmmlu.PAIRS_NAME, data["benchmark_pairs"]))
     charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png", "rewards.png", "completion_length.png")
