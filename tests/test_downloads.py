@@ -37,6 +37,7 @@ def _repo(folder: Path, weights: bytes = b"weights of revision 1") -> Path:
 def _serve(repo: Path, tmp_path: Path, monkeypatch) -> HubStandin:
     """The stand-in as the modelscope module medsft imports (the real one takes seconds to import), reachable."""
     standin = HubStandin(repo, tmp_path / "ms-cache", tmp_path / "calls.jsonl")
+    monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "medsft-cache"))  # its own download lock, per test
     monkeypatch.setitem(sys.modules, "modelscope", types.SimpleNamespace(snapshot_download=standin))
     monkeypatch.setattr(models, "hub_problem", lambda *a, **k: None)
     monkeypatch.setattr(models, "_PINNED", {})  # a test's pin never leaks into the next

@@ -289,7 +289,9 @@ class FakeServer:
 
 
 @pytest.fixture
-def no_hub_env(monkeypatch):
+def no_hub_env(monkeypatch, tmp_path):
+    # its own download lock: a test on the other xdist worker fetching the same id must not make this one wait
+    monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "medsft-cache"))
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     try:  # modelscope >= 1.38 reads its endpoint settings once per process
