@@ -44,18 +44,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# The files of the longest tests (pytest --durations, 2026-12-03: the pipeline 710 s, test_lean's two recipe
-# measurements 514 s, ...) run first, so that with pytest.ini's --maxschedchunk=1 the other worker takes the short
-# ones meanwhile instead of one worker finishing a long test alone at the end. Each file stays in one block (its
-# module fixtures are made once per worker).
-LONGEST_FIRST = ("test_pipeline.py", "test_lean.py", "test_grpo.py", "test_bench.py", "test_distributed.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the rest keep their order
-
-
 def pytest_sessionfinish(session, exitstatus):
     # ~50 MB of tiny models per session would otherwise pile up in the temp folder; only a folder this
     # conftest chose is removed (pytest-xdist workers inherit the controller's, so the controller removes it)
