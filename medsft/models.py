@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,10 +139,25 @@ def _create_tiny(out_dir: Path, tokenizer_src: Path | None) -> None:
         tok.save_pretrained(out_dir)
     save_random_qwen3(out_dir, tok, TINY_SEED, TINY_SIZE)
 
+BUILD_WAIT_S = 600  # longest wait of a launch's other processes for rank 0 to build a builtin model
+
 def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
     # built in a temporary sibling and renamed into place: a reader never sees half a model
-    if (out / "model.safetensors").is_file():
+    weights = out / "model.safetensors"
+    if weights.is_file():
         return out
+    if _launched_rank() > 0:  # under a launch transformers writes weights on rank 0 only: rank 0 builds
+        deadline = time.monotonic() + BUILD_WAIT_S
+        while not weights.is_file():
+            if time.monotonic() > deadline:
+                raise MedsftError(f"{out}: rank 0 did not build it within {BUILD_WAIT_S} s (a launch over several "
+                                  "machines? build it once on each with one process: python inference.py "
+                                  f"--model={out.name.split('-')[0]} --question=hi)")
+            time.sleep(0.2)
+        return out
+    if out.exists() and not weights.is_file():
+        raise MedsftError(f"{out} holds no model.safetensors (an older medsft could leave one under torchrun): "
+                          f"remove it (rm -r {out}) and run again; it is rebuilt the same from its seed")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name.split('-')[0]}-", dir=out.parent))
     try:
@@ -155,6 +171,11 @@ def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+def _launched_rank() -> int:
+    """This process's rank in an initialized process group, or 0 when there is none."""
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 def ensure_tiny() -> Path:
     src, ident = _tiny_tokenizer_source()

@@ -30,6 +30,55 @@ def test_tiny_is_created_once_and_reloads_identically(monkeypatch, tmp_path):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
+_LAUNCHED_BUILD = """import sys, time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+from medsft import models
+if dist.get_rank() == 0:
+    time.sleep(3)  # the other process reaches the empty cache first
+out = models.resolve_model(sys.argv[1])
+print(f"rank {dist.get_rank()}: {sorted(p.name for p in out.iterdir())}", flush=True)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("spec", ["tiny", "small"])
+def test_a_launch_on_an_empty_cache_builds_the_whole_model(tmp_path, spec):
+    """Under torchrun transformers writes weights on rank 0 only: the cached model is whole whichever process
+    reaches the empty cache first."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "build.py"
+    script.write_text(_LAUNCHED_BUILD)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MEDSFT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), spec], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    for r in (0, 1):
+        assert proc.stdout.count(f"rank {r}: ") == 1 and "model.safetensors" in proc.stdout.split(f"rank {r}: ")[1]
+    (built,) = (tmp_path / "cache").glob(f"{spec}-qwen3-*")
+    assert (built / "model.safetensors").is_file() and (built / "config.json").is_file()
+    assert not list((tmp_path / "cache").glob(".*"))  # no half-built folder left behind
+
+
+def test_a_cached_model_folder_without_weights_is_one_clear_error(monkeypatch, tmp_path):
+    import shutil
+
+    monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "a"))
+    whole = models.resolve_model("tiny")
+    broken = tmp_path / "b" / whole.name  # what an older medsft could leave under torchrun
+    shutil.copytree(whole, broken, ignore=shutil.ignore_patterns("model.safetensors"))
+    monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "b"))
+    with pytest.raises(MedsftError, match=f"holds no model.safetensors .*rm -r {broken}"):
+        models.resolve_model("tiny")
+    kept = sorted(p.name for p in whole.iterdir() if p.suffix != ".safetensors")
+    assert sorted(p.name for p in broken.iterdir()) == kept  # nothing removed on a guess
+
+
 def test_tiny_forward_pass_and_tokenizer():
     tok = models.load_tokenizer("tiny")
     model = models.load_model("tiny", device="cpu")
