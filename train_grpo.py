@@ -631,7 +631,7 @@ def main():
               + ", ".join(f"{chat.SHORT[m]}={after['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
     training.finish_swanlab()
     print("wrote:\n  " + "\n  ".join(str(p) for p in written))
-    distributed.stop_process_group()
+    distributed.stop_process_group(trainer)
 
 
 if __name__ == "__main__":

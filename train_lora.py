@@ -103,7 +103,7 @@ def main():
     print(f"done: {trainer.state.global_step} steps, {summary['tokens_per_s']:,.0f} tokens/s, "
           f"{summary['wall_time_s']:.0f} s")
     print("wrote:\n  " + "\n  ".join(str(p) for p in written))
-    training.stop_process_group()  # several processes: each ends the group it joined in step 1
+    training.stop_process_group(trainer)  # several processes: each ends the group it joined in step 1
 
 
 if __name__ == "__main__":

@@ -65,24 +65,12 @@ def _launch(script: str, args: list[str], cwd: Path, env=None) -> list[str]:
             *args]
 
 
-# Loaded by every process of a launch (PYTHONPATH): says so at exit if the process group is still up. A gloo group
-# left to interpreter teardown aborts the process now and then ("terminate called without an active exception",
-# exit -6; pytorch/pytorch#190489), so a finished run must end it itself.
-_EXIT_CHECK = """import atexit, sys
-def _check():
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        sys.stderr.write("EXIT-CHECK: process group still up at exit\\n")
-atexit.register(_check)
-"""
+EXIT_CHECK = ROOT / "tests" / "exit_check"  # its sitecustomize.py reports a process group ended badly
 
 
 def _torchrun(script, args, cwd: Path, env=None, check=True):
-    hook = cwd / "exit-check"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_EXIT_CHECK)
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)}
+        p for p in (str(EXIT_CHECK), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(_launch(script, args, cwd), cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=600)
     if check and (proc.returncode or "EXIT-CHECK" in proc.stderr):

@@ -420,9 +420,11 @@ def test_grpo_on_two_processes_rank0_alone_writes(root, tmp_path):
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            *_grpo_cmd(root, tmp_path / "out", tmp_path / "out-results", "--max_steps=2", "--grad_accum=1")[1:]]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(SWANLAB_MODE="local"), capture_output=True, text=True,
-                          timeout=600)
+    # tests/exit_check says (stderr "EXIT-CHECK:") whether each process ends its process group as it must
+    env = _env(SWANLAB_MODE="local", PYTHONPATH=str(root / "tests" / "exit_check"))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "EXIT-CHECK" not in proc.stderr, proc.stderr[-3000:]
     results = tmp_path / "out-results"
     assert sorted(p.name for p in results.iterdir()) == ["completion_length.png", "grpo_heldout.jsonl",
                                                          "rewards.png", "train_grpo.json"]

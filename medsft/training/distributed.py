@@ -148,12 +148,17 @@ def start_deepspeed() -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(timeout=PROCESS_GROUP_TIMEOUT)
 
-def stop_process_group() -> None:
+def stop_process_group(trainer=None) -> None:
     """End the process group once every rank finished (gloo may abort at teardown otherwise, pytorch/pytorch#190489);
-    never on an error path, where a rank may still wait in a collective."""
+    never on an error path, where a rank may still wait in a collective. ``trainer``'s DDP wrapper goes first: its
+    Reducer must not hold the group's last reference, whose destructor then waits, holding the GIL, on a gloo worker
+    thread that needs the GIL (a rare hang at exit, more likely under CPU load; pytorch/pytorch#56297)."""
     if world_size() > 1:
         import torch.distributed as dist
         if dist.is_initialized():
+            if trainer is not None:
+                trainer.model_wrapped = trainer.model
+                trainer.accelerator.free_memory()  # drops the accelerator's references, then collects
             dist.destroy_process_group()
 
 def _broadcast(obj):
