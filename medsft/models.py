@@ -143,7 +143,7 @@ BUILD_WAIT_S = 600  # longest wait of a launch's other processes for rank 0 to b
 
 def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
     # built in a temporary sibling and renamed into place: a reader never sees half a model
-    weights = out / "model.safetensors"
+    weights, kind = out / "model.safetensors", out.name.split("-")[0]
     if weights.is_file():
         return out
     if _launched_rank() > 0:  # under a launch transformers writes weights on rank 0 only: rank 0 builds
@@ -152,14 +152,14 @@ def _build_once(out: Path, create, meta_name: str, meta: dict) -> Path:
             if time.monotonic() > deadline:
                 raise MedsftError(f"{out}: rank 0 did not build it within {BUILD_WAIT_S} s (a launch over several "
                                   "machines? build it once on each with one process: python inference.py "
-                                  f"--model={out.name.split('-')[0]} --question=hi)")
+                                  f"--model={kind} --question=hi)")
             time.sleep(0.2)
         return out
     if out.exists() and not weights.is_file():
         raise MedsftError(f"{out} holds no model.safetensors (an older medsft could leave one under torchrun): "
                           f"remove it (rm -r {out}) and run again; it is rebuilt the same from its seed")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name.split('-')[0]}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=out.parent))
     try:
         create(tmp)
         (tmp / meta_name).write_text(json.dumps(meta) + "\n")

@@ -44,7 +44,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("spec", ["tiny", "small"])
-def test_a_launch_on_an_empty_cache_builds_the_whole_model(tmp_path, spec):
+def test_a_launch_on_an_empty_cache_builds_the_whole_model(root, tmp_path, spec):
     """Under torchrun transformers writes weights on rank 0 only: the cached model is whole whichever process
     reaches the empty cache first."""
     import os
@@ -53,7 +53,6 @@ def test_a_launch_on_an_empty_cache_builds_the_whole_model(tmp_path, spec):
 
     script = tmp_path / "build.py"
     script.write_text(_LAUNCHED_BUILD)
-    root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "MEDSFT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), spec], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -66,6 +65,7 @@ def test_a_launch_on_an_empty_cache_builds_the_whole_model(tmp_path, spec):
 
 
 def test_a_cached_model_folder_without_weights_is_one_clear_error(monkeypatch, tmp_path):
+    import re
     import shutil
 
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "a"))
@@ -73,7 +73,7 @@ def test_a_cached_model_folder_without_weights_is_one_clear_error(monkeypatch, t
     broken = tmp_path / "b" / whole.name  # what an older medsft could leave under torchrun
     shutil.copytree(whole, broken, ignore=shutil.ignore_patterns("model.safetensors"))
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "b"))
-    with pytest.raises(MedsftError, match=f"holds no model.safetensors .*rm -r {broken}"):
+    with pytest.raises(MedsftError, match=f"holds no model.safetensors .*rm -r {re.escape(str(broken))}"):
         models.resolve_model("tiny")
     kept = sorted(p.name for p in whole.iterdir() if p.suffix != ".safetensors")
     assert sorted(p.name for p in broken.iterdir()) == kept  # nothing removed on a guess
