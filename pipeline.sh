@@ -80,4 +80,4 @@ if [ -n "${GRPO_DATASET:-}" ]; then
 fi
 # the full fine-tune as one GGUF file + an Ollama Modelfile (q8_0), for Ollama, llama.cpp and LM Studio
 step export.py --model_dir=output/full --output_dir=export/full
-echo; echo "done: results in $RUN_DIR/results (README.md, rouge.png, cot.png, adherence.png, think_status.png, benchmark.png, trainloss.png, evalloss.png)"
+echo; echo "done: results in $RUN_DIR/results ($(cd results && ls README.md *.png | paste -sd, - | sed 's/,/, /g'))"
