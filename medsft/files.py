@@ -228,10 +228,51 @@ def _roll_back(directory: Path, stage: Path, manifest: dict | None) -> list[str]
             problems.append(f"{stage}: {e}")
     return problems
 
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), from /proc; None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+                     if line.startswith("btime "))
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the "(comm)" field
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+def _live_writer(stage: Path) -> int | None:
+    """The pid in ``stage``'s name (.publish-PID-HEX) when that process is alive and older than the stage (a pid
+    reused after a reboot is younger), i.e. a writer still publishing; None: its writer is gone."""
+    try:
+        pid = int(stage.name[len(_STAGE):].split("-", 1)[0])
+    except ValueError:
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    except OSError:
+        return None
+    started = _process_start(pid)
+    try:
+        created = stage.stat().st_mtime
+    except OSError:
+        return None
+    return None if started is not None and started > created + 2 else pid
+
 def recover_publish(directory: str | os.PathLike) -> bool:
-    """Roll back a publish that was interrupted; True if there was one."""
+    """Roll back a publish that was interrupted; True if there was one. A publish whose writer is still running
+    is never rolled back: MedsftError naming its pid."""
     directory, found = Path(directory), False
     for stage, manifest in _interrupted(directory):
+        pid = _live_writer(stage)
+        if pid is not None:
+            writer = manifest["writer"] if manifest else "another stage"
+            raise MedsftError(f"{directory}: {writer} (pid {pid}) is replacing the files there right now ({stage.name}"
+                              "); wait for it to finish, or stop it, then run again: one writer per folder at a time")
         problems = _roll_back(directory, stage, manifest)
         if problems:
             raise MedsftError(f"{directory}: cannot restore the files of an interrupted update "

@@ -4,12 +4,17 @@ of retrained weights, are never mixed)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from .files import MedsftError
 from .models import BUILTIN_SPECS, UNPINNED, ensure_builtin, hub_revision, is_hub_id, resolve_model
 
 LOCAL_ROOTS = ("output", "data", "results")  # the project's own folders: a missing path there is not a hub id
+# the files that hold a model's (or adapter's) weights, and the index that maps tensors to shards
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json",
+                   "adapter_model.bin")
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 1 << 16  # 1 MiB read per weights file, spread over it, beside the whole header
 
 def _looks_local(spec: str) -> bool:
     """True when a missing spec is meant as a local path (so it must not be looked up on ModelScope)."""
@@ -65,3 +70,39 @@ def weights_fingerprint(model: str, adapter: str | None) -> str | None:
     if revision is None:
         return digest
     return f"{model}@{revision}" + (f"#{digest}" if digest else "")
+
+def _sampled(fh, size: int, start: int, digest) -> None:
+    """Hash SAMPLE_BLOCKS blocks spread evenly over bytes ``start``..``size`` (all of them when that is smaller)."""
+    span = size - start
+    if span <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+        fh.seek(start)
+        digest.update(fh.read(span))
+        return
+    step = (span - SAMPLE_BYTES) // (SAMPLE_BLOCKS - 1)
+    for k in range(SAMPLE_BLOCKS):
+        fh.seek(start + k * step)
+        digest.update(fh.read(SAMPLE_BYTES))
+
+def weights_identity(model_dir) -> str | None:
+    """A cheap identity of the weights in ``model_dir`` (None: it holds none): each weights file's name and size,
+    its whole safetensors header (or index json) and 16 blocks of 64 KiB spread over its data. Retraining rewrites
+    every block; a copy keeps them (mtimes are not used), so moving a model never refuses a resume. A change that
+    spares every sampled block goes unseen: this is not a full hash (that reads GBs at every start)."""
+    d = Path(model_dir)
+    files = sorted({f for pattern in WEIGHT_PATTERNS for f in d.glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        part = hashlib.sha256()
+        with open(f, "rb") as fh:
+            start = 0
+            if f.name.endswith(".safetensors") and size >= 8:
+                n = int.from_bytes(fh.read(8), "little")
+                if 8 + n <= size and n < 1 << 27:  # a sane header is hashed whole: dtypes, shapes, offsets, metadata
+                    part.update(fh.read(n))
+                    start = 8 + n
+            _sampled(fh, size, start, part)
+        digest.update(json.dumps([f.name, size, part.hexdigest()]).encode("utf-8"))
+    return digest.hexdigest()

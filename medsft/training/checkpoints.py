@@ -14,6 +14,7 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 OPTIMIZER, SCHEDULER, SCALER, RNG = "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"
 RNG_PER_RANK = re.compile(r"^rng_state_(\d+)\.pth$")
 INTERRUPTED = "no readable trainer_state.json (its save was interrupted)"
+TORN = "trainer_state.json is {what} (a host crash or a kill while it was written)"  # present, but not a state
 FSDP_MODEL, FSDP_OPTIMIZER = "pytorch_model_fsdp", "optimizer"  # + ".bin" (full) or "_0/" (sharded state dict)
 
 def checkpoints(output_dir) -> list[tuple[int, Path, bool]]:
@@ -37,16 +38,32 @@ def checkpoint_problem(path) -> str | None:
         return f"the folder is unreadable ({e.strerror or e})"
 
 def save_interrupted(path) -> bool:
-    """The Trainer never finished saving ``path`` (trainer_state.json missing or cut short; a read error is not)."""
-    return _trainer_state_problem(Path(path)) == INTERRUPTED
+    """The Trainer never finished saving ``path`` (trainer_state.json missing, empty or cut short; a read error is
+    not)."""
+    why = _trainer_state_problem(Path(path))
+    return why == INTERRUPTED or torn_state(path)
+
+def torn_state(path) -> bool:
+    """trainer_state.json is there but holds no state (empty, not JSON, null): a kill mid-write or a host crash."""
+    why = _trainer_state_problem(Path(path))
+    return why is not None and why.startswith("trainer_state.json is ") and "unreadable" not in why
 
 def _trainer_state_problem(p: Path) -> str | None:
     try:
-        json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        raw = (p / "trainer_state.json").read_bytes()
+    except FileNotFoundError:
         return INTERRUPTED
     except OSError as e:
         return f"trainer_state.json is unreadable ({e.strerror or e})"
+    if not raw.strip():
+        return TORN.format(what=f"empty ({len(raw)} bytes)")
+    try:
+        state = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return TORN.format(what=f"not JSON ({len(raw):,} bytes)")
+    # the Trainer always writes an object with the step; anything else (null, a list) cannot be resumed from
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return TORN.format(what=f"not a trainer state ({raw[:20].decode('utf-8', 'replace')!r})")
     return None
 
 def _layout_problem(p: Path) -> str | None:

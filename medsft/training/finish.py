@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import resource
+import secrets
 import shutil
 import socket
 import sys
@@ -243,6 +244,10 @@ def save_final(trainer, tokenizer, cfg, config: dict | None = None) -> list[Path
         return on_main(_publish, trainer, config or cfg.constants(), stage, out)
 
 def _fresh_folder(path: Path) -> None:
+    if path.is_symlink():  # rmtree refuses a link and save_model would write through it into its target
+        raise MedsftError(f"{path} is a symlink (to {os.readlink(path)}), not the staging folder this project "
+                          f"creates: nothing is saved through a link. Remove it (rm {path}), then continue with "
+                          "--resume=true")
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
 
@@ -252,9 +257,15 @@ def _publish(trainer, config: dict, stage: Path, out: Path) -> list[Path]:
     for name in names:
         os.replace(stage / name, out / name)
     shutil.rmtree(stage, ignore_errors=True)
-    tmp = out / ".trainer_state.json.tmp"
-    trainer.state.save_to_json(str(tmp))
-    os.replace(tmp, out / "trainer_state.json")
+    # a fresh name created exclusively: save_to_json's plain open() then writes our own file, never a planted link
+    tmp = out / f".trainer_state.json.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    try:
+        trainer.state.save_to_json(str(tmp))
+        os.replace(tmp, out / "trainer_state.json")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     weights = [out / n for n in names if n.endswith(".safetensors")]
     return weights + [out / "tokenizer_config.json", out / "generation_config.json", out / "train_config.json",
                       out / "trainer_state.json"]

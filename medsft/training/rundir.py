@@ -3,6 +3,7 @@ fingerprint that keeps two runs from mixing, the resume choice, whole checkpoint
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,9 +22,10 @@ except ImportError:  # Windows: no advisory locks, lock_output_dir does nothing
 from ..config import KINDS, RESULTS_NAME, TrainConfig
 from ..files import MedsftError, check_writable, disk_errors, write_json
 from ..memory import GIB, check_fits, estimate, estimate_line
+from ..model_checks import weights_identity
 from ..models import resolve_model
 from . import distributed
-from .checkpoints import checkpoint_problem, checkpoints, save_interrupted
+from .checkpoints import checkpoint_problem, checkpoints, save_interrupted, torn_state
 from .sft import resolve_features, resolved
 
 CPU_MAX_PARAMS = 100_000_000  # more parameters than this need a GPU (or ALLOW_CPU): Qwen3-0.6B already takes days
@@ -41,6 +43,7 @@ RUN_KEYS = ("MODEL", "MODEL_REVISION", "QUANTIZATION", "MAX_LENGTH", "EPOCHS", "
             "LEARNING_RATE", "SCHEDULER", "WARMUP", "WEIGHT_DECAY", "MAX_GRAD_NORM", "SEED", "NO_THINK_RATIO", "LORA_R",
             "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
 # what turns a row into tokens: the tokenizer and its chat template, in whichever of these files the model has
+ADDED_KEYS = ("weights_sha256",)  # fingerprint keys added since runs began recording one (issue 34)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
                    "added_tokens.json", "special_tokens_map.json")
 
@@ -238,15 +241,22 @@ def check_output_dir(cfg) -> Path | None:
                 print(f"resume: continuing from {path} (step {step})")
                 return path
             unusable.append((path, why))
+        found = "; ".join(f"{path.name}: {why}" for path, why in unusable)
         if any(not save_interrupted(path) for path, _ in unusable):  # a whole save that reads badly: the user decides
-            found = "; ".join(f"{path.name}: {why}" for path, why in unusable)
             raise MedsftError(f"--resume=true: no checkpoint in {out} can be resumed from ({found}). Nothing was "
                               "changed. If a disk or network error is to blame, retry once it is fixed; otherwise "
                               "start over with --overwrite=true (deletes these checkpoints), or train into another "
-                              "--output_dir=DIR")
+                              f"--output_dir=DIR{_hidden_aside(out)}")
+        if any(torn_state(path) for path, _ in unusable):  # a host crash can empty every one: never restart silently
+            raise MedsftError(f"--resume=true: no checkpoint in {out} holds a whole trainer_state.json ({found}), so "
+                              f"none can be resumed from and starting at step 0 would drop the run. Nothing was "
+                              f"changed. Inspect the newest, {unusable[0][0]}; to start over use --overwrite=true "
+                              f"(deletes these checkpoints), or train into another --output_dir=DIR"
+                              f"{_hidden_aside(out)}")
         for bad, bad_why in unusable:
             _move_aside(bad, bad_why)
-        print(f"resume: no {'finished ' if unusable else ''}checkpoint in {out}; starting from scratch")
+        print(f"resume: no {'finished ' if unusable else ''}checkpoint in {out}; starting from scratch"
+              f"{_hidden_aside(out)}")
         (out / "swanlab_run.json").unlink(missing_ok=True)  # a fresh start is a new SwanLab experiment too
         return None
     fix = ("continue it with --resume=true, write elsewhere with --output_dir=DIR, or start over with "
@@ -256,6 +266,22 @@ def check_output_dir(cfg) -> Path | None:
     if ckpts:
         raise MedsftError(f"{out} holds checkpoints of an unfinished run (newest {ckpts[-1][1].name}): {fix}")
     return None
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2 ** 20:.1f} MiB"
+
+def _hidden_aside(out: Path) -> str:
+    """``; hidden ... (sizes)`` for the .interrupted-checkpoint-N folders of ``out`` (ls does not show them)."""
+    found = []
+    for p in sorted(out.glob("." + INTERRUPTED_PREFIX + "checkpoint-*")):
+        try:
+            found.append(f"{p} ({_size(_tree_bytes(p))})")
+        except OSError:
+            found.append(f"{p} (size unknown)")
+    if not found:
+        return ""
+    return (f"; earlier resumes moved these hidden folders aside, which --overwrite=true keeps: {', '.join(found)} "
+            "(delete them once you have no use for them)")
 
 def _move_aside(path: Path, why: str) -> None:
     """Rename an unusable checkpoint to a free ``unreadable-checkpoint-N[.k]`` (or hidden ``.interrupted-...``):
@@ -288,7 +314,14 @@ def lock_output_dir(output_dir) -> None:
     if key in _LOCKS:
         return
     path = d / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:  # O_NOFOLLOW: a planted symlink would have us truncate whatever it points at
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP and not path.is_symlink():
+            raise
+        raise MedsftError(f"{path} is a symlink (to {os.readlink(path)}), not the lock file this project creates: "
+                          "a lock is never written through a link, as that would overwrite its target. Remove the "
+                          f"link (rm {path}) and run again, or write elsewhere with --output_dir=DIR") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -317,7 +350,9 @@ def run_fingerprint(cfg, feats: dict) -> dict:
     digest = hashlib.sha256()
     for name in ("train.jsonl", "val.jsonl"):
         digest.update((Path(cfg.data_dir) / name).read_bytes())
-    fp = {"data_sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha256(resolve_model(str(cfg.model))),
+    model_dir = resolve_model(str(cfg.model))
+    fp = {"data_sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha256(model_dir),
+          "weights_sha256": weights_sha256(model_dir),
           **{k: constants[k] for k in RUN_KEYS if k in constants}, "features": feats}
     if int(cfg.world_size or 1) > 1:  # another process count deals the data out differently
         fp.update(WORLD_SIZE=cfg.world_size, ENGINE=cfg.engine)
@@ -331,6 +366,14 @@ def tokenizer_sha256(model_dir: Path) -> str:
             digest.update(name.encode() + b"\0" + hashlib.sha256((model_dir / name).read_bytes()).digest())
     return digest.hexdigest()
 
+def weights_sha256(model_dir: Path) -> str | None:
+    """The weights' identity for a run fingerprint (the base of a LoRA): ``model_checks.weights_identity``."""
+    return weights_identity(model_dir)
+
+def _comparable(old: dict, fp: dict) -> dict:
+    # a fingerprint written before a key existed is compared without it (it cannot know), then rewritten with it
+    return {k: v for k, v in fp.items() if k in old or k not in ADDED_KEYS}
+
 def _read_fingerprint(out: Path) -> dict | None:
     path = out / "run_fingerprint.json"
     try:
@@ -343,8 +386,10 @@ def _read_fingerprint(out: Path) -> dict | None:
 
 def _mismatch(old: dict, fp: dict) -> tuple[str, str | None]:
     """``(the changed keys in words, or ""; how the auto features moved, or None)``."""
+    fp = _comparable(old, fp)
     changed = [k for k in dict.fromkeys([*fp, *old]) if k != "features" and old.get(k) != fp.get(k)]
-    words = {"data_sha256": "the data files", "tokenizer_sha256": "the model's tokenizer or chat template"}
+    words = {"data_sha256": "the data files", "tokenizer_sha256": "the model's tokenizer or chat template",
+             "weights_sha256": "the model's weights: retrained in place, or another revision of a hub id"}
     named = ", ".join(f"{k} ({words[k]})" if k in words else k for k in changed)
     moved = {k: v for k, v in (old.get("features") or {}).items() if fp["features"].get(k) != v}
     if not moved:
@@ -362,7 +407,7 @@ def check_finished(cfg, kind: str, fp: dict) -> None:
     if cfg.overwrite or not is_finished(out):
         return
     old = _read_fingerprint(out)
-    if old == fp:
+    if old is not None and old == _comparable(old, fp):
         try:
             step = json.loads((out / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", "?")
         except (OSError, ValueError):
