@@ -35,6 +35,7 @@ OUTPUT_DIR = "export/full"  # where the .gguf, the Modelfile and export_config.j
 QUANTIZATION = "q8_0"  # q8_0 (near-lossless, 1.8 GB for 1.7B) | f16 | bf16 | f32 | q4_k_m (needs libggml-python)
 NAME = ""  # model name (file <NAME>-<QUANTIZATION>.gguf, `ollama create NAME`); "" = medsft-<MODEL_DIR's folder name>
 SYSTEM = SYSTEM_PROMPT  # the Modelfile's SYSTEM prompt (the one the model was fine-tuned with); "" = none
+LICENSE = "apache-2.0"  # license of the weights (Qwen3's): the GGUF's general.license and the Modelfile's LICENSE; "" = none
 NUM_CTX = 8192  # Ollama context window (num_ctx): prompt + a think and answer (inference allows 2,048 new tokens)
 
 _QUANTIZATIONS = ("q8_0", "f16", "bf16", "f32", "q4_k_m")
@@ -291,41 +292,86 @@ def add_tokenizer(writer, tokenizer_dir: Path, vocab_size: int) -> dict:
 
 # --- 4. the Modelfile: ChatML with Qwen3's thinking switch, as its own chat template writes it --------------------
 
-# Ollama's think switch: on, the model opens <think> itself (returned as `thinking`); off, the prompt holds the empty
-# think block Qwen3's template writes for enable_thinking=False. Only turns after the last question keep a think.
-_TEMPLATE = """{{- $lastUser := -1 }}{{- range $i, $m := .Messages }}{{- if eq $m.Role "user" }}{{- $lastUser = $i }}{{- end }}{{- end }}
-{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
+# Qwen3's own chat template (tokenizer_config.json) in Ollama's Go-template terms, so that Ollama's capability checks
+# find thinking (a dot-relative .Thinking between text tags inside `range ... .Messages`: thinking/template.go InferTags)
+# and tools with their round trip (.Tools, .ToolCalls, role "tool": server/images.go). Think off writes the empty think
+# block Qwen3 writes for enable_thinking=False; thinks are kept only after the last question, as Qwen3 keeps them.
+_TEMPLATE = """{{- $system := false }}{{- $lastQuery := -1 }}{{- $end := -1 }}
+{{- range $i, $_ := .Messages }}{{ $end = $i }}{{ if eq .Role "user" }}{{ $lastQuery = $i }}{{ end }}
+{{- if and (eq $i 0) (eq .Role "system") }}{{ $system = true }}{{ end }}{{ end }}
+{{- if lt $lastQuery 0 }}{{ $lastQuery = $end }}{{ end }}
+{{- if .Tools }}<|im_start|>system
+{{ if $system }}{{ (index .Messages 0).Content }}
+
+{{ end }}# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>{{ range .Tools }}
+{{ . }}{{ end }}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{{ else if $system }}<|im_start|>system
+{{ (index .Messages 0).Content }}<|im_end|>
 {{ end }}
-{{- range $i, $m := .Messages }}
+{{- $prev := "" }}
+{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if eq $m.Role "user" }}<|im_start|>user
-{{ $m.Content }}<|im_end|>
-{{ else if eq $m.Role "assistant" }}<|im_start|>assistant
-{{ if and $m.Thinking (gt $i $lastUser) }}<think>
-{{ $m.Thinking }}
+{{- if and (eq $prev "tool") (ne .Role "tool") }}<|im_end|>
+{{ end }}
+{{- if or (eq .Role "user") (and (eq .Role "system") (ne $i 0)) }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if and (gt $i $lastQuery) (or $last .Thinking) }}<think>
+{{ .Thinking }}
 </think>
 
-{{ end }}{{ $m.Content }}{{ if not $last }}<|im_end|>
+{{ end }}{{ .Content }}
+{{- $content := .Content }}{{ if .ToolCalls }}{{ range $j, $_ := .ToolCalls }}{{ if or $j $content }}
+<tool_call>
+{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+</tool_call>{{ else }}<tool_call>
+{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+</tool_call>{{ end }}{{ end }}{{ end }}
+{{- if not $last }}<|im_end|>
 {{ end }}
+{{- else if eq .Role "tool" }}{{ if ne $prev "tool" }}<|im_start|>user{{ end }}
+<tool_response>
+{{ .Content }}
+</tool_response>
 {{- end }}
-{{- if and $last (ne $m.Role "assistant") }}<|im_start|>assistant
-{{ if and $.IsThinkSet (not $.Think) }}<think>
+{{- $prev = .Role }}
+{{- end }}
+{{- if eq $prev "tool" }}<|im_end|>
+{{ end }}
+{{- if ne $prev "assistant" }}<|im_start|>assistant
+{{ if and .IsThinkSet (not .Think) }}<think>
 
 </think>
 
 {{ end }}
-{{- end }}
 {{- end }}"""
 
 
-def modelfile(gguf_name: str, generation: dict, system: str, num_ctx: int) -> str:
+_LICENSE_URLS = {"apache-2.0": "https://www.apache.org/licenses/LICENSE-2.0"}  # Qwen3's; others are written as named
+
+
+def modelfile(gguf_name: str, generation: dict, system: str, num_ctx: int, license_id: str) -> str:
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{_TEMPLATE}"""', ""]
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
+    if license_id:
+        url = _LICENSE_URLS.get(license_id.lower())
+        lines += [f'LICENSE """{license_id}{": " + url if url else ""}"""', ""]
     lines += ['PARAMETER stop "<|im_end|>"', 'PARAMETER stop "<|im_start|>"']
     for key, default in (("temperature", 0.6), ("top_p", 0.95), ("top_k", 20)):  # Qwen3's thinking-mode sampling
         lines.append(f"PARAMETER {key} {generation.get(key, default)}")
+    lines.append("PARAMETER repeat_penalty 1")  # Qwen3 advises none; Ollama before 0.32.10 applied 1.1 to long thinks
     lines.append(f"PARAMETER num_ctx {num_ctx}")
     return "\n".join(lines) + "\n"
 
@@ -386,7 +432,7 @@ def main():
 
     # 4. Modelfile and resolved config beside the file; the commands to run it
     generation = read_json(config_dir / "generation_config.json")
-    atomic_write_bytes(out_dir / "Modelfile", modelfile(gguf_path.name, generation, SYSTEM, NUM_CTX).encode())
+    atomic_write_bytes(out_dir / "Modelfile", modelfile(gguf_path.name, generation, SYSTEM, NUM_CTX, LICENSE).encode())
     used = {**cfg, "NAME": name, "GGUF": str(gguf_path), "BYTES": gguf_path.stat().st_size, "TENSORS": len(plan),
             "SOURCE": str(config_dir), **{k.upper(): v for k, v in facts.items()}}
     print(f"wrote {gguf_path} ({gguf_path.stat().st_size / 2**20:.1f} MiB), {out_dir / 'Modelfile'}, "
