@@ -8,7 +8,7 @@ import threading
 
 from .chat import SWITCHES, THINK_CLOSE, THINK_OPEN, question_mode, split_output
 from .generate import stream
-from .files import MedsftError
+from .files import MedsftError, visible
 
 def choose_mode(question, input_path, argv=None) -> str:
     """'question', 'predict' or 'chat' from the QUESTION and INPUT constants; an empty --question is an error."""
@@ -43,7 +43,7 @@ class SectionPrinter:
             self.write("\033[2m")
 
     def feed(self, text: str) -> None:
-        self.buf += text
+        self.buf += visible(text)  # the model's escape sequences are shown, never run by the terminal
         while True:
             if self.state == "start":
                 head = self.buf.lstrip()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# the longest JSONL line read: a row here is a few KB (a 2,048-token prediction ~10 KB); longer is not a row
+MAX_LINE_BYTES = 16 * 2 ** 20
+# what a terminal obeys rather than shows: C0 but tab and line feed, DEL, C1, and the bidi overrides that reorder text
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 class MedsftError(Exception):
     """A problem the user can fix; scripts print it as ``error: <message>`` without a traceback."""
@@ -167,11 +172,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
+def visible(text: str) -> str:
+    """``text`` (a model's or a dataset's) for a terminal: control characters shown as escapes (``\\x1b``), never
+    obeyed; line breaks and tabs kept."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+def _bad(x) -> bool:
+    return isinstance(x, float) and not math.isfinite(x)
+
+def _finite(obj):
+    """``obj`` with each NaN/Infinity float as None and, beside its key, ``<key>_null`` saying what it was."""
+    if _bad(obj):
+        return None
+    if isinstance(obj, (list, tuple)):
+        return [_finite(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for k, v in obj.items():
+        out[k] = _finite(v)
+        found = [v] if _bad(v) else [x for x in v if _bad(x)] if isinstance(v, (list, tuple)) else []
+        if found:
+            what = ", ".join(dict.fromkeys(_NON_FINITE[repr(x)] for x in found))
+            where = "" if _bad(v) else f" at item(s) {', '.join(str(i) for i, x in enumerate(v) if _bad(x))}"
+            out[f"{k}_null"] = (f"null{where}: the value was {what}, which JSON cannot hold (e.g. a mean over no "
+                                "tokens or no samples)")
+    return out
+
+def _dumps(obj: Any, **kw) -> str:
+    # strict JSON for every reader (Python alone accepts NaN); rebuilt only when a non-finite number is in it
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kw)
+    except ValueError:
+        return json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, **kw)
+
 def dumps_jsonl(rows: Iterable[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return "".join(_dumps(row) + "\n" for row in rows)
 
 def dumps_json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
+    return _dumps(obj, indent=2) + "\n"
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, dumps_jsonl(rows))
@@ -337,8 +378,13 @@ def check_utf8(path: str | os.PathLike, *, strict: bool = False) -> None:
             raise MedsftError(f"{path}: this file is UTF-16 text, not UTF-8. Convert it and pass the converted "
                               f"file: iconv -f UTF-16 -t UTF-8 {path} > {path.with_name(path.stem + '.utf8' + path.suffix)}")
         f.seek(0)
-        first, bad, nonascii, offset = None, 0, 0, 0
-        for lineno, raw in enumerate(f, start=1):
+        first, bad, nonascii, offset, lineno = None, 0, 0, 0, 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):  # bounded: a huge line is refused, never read whole
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise MedsftError(f"{path}:{lineno}: this line is over {MAX_LINE_BYTES:,} bytes, the most one row "
+                                  "may hold (a row here is a few KB): the file is probably not one row per line, or "
+                                  "rows lost their line breaks; fix or remove that line")
             # an unterminated last line cut inside a character is a torn append, not an encoding
             torn = not raw.endswith(b"\n") and not strict
             if not raw.isascii() and not torn:

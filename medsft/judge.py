@@ -4,6 +4,7 @@ the API key goes over https (plain http only to loopback), never through a redir
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import json
 import re
@@ -22,6 +23,8 @@ PRECISION_LABELS = ("Match", "Reasonable", "Wrong", "N/A")
 FATAL_HTTP = (401, 403, 404)  # wrong key, URL or model: retrying cannot help, and every sample would fail
 
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n```$", re.S)
+# what http.client would send as typed, or reject with a traceback that prints the whole URL (query included)
+_NOT_IN_URL = re.compile(r"[^\x21-\x7e]")
 
 class JudgeError(Exception):
     """One judge call failed (HTTP error, timeout, or a reply that breaks the required format)."""
@@ -47,6 +50,15 @@ def public_url(url: str) -> str:
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
+def _url_part(url: str, i: int) -> str:
+    """Which part of ``url`` its character ``i`` is in: host, path, query string or fragment."""
+    for mark, part in (("#", "fragment"), ("?", "query string")):
+        if mark in url and i > url.index(mark):
+            return part
+    start = url.find("://") + 3 if "://" in url else 0
+    slash = url.find("/", start)
+    return "path" if 0 <= slash < i else "host"
+
 def check_base_url(base_url: str) -> tuple[str, bool]:
     """(the chat-completions URL to POST to, whether its host is loopback), or JudgeConfigError for a URL the key
     must not be sent to: not https (plain http only to loopback), or carrying credentials."""
@@ -54,8 +66,15 @@ def check_base_url(base_url: str) -> tuple[str, bool]:
         parts = urllib.parse.urlsplit(base_url.strip())
         host = parts.hostname or ""
         parts.port  # noqa: B018 (a bad port fails here, not at the first request)
-    except ValueError as e:
+    except ValueError as e:  # urlsplit's texts name the port or the brackets, never the query
         raise JudgeConfigError(f"judge base URL is not a URL ({e})") from None
+    bad = _NOT_IN_URL.search(base_url.strip())  # on the text as given: urlsplit silently drops tabs and newlines
+    if bad:  # named by part only: the query may hold a key
+        where = _url_part(base_url.strip(), bad.start())
+        raise JudgeConfigError(f"judge base URL {public_url(base_url)!r}: its {where} holds a space, a control "
+                               "character or a non-ASCII character, which a URL cannot carry as typed: "
+                               "percent-encode it (a space is %20; a non-ASCII host in its xn-- form). The query "
+                               "string is never shown, as it may hold a secret")
     if parts.username is not None or parts.password is not None:
         raise JudgeConfigError(f"judge base URL {public_url(base_url)} carries credentials (user:password@): remove "
                                "them; the API key goes in its environment variable, never in the URL")
@@ -194,8 +213,9 @@ class Judge:
                 raise JudgeConfigError(
                     f"{self.url} answered HTTP {e.code} ({e.reason}) for model {self.model!r}") from None
             raise JudgeError(f"HTTP {e.code} ({e.reason})") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise JudgeError(f"request failed: {getattr(e, 'reason', e)}") from None
+        except (OSError, http.client.HTTPException) as e:  # URLError, SSL, timeouts, resets, IncompleteRead, ...
+            reason = getattr(e, "reason", None) or e
+            raise JudgeError(f"request failed: {type(reason).__name__}: {str(reason)[:200]}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise JudgeError("the endpoint's response is not JSON") from None
         try:
@@ -209,7 +229,9 @@ class Judge:
     def ask(self, messages: list[dict], n_steps: int, labels: tuple[str, ...]) -> list[str]:
         """Labels for n_steps steps; tries 1 + retries times; raises JudgeError when every try fails."""
         body = {"model": self.model, "messages": messages, "temperature": 0}
-        key = hashlib.sha256(json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+        # the endpoint is part of the key: one model name on two servers is two judges (the query is not: a rotated key)
+        keyed = {"endpoint": self.url, **body}
+        key = hashlib.sha256(json.dumps(keyed, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
         cached = self._cache.get(key)
         if cached is not None:
             return parse_labels(cached, n_steps, labels)

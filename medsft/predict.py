@@ -4,6 +4,7 @@ and settings), rewritten atomically after every batch; everything checkable with
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -85,6 +86,14 @@ def predicted_rows(output, rows: list[dict], model: str, adapter, modes: dict | 
         done[rid] = obj
     return done
 
+def _same_file(a, b) -> bool:
+    """``a`` and ``b`` name one file (a symlink, a relative path or a hard link to it included)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
 def summary_path(output) -> Path:
     output = Path(output)
     return output.with_name(f"{output.stem}.summary.json")
@@ -142,6 +151,10 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     check_backend(backend)
     rows = read_questions(input_path)
     output_path = check_writable(output_path, "output", file=True)
+    if _same_file(input_path, output_path):  # the split's references would be overwritten by model answers
+        raise MedsftError(f"--output={output_path} is the --input file {input_path} itself: predictions would "
+                          "replace the split's questions and references; pass another --output (e.g. "
+                          "results/predictions_full.jsonl)")
     modes = {r["id"]: question_mode(asked(r["question"], soft_switch), enable_thinking) for r in rows}
     done = predicted_rows(output_path, rows, model, adapter, modes)
     switches = {"enable_thinking": enable_thinking, "soft_switch": soft_switch}
@@ -149,6 +162,11 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
                                              "batch_size": batch_size,
                                              "system": system, "temperature": temperature, "top_p": top_p,
                                              "top_k": top_k, **switches})
+    if done and previous is None:  # rows of unknown settings and weights: resuming could mix two runs
+        raise MedsftError(f"{output_path} holds {len(done)} predictions but no readable "
+                          f"{summary_path(output_path).name}, which records the settings and weights they were made "
+                          f"with, so they cannot be checked against this run: delete {output_path} (or move it "
+                          "aside) to predict again, or pass another --output")
     weights = weights_fingerprint(model, adapter)  # a hub id's includes its revision (fetched here if unpinned)
     if previous is not None and previous.get("weights", weights) != weights:
         raise MedsftError(f"{output_path} holds predictions of other weights of {model}"
@@ -193,6 +211,9 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
         bar.update(len(pairs))
         clock[0] = time.perf_counter()
 
+    if todo:  # settings and weights on disk before the first row: a kill between rows and summary mixes nothing
+        with disk_errors(output_path.parent, None, None, then=CONTINUE):
+            _write_summary(output_path, done, rows, model, adapter, settings, stats, load_s, started)
     try:
         if todo:
             run([asked(r["question"], soft_switch) for r in todo], save, [modes[r["id"]] for r in todo])

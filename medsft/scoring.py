@@ -14,6 +14,7 @@ from .chat import FLAGS, MODES, SHORT, STATUSES
 from .cot import BASELINES, cot_scores
 from .files import MedsftError, iter_jsonl, write_outputs
 from .judge import Judge, JudgeConfigError, check_base_url
+from .model_checks import check_model
 from .models import UNPINNED, base_model_of
 from .predict import mode_output, read_questions, summary_path
 from .rouge import rouge_scores
@@ -31,17 +32,31 @@ class Target:
     rows: list = field(default_factory=list)  # its predictions, checked against TEST_FILE, in TEST_FILE's order
     modes: dict = field(default_factory=dict)  # mode -> the rows of its <stem>.<mode>.jsonl (None: no such file)
 
+class Placeholder(str):
+    """A value the project itself writes for the user to fill in: the only value a printed command leaves bare."""
+
+PLACEHOLDER_BASE = Placeholder("<the base model of the run, e.g. Qwen/Qwen3-1.7B>")
+
 def _command(script: str, flags: dict, cfg: dict, output) -> str:
-    # each value quoted for a shell, except a <placeholder>
+    # every value quoted for a shell (a file's text can hold `;`, `$(...)`, `<`), except our own placeholders
     flags = {**flags, "input": cfg["TEST_FILE"], "output": output}
-    return " ".join(["python", script] + [f"--{k}={v if str(v).startswith('<') else shlex.quote(str(v))}"
+    return " ".join(["python", script] + [f"--{k}={v if isinstance(v, Placeholder) else shlex.quote(str(v))}"
                                           for k, v in flags.items() if v])
+
+def _as_spec(spec) -> str | None:
+    # a spec read from a file is used only if it is one (tiny/small, a model directory, a hub id)
+    if not isinstance(spec, str) or not spec.strip():
+        return None
+    try:
+        return check_model(spec, producer=None)
+    except MedsftError:
+        return None
 
 def _base_spec(cfg: dict, run_dir, tuned: Path) -> str | None:
     # BASE_MODEL, else the one the run's directory records, else the one its predictions name
     spec = cfg.get("BASE_MODEL") or None
     if not spec and Path(str(run_dir)).is_dir():
-        spec = base_model_of(run_dir)
+        spec = _as_spec(base_model_of(run_dir))
     if not spec and tuned.is_file():  # the run's directory may be gone; its predictions still say
         try:
             with open(tuned, encoding="utf-8") as f:
@@ -49,7 +64,8 @@ def _base_spec(cfg: dict, run_dir, tuned: Path) -> str | None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             first = None
         model, adapter = (first.get("model"), first.get("adapter")) if isinstance(first, dict) else (None, None)
-        spec = model if adapter else (base_model_of(model) if model and Path(model).is_dir() else None)
+        model = _as_spec(model)
+        spec = model if adapter else (_as_spec(base_model_of(model)) if model and Path(model).is_dir() else None)
     return spec
 
 def _resume_flags(path: Path) -> str:
@@ -102,7 +118,7 @@ def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
     tuned = Target(tag, Path(cfg["PREDICTIONS"]), _command(script, flags, cfg, cfg["PREDICTIONS"]))
     out = [tuned]
     if cfg["EVAL_BASE"]:
-        spec = _base_spec(cfg, run_dir, tuned.path) or "<the base model of the run, e.g. Qwen/Qwen3-1.7B>"
+        spec = _base_spec(cfg, run_dir, tuned.path) or PLACEHOLDER_BASE
         out.insert(0, Target("base", Path(cfg["BASE_PREDICTIONS"]),
                              _command("inference.py", {"model_dir": spec}, cfg, cfg["BASE_PREDICTIONS"])))
     missing = [t for t in out if not t.path.is_file()]

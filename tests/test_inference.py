@@ -168,6 +168,8 @@ def test_resume_after_truncated_file_loses_and_duplicates_nothing(tiny, tmp_path
     lines = full.read_bytes().splitlines(keepends=True)
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(lines[0] + lines[3] + lines[5][: len(lines[5]) // 2])  # a half line, as a non-atomic writer leaves
+    # its summary, which predict_file writes before the first row (rows without one are refused)
+    (tmp_path / "cut.summary.json").write_bytes((tmp_path / "full.summary.json").read_bytes())
     summary = predict_file("tiny", split, cut, max_new_tokens=8, do_sample=False, batch_size=2, progress=False)
     assert summary["n_resumed"] == 2 and summary["n_generated"] == len(QUESTIONS) - 2
     assert cut.read_bytes() == full.read_bytes()  # every row once, in input order, identical to an uninterrupted run

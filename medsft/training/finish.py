@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from .. import generate as gen
 from ..config import FEATURES, RESULTS_NAME, TrainConfig, save_config
-from ..files import MedsftError, disk_errors, read_jsonl, write_json
+from ..files import MedsftError, disk_errors, read_jsonl, visible, write_json
 from ..models import hub_revision
 from .distributed import SHARDED, is_main, on_main
 
@@ -344,7 +344,7 @@ def preview(model, tokenizer, val_path, cfg) -> list[dict]:
         items.append({"question": row["question"], "output": out["output"], "finished": out["finished"],
                       "reference": row.get("answer", "")})
         cut = "" if out["finished"] else f" [cut at {cfg.preview_max_new_tokens} tokens]"
-        print(f"--- preview {i}/{len(rows)}\nQ: {row['question']}\nA: {out['output']}{cut}")
+        print(f"--- preview {i}/{len(rows)}\nQ: {visible(row['question'])}\nA: {visible(out['output'])}{cut}")
     if swanlab_active():
         import swanlab
         swanlab.log({"Prediction": [swanlab.Text(f"问题 / question:\n{it['question']}\n\n回答 / answer:\n{it['output']}",
