@@ -250,3 +250,16 @@ def test_publish_files_leaves_a_live_writers_publish_alone(tmp_path):
         sleeper.wait()
     publish_files(d, {"train.jsonl": b"mine\n"}, "data.py")  # the writer died: its publish is rolled back first
     assert (d / "train.jsonl").read_bytes() == b"mine\n" and not stage.exists()
+
+
+def test_weights_sha256_folds_in_an_adapter_a_run_starts_from(tmp_path):
+    from medsft.training.rundir import weights_sha256
+
+    base = _model_dir(tmp_path / "base", 1.0)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}" + b"a" * 64)
+    first = weights_sha256(base, adapter)
+    assert first != weights_sha256(base)
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}" + b"b" * 64)  # retrained adapter
+    assert weights_sha256(base, adapter) != first

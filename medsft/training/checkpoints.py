@@ -14,11 +14,12 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 OPTIMIZER, SCHEDULER, SCALER, RNG = "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"
 RNG_PER_RANK = re.compile(r"^rng_state_(\d+)\.pth$")
 INTERRUPTED = "no readable trainer_state.json (its save was interrupted)"
-TORN = "trainer_state.json is {what} (a host crash or a kill while it was written)"  # present, but not a state
+TORN = "trainer_state.json holds no trainer state"  # + ": what it holds": present but empty, not JSON, or null
 FSDP_MODEL, FSDP_OPTIMIZER = "pytorch_model_fsdp", "optimizer"  # + ".bin" (full) or "_0/" (sharded state dict)
 
 def checkpoints(output_dir) -> list[tuple[int, Path, bool]]:
-    """``[(step, path, complete)]`` of the checkpoint-N folders, oldest first; complete: trainer_state.json parses."""
+    """``[(step, path, complete)]`` of the checkpoint-N folders, oldest first; complete: trainer_state.json holds a
+    trainer state."""
     d = Path(output_dir)
     if not d.is_dir():
         return []
@@ -45,8 +46,7 @@ def save_interrupted(path) -> bool:
 
 def torn_state(path) -> bool:
     """trainer_state.json is there but holds no state (empty, not JSON, null): a kill mid-write or a host crash."""
-    why = _trainer_state_problem(Path(path))
-    return why is not None and why.startswith("trainer_state.json is ") and "unreadable" not in why
+    return (_trainer_state_problem(Path(path)) or "").startswith(TORN)
 
 def _trainer_state_problem(p: Path) -> str | None:
     try:
@@ -56,14 +56,14 @@ def _trainer_state_problem(p: Path) -> str | None:
     except OSError as e:
         return f"trainer_state.json is unreadable ({e.strerror or e})"
     if not raw.strip():
-        return TORN.format(what=f"empty ({len(raw)} bytes)")
+        return f"{TORN}: it is empty ({len(raw)} bytes; a host crash or a kill while it was written)"
     try:
         state = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
-        return TORN.format(what=f"not JSON ({len(raw):,} bytes)")
+        return f"{TORN}: it is not JSON ({len(raw):,} bytes; a host crash or a kill while it was written)"
     # the Trainer always writes an object with the step; anything else (null, a list) cannot be resumed from
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-        return TORN.format(what=f"not a trainer state ({raw[:20].decode('utf-8', 'replace')!r})")
+        return f"{TORN}: it holds {raw[:20].decode('utf-8', 'replace')!r}, not an object with its global_step"
     return None
 
 def _layout_problem(p: Path) -> str | None:

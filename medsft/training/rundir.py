@@ -42,8 +42,8 @@ _LOCKS: dict[str, int] = {}  # OUTPUT_DIR -> fd holding its flock, for the life 
 RUN_KEYS = ("MODEL", "MODEL_REVISION", "QUANTIZATION", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_ACCUM",
             "LEARNING_RATE", "SCHEDULER", "WARMUP", "WEIGHT_DECAY", "MAX_GRAD_NORM", "SEED", "NO_THINK_RATIO", "LORA_R",
             "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
-# what turns a row into tokens: the tokenizer and its chat template, in whichever of these files the model has
 ADDED_KEYS = ("weights_sha256",)  # fingerprint keys added since runs began recording one (issue 34)
+# what turns a row into tokens: the tokenizer and its chat template, in whichever of these files the model has
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
                    "added_tokens.json", "special_tokens_map.json")
 
@@ -366,9 +366,13 @@ def tokenizer_sha256(model_dir: Path) -> str:
             digest.update(name.encode() + b"\0" + hashlib.sha256((model_dir / name).read_bytes()).digest())
     return digest.hexdigest()
 
-def weights_sha256(model_dir: Path) -> str | None:
-    """The weights' identity for a run fingerprint (the base of a LoRA): ``model_checks.weights_identity``."""
-    return weights_identity(model_dir)
+def weights_sha256(model_dir: Path, *also: Path) -> str | None:
+    """The weights' identity for a run fingerprint (the base of a LoRA): ``model_checks.weights_identity`` of
+    ``model_dir``, combined with that of each of ``also`` (e.g. an adapter a run starts from) when given."""
+    if not also:
+        return weights_identity(model_dir)
+    ids = [weights_identity(d) for d in (model_dir, *also)]
+    return hashlib.sha256(json.dumps(ids).encode("utf-8")).hexdigest()
 
 def _comparable(old: dict, fp: dict) -> dict:
     # a fingerprint written before a key existed is compared without it (it cannot know), then rewritten with it
