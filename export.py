@@ -1,20 +1,25 @@
 """Export the tuned model to one GGUF file for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile.
 
-Reads   MODEL_DIR: a full fine-tune (default output/full, written by train.py) or a LoRA adapter (output/lora,
-        written by train_lora.py; merged in fp32 into the base model it records first). Qwen3 only.
-Writes  OUTPUT_DIR/: <NAME>-<QUANTIZATION>.gguf, Modelfile, export_config.json (the resolved config).
+Reads   MODEL_DIR: a full fine-tune (default output/full, written by train.py) or a LoRA / QLoRA adapter (output/lora,
+        written by train_lora.py; merged in fp32, tensor by tensor while writing, into the unquantized base model
+        it records, at the revision it was trained on). Qwen3 only.
+Writes  OUTPUT_DIR/: <NAME>-<QUANTIZATION>.gguf, Modelfile, export_config.json (the resolved config); verify.json
+        with --verify (pip install xllamacpp).
 
     python export.py                                                  # output/full -> export/full, q8_0
-    python export.py --model_dir=output/lora --output_dir=export/lora # LoRA: merged into its base first
+    python export.py --model_dir=output/lora --output_dir=export/lora # LoRA: merged into its base as it is written
     python export.py --quantization=f16                               # f32 | f16 | bf16 | q8_0 | q4_k_m
     python export.py --quantization=q4_k_m     # needs the prebuilt ggml library: pip install -r requirements-export.txt
+    python export.py --verify=20    # then llama.cpp answers 20 test questions in each thinking mode beside transformers
     ollama create medsft-full -f export/full/Modelfile && ollama run medsft-full
     llama-cli -m export/full/medsft-full-q8_0.gguf --jinja            # the chat template inside the file
+    llama-server -m export/full/medsft-full-q8_0.gguf --jinja          # OpenAI API; the think as reasoning_content
 
 The file carries what llama.cpp needs to run the model as transformers does (metadata as llama.cpp's own
 convert_hf_to_gguf.py writes it for qwen3, the tokenizer with its token types, eos <|im_end|>, no BOS, the
-tokenizer's chat template, the generation_config sampling defaults). Tensors are converted one at a time, so
-memory stays about one tensor above what is being written. Nothing is compiled or downloaded. docs/export.md
+tokenizer's chat template, the generation_config sampling defaults; general.* naming the true base model). The
+Modelfile's TEMPLATE is Qwen3's chat template in Ollama's terms (thinking, tools). Tensors are converted one at a
+time, so memory stays about one tensor above what is being written. Nothing is compiled or downloaded. docs/export.md
 has the details and a comparison with llama.cpp's converter.
 """
 
@@ -23,6 +28,7 @@ import functools
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from medsft.chat import SYSTEM_PROMPT
@@ -31,11 +37,15 @@ from medsft.files import MedsftError, atomic_write_bytes
 
 MODEL_DIR = "output/full"  # a Hugging Face Qwen3 model folder (train.py) or a LoRA adapter folder (train_lora.py)
 BASE_MODEL = None  # LoRA only: the base model spec to merge into; None = the one recorded in adapter_config.json
+MODEL_REVISION = ""  # LoRA only: ModelScope revision of the base; "" = the one the adapter was trained on (train_config.json)
 OUTPUT_DIR = "export/full"  # where the .gguf, the Modelfile and export_config.json go
 QUANTIZATION = "q8_0"  # q8_0 (near-lossless, 1.8 GB for 1.7B) | f16 | bf16 | f32 | q4_k_m (needs libggml-python)
 NAME = ""  # model name (file <NAME>-<QUANTIZATION>.gguf, `ollama create NAME`); "" = medsft-<MODEL_DIR's folder name>
 SYSTEM = SYSTEM_PROMPT  # the Modelfile's SYSTEM prompt (the one the model was fine-tuned with); "" = none
 LICENSE = "apache-2.0"  # license of the weights (Qwen3's): the GGUF's general.license and the Modelfile's LICENSE; "" = none
+VERIFY = 0  # after writing: llama.cpp (pip install xllamacpp) answers this many test questions in each thinking mode beside transformers, report in OUTPUT_DIR/verify.json; 0 = no check
+VERIFY_INPUT = "data/test.jsonl"  # --verify's questions (JSONL rows with a question); missing: the demo rows
+VERIFY_TOKENS = 32  # greedy new tokens per answer compared; f32 and f16 files must give transformers' first tokens exactly
 NUM_CTX = 8192  # Ollama context window (num_ctx): prompt + a think and answer (inference allows 2,048 new tokens)
 
 _QUANTIZATIONS = ("q8_0", "f16", "bf16", "f32", "q4_k_m")
@@ -71,30 +81,97 @@ def check_qwen3(folder: Path, what: str) -> dict:
     return config
 
 
-def open_source(model_dir: Path, base_model):
-    """(config folder, tokenizer folder, config, tensors) where tensors maps each HF name to (shape, rows) and
-    ``rows(start, stop)`` reads those rows as fp32 numpy."""
+def trained_on(folder: Path) -> tuple[str | None, str]:
+    """(base model spec, its MODEL_REVISION) a train.py / train_lora.py output records (train_config.json)."""
+    from medsft.models import base_model_of
+
+    spec = base_model_of(folder)
+    conf = read_json(folder / "train_config.json")
+    same = isinstance(conf, dict) and conf.get("MODEL") == spec
+    return spec, str(conf.get("MODEL_REVISION") or "") if same else ""
+
+
+def open_source(model_dir: Path, base_model, model_revision: str) -> dict:
+    """config folder, tokenizer folder, config, the true base (spec, revision) and tensors: each HF name maps to
+    (shape, rows) where ``rows(start, stop)`` reads those rows as fp32 numpy, a LoRA adapter merged in as they are read."""
     if not (model_dir / "adapter_config.json").is_file():
         config = check_qwen3(model_dir, "MODEL_DIR")
-        return model_dir, model_dir, config, safetensors_tensors(model_dir)
-    from medsft.models import resolve_model  # a base spec (a hub id, "tiny", a folder) -> its local folder
+        spec, revision = trained_on(model_dir)
+        return {"config_dir": model_dir, "tokenizer_dir": model_dir, "config": config, "base": spec,
+                "revision": revision, "tensors": safetensors_tensors(model_dir)}
+    from medsft.models import pin_revision, resolve_model  # a base spec (a hub id, "tiny", a folder) -> its folder
 
-    base = base_model or read_json(model_dir / "adapter_config.json").get("base_model_name_or_path")
+    spec, trained_revision = trained_on(model_dir)
+    base = base_model or spec
     if not base:
         raise MedsftError(f"{model_dir}/adapter_config.json names no base model: pass --base_model=<spec>")
+    revision = model_revision or (trained_revision if base == spec else "")
+    pin_revision(base, revision)  # the base revision the adapter was trained on, as inference_lora.py loads it
     base_dir = Path(resolve_model(base))
     config = check_qwen3(base_dir, f"the adapter's base {base}:")
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    print(f"merging the LoRA adapter {model_dir} into {base} (fp32, on the CPU)")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
-    merged = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
-    state = merged.state_dict()
-    tensors = {name: (tuple(t.shape), lambda a, b, t=t: t[a:b].float().numpy()) for name, t in state.items()}
+    tensors = merged_tensors(safetensors_tensors(base_dir), model_dir, config)
+    quantized = str(read_json(model_dir / "train_config.json").get("QUANTIZATION", "none")).lower() == "4bit"
+    print(f"merging the LoRA adapter {model_dir} into {base}{'@' + revision if revision else ''} tensor by tensor "
+          "(fp32, on the CPU)" + (": a QLoRA adapter, trained on that base quantized to 4-bit NF4 at load; it merges "
+                                  "into the unquantized weights, the ones inference_lora.py scores" if quantized else ""))
     tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").is_file() else base_dir
-    return base_dir, tokenizer_dir, config, tensors
+    return {"config_dir": base_dir, "tokenizer_dir": tokenizer_dir, "config": config, "base": base,
+            "revision": revision, "tensors": tensors, "qlora": quantized}
+
+
+_LORA_KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")  # peft's saved names of a Linear's factors
+
+
+def merged_tensors(tensors: dict, adapter_dir: Path, config: dict) -> dict:
+    """``tensors`` with each LoRA-targeted weight read as W + (B @ A) * scaling, peft's merge_and_unload in fp32;
+    the delta of one tensor is held only while that tensor is converted."""
+    import torch
+    from safetensors.torch import load_file
+
+    conf = read_json(adapter_dir / "adapter_config.json")
+    unsupported = [k for k in ("use_dora", "alpha_pattern", "rank_pattern", "modules_to_save", "fan_in_fan_out")
+                   if conf.get(k)] + (["bias"] if conf.get("bias", "none") != "none" else [])
+    file = adapter_dir / "adapter_model.safetensors"
+    if unsupported or not file.is_file():
+        what = f"sets {', '.join(unsupported)}" if unsupported else "has no adapter_model.safetensors"
+        raise MedsftError(f"{adapter_dir}/adapter_config.json {what}: export.py merges plain LoRA adapters "
+                          "(train_lora.py's). Merge it with peft first (python inference_lora.py --merge=true "
+                          f"--adapter_dir={adapter_dir}), then export the merged folder: --model_dir=output/lora-merged")
+    r, alpha = conf["r"], conf.get("lora_alpha", conf["r"])
+    scaling = alpha / math.sqrt(r) if conf.get("use_rslora") else alpha / r
+    factors: dict = {}
+    for key, value in load_file(file).items():
+        m = _LORA_KEY.fullmatch(key)
+        if not m or f"{m.group(1)}.weight" not in tensors:
+            raise MedsftError(f"{file}: {key} is not a LoRA factor of a weight of the base: merge it with peft first "
+                              "(python inference_lora.py --merge=true), then export the merged folder")
+        factors.setdefault(f"{m.group(1)}.weight", {})[m.group(2)] = value.float()
+    if config.get("tie_word_embeddings") and "lm_head.weight" in factors:
+        raise MedsftError(f"{file} adapts lm_head, which this base ties to the embeddings: merge it with peft first")
+    out = dict(tensors)
+    for name, ab in factors.items():
+        shape, rows = tensors[name]
+        if set(ab) != {"A", "B"} or ab["B"].shape[0] != shape[0] or ab["A"].shape[1] != shape[1]:
+            raise MedsftError(f"{file}: the LoRA factors of {name} do not fit its shape {shape}: is this the adapter's "
+                              "base? pass --base_model=<the base it was trained on>")
+        out[name] = (shape, _MergedRows(rows, ab["A"], ab["B"], scaling, shape[0], torch))
+    return out
+
+
+class _MergedRows:
+    """rows(start, stop) of W + (B @ A) * scaling; the delta is computed on the first read, freed after the last."""
+
+    def __init__(self, rows, a, b, scaling, n, torch):
+        self.rows, self.a, self.b, self.scaling, self.n, self.torch, self.delta = rows, a, b, scaling, n, torch, None
+
+    def __call__(self, start, stop):
+        if self.delta is None:
+            with self.torch.no_grad():  # exactly peft's get_delta_weight: (B @ A) * scaling, in fp32
+                self.delta = ((self.b @ self.a) * self.scaling).numpy()
+        out = self.rows(start, stop) + self.delta[start:stop]
+        if stop >= self.n:
+            self.delta = None
+        return out
 
 
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # what Hugging Face saves Qwen3 weights in
@@ -214,14 +291,42 @@ def tensor_nbytes(shape, qtype) -> int:
 
 # --- 3. metadata and tokenizer: what llama.cpp's converter writes for qwen3 --------------------------------------------
 
-def add_metadata(writer, config: dict, config_dir: Path, name: str, quantization: str) -> None:
+_SIZE_IN_NAME = re.compile(r"(?P<basename>.+?)-(?P<size>\d+(?:\.\d+)?[KMBT])(?=-|$)", re.I)  # "Qwen3-1.7B"
+
+
+def describe(name: str, base: str | None, revision: str, license_id: str, computed_size: str | None) -> dict:
+    """general.* as Ollama and LM Studio show them, from what the exporter knows: the true base (a LoRA's, not the
+    folder it was read from), its revision, the license; never a local path."""
+    from medsft.models import is_hub_id
+
+    hub = bool(base) and is_hub_id(base) and not Path(base).expanduser().is_dir()
+    base_name = (base.split("/")[1] if hub else Path(base).name) if base else ""
+    m = _SIZE_IN_NAME.match(base_name)
+    out = {"name": name, "basename": m.group("basename") if m else base_name or name, "finetune": name,
+           "size_label": m.group("size") if m else computed_size, "license": license_id or None, "base_models": None}
+    if base:
+        entry = {"name": base_name}
+        if hub:
+            entry.update(organization=base.split("/")[0], repo_url=f"https://modelscope.cn/models/{base}")
+        if revision:
+            entry["version"] = revision
+        out["base_models"] = [entry]
+    return out
+
+
+def add_metadata(writer, config: dict, config_dir: Path, described: dict, quantization: str) -> dict:
+    """Architecture, file type and general.* keys; returns the general.* written."""
     import gguf
 
     total, shared, expert, n_expert = writer.get_total_parameter_count()
-    meta = gguf.Metadata.load(None, config_dir, name, total)  # name, size label, generation_config sampling
-    meta.size_label = meta.size_label or gguf.size_label(total, shared, expert, n_expert)
+    read = gguf.Metadata.load(None, config_dir, described["name"], total)  # only generation_config's sampling is kept
+    meta = gguf.Metadata(**{k: v for k, v in vars(read).items() if k.startswith("sampling_")})
+    described = {**described, "size_label": described["size_label"] or gguf.size_label(total, shared, expert, n_expert)}
+    for key, value in described.items():
+        setattr(meta, key, value)
     writer.add_type(gguf.GGUFType.MODEL)
     meta.set_gguf_meta_model(writer)
+    general = described
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -240,6 +345,7 @@ def add_metadata(writer, config: dict, config_dir: Path, name: str, quantization
                   "q4_k_m": "MOSTLY_Q4_K_M"}
     writer.add_file_type(gguf.LlamaFileType[file_types[quantization]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return general
 
 
 def add_tokenizer(writer, tokenizer_dir: Path, vocab_size: int) -> dict:
@@ -376,12 +482,165 @@ def modelfile(gguf_name: str, generation: dict, system: str, num_ctx: int, licen
     return "\n".join(lines) + "\n"
 
 
+# --- 5. --verify: llama.cpp on the written file beside transformers, the same prompts, all three thinking modes ------
+
+def llama_cpp():
+    try:
+        import xllamacpp
+    except ImportError:
+        raise MedsftError("--verify runs the file in llama.cpp through its prebuilt Python wheel: pip install "
+                          "xllamacpp (or drop --verify)") from None
+    return xllamacpp
+
+
+def verify_questions(path: str, n: int) -> tuple[list[str], str]:
+    """The first ``n`` questions of ``path`` (the demo rows when it is missing) and the file they came from."""
+    from medsft.models import DEMO_DATA
+
+    file = Path(path) if Path(path).is_file() else DEMO_DATA
+    questions = []
+    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip() and len(questions) < n:
+            try:
+                row = json.loads(line)
+                questions.append(row["question"].strip())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise MedsftError(f"{file} line {i}: expected a JSON object with a \"question\" string; fix the row "
+                                  "or pass --verify_input=<a JSONL file of questions>") from None
+    if not questions:
+        raise MedsftError(f"{file} holds no question: pass --verify_input=<a JSONL file with question rows>")
+    return questions, str(file)
+
+
+def reference_model(model_dir: Path, src: dict, quantization: str):
+    """The model as transformers runs it (a LoRA adapter on its base, unmerged, as inference_lora.py scores it), in
+    fp32; for f16 / bf16 files its matrices are rounded as the file rounds them, so only the runtime is compared."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(src["config_dir"], dtype=torch.float32, use_safetensors=True)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    rounded = {"f16": torch.float16, "bf16": torch.bfloat16}.get(quantization)
+    with torch.no_grad():
+        for p in model.parameters():
+            if rounded is not None and p.dim() > 1:
+                p.copy_(p.to(rounded).float())
+    return model.eval()
+
+
+def llama_server(xl, path: Path, n_ctx: int):
+    params = xl.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx, params.n_parallel, params.warmup, params.use_jinja = n_ctx, 1, False, True
+    params.verbosity = -1  # errors only: llama.cpp's load and timing log would bury the report
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = max(1, min(4, os.cpu_count() or 1))
+    # fp32 throughout, as transformers computes: llama.cpp's defaults (an f16 KV cache, flash attention with f16
+    # products on the CPU) move logits by ~0.04, enough to flip a near-tie; the file is what is checked here
+    params.cache_type_k = params.cache_type_v = xl.ggml_type.GGML_TYPE_F32
+    params.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    return xl.Server(params)
+
+
+def post(server, route: str, body: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(server.listening_address + route, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as answer:
+        return json.loads(answer.read())
+
+
+def verify(path: Path, model_dir: Path, src: dict, quantization: str, asked: tuple, k: int, system: str) -> dict:
+    """Greedy answers of llama.cpp (the file, its embedded template) and transformers (the trained model) to the
+    same prompts in each thinking mode: token agreement, mode adherence of both, and whether llama.cpp renders each
+    mode's prompt to transformers' tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from medsft.adherence import line, measure
+    from medsft.chat import MODES, SHORT, SOFT_SWITCH, build_messages, prompt_ids, question_mode
+
+    xl = llama_cpp()
+    questions, source = asked
+    tokenizer = AutoTokenizer.from_pretrained(src["tokenizer_dir"])
+    model = reference_model(model_dir, src, quantization)
+    stops = sorted({tokenizer.eos_token_id} | set([model.generation_config.eos_token_id] if isinstance(
+        model.generation_config.eos_token_id, int) else model.generation_config.eos_token_id or []))
+    prompts = {(mode, q): prompt_ids(tokenizer, q, system=system, mode=mode) for mode in MODES for q in questions}
+    server = llama_server(xl, path, max(len(p) for p in prompts.values()) + k + 16)
+    rows, outputs = [], {"transformers": {m: [] for m in MODES}, "llama.cpp": {m: [] for m in MODES}}
+    try:
+        for (mode, question), ids in prompts.items():
+            # transformers: greedy, stopped at end of turn
+            with torch.no_grad():
+                new = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     do_sample=False, max_new_tokens=k, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
+            # llama.cpp: the same ids, greedy; it stops at its end-of-generation tokens
+            got = post(server, "/completion", {"prompt": ids, "n_predict": k, "temperature": 0, "top_k": 1,
+                                               "return_tokens": True, "cache_prompt": False})
+            theirs = got.get("tokens") or []
+            ours = new[:next((i for i, t in enumerate(new) if t in stops), len(new))]
+            ended = {"transformers": len(ours) < len(new), "llama.cpp": got.get("stop_type") == "eos"}
+            theirs_full = theirs + ([stops[0]] if ended["llama.cpp"] else [])
+            ours_full = ours + ([stops[0]] if ended["transformers"] else [])
+            same = next((i for i, (a, b) in enumerate(zip(ours_full, theirs_full)) if a != b),
+                        min(len(ours_full), len(theirs_full)))
+            identical = ours_full == theirs_full
+            # llama.cpp's own rendering of this mode's messages with the template inside the file
+            text = question + SOFT_SWITCH[mode] if mode == "no_think_soft" and question_mode(question) != mode else question
+            rendered = post(server, "/apply-template", {"messages": build_messages(text, system=system),
+                                                        "chat_template_kwargs": {"enable_thinking": mode != "no_think_hard"}})
+            tokens = post(server, "/tokenize", {"content": rendered["prompt"], "add_special": False,
+                                                "parse_special": True})["tokens"]
+            for engine, out in (("transformers", ours), ("llama.cpp", theirs)):
+                outputs[engine][mode].append({"mode": mode, "finished": ended[engine],
+                                              "output": tokenizer.decode(out, skip_special_tokens=True)})
+            rows.append({"mode": mode, "question": question, "agreeing_tokens": same,
+                         "compared_tokens": max(len(ours_full), len(theirs_full)), "identical": identical,
+                         "template_same_tokens": tokens == ids, "transformers": ours, "llama.cpp": theirs})
+    finally:
+        del server
+    exact = quantization in ("f32", "f16")
+    per_mode = {}
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        per_mode[mode] = {"identical": sum(r["identical"] for r in mine), "n": len(mine),
+                          "agreement": round(sum(r["agreeing_tokens"] / max(1, r["compared_tokens"]) for r in mine)
+                                             / len(mine), 4),
+                          "template_same_tokens": sum(r["template_same_tokens"] for r in mine)}
+    adherence = {engine: measure(outputs[engine]) for engine in outputs}
+    report = {"gguf": str(path), "quantization": quantization, "questions": len(questions), "source": source,
+              "tokens": k, "exact_required": exact, "modes": per_mode, "adherence": adherence,
+              "passed": all(r["template_same_tokens"] for r in rows) and (not exact or all(r["identical"] for r in rows)),
+              "rows": rows}
+    print(f"verify: llama.cpp on {path.name} beside transformers, greedy, {len(questions)} questions of {source}, "
+          f"first {k} tokens")
+    for mode, m in per_mode.items():
+        print(f"  {SHORT[mode]:<14} identical {m['identical']}/{m['n']}, token agreement {m['agreement']:.2f}, "
+              f"template renders the same tokens {m['template_same_tokens']}/{m['n']}")
+    for engine, a in adherence.items():
+        print(f"  adherence {engine:<12} {line(a)}")
+    return report
+
+
 def main():
     cfg = configure(globals())
     # 1. Check the options and the source before any weight is read
     if QUANTIZATION not in _QUANTIZATIONS:
         raise MedsftError(f"--quantization={QUANTIZATION}: expected one of {' | '.join(_QUANTIZATIONS)}")
     ggml = ggml_library() if QUANTIZATION == "q4_k_m" else None
+    if VERIFY < 0 or VERIFY_TOKENS < 1:
+        raise MedsftError(f"--verify={VERIFY} --verify_tokens={VERIFY_TOKENS}: expected a question count >= 0 "
+                          "(0 = no check) and at least 1 token")
+    if VERIFY:
+        llama_cpp()  # fail before writing, not after
+        asked = verify_questions(VERIFY_INPUT, VERIFY)
     model_dir = Path(MODEL_DIR).expanduser()
     if not model_dir.is_dir():
         raise MedsftError(f"MODEL_DIR {MODEL_DIR} not found: run train.py (output/full) or train_lora.py "
@@ -389,7 +648,8 @@ def main():
     name = NAME or f"medsft-{model_dir.resolve().name}"
     out_dir = Path(OUTPUT_DIR)
     gguf_path = out_dir / f"{name}-{QUANTIZATION}.gguf"
-    config_dir, tokenizer_dir, config, tensors = open_source(model_dir, BASE_MODEL)
+    src = open_source(model_dir, BASE_MODEL, MODEL_REVISION)
+    config_dir, tokenizer_dir, config, tensors = src["config_dir"], src["tokenizer_dir"], src["config"], src["tensors"]
     plan = plan_tensors(tensors, config, QUANTIZATION)
 
     # 2. Header: tensor table, architecture metadata, tokenizer (written before any tensor data)
@@ -401,7 +661,8 @@ def main():
     writer = gguf.GGUFWriter(tmp, "qwen3")
     for gguf_name, _, shape, qtype in plan:
         writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), tensor_nbytes(shape, qtype), raw_dtype=qtype)
-    add_metadata(writer, config, config_dir, name, QUANTIZATION)
+    general = add_metadata(writer, config, config_dir, describe(name, src["base"], src["revision"], LICENSE, None),
+                           QUANTIZATION)
     facts = add_tokenizer(writer, tokenizer_dir, config["vocab_size"])
 
     # 3. Tensor data, one tensor at a time, converted a chunk of rows at a time; renamed into place when complete
@@ -434,11 +695,23 @@ def main():
     generation = read_json(config_dir / "generation_config.json")
     atomic_write_bytes(out_dir / "Modelfile", modelfile(gguf_path.name, generation, SYSTEM, NUM_CTX, LICENSE).encode())
     used = {**cfg, "NAME": name, "GGUF": str(gguf_path), "BYTES": gguf_path.stat().st_size, "TENSORS": len(plan),
-            "SOURCE": str(config_dir), **{k.upper(): v for k, v in facts.items()}}
+            "SOURCE": str(config_dir), "BASE": src["base"], "BASE_REVISION": src["revision"] or None,
+            "QLORA": src.get("qlora", False), "GENERAL": general, **{k.upper(): v for k, v in facts.items()}}
     print(f"wrote {gguf_path} ({gguf_path.stat().st_size / 2**20:.1f} MiB), {out_dir / 'Modelfile'}, "
           f"{save_config(used, out_dir / 'export_config.json')}")
     print(f"\n  ollama create {name} -f {out_dir / 'Modelfile'}\n  ollama run {name}\n"
           f"  llama-cli -m {gguf_path} --jinja\n")
+
+    # 5. --verify: the written file in llama.cpp beside transformers, in all three thinking modes
+    if VERIFY:
+        report = verify(gguf_path, model_dir, src, QUANTIZATION, asked, VERIFY_TOKENS, SYSTEM)
+        atomic_write_bytes(out_dir / "verify.json", json.dumps(report, ensure_ascii=False, indent=1).encode())
+        if not report["passed"]:
+            raise MedsftError(f"--verify: llama.cpp does not run {gguf_path.name} as transformers runs the model "
+                              f"(see {out_dir / 'verify.json'}): " + ("a prompt renders to other tokens" if not all(
+                                  r["template_same_tokens"] for r in report["rows"]) else
+                                  f"{QUANTIZATION} must give the same greedy tokens"))
+        print(f"wrote {out_dir / 'verify.json'}")
 
 
 if __name__ == "__main__":

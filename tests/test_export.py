@@ -13,6 +13,7 @@ import io
 import json
 import re
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -141,6 +142,10 @@ def test_metadata_and_token_types(exports, tiny_dir, tiny_tokenizer):
     assert field(r, "qwen3.rope.freq_base") == pytest.approx(config["rope_parameters"]["rope_theta"])
     assert field(r, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(config["rms_norm_eps"])
     assert field(r, "general.file_type") == gguf.LlamaFileType.ALL_F32
+    # general.*: from what the exporter knows (a folder with no train_config.json: no base model, the size counted)
+    assert field(r, "general.basename") == "tiny" and field(r, "general.finetune") == "tiny"
+    assert field(r, "general.license") == "apache-2.0" and field(r, "general.size_label")
+    assert "general.base_model.count" not in r.fields
     # tokenizer: byte-level BPE, the right pre-tokenizer, tokens padded to the model's vocab, eos/pad, no BOS
     assert field(r, "tokenizer.ggml.model") == "gpt2"
     real = "<|im_start|>" in tiny_tokenizer.get_vocab() and len(tiny_tokenizer) > 150_000
@@ -353,9 +358,17 @@ def test_lora_export_equals_the_merged_model(adapter_dir, tiny_dir, tiny_tokeniz
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    printed = run_export(f"--model_dir={adapter_dir}", f"--output_dir={tmp_path}", "--quantization=f32")
+    import transformers
+
+    with pytest.MonkeyPatch.context() as mp:  # streamed: no model is built, the adapter is merged tensor by tensor
+        mp.setattr(transformers.AutoModelForCausalLM, "from_pretrained", None)
+        printed = run_export(f"--model_dir={adapter_dir}", f"--output_dir={tmp_path}", "--quantization=f32")
     path = tmp_path / "medsft-adapter-f32.gguf"
-    assert path.is_file() and "ollama create medsft-adapter" in printed
+    assert path.is_file() and "ollama create medsft-adapter" in printed and "tensor by tensor" in printed
+    r = reader(path)
+    assert field(r, "general.base_model.count") == 1 and field(r, "general.base_model.0.name") == "tiny"
+    assert field(r, "general.basename") == "tiny" and field(r, "general.finetune") == "medsft-adapter"
+    assert field(r, "tokenizer.ggml.add_bos_token") is False
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
     state = {k: v.numpy() for k, v in merged.state_dict().items()}
@@ -368,6 +381,51 @@ def test_lora_export_equals_the_merged_model(adapter_dir, tiny_dir, tiny_tokeniz
     pytest.importorskip("xllamacpp", reason="llama.cpp oracle: pip install xllamacpp (test-only)")
     with llama_cpp(path) as server:
         assert_same_greedy(server, tiny_tokenizer, merged, ids, 16)
+
+
+def test_lora_export_names_its_true_base_at_its_trained_revision(adapter_dir, tiny_dir, tmp_path):
+    """A QLoRA adapter trained on Qwen/Qwen3-1.7B at MODEL_REVISION v1.0: the base is fetched at v1.0 (the hub is
+    stood in by tiny's folder), the GGUF names that base, and the output says the unquantized base was used."""
+    import medsft.models as models
+
+    qlora = tmp_path / "qlora"
+    shutil.copytree(adapter_dir, qlora)
+    conf = json.loads((qlora / "adapter_config.json").read_text())
+    (qlora / "adapter_config.json").write_text(json.dumps({**conf, "base_model_name_or_path": "Qwen/Qwen3-1.7B"}))
+    (qlora / "train_config.json").write_text(json.dumps({"MODEL": "Qwen/Qwen3-1.7B", "MODEL_REVISION": "v1.0",
+                                                          "QUANTIZATION": "4bit"}))
+    asked = []
+
+    def resolve(spec, config_only=False):
+        asked.append((spec, models._PINNED.get(spec)))
+        return tiny_dir
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "resolve_model", resolve)
+        mp.setattr(models, "_PINNED", {})
+        printed = run_export(f"--model_dir={qlora}", f"--output_dir={tmp_path / 'out'}", "--quantization=f16")
+    assert asked == [("Qwen/Qwen3-1.7B", "v1.0")]
+    assert "Qwen/Qwen3-1.7B@v1.0" in printed and "QLoRA" in printed and "unquantized" in printed
+    r = reader(tmp_path / "out" / "medsft-qlora-f16.gguf")
+    expect = {"general.basename": "Qwen3", "general.size_label": "1.7B", "general.finetune": "medsft-qlora",
+              "general.base_model.0.name": "Qwen3-1.7B", "general.base_model.0.organization": "Qwen",
+              "general.base_model.0.version": "v1.0",
+              "general.base_model.0.repo_url": "https://modelscope.cn/models/Qwen/Qwen3-1.7B"}
+    assert {k: field(r, k) for k in expect} == expect
+    config = json.loads((tmp_path / "out" / "export_config.json").read_text())
+    assert config["BASE"] == "Qwen/Qwen3-1.7B" and config["BASE_REVISION"] == "v1.0" and config["QLORA"] is True
+
+
+def test_refuses_an_adapter_it_cannot_merge_exactly(adapter_dir, tmp_path):
+    from medsft.files import MedsftError
+
+    dora = tmp_path / "dora"
+    shutil.copytree(adapter_dir, dora)
+    conf = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**conf, "use_dora": True}))
+    with pytest.raises(MedsftError, match=r"sets use_dora.*inference_lora.py --merge=true"):
+        run_export(f"--model_dir={dora}", f"--output_dir={tmp_path / 'out'}")
+    assert not (tmp_path / "out").exists()
 
 
 # --- the Modelfile, the config, the commands; refusals -----------------------------------------------------------
