@@ -38,9 +38,10 @@ def check_exact(report: dict, questions: int) -> None:
     assert len(report["rows"]) == 3 * questions and set(by_mode) == set(MODES)
 
 
-def test_verify_a_full_export(tiny_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("quant", ["f32", "f16"])
+def test_verify_a_full_export(tiny_dir, tmp_path, quant):  # noqa: F811
     pytest.importorskip("xllamacpp", reason="llama.cpp: pip install xllamacpp")
-    printed = run_export(f"--model_dir={tiny_dir}", f"--output_dir={tmp_path}", "--name=tiny", "--quantization=f32",
+    printed = run_export(f"--model_dir={tiny_dir}", f"--output_dir={tmp_path}", "--name=tiny", f"--quantization={quant}",
                          "--verify=2", "--verify_tokens=24")
     report = read_report(tmp_path)
     check_exact(report, 2)
