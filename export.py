@@ -125,7 +125,6 @@ _LORA_KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")  # peft'
 def merged_tensors(tensors: dict, adapter_dir: Path, config: dict) -> dict:
     """``tensors`` with each LoRA-targeted weight read as W + (B @ A) * scaling, peft's merge_and_unload in fp32;
     the delta of one tensor is held only while that tensor is converted."""
-    import torch
     from safetensors.torch import load_file
 
     conf = read_json(adapter_dir / "adapter_config.json")
@@ -154,19 +153,21 @@ def merged_tensors(tensors: dict, adapter_dir: Path, config: dict) -> dict:
         if set(ab) != {"A", "B"} or ab["B"].shape[0] != shape[0] or ab["A"].shape[1] != shape[1]:
             raise MedsftError(f"{file}: the LoRA factors of {name} do not fit its shape {shape}: is this the adapter's "
                               "base? pass --base_model=<the base it was trained on>")
-        out[name] = (shape, _MergedRows(rows, ab["A"], ab["B"], scaling, shape[0], torch))
+        out[name] = (shape, _MergedRows(rows, ab["A"], ab["B"], scaling, shape[0]))
     return out
 
 
 class _MergedRows:
     """rows(start, stop) of W + (B @ A) * scaling; the delta is computed on the first read, freed after the last."""
 
-    def __init__(self, rows, a, b, scaling, n, torch):
-        self.rows, self.a, self.b, self.scaling, self.n, self.torch, self.delta = rows, a, b, scaling, n, torch, None
+    def __init__(self, rows, a, b, scaling, n):
+        self.rows, self.a, self.b, self.scaling, self.n, self.delta = rows, a, b, scaling, n, None
 
     def __call__(self, start, stop):
+        import torch
+
         if self.delta is None:
-            with self.torch.no_grad():  # exactly peft's get_delta_weight: (B @ A) * scaling, in fp32
+            with torch.no_grad():  # exactly peft's get_delta_weight: (B @ A) * scaling, in fp32
                 self.delta = ((self.b @ self.a) * self.scaling).numpy()
         out = self.rows(start, stop) + self.delta[start:stop]
         if stop >= self.n:
@@ -523,6 +524,8 @@ def reference_model(model_dir: Path, src: dict, quantization: str):
 
         base = AutoModelForCausalLM.from_pretrained(src["config_dir"], dtype=torch.float32, use_safetensors=True)
         model = PeftModel.from_pretrained(base, str(model_dir))
+        if quantization in ("f16", "bf16"):  # the file rounds W + BA, not the factors
+            model = model.merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     rounded = {"f16": torch.float16, "bf16": torch.bfloat16}.get(quantization)
@@ -564,13 +567,13 @@ def verify(path: Path, model_dir: Path, src: dict, quantization: str, asked: tup
 
     from medsft.adherence import line, measure
     from medsft.chat import MODES, SHORT, SOFT_SWITCH, build_messages, prompt_ids, question_mode
+    from medsft.generate import eos_ids
 
     xl = llama_cpp()
     questions, source = asked
     tokenizer = AutoTokenizer.from_pretrained(src["tokenizer_dir"])
     model = reference_model(model_dir, src, quantization)
-    stops = sorted({tokenizer.eos_token_id} | set([model.generation_config.eos_token_id] if isinstance(
-        model.generation_config.eos_token_id, int) else model.generation_config.eos_token_id or []))
+    stops = eos_ids(model, tokenizer)
     prompts = {(mode, q): prompt_ids(tokenizer, q, system=system, mode=mode) for mode in MODES for q in questions}
     server = llama_server(xl, path, max(len(p) for p in prompts.values()) + k + 16)
     rows, outputs = [], {"transformers": {m: [] for m in MODES}, "llama.cpp": {m: [] for m in MODES}}

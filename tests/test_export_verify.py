@@ -51,9 +51,10 @@ def test_verify_a_full_export(tiny_dir, tmp_path, quant):  # noqa: F811
     assert "adherence transformers" in printed and "adherence llama.cpp" in printed
 
 
-def test_verify_a_lora_export(adapter_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("quant", ["f32", "f16"])
+def test_verify_a_lora_export(adapter_dir, tmp_path, quant):  # noqa: F811
     pytest.importorskip("xllamacpp", reason="llama.cpp: pip install xllamacpp")
-    run_export(f"--model_dir={adapter_dir}", f"--output_dir={tmp_path}", "--quantization=f32", "--verify=2",
+    run_export(f"--model_dir={adapter_dir}", f"--output_dir={tmp_path}", f"--quantization={quant}", "--verify=2",
                "--verify_tokens=24")
     check_exact(read_report(tmp_path), 2)
 
