@@ -12,7 +12,7 @@ from pathlib import Path
 from . import adherence
 from .chat import FLAGS, MODES, SHORT, STATUSES
 from .cot import BASELINES, cot_scores
-from .files import MedsftError, iter_jsonl, write_outputs
+from .files import MAX_LINE_BYTES, MedsftError, iter_jsonl, write_outputs
 from .judge import Judge, JudgeConfigError, check_base_url
 from .model_checks import check_model
 from .models import UNPINNED, base_model_of
@@ -60,7 +60,7 @@ def _base_spec(cfg: dict, run_dir, tuned: Path) -> str | None:
     if not spec and tuned.is_file():  # the run's directory may be gone; its predictions still say
         try:
             with open(tuned, encoding="utf-8") as f:
-                first = json.loads(f.readline() or "{}")
+                first = json.loads(f.readline(MAX_LINE_BYTES + 1) or "{}")  # a longer line is not a row: no JSON
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             first = None
         model, adapter = (first.get("model"), first.get("adapter")) if isinstance(first, dict) else (None, None)

@@ -780,6 +780,56 @@ def test_kill9_while_training_saves_the_final_model(target, runner, work, ref):
     assert_reproduces(stage, ref_dir, d, "the resumed run after kill -9 during the final save")
 
 
+def _tree_bytes(root: Path) -> dict:
+    # .lock holds the pid of the last run that took it: bookkeeping, not the run
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+def test_host_crash_that_empties_every_trainer_state_refuses_resume_and_changes_nothing(runner, work, ref):
+    """A host crash can leave every checkpoint's trainer_state.json empty (its bytes never reached the disk). The
+    resume then refuses, naming the folder, the newest checkpoint and --overwrite=true, and changes nothing: it never
+    starts over at step 0 on its own. --overwrite=true then reproduces the uninterrupted run."""
+    stage = STAGES["train"]
+    ref_dir, _ = ref(stage)
+    d = scratch(stage, work, "host-crash")
+    killed = runner.run(stage, d, fault={"action": "kill", "match": r"^mkdir .*/model_out/full/checkpoint-4$"})
+    assert killed.rc == -signal.SIGKILL, f"the run was not killed\n{killed.tail()}"
+    out = d / stage.outputs[0]
+    states = sorted(out.glob("checkpoint-*/trainer_state.json"))
+    assert states, f"no checkpoint was saved before the kill\n{killed.tail()}"
+    for state in states:
+        state.write_bytes(b"")
+    before = _tree_bytes(out)
+    refused = runner.run(stage, d, *stage.rerun)
+    assert_clean_error(refused, stage.outputs[0], "a resume after every trainer_state.json was emptied")
+    assert "--overwrite=true" in refused.err and states[-1].parent.name in refused.err, refused.tail()
+    assert _tree_bytes(out) == before, "the refused resume changed OUTPUT_DIR"
+    again = runner.run(stage, d, "--overwrite=true")
+    assert again.rc == 0, again.tail()
+    assert_reproduces(stage, ref_dir, d, "--overwrite=true after a host crash")
+
+
+def test_kill9_between_the_rows_and_the_summary_never_mixes_settings(runner, work, ref):
+    """kill -9 right after the first predictions reached OUTPUT: its summary (settings and weights) is already on
+    disk, so a re-run with other settings is refused and changes nothing, and the same command completes the file
+    exactly as the uninterrupted run."""
+    stage = STAGES["inference"]
+    ref_dir, _ = ref(stage)
+    d = scratch(stage, work, "kill-first-rows")
+    killed = runner.run(stage, d, fault={"action": "kill", "when": "after",
+                                         "match": r"^rename .*/res_out/predictions_full\.jsonl$"})
+    assert killed.rc == -signal.SIGKILL, f"the run was not killed\n{killed.tail()}"
+    preds = d / "res_out/predictions_full.jsonl"
+    assert preds.is_file() and (d / "res_out/predictions_full.summary.json").is_file(), killed.tail()
+    before = preds.read_bytes()
+    other = runner.run(stage, d, "--max_new_tokens=13")
+    assert_clean_error(other, "res_out", "a re-run with other settings over the first rows")
+    assert "max_new_tokens" in other.err and preds.read_bytes() == before, other.tail()
+    rerun(runner, stage, d, f"kill -9 {killed.where()}")
+    assert_reproduces(stage, ref_dir, d, "the re-run after kill -9 between the rows and the summary")
+
+
 @pytest.mark.parametrize("name", ["data", "evaluate", "rouge_eval"])
 def test_kill9_during_a_rerun_of_a_finished_stage_changes_nothing(name, runner, work, ref):
     """Re-running a finished stage writes the same bytes atomically: a kill at any point of that re-run leaves

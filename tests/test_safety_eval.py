@@ -384,3 +384,14 @@ def test_the_training_preview_shows_control_characters(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert not any(c in out for c in "\x1b\x07\r\u202e\x9b"), repr(out)
     assert "\\x1b[2J" in out and items[0]["output"] == HOSTILE  # what is kept stays the model's own text
+
+
+def test_the_base_spec_read_from_predictions_stops_at_the_line_limit(tmp_path, monkeypatch):
+    import medsft.scoring as S
+
+    monkeypatch.setattr(S, "MAX_LINE_BYTES", 64)
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"model": "tiny", "adapter": "a", "pad": "x" * 1000}) + "\n", encoding="utf-8")
+    assert S._base_spec({"BASE_MODEL": ""}, tmp_path / "gone", preds) is None  # not read whole: not a row
+    monkeypatch.setattr(S, "MAX_LINE_BYTES", 1 << 20)
+    assert S._base_spec({"BASE_MODEL": ""}, tmp_path / "gone", preds) == "tiny"
