@@ -25,12 +25,12 @@ import json
 import os
 import random
 import statistics
-import unicodedata
 from pathlib import Path
 
 from tqdm import tqdm
 
-from medsft.chat import control_tokens, find_control_token, tokenize_example
+from medsft import benchmarks, mcq
+from medsft.chat import THINK_CLOSE, THINK_OPEN, control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
 from medsft.files import (MedsftError, check_utf8, check_writable, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
                        publish_files)
@@ -45,8 +45,10 @@ VAL_RATIO = 0.1  # share of rows in val.jsonl (at least 1 row)
 TEST_RATIO = 0.1  # share of rows in test.jsonl (at least 1 row); train gets the rest
 TOKENIZER = ""  # for length stats, its added tokens rejected too: model spec or dir; "" = $MEDSFT_TOKENIZER or none
 MAX_LENGTH = 2048  # tokens; stats count rows longer than this (train.py skips them)
+BENCHMARKS = "cmmlu,medqa_mcmle,cmb,cmexam"  # benchmark.py's --benchmarks: rows asking one of their items are counted (stats: benchmark_overlap); "" = none
 
 FIELDS = ("question", "think", "answer")
+THINK = (THINK_OPEN, THINK_CLOSE)
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -145,13 +147,22 @@ def row_id(question: str) -> str:
     return "med-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
 
 
-def question_key(question: str) -> str:
-    """What makes two questions the same: NFKC (folds full-width forms and the ideographic space) with every
-    whitespace and invisible format character (zero-width space, BOM) removed. Copies of one question that differ
-    only in spacing, line breaks or character width would otherwise land in two splits and leak val/test into
-    train. The row id stays derived from the question text itself, so ids of non-duplicates do not change."""
-    text = unicodedata.normalize("NFKC", question)
-    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) != "Cf")
+def benchmark_overlap(rows: list[dict], suite: str) -> dict:
+    """How many rows ask an item of the benchmarks benchmark.py scores (``mcq.question_key``: across widths,
+    spacing, punctuation, item numbers and appended options); a benchmark that cannot be read here is listed as not
+    checked, with the reason, and never stops the stage."""
+    checked, not_checked, keys = {}, {}, {}
+    for bench, source in benchmarks.parse_suite(suite).items():
+        try:
+            items, _ = benchmarks.load(bench, source)
+        except MedsftError as e:
+            not_checked[bench] = str(e)
+            continue
+        checked[bench] = len(items)
+        for key in mcq.overlap_keys(items):
+            keys.setdefault(key, bench)
+    hits = [{"id": r["id"], "benchmark": keys[k]} for r in rows if (k := mcq.question_key(r["question"])) in keys]
+    return {"rows": len(hits), "checked": checked, "not_checked": not_checked, "examples": hits[:20]}
 
 
 def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list, list, int]:
@@ -162,19 +173,23 @@ def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list,
     for where, row, err in source:
         n_read += 1
         err = err or problem(row)
-        hit = None if err else find_control_token(row, FIELDS, tokens)
-        if hit:
-            counts["control_tokens"] = counts.get("control_tokens", 0) + 1
-            err = (f"field '{hit[0]}' holds the chat control token {hit[1]!r}, which would be trained as a real turn;"
-                   " remove it from the row (or drop the row) in the source")
-        if not err:
-            row = clean(row, counts)
-            err = problem(row)  # a field of only tags/whitespace is empty after cleaning
+        if not err:  # checked before and after cleaning: removing a think tag can join the rest into a token
+            found = dict.fromkeys(counts, 0)
+            cleaned = clean(row, found)
+            hit = find_control_token(row, FIELDS, tokens) or find_control_token(cleaned, FIELDS, tokens + THINK)
+            if hit:
+                counts["control_tokens"] = counts.get("control_tokens", 0) + 1
+                err = (f"field '{hit[0]}' holds (or forms, once stray think tags are removed) the chat control token {hit[1]!r}, "
+                       "which would be trained as a real turn; remove it from the row (or drop the row) in the source")
+            row = cleaned
+            err = err or problem(row)  # a field of only tags/whitespace is empty after cleaning
+            for k, n in (() if err else found.items()):  # what was cleaned, counted for kept rows only
+                counts[k] += n
         if err:
             print(f"skip {where}: {err}")
             skipped.append({"where": where, "reason": err})
             continue
-        key = question_key(row["question"])
+        key = mcq.question_key(row["question"])
         if key in seen:  # the same question again: keep the first, count the rest
             first_where, first_question = seen[key]
             duplicates.append({"where": where, "first": first_where, "exact": row["question"] == first_question})
@@ -241,11 +256,18 @@ def main():
     if lengths is None:
         print("token-length stats skipped (no tokenizer): pass --tokenizer=DIR_OR_MODEL to get them")
 
-    # 5. Publish the splits, stats and config as one unit: a failure leaves the previous run's files untouched
+    # 5. Rows that ask a benchmark's item: counted, so a score is never read on what the model trained on
+    overlap = benchmark_overlap(kept, BENCHMARKS)
+    print(f"benchmark items among the rows: {overlap['rows']} (checked: "
+          f"{', '.join(f'{b} {n}' for b, n in overlap['checked'].items()) or 'none'}"
+          + (f"; not checked: {', '.join(overlap['not_checked'])}" if overlap["not_checked"] else "") + ")")
+
+    # 6. Publish the splits, stats and config as one unit: a failure leaves the previous run's files untouched
     stats = {"dataset": DATASET, "dataset_revision": None if is_local else DATASET_REVISION, "seed": SEED,
              "rows_read": n_read, "rows_kept": n, "rows_bad": len(skipped), "rows_control_tokens": n_control,
              "duplicates_dropped": len(duplicates), "near_duplicates_merged": near, "cleaned": counts,
              "splits": {k: len(v) for k, v in splits.items()}, "token_lengths": lengths,
+             "benchmark_overlap": overlap,
              "skipped": skipped, "duplicates": duplicates}
     files = {f"{name}.jsonl": dumps_jsonl(rows).encode("utf-8") for name, rows in splits.items()}
     files["stats.json"] = dumps_json(stats).encode("utf-8")

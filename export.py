@@ -33,7 +33,7 @@ from pathlib import Path
 
 from medsft.chat import SYSTEM_PROMPT
 from medsft.config import configure, save_config
-from medsft.files import MedsftError, atomic_write_bytes
+from medsft.files import MedsftError, atomic_write_bytes, write_json
 
 MODEL_DIR = "output/full"  # a Hugging Face Qwen3 model folder (train.py) or a LoRA adapter folder (train_lora.py)
 BASE_MODEL = None  # LoRA only: the base model spec to merge into; None = the one recorded in adapter_config.json
@@ -708,7 +708,7 @@ def main():
     # 5. --verify: the written file in llama.cpp beside transformers, in all three thinking modes
     if VERIFY:
         report = verify(gguf_path, model_dir, src, QUANTIZATION, asked, VERIFY_TOKENS, SYSTEM)
-        atomic_write_bytes(out_dir / "verify.json", json.dumps(report, ensure_ascii=False, indent=1).encode())
+        write_json(out_dir / "verify.json", report)  # never NaN: null with the reason beside it
         if not report["passed"]:
             raise MedsftError(f"--verify: llama.cpp does not run {gguf_path.name} as transformers runs the model "
                               f"(see {out_dir / 'verify.json'}): " + ("a prompt renders to other tokens" if not all(

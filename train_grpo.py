@@ -2,7 +2,7 @@
 
 Reads   MODEL (default output/full, train.py's; a LoRA adapter dir continues that adapter), DATASET (multiple-choice
         rows: JSONL / CSV / parquet, a folder of CMMLU-layout CSVs, or a ModelScope id), and the evaluation sets
-        EVAL_DATA / EVAL_CMMLU, whose questions are dropped from DATASET so RL never trains on what is measured.
+        EVAL_DATA / EVAL_BENCHMARKS, whose items are dropped from DATASET so RL never trains on what is measured.
 Writes  OUTPUT_DIR/ (model or adapter, tokenizer, checkpoint-N/, trainer_state.json last, train_config.json,
         run_fingerprint.json); RESULTS_DIR/train_grpo.json (per step: each reward's mean and std, KL, completion
         length, clipped share; the held-out reward and adherence before and after), grpo_heldout.jsonl (those
@@ -26,24 +26,23 @@ the rewards, the defaults per model size, the metrics to watch and several GPUs.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
-import unicodedata
 from pathlib import Path
 
-from medsft import chat, cmmlu
+from medsft import benchmarks, chat, mcq
 from medsft.config import configure, save_config
 from medsft.files import MedsftError, iter_jsonl, write_json
 
 MODEL = "output/full"  # model spec: the SFT model (train.py's), a LoRA adapter dir (that adapter trains on), a ModelScope id, local dir or "tiny"
-DATASET = ""  # multiple-choice rows: a .jsonl/.json/.csv/.parquet file, a folder of CMMLU-layout <subject>.csv, or a ModelScope id (split train)
+MODEL_REVISION = ""  # ModelScope revision of MODEL (of a LoRA adapter's base) when a hub id: a tag, branch or commit; "" = the hub's current (recorded)
+DATASET = ""  # multiple-choice rows in any published layout (MedQA's train.jsonl, CMB, CMExam, CMMLU): a .jsonl/.json/.csv/.parquet file, a folder of CMMLU-layout <subject>.csv, or a ModelScope id (split train)
 DATASET_REVISION = ""  # ModelScope dataset version when DATASET is a hub id; "" = the hub's current
 EVAL_DATA = "data/test.jsonl"  # questions measured by inference/evaluate (data.py's test split): dropped from DATASET; "" = none
-EVAL_CMMLU = ""  # benchmark.py's CMMLU (ModelScope id or local folder) whose SUBJECTS are dropped from DATASET; "" = not checked (printed)
+EVAL_BENCHMARKS = "cmmlu,medqa_mcmle,cmb,cmexam"  # benchmark.py's --benchmarks: every item of them is dropped from DATASET (any option order); "" = none checked (printed)
 SUBJECTS = "anatomy,clinical_knowledge,college_medicine,genetics,nutrition,traditional_chinese_medicine,virology"  # benchmark.py's
-HELDOUT = 64  # rows held out (chosen by SEED) to measure the correctness reward before and after; never trained on
+HELDOUT = 64  # questions held out (chosen by SEED, each with all its rows: never on both sides) to measure the reward before and after
 OUTPUT_DIR = "output/grpo"  # trained model (or adapter), tokenizer, checkpoints, trainer_state.json, train_config.json
 RESULTS_DIR = "results"  # train_grpo.json
 ADAPTER = "none"  # none: train all parameters | lora: a new LoRA adapter on MODEL (the reference is the adapter switched off: no copy)
@@ -90,13 +89,14 @@ DRY_RUN = False  # print the rows' counts and the memory estimate (training and 
 
 # --- rewards: pure functions of one completion ------------------------------------------------------------------
 def correct_reward(output: str, gold: str, mode: str = "think", finished: bool = True,
-                   needs_shape: bool = True) -> float:
-    """1.0 when benchmark.py's strict reader (``cmmlu.extract``: after the think; hedges, an unclosed think and a
-    stray think tag read as no letter) reads ``gold``, else 0.0. ``needs_shape``: only in the shape ``mode`` asks
-    for (``shape_reward``), and only a finished completion (a cut-off one may have been about to change its mind)."""
+                   needs_shape: bool = True, n_options: int = 4) -> float:
+    """1.0 when benchmark.py's reader (``mcq.extract``: after the think, only letters the answer commits to with
+    nothing after naming another option) reads exactly ``gold``, else 0.0. ``needs_shape``: only in the shape
+    ``mode`` asks for (``shape_reward``), and only a finished completion (a cut-off one may have been about to
+    change its mind)."""
     if not finished or (needs_shape and not shape_reward(output, mode, finished)):
         return 0.0
-    return 1.0 if cmmlu.extract(output)[0] == gold else 0.0
+    return 1.0 if mcq.extract(output, n_options, len(gold) > 1)[0] == gold else 0.0
 
 
 def shape_reward(output: str, mode: str, finished: bool = True) -> float:
@@ -131,7 +131,7 @@ def overlong_penalty(n_tokens: int, finished: bool, max_len: int = MAX_COMPLETIO
 
 def reward_functions(eos_ids, cfg: dict) -> list:
     """The four rewards in TRL's signature ``f(prompts, completions, completion_ids, **columns) -> [float]`` (TRL
-    passes every dataset column: ``gold`` and ``mode`` here); each function's name is its logged name."""
+    passes every dataset column: ``gold``, ``mode`` and ``n_options`` here); each function's name is its logged name."""
     stop = set(eos_ids)
 
     def ended(ids):
@@ -140,9 +140,9 @@ def reward_functions(eos_ids, cfg: dict) -> list:
     def text_of(completion):  # non-conversational prompts: TRL hands back decoded text
         return completion if isinstance(completion, str) else completion[-1]["content"]
 
-    def correct(prompts, completions, completion_ids, gold, mode, **_):
-        return [correct_reward(text_of(c), g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"])
-                for c, i, g, m in zip(completions, completion_ids, gold, mode)]
+    def correct(prompts, completions, completion_ids, gold, mode, n_options, **_):
+        return [correct_reward(text_of(c), g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"], n)
+                for c, i, g, m, n in zip(completions, completion_ids, gold, mode, n_options)]
 
     def shape(prompts, completions, completion_ids, mode, **_):
         return [shape_reward(text_of(c), m, ended(i)) for c, i, m in zip(completions, completion_ids, mode)]
@@ -158,130 +158,27 @@ def reward_functions(eos_ids, cfg: dict) -> list:
 
 
 # --- multiple-choice rows ---------------------------------------------------------------------------------------
-_OPTION_LETTERS = "ABCDE"
-_QUESTION_KEYS = ("question", "Question", "题目", "stem")
-_ANSWER_KEYS = ("answer", "Answer", "gold", "答案", "label")
-_OPTIONS_KEYS = ("options", "choices", "option", "选项")
-
-
-def _letters(text) -> str | None:
-    """'B' / 'AC' / 'A,C' / 'A、C' / ['A', 'C'] -> sorted distinct letters ('AC'); None when not letters A-E."""
-    if isinstance(text, (list, tuple)):
-        text = "".join(str(t) for t in text)
-    if not isinstance(text, str):
-        return None
-    bare = re.sub(r"[\s,，、;；/|]+", "", text.strip().upper())
-    if not bare or not re.fullmatch(f"[{_OPTION_LETTERS}]+", bare):
-        return None
-    return "".join(sorted(set(bare)))
-
-
-def _options(rec: dict) -> list[str] | str:
-    """The options of a record, in letter order, or an error text. Columns A..E, or a list, or a dict by letter."""
-    for key in _OPTIONS_KEYS:
-        value = rec.get(key)
-        if isinstance(value, str) and value.strip().startswith(("[", "{")):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                return f"'{key}' is not a JSON list or object"
-        if isinstance(value, dict):
-            letters = sorted(k.strip().upper() for k in value)
-            if letters != list(_OPTION_LETTERS[:len(letters)]):
-                return f"'{key}' keys {sorted(value)} are not A, B, C... in order"
-            value = [value[k] for k in sorted(value, key=lambda k: k.strip().upper())]
-        if isinstance(value, (list, tuple)):
-            return [str(v) for v in value]
-        if value is not None:
-            return f"'{key}' is neither a list nor an object"
-    cols = [rec.get(c) for c in _OPTION_LETTERS]
-    while cols and cols[-1] in (None, ""):
-        cols.pop()
-    return ["" if c is None else str(c) for c in cols]
-
-
-def parse_row(rec: dict) -> dict | str:
-    """One validated multiple-choice row ``{question, choices, gold}`` or the reason it is bad (a string)."""
-    if not isinstance(rec, dict):
-        return "not a JSON object"
-    question = next((rec[k] for k in _QUESTION_KEYS if isinstance(rec.get(k), str)), None)
-    if question is None or not question.strip():
-        return "empty or missing 'question'"
-    choices = _options(rec)
-    if isinstance(choices, str):
-        return choices
-    if not 2 <= len(choices) <= len(_OPTION_LETTERS):
-        return f"{len(choices)} options; expected 2 to {len(_OPTION_LETTERS)} (columns A-E, or a list/object)"
-    if any(not c.strip() for c in choices):
-        return "an empty option"
-    raw = next((rec[k] for k in _ANSWER_KEYS if rec.get(k) not in (None, "")), None)
-    gold = _letters(raw)
-    if gold is None:
-        return f"answer {raw!r} is not option letter(s) A-E"
-    if any(_OPTION_LETTERS.index(g) >= len(choices) for g in gold):
-        return f"answer {gold} names an option the row does not have ({len(choices)} options)"
-    found = chat.find_control_token({"question": question, **{str(i): c for i, c in enumerate(choices)}},
-                                    ["question", *map(str, range(len(choices)))])
-    if found:
-        return f"'{found[0]}' holds the chat control token {found[1]}"
-    return {"question": question.strip(), "choices": [c.strip() for c in choices], "gold": gold}
-
-
-def _records(path: Path):
-    """(where, record or error) of a JSONL / JSON / CSV / parquet file; CSV line numbers are where a record starts."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8-sig")
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                for i, rec in enumerate(json.loads(text)):
-                    yield f"{path}:[{i}]", rec
-                return
-            except json.JSONDecodeError as e:
-                raise MedsftError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        for lineno, obj, err in iter_jsonl(path):
-            yield f"{path}:{lineno}", err or obj
-    elif suffix == ".csv":
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.reader(f)
-                header = [h.strip() for h in next(reader, [])]
-                start = reader.line_num + 1
-                for rec in reader:
-                    where, start = f"{path}:{start}", reader.line_num + 1
-                    if any(field.strip() for field in rec):
-                        yield where, {h: rec[k] if k < len(rec) else None for k, h in enumerate(header) if h}
-        except UnicodeDecodeError as e:
-            raise MedsftError(f"{path}: not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, rec in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}:row {i + 1}", rec
-    else:
-        raise MedsftError(f"{path}: unknown file type {suffix!r}; expected .jsonl, .json, .csv or .parquet")
-
-
 def read_rows(dataset, revision: str = "") -> tuple[list[dict], list[dict]]:
-    """(rows, bad): every valid row with its ``where`` (file:line) and ``id``; each bad row's where and reason."""
+    """(rows, bad): every valid row (``mcq.parse_record``: any published layout) with its ``where`` (file:line) and
+    ``id``; each bad row's where and reason."""
     src = Path(str(dataset)).expanduser()
     if src.is_dir():
         files = sorted(src.glob("*.csv"))
         if not files:
             raise MedsftError(f"--dataset={dataset}: a folder without .csv files (CMMLU layout: <subject>.csv)")
-        sources = [(f, _records(f)) for f in files]
+        sources = [mcq.read_records(f) for f in files]
     elif src.is_file():
-        sources = [(src, _records(src))]
+        sources = [mcq.read_records(src)]
     else:
         from medsft import models
 
         if not models.is_hub_id(str(dataset)):
             raise MedsftError(f"--dataset={dataset}: no such file or folder, and not a ModelScope id (org/name)")
-        sources = [(dataset, _hub_records(str(dataset), revision))]
+        sources = [_hub_records(str(dataset), revision)]
     rows, bad = [], []
-    for src_path, records in sources:
+    for records in sources:
         for where, rec in records:
-            got = rec if isinstance(rec, str) else parse_row(rec)
+            got = rec if isinstance(rec, str) else mcq.parse_record(rec)
             if isinstance(got, str):
                 bad.append({"where": where, "reason": got})
                 print(f"{where}: {got}; row skipped")
@@ -307,57 +204,56 @@ def _hub_records(dataset: str, revision: str):
         yield f"{dataset}:{i}", dict(rec)
 
 
-def reader_supports(row: dict) -> bool:
-    """Rows benchmark.py's reader and prompt can score today: four options and one answer letter (A-D).
-    Five-option and multi-answer rows are validated but not trained on until ``cmmlu.extract`` takes letters."""
-    return len(row["choices"]) == 4 and len(row["gold"]) == 1
-
-
 # --- evaluation overlap -----------------------------------------------------------------------------------------
-def question_key(text: str) -> str:
-    """A question's identity across files: NFKC (full-width = half-width), no whitespace or punctuation, lower case."""
-    text = unicodedata.normalize("NFKC", str(text)).lower()
-    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
-
-
-def eval_questions(eval_data: str, eval_cmmlu: str, subjects: str) -> tuple[set[str], dict]:
-    """The question keys of the evaluation sets and how many each gave."""
+def eval_keys(eval_data: str, eval_benchmarks: str, subjects: str) -> tuple[set[str], dict]:
+    """The keys (``mcq.overlap_keys``) of every item measured later, and how many items each source gave: data.py's
+    test split and every item of benchmark.py's benchmarks (not only a sample)."""
     keys, sources = set(), {}
     if eval_data:
         path = Path(eval_data)
         if not path.is_file():
             raise MedsftError(f"--eval_data={eval_data}: no such file (data.py writes data/test.jsonl); pass "
                               "--eval_data= to check nothing")
-        found = {question_key(obj["question"]) for _, obj, err in iter_jsonl(path)
+        found = {mcq.question_key(obj["question"]) for _, obj, err in iter_jsonl(path)
                  if not err and isinstance(obj.get("question"), str)}
         keys |= found
         sources[str(path)] = len(found)
-    if eval_cmmlu:
-        items = cmmlu.load_items(eval_cmmlu, cmmlu.parse_subjects(subjects))
-        found = {question_key(it["question"]) for it in items}
-        keys |= found
-        sources[str(eval_cmmlu)] = len(found)
+    for bench, source in benchmarks.parse_suite(eval_benchmarks).items():
+        try:
+            items, _ = benchmarks.load(bench, source, subjects=[s.strip() for s in subjects.split(",") if s.strip()])
+        except MedsftError as e:
+            raise MedsftError(f"--eval_benchmarks: {e}; RL must not train on what benchmark.py scores: pass the "
+                              "benchmarks you will score (name=file or folder), or --eval_benchmarks= to check "
+                              "none") from None
+        keys |= mcq.overlap_keys(items)
+        sources[f"{bench}={source}"] = len(items)
     return keys, sources
 
 
 def drop_eval_overlap(rows: list[dict], keys: set[str]) -> tuple[list[dict], int]:
-    """Rows whose question is in no evaluation set, and how many were dropped."""
-    kept = [r for r in rows if question_key(r["question"]) not in keys]
+    """Rows that are no evaluation item (in any option order), and how many were dropped."""
+    kept = [r for r in rows if not mcq.overlaps(r["question"], r["choices"], keys)]
     return kept, len(rows) - len(kept)
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------
 def mc_question(row: dict) -> str:
-    """The user turn: benchmark.py's multiple-choice prompt (``cmmlu.prompt``), so RL trains what it measures."""
-    return cmmlu.prompt({"subject": row.get("subject") or "医学", "question": row["question"],
-                         "choices": row["choices"]})
+    """The user turn: benchmark.py's multiple-choice prompt (``mcq.prompt``), so RL trains what it measures."""
+    return mcq.prompt(row)
 
 
 def split_heldout(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, heldout): ``n`` rows chosen by a hash of (seed, id), the same on every run and resume."""
-    order = sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:held:{r['id']}".encode()).hexdigest())
-    held = {r["id"] for r in order[:n]}
-    return [r for r in rows if r["id"] not in held], [r for r in rows if r["id"] in held]
+    """(train, heldout): whole questions (``mcq.question_key``: one question in other option orders or spellings
+    stays on one side): ``n`` questions chosen by a hash of (seed, question), with all their rows; the same on every
+    run and resume."""
+    rank = lambda r: hashlib.sha256(f"{seed}:held:{mcq.question_key(r['question'])}".encode()).hexdigest()  # noqa: E731
+    held = set()
+    for r in sorted(rows, key=lambda r: (rank(r), r["id"])):
+        if len(held) >= n:
+            break
+        held.add(mcq.question_key(r["question"]))
+    return ([r for r in rows if mcq.question_key(r["question"]) not in held],
+            [r for r in rows if mcq.question_key(r["question"]) in held])
 
 
 def prompt_rows(tokenizer, rows: list[dict], no_think_ratio: float, seed: int) -> list[dict]:
@@ -367,7 +263,7 @@ def prompt_rows(tokenizer, rows: list[dict], no_think_ratio: float, seed: int) -
     ``chat.prompt_ids`` for rows without control tokens (``parse_row`` rejects those)."""
     modes = chat.example_modes([r["id"] for r in rows], no_think_ratio, seed)
     return [{"prompt": chat.prompt_text(tokenizer, mc_question(r), mode=m), "gold": r["gold"], "mode": m,
-             "id": r["id"]} for r, m in zip(rows, modes)]
+             "n_options": len(r["choices"]), "id": r["id"]} for r, m in zip(rows, modes)]
 
 
 # --- results ----------------------------------------------------------------------------------------------------
@@ -412,7 +308,8 @@ def heldout_scores(model, tokenizer, rows: list[dict], cfg: dict, sampling: dict
                        batch_size=cfg["EVAL_BATCH_SIZE"], progress=False, **sampling)
     done = [{"when": when, "id": r["id"], "mode": m, "gold": r["gold"], "output": res["output"],
              "finished": res["finished"], "new_tokens": res["new_tokens"],
-             "correct": correct_reward(res["output"], r["gold"], m, res["finished"], cfg["CORRECT_NEEDS_SHAPE"])}
+             "correct": correct_reward(res["output"], r["gold"], m, res["finished"], cfg["CORRECT_NEEDS_SHAPE"],
+                                       len(r["choices"]))}
             for (r, m), res in zip(pairs, results)]
     shapes = adherence.measure({m: [d for d in done if d["mode"] == m] for m in chat.MODES})
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
@@ -421,19 +318,21 @@ def heldout_scores(model, tokenizer, rows: list[dict], cfg: dict, sampling: dict
                             "adherence": shapes[m]["rate"], "shapes": shapes[m]["shapes"]} for m in chat.MODES}}, done
 
 
-_RUN_KEYS = ("MODEL", "DATASET_REVISION", "ADAPTER", "NUM_GENERATIONS", "MAX_COMPLETION_LENGTH", "BATCH_SIZE",
+_RUN_KEYS = ("MODEL", "MODEL_REVISION", "DATASET_REVISION", "ADAPTER", "NUM_GENERATIONS", "MAX_COMPLETION_LENGTH", "BATCH_SIZE",
              "GRAD_ACCUM", "NUM_ITERATIONS", "MAX_STEPS", "LEARNING_RATE", "BETA", "LOSS_TYPE", "SCALE_REWARDS",
              "TEMPERATURE", "TOP_P", "TOP_K", "NO_THINK_RATIO", "CORRECT_WEIGHT", "SHAPE_WEIGHT", "REPETITION_WEIGHT",
              "OVERLONG_WEIGHT", "CORRECT_NEEDS_SHAPE", "REPETITION_NGRAM", "REPETITION_FREE", "OVERLONG_BUFFER",
              "HELDOUT", "SEED")
 
 
-def run_fingerprint(cfg: dict, prompts: list[dict], heldout: list[dict], tokenizer_sha256: str, feats: dict) -> dict:
-    """What makes two runs the same run: the rows as prompted, the held-out rows, the tokenizer, the settings."""
+def run_fingerprint(cfg: dict, prompts: list[dict], heldout: list[dict], tokenizer_sha256: str, feats: dict,
+                    weights_sha256: str | None) -> dict:
+    """What makes two runs the same run: the rows as prompted, the held-out rows, the tokenizer, the weights it
+    starts from (a resume on retrained weights would reload another KL reference), the settings."""
     digest = lambda obj: hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()  # noqa: E731
     return json.loads(json.dumps({"data_sha256": digest(prompts), "heldout_sha256": digest([r["id"] for r in heldout]),
-                                  "tokenizer_sha256": tokenizer_sha256, **{k: cfg[k] for k in _RUN_KEYS},
-                                  "features": feats}))
+                                  "tokenizer_sha256": tokenizer_sha256, "weights_sha256": weights_sha256,
+                                  **{k: cfg[k] for k in _RUN_KEYS}, "features": feats}))
 
 
 def run_config(cfg: dict):
@@ -462,6 +361,40 @@ def prompt_tokens(model_dir: Path, rows: list[dict], no_think_ratio: float, seed
     return max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompt_rows(tokenizer, rows, no_think_ratio, seed))
 
 
+def grpo_config(cfg: dict, feats: dict, sampling: dict, lora: bool, cpu: bool):
+    """TRL's GRPOConfig from the constants. Dropout off in the policy and the reference (LoRA's dropout would make the
+    KL term noisy from step 1: two forward passes of the same weights would differ)."""
+    from trl import GRPOConfig
+
+    from medsft.training.sft import TORCHAO_OPTIMS
+
+    return GRPOConfig(
+        output_dir=str(cfg["OUTPUT_DIR"]), max_steps=cfg["MAX_STEPS"], per_device_train_batch_size=cfg["BATCH_SIZE"],
+        gradient_accumulation_steps=cfg["GRAD_ACCUM"], learning_rate=cfg["LEARNING_RATE"],
+        num_generations=cfg["NUM_GENERATIONS"], num_iterations=cfg["NUM_ITERATIONS"],
+        max_completion_length=cfg["MAX_COMPLETION_LENGTH"], beta=cfg["BETA"], loss_type=cfg["LOSS_TYPE"],
+        scale_rewards=cfg["SCALE_REWARDS"], disable_dropout=True,
+        reward_weights=[cfg["CORRECT_WEIGHT"], cfg["SHAPE_WEIGHT"], cfg["REPETITION_WEIGHT"], cfg["OVERLONG_WEIGHT"]],
+        **sampling, optim=feats["OPTIM"], optim_args="bf16_stochastic_round=True" if feats["OPTIM"] in TORCHAO_OPTIMS
+        and feats["PRECISION"] == "bf16" and not lora else None,
+        logging_steps=cfg["LOGGING_STEPS"], save_steps=cfg["SAVE_STEPS"], save_total_limit=cfg["SAVE_TOTAL_LIMIT"],
+        seed=cfg["SEED"], data_seed=cfg["SEED"], bf16=feats["PRECISION"] in ("bf16", "bf16-mixed"), use_cpu=cpu,
+        gradient_checkpointing=cfg["GRADIENT_CHECKPOINTING"] and not cpu, use_vllm=cfg["USE_VLLM"],
+        vllm_mode="colocate", vllm_gpu_memory_utilization=cfg["VLLM_GPU_MEMORY_UTILIZATION"], report_to="none",
+        disable_tqdm=True, run_name=cfg["RUN_NAME"], dataloader_num_workers=0)
+
+
+def heldout_change(before_rows: list[dict], after_rows: list[dict]) -> dict:
+    """The held-out correctness before and after on the same (prompt, mode) pairs: each with its 95% Wilson
+    interval, and the exact McNemar test of the pairs that changed."""
+    before = {(r["id"], r["mode"]): r["correct"] for r in before_rows}
+    pairs = [(before[k], r["correct"]) for r in after_rows if (k := (r["id"], r["mode"])) in before]
+    b, c = sum(bool(x and not y) for x, y in pairs), sum(bool(y and not x) for x, y in pairs)
+    ci = lambda k: [round(v, 4) for v in benchmarks.wilson(int(k), len(pairs))]  # noqa: E731
+    return {"n": len(pairs), "before_ci95": ci(sum(x for x, _ in pairs)), "after_ci95": ci(sum(y for _, y in pairs)),
+            "worse": b, "better": c, "p": benchmarks.mcnemar(b, c)}
+
+
 def is_adapter(model) -> bool:
     return (Path(str(model)) / "adapter_config.json").is_file()
 
@@ -474,12 +407,12 @@ def main():
     from medsft.adapters import lora_base
     from medsft.files import write_jsonl
     from medsft.generate import eos_ids
-    from medsft.models import load_model, load_tokenizer, resolve_model
+    from medsft.models import hub_revision, load_model, load_tokenizer, pin_revision, resolve_model
     from medsft.training import distributed, rundir
     from medsft.training.finish import session_clock
-    from medsft.training.sft import TORCHAO_OPTIMS, graceful_stop, resolved
+    from medsft.training.sft import graceful_stop, resolved
     try:
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOTrainer
     except ImportError:
         raise MedsftError("train_grpo.py needs TRL: pip install -r requirements.txt") from None
 
@@ -494,19 +427,21 @@ def main():
     if NUM_GENERATIONS < 2 or (BATCH_SIZE * GRAD_ACCUM * world) % NUM_GENERATIONS:
         raise MedsftError(f"--batch_size x --grad_accum x processes ({BATCH_SIZE * GRAD_ACCUM * world}) must be a "
                           f"multiple of --num_generations ({NUM_GENERATIONS}), which must be at least 2")
-    rows, bad = read_rows(DATASET, DATASET_REVISION)
-    keys, eval_sources = eval_questions(EVAL_DATA, EVAL_CMMLU, SUBJECTS)
-    if not EVAL_CMMLU:
-        print("note: --eval_cmmlu not set: questions of benchmark.py's CMMLU are not checked for overlap")
-    rows, n_overlap = drop_eval_overlap(rows, keys)
-    usable = [r for r in rows if reader_supports(r)]
-    train_rows, heldout = split_heldout(usable, HELDOUT, SEED)
+    def usable_rows():  # rank 0 alone downloads and reads; the others get its rows
+        rows, bad = read_rows(DATASET, DATASET_REVISION)
+        keys, eval_sources = eval_keys(EVAL_DATA, EVAL_BENCHMARKS, SUBJECTS)
+        if not EVAL_BENCHMARKS:
+            print("note: --eval_benchmarks is empty: items of benchmark.py's benchmarks are not checked for overlap")
+        return (*drop_eval_overlap(rows, keys), bad, eval_sources)
+
+    rows, n_overlap, bad, eval_sources = distributed.on_main(usable_rows)
+    train_rows, heldout = split_heldout(rows, HELDOUT, SEED)
     stats = {"rows_read": len(rows) + n_overlap + len(bad), "rows_bad": len(bad), "bad": bad[:100],
-             "dropped_eval_overlap": n_overlap, "eval_sources": eval_sources,
-             "skipped_reader": len(rows) - len(usable), "heldout": len(heldout), "train": len(train_rows)}
-    print(f"{DATASET}: {stats['rows_read']} rows, {len(bad)} bad, {n_overlap} in the evaluation sets (dropped), "
-          f"{stats['skipped_reader']} not 4-option single-answer (skipped), {len(heldout)} held out, "
-          f"{len(train_rows)} to train on")
+             "dropped_eval_overlap": n_overlap, "eval_sources": eval_sources, "heldout": len(heldout),
+             "train": len(train_rows)}
+    if distributed.is_main():
+        print(f"{DATASET}: {stats['rows_read']} rows, {len(bad)} bad, {n_overlap} in the evaluation sets (dropped), "
+              f"{len(heldout)} held out, {len(train_rows)} to train on")
     if not train_rows:
         raise MedsftError("no rows left to train on (see the counts above)")
 
@@ -517,6 +452,8 @@ def main():
     feats = training.resolve_features(tc, lora=lora, log=False, assume_gpu=DRY_RUN)
     print(f"precision={feats['PRECISION']} attention={feats['ATTN_IMPLEMENTATION']} optim={feats['OPTIM']} "
           f"processes={world}")
+    base = lora_base(str(MODEL)) if is_adapter(MODEL) else str(MODEL)
+    pin_revision(base, MODEL_REVISION)  # every download below (and the KL reference) is that revision
     model_dir = resolve_model(str(MODEL), config_only=DRY_RUN)
     if DRY_RUN:
         est = memory.grpo_estimate(resolved(tc, lora=lora, assume_gpu=True),
@@ -530,7 +467,9 @@ def main():
         raise SystemExit(0)
     tokenizer = load_tokenizer(MODEL)
     prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED)
-    fp = run_fingerprint(cfg, prompts, heldout, rundir.tokenizer_sha256(model_dir), feats)
+    weights = rundir.weights_sha256(resolve_model(base), Path(str(MODEL))) if is_adapter(MODEL) else \
+        rundir.weights_sha256(model_dir)
+    fp = run_fingerprint(cfg, prompts, heldout, rundir.tokenizer_sha256(model_dir), feats, weights)
 
     def prepare():
         rundir.check_finished(tc, "grpo", fp)  # same run already finished: say so, exit 0, touch nothing
@@ -577,20 +516,7 @@ def main():
     #    SAVE_STEPS; Ctrl-C / SIGTERM saves one and stops (--resume=true continues; kill -9 loses < SAVE_STEPS)
     from datasets import Dataset
 
-    cpu = not torch.cuda.is_available()
-    args = GRPOConfig(
-        output_dir=str(OUTPUT_DIR), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH_SIZE,
-        gradient_accumulation_steps=GRAD_ACCUM, learning_rate=LEARNING_RATE, num_generations=NUM_GENERATIONS,
-        num_iterations=NUM_ITERATIONS,
-        max_completion_length=MAX_COMPLETION_LENGTH, beta=BETA, loss_type=LOSS_TYPE, scale_rewards=SCALE_REWARDS,
-        reward_weights=[CORRECT_WEIGHT, SHAPE_WEIGHT, REPETITION_WEIGHT, OVERLONG_WEIGHT], **sampling,
-        optim=feats["OPTIM"], optim_args="bf16_stochastic_round=True" if feats["OPTIM"] in TORCHAO_OPTIMS
-        and feats["PRECISION"] == "bf16" and not lora else None,
-        logging_steps=LOGGING_STEPS, save_steps=SAVE_STEPS, save_total_limit=SAVE_TOTAL_LIMIT, seed=SEED,
-        data_seed=SEED, bf16=feats["PRECISION"] in ("bf16", "bf16-mixed"), use_cpu=cpu,
-        gradient_checkpointing=GRADIENT_CHECKPOINTING and not cpu, use_vllm=USE_VLLM, vllm_mode="colocate",
-        vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION, report_to="none", disable_tqdm=True,
-        run_name=RUN_NAME, dataloader_num_workers=0)
+    args = grpo_config(cfg, feats, sampling, lora, cpu=not torch.cuda.is_available())
     clock, stop = session_clock(), graceful_stop()
     callbacks = [clock, stop] + training.start_swanlab(tc, kind="grpo", resume_from=resume_from, config=cfg)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(eos_ids(model, tokenizer), cfg), args=args,
@@ -609,10 +535,13 @@ def main():
     after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling,
                                             "after") if heldout else (None, [])
     names = [f.__name__ for f in trainer.reward_funcs]
-    results = {"model": str(MODEL), "dataset": str(DATASET), "data": stats, "sampling": sampling,
+    results = {"model": str(MODEL), "model_revision": hub_revision(base), "dataset": str(DATASET), "data": stats,
+               "sampling": sampling,
                "rewards": names, "reward_weights": list(args.reward_weights), **clock.summary(trainer.state),
                "peak_memory_gib": round(training.peak_memory()[0], 3), "peak_memory_of": training.peak_memory()[1],
-               "heldout": {"before": before, "after": after}, "steps": step_history(trainer.state.log_history, names)}
+               "heldout": {"before": before, "after": after,
+                           "change": heldout_change(before_rows, after_rows) if heldout else None},
+               "steps": step_history(trainer.state.log_history, names)}
 
     def write_results():
         res = Path(RESULTS_DIR)
@@ -623,12 +552,12 @@ def main():
             return written + report.write_grpo_charts(res, results)
 
     written = distributed.on_main(write_results)
-    # an adapter records its base model: MODEL's own base when MODEL is an adapter
-    base = lora_base(str(MODEL)) if is_adapter(MODEL) else str(MODEL)
     written += training.save_final(trainer, tokenizer, resolved(tc, lora=lora).replace(model=base), config=cfg)
     if after:
-        print(f"held-out after: correct {after['correct']:.3f} (before {before['correct']:.3f}), adherence "
-              + ", ".join(f"{chat.SHORT[m]}={after['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
+        ch = results["heldout"]["change"]
+        print(f"held-out after: correct {after['correct']:.3f} {ch['after_ci95']} (before {before['correct']:.3f} "
+              f"{ch['before_ci95']}; {ch['better']} answers better, {ch['worse']} worse, McNemar p={ch['p']:.3g}), "
+              "adherence " + ", ".join(f"{chat.SHORT[m]}={after['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
     training.finish_swanlab()
     print("wrote:\n  " + "\n  ".join(str(p) for p in written))
     distributed.stop_process_group(trainer)

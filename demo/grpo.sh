@@ -4,13 +4,13 @@
 # demo/grpo_mcq.jsonl (28 questions written for the demo topics, no CMMLU content) in the 6 orders of their
 # distractors (the gold option keeps its letter). Two short warm-ups (demo/grpo_rows.py says why): the answer shape
 # with every letter equally often, then one pass over the train prompts' gold letters (a weak preference); then
-# train_grpo.py (TRL's GRPOTrainer) rewards the right letter. Held-out prompts (distractor orders never trained on)
+# train_grpo.py (TRL's GRPOTrainer) rewards the right letter. Held-out prompts (whole questions never trained on)
 # are sampled in all three modes before and after GRPO.
 #
 #   bash demo/grpo.sh             # in runs/grpo/ (+ runs/learn/ for the SFT model when missing)
 #
-# It ends with exactly two lines (goal: after >= 0.5 and >= before + 0.25; each adherence >= 0.8):
-#   reward before=<f> after=<f>                                   # mean correctness reward, held-out prompts
+# It ends with exactly two lines (on questions never trained on, held-out correctness near the floor is expected):
+#   reward before=<f> [ci] after=<f> [ci] floor=<f> paired p=<f>  # mean correctness reward, held-out prompts
 #   adherence think-on=<f> no-think-soft=<f> no-think-hard=<f>    # after GRPO: share in the shape each mode asks
 # Outputs in $RUN_DIR: grpo_data/ (option orders, held-out ids), grpo_warm/ + grpo_gold/ (warm-up rows),
 # output/warm, output/gold, output/grpo (models), results/ (train_grpo.json, grpo_heldout.jsonl, rewards.png,
@@ -24,14 +24,14 @@ RUN_DIR="${RUN_DIR:-$ROOT/runs/grpo}"
 LEARN_DIR="${LEARN_DIR:-$ROOT/runs/learn}"
 export SWANLAB_MODE="${SWANLAB_MODE:-disabled}"  # a demo should not ask for, or wait on, a SwanLab account
 # The recipe (found by experiment; docs/plans/issue-25-grpo.md lists what did not work). HELDOUT: grpo_rows.py's.
-HELDOUT=56
+HELDOUT=9
 SFT=(--no_think_ratio=0 --overwrite=true --batch_size=8 --grad_accum=1 --learning_rate=1e-3 --max_length=512
      --precision=fp32 --gradient_checkpointing=false --loss=plain --logging_steps=20 --eval_steps=1000
      --save_steps=1000 --preview_questions=0)
 # GRPO on 2 cores: 4 prompts x 8 completions a step, each batch used 4 times (cheaper than sampling anew: 2 iterations
 # gave +0.12 in 60 steps, 6 made letters collapse); completions are ~20 tokens (a fixed think and a letter), so 48 is
 # no cap in practice; half of the prompts in the no-think forms, so each switch is trained.
-GRPO=(--model=output/gold --dataset=grpo_data/mcq.jsonl --eval_data="$LEARN_DIR/data/test.jsonl" --heldout=$HELDOUT
+GRPO=(--model=output/gold --dataset=grpo_data/mcq.jsonl --eval_data="$LEARN_DIR/data/test.jsonl" --eval_benchmarks= --heldout=$HELDOUT
       --max_completion_length=48 --overlong_buffer=8 --batch_size=8 --grad_accum=4 --num_generations=8
       --num_iterations=4 --learning_rate=1e-3 --beta=0.04 --no_think_ratio=0.5 --max_steps=200 --save_steps=50
       --output_dir=output/grpo --results_dir=results --overwrite=true)
@@ -53,32 +53,38 @@ echo "GRPO part (rows, both warm-ups, GRPO with its held-out measures): $(( $(da
 
 "$PY" - <<'EOF'
 import json, sys
-h = json.load(open("results/train_grpo.json", encoding="utf-8")).get("heldout") or {}
-b, a = h.get("before"), h.get("after")
-if not (b and a):
+from collections import Counter
+res = json.load(open("results/train_grpo.json", encoding="utf-8"))
+h = res.get("heldout") or {}
+b, a, ch = h.get("before"), h.get("after"), h.get("change")
+if not (b and a and ch):
     sys.exit("results/train_grpo.json has no held-out measure before and after: rerun bash demo/grpo.sh")
+golds = Counter(json.loads(line)["gold"] for line in open("results/grpo_heldout.jsonl", encoding="utf-8"))
+floor = max(golds.values()) / sum(golds.values())  # always answering the commonest held-out letter
 modes = (("think", "think-on"), ("no_think_soft", "no-think-soft"), ("no_think_hard", "no-think-hard"))
 rows = "\n".join(f"| {label} | {b['by_mode'][m]['correct']:.2f} | {a['by_mode'][m]['correct']:.2f} | "
                  f"{b['by_mode'][m]['adherence']:.2f} | {a['by_mode'][m]['adherence']:.2f} |" for m, label in modes)
 open("results/README.md", "w", encoding="utf-8").write(f"""# GRPO CPU demo (demo/grpo.sh)
 
-{a['n_rows']} held-out prompts (distractor orders of the trained questions, never trained on), each sampled once
-per mode before GRPO (the warm-up model) and after. Goal: after >= 0.5 and >= before + 0.25; each shape >= 0.8.
+{a['n_rows']} held-out rows: whole questions never trained on in any option order, each sampled once per mode
+before GRPO (the warm-up model) and after. The floor is {floor:.2f}: always writing the commonest held-out letter
+({dict(sorted(golds.items()))}).
 
 | mode | reward before | reward after | shape before | shape after |
 |---|---|---|---|---|
 {rows}
-| all | {b['correct']:.2f} | {a['correct']:.2f} | | |
+| all | {b['correct']:.2f} {ch['before_ci95']} | {a['correct']:.2f} {ch['after_ci95']} | | |
 
-What this shows: the correctness reward alone moves the letters a 2.9M-parameter model writes, on prompts it never
-trained on, while the three thinking switches keep their shapes. Before GRPO the model has a weak preference for
-the right letter (one supervised pass over the train prompts' gold letters); chance is 0.25.
-What it cannot show: any medical skill. The held-out prompts reorder the distractors of trained questions and the
-gold option keeps its letter, so a model that learnt question -> letter passes; a model this size, trained on 32
-rows, knows no medicine and does not read the options. train_grpo.py on Qwen3 with a GPU, scored by benchmark.py on
-CMMLU, is what measures that.
+Paired on the same {ch['n']} prompts and modes: {ch['better']} better, {ch['worse']} worse, exact McNemar p = {ch['p']:.3g}.
+
+What this can show: whether the three thinking switches keep their shapes while the reward moves the letters (the
+training reward is in rewards.png), and whether anything carries over to questions never trained on. What it cannot
+show: medical skill. A 2.9M-parameter model trained on 28 questions knows no medicine and does not read the
+options, so held-out correctness at the floor is the expected result; train_grpo.py on Qwen3 with a GPU, scored by
+benchmark.py, is what measures that.
 """)
-print("reward before={:.2f} after={:.2f}".format(b["correct"], a["correct"]))
+print("reward before={:.2f} {} after={:.2f} {} floor={:.2f} paired p={:.3g}".format(
+    b["correct"], ch["before_ci95"], a["correct"], ch["after_ci95"], floor, ch["p"]))
 print("adherence think-on={:.2f} no-think-soft={:.2f} no-think-hard={:.2f}".format(
     *(a["by_mode"][m]["adherence"] for m, _ in modes)))
 EOF

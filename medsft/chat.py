@@ -6,12 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
 import weakref
 
 SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 THINK_TAGS = re.compile(r"</?think>")
+# Letters and digits a think needs to count as one: every think of the real dataset has over 470 and the demo rows
+# over 300, so 16 (a short clause) only fails a token gesture (`。`, `嗯，好的。`) that would let GRPO drop the think
+MIN_THINK_CHARS = 16
 IGNORE_INDEX = -100  # label of tokens that carry no loss (transformers' convention)
 STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answer (see split_output)
 # How a question asks for reasoning, in display order. think: <think>…</think> then the answer. no_think_soft:
@@ -40,26 +44,28 @@ def question_mode(question: str, enable_thinking: bool = True) -> str:
     return "no_think_soft" if question.rfind("/no_think") > question.rfind("/think") else "think"
 
 def output_shape(output: str, finished: bool = True) -> str:
-    """The shape of a generated assistant text (``finished``: it ended with end-of-turn): think, empty_think,
-    no_think, unclosed, no_answer, stray_tag (a think tag inside the answer) or cut_off (it never ended)."""
+    """The shape of a generated assistant text (``finished``: it ended with end-of-turn): think, empty_think (no
+    think content: blank, or fewer than MIN_THINK_CHARS letters and digits), no_think, unclosed, no_answer,
+    stray_tag (a think tag inside the answer, or a closing tag never opened) or cut_off (it never ended)."""
     think, answer, status = split_output(output)
     if status == "unclosed":
         return "unclosed"
     if not finished:  # text that never ended is no answer of any shape: a random model's babble lands here
         return "cut_off"
-    if THINK_OPEN in answer or THINK_CLOSE in answer:
+    if THINK_OPEN in answer or THINK_CLOSE in answer or (status == "closed" and THINK_OPEN not in output):
         return "stray_tag"
     if not answer:
         return "no_answer"
     if status == "absent":
         return "no_think"
-    return "think" if think else "empty_think"
+    return "think" if sum(unicodedata.category(c)[0] in "LN" for c in think) >= MIN_THINK_CHARS else "empty_think"
 
 def obeying_shapes(mode: str) -> tuple[str, ...]:
-    """The ``output_shape`` values that obey ``mode``."""
+    """The ``output_shape`` values that obey ``mode``: the hard switch's prompt closed the think already, so any
+    think block after it (even an empty one) disobeys; the soft switch asks for the empty block."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-    return ("think",) if mode == "think" else ("empty_think", "no_think")
+    return {"think": ("think",), "no_think_soft": ("empty_think", "no_think"), "no_think_hard": ("no_think",)}[mode]
 
 def build_messages(question, think=None, answer=None, system=None, history=None) -> list[dict]:
     """System, earlier ``{"role", "content"[, "reasoning_content"]}`` turns, the question and, for training, the

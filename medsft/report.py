@@ -5,7 +5,7 @@ import io
 import json
 from pathlib import Path
 
-from . import adherence, cmmlu
+from . import adherence, benchmarks
 from .chat import FLAGS, MODE_LABELS, MODES, SHORT
 from .config import KINDS, RESULTS_NAME, TAGS
 from .files import MedsftError, atomic_write_bytes, atomic_write_text, disk_errors, write_json
@@ -41,8 +41,8 @@ def collect(results_dir) -> dict:
     d = Path(results_dir)
     out = {kind: {t: _read(p) for t in tags if (p := d / f"{kind}_{t}.json").is_file()}
            for kind, tags in (("rouge", TAGS), ("cot", TAGS), ("train", ("full", "lora")))}
-    out["benchmark"] = cmmlu.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
-    out["benchmark_pairs"] = cmmlu.compare_pairs(d, out["benchmark"])  # from their rows, item by item
+    out["benchmark"] = benchmarks.load_summaries(d)  # benchmark_<name>.json of benchmark.py, any names
+    out["benchmark_pairs"] = benchmarks.compare_pairs(d, out["benchmark"])  # from their rows, item by item
     out["grpo"] = _read(d / "train_grpo.json", "re-run train_grpo.py") if (d / "train_grpo.json").is_file() else None
     return out
 
@@ -154,31 +154,38 @@ def think_status_chart(cot: dict) -> bytes:
     return _png(fig, ax.get_legend_handles_labels(), 3, 7)
 
 def benchmark_chart(summaries: dict[str, dict]) -> bytes:
-    """Accuracy by subject and overall, one bar per model with its 95% Wilson interval, chance at 25%."""
-    groups = list(dict.fromkeys(s for v in summaries.values() for s in v["by_subject"])) + ["overall"]
-    fig, ax = _figure((12, 5.5))
-    width = 0.8 / max(1, len(summaries))
+    """One panel per benchmark: accuracy by subject or category and overall, a bar per model with its 95% interval,
+    the chance level of a uniform guess."""
+    benches = list(dict.fromkeys(b for v in summaries.values() for b in v["benchmarks"]))
+    fig, axes = _figure((12, 4.2 * len(benches)), len(benches), 1)
+    axes = [axes] if len(benches) == 1 else list(axes)
     spare = iter(["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"])
-    for k, (name, s) in enumerate(summaries.items()):
-        cells = [(i, c) for i, g in enumerate(groups)
-                 if (c := s["overall"] if g == "overall" else s["by_subject"].get(g)) and c["n"]]
-        xs = [i - 0.4 + width * (k + 0.5) for i, _ in cells]
-        acc = [c["accuracy"] for _, c in cells]
-        err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)], [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
-        bars = ax.bar(xs, acc, width, yerr=err, capsize=2, label=f"{LABELS.get(name, name)} (n={s['overall']['n']})",
-                      color=COLORS.get(name) or next(spare, "#7f7f7f"), error_kw={"linewidth": 0.8})
-        ax.bar_label(bars, labels=[f"{100 * a:.0f}" for a in acc], fontsize=6, padding=1)
-    ax.axhline(cmmlu.CHANCE, color="black", linestyle="dashed", linewidth=1, label="chance (25%)")
-    ax.set_xticks(range(len(groups)), [g.replace("_", "\n") for g in groups], fontsize=8)
-    _axes(ax, "accuracy", 1.05)
-    ax.set_title("CMMLU medical subjects: accuracy with 95% Wilson intervals (unextractable answers count as wrong)",
-                 fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()  # lines come first there: models first, chance last
-    return _png(fig, (handles[1:] + handles[:1], labels[1:] + labels[:1]), len(summaries) + 1)
+    colors = {name: COLORS.get(name) or next(spare, "#7f7f7f") for name in summaries}
+    for ax, bench in zip(axes, benches):
+        runs = {name: v["benchmarks"][bench] for name, v in summaries.items() if bench in v["benchmarks"]}
+        groups = list(dict.fromkeys(g for r in runs.values() for g in r.get("by_group", {}))) + ["overall"]
+        width = 0.8 / max(1, len(runs))
+        for k, (name, r) in enumerate(runs.items()):
+            cells = [(i, c) for i, g in enumerate(groups)
+                     if (c := r["overall"] if g == "overall" else r["by_group"].get(g)) and c["n"]]
+            xs = [i - 0.4 + width * (k + 0.5) for i, _ in cells]
+            acc = [c["accuracy"] for _, c in cells]
+            err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)],
+                   [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
+            bars = ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[name], label=LABELS.get(name, name))
+            ax.bar_label(bars, labels=[f"{100 * a:.0f}" for a in acc], fontsize=6, padding=1)
+        if (level := next(iter(runs.values())).get("chance")) is not None:
+            ax.axhline(level, color="black", linestyle="dashed", linewidth=1, label="chance (a uniform guess)")
+        ax.set_xticks(range(len(groups)), [benchmarks.GROUP_LABELS.get(g, g).replace("_", "\n") for g in groups])
+        _axes(ax, "accuracy", 1.05)
+        n = "/".join(str(v) for v in sorted({r["overall"]["n"] for r in runs.values()}))
+        ax.set_title(f"{bench}: accuracy with 95% intervals (n={n}; unextractable counts as wrong)", fontsize=10)
+    legend = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    return _png(fig, (list(legend.values()), list(legend)), len(legend))
 
 def write_benchmark_chart(results_dir) -> Path:
     """benchmark.png from every benchmark summary now in ``results_dir``."""
-    return atomic_write_bytes(Path(results_dir) / "benchmark.png", benchmark_chart(cmmlu.load_summaries(results_dir)))
+    return atomic_write_bytes(Path(results_dir) / "benchmark.png", benchmark_chart(benchmarks.load_summaries(results_dir)))
 
 def _smooth(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
     """TensorBoard's debiased exponential moving average."""
@@ -196,15 +203,11 @@ def _curves(title: str, ylabel: str, curves: list[tuple[str, str, list, list]], 
     with plt.rc_context({"svg.hashsalt": "medsft", "path.simplify": False}):
         fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
         for label, color, steps, vals in curves:
-            ax.plot(steps, vals, color=color, alpha=0.3, linewidth=1, marker=marker, markersize=3,
-                    label=f"{label} (raw)")
+            ax.plot(steps, vals, color=color, alpha=0.3, linewidth=1, marker=marker, markersize=3, label=f"{label} (raw)")
             ax.plot(steps, _smooth(list(vals)), color=color, linewidth=2, label=f"{label} (smoothed)")
         ax.set(title=title, xlabel="optimizer step", ylabel=ylabel)
         ax.grid(True, alpha=0.3)
-        if ax.lines:
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
+        _ = ax.legend() if ax.lines else ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes)
         png = _png(fig)
         plt.close(fig)
     return png
@@ -346,64 +349,76 @@ def _adherence_section(cot: dict) -> list[str]:
     if not (found := _adherence(cot)):
         return []
     out = ["## Thinking switches (mode adherence)", "",
-           "Share of test questions answered in the shape each mode asks for. Thinking on: a closed, non-empty think, "
-           "then a non-empty answer. /no_think (appended to the question) and enable_thinking=False (the prompt "
-           "closes an empty think): an empty think block or none, then a non-empty answer. An answer with a think tag "
-           "inside it (a second `</think>`), or cut off at max_new_tokens, obeys no mode. A fine-tune that forgot "
+           "Share of test questions answered in the shape each mode asks for, and the mean answer length (reasoning "
+           "moved into a no-think answer shows there). Thinking on: `<think>`, a think of at least 16 letters or "
+           "digits, `</think>`, a non-empty answer. /no_think: an empty think block or none, then an answer. "
+           "enable_thinking=False (the prompt closed the think): an answer with no think tag. A think tag inside the "
+           "answer, a `</think>` never opened, or an answer cut off at max_new_tokens obeys no mode. A fine-tune that forgot "
            "Qwen3's switches keeps thinking when told not to. `not measured`: no predictions in that mode; make "
            "them with inference.py and the flag in the header.", ""]
     header = ["model"] + [f"{MODE_LABELS[m]}{' `' + FLAGS[m] + '`' if FLAGS[m] else ''}" for m in MODES]
+    chars = lambda a: f"; answer {a['answer_chars']:.0f} chars" if a.get("answer_chars") is not None else ""  # noqa: E731
     rows = [[LABELS[tag]] + ["not measured" if not a else "n/a (0 rows)" if a["rate"] is None
-                             else f"{a['rate']:.2f} ({a['ok']}/{a['n']})" for a in map(adh.get, MODES)]
+                             else f"{a['rate']:.2f} ({a['ok']}/{a['n']}){chars(a)}" for a in map(adh.get, MODES)]
             for tag, adh in found.items()]
     return out + _table(header, rows)
 
 def _cell(c: dict | None) -> str:
     return f"{100 * c['accuracy']:.1f} [{100 * c['ci95'][0]:.1f}, {100 * c['ci95'][1]:.1f}]" if c and c["n"] else "–"
 
-def _pairs_table(pairs: list[dict]) -> list[str]:
-    out = ["### Paired comparison (same items)", "",
-           "Two overlapping 95% intervals are not a comparison: both models answered the same items, so they are "
-           "compared item by item. b: items only the first model got right; c: only the second; p: exact McNemar "
-           "test (two-sided binomial test of b among the b + c discordant items at 1/2), for each pair on its own "
-           "(no correction for several pairs). n: items both answered (same subject and index; an item whose "
-           f"question differs between the two files is left out and counted as `question_differs` in "
-           f"`{cmmlu.PAIRS_NAME}`).", ""]
-    label = lambda t: LABELS.get(t, t)  # noqa: E731
+def _pairs_table(bench: str, pairs: list[dict]) -> list[str]:
     acc = lambda p, k: f"{100 * p[k] / p['n']:.1f}" if p["n"] else "–"  # noqa: E731
-    rows = [[f"{label(p['first'])} vs {label(p['second'])}", p["n"],
+    rows = [[f"{LABELS.get(p['first'], p['first'])} vs {LABELS.get(p['second'], p['second'])}", p["n"],
              f"{acc(p, 'first_correct')} / {acc(p, 'second_correct')}", p["b"], p["c"], f"{p['p']:.3g}"] for p in pairs]
-    return out + _table(["models (first vs second)", "n", "accuracy % (first / second)", "b", "c", "p"], rows)
+    return [f"Paired on the same items ({bench}):", ""] + _table(
+        ["models (first vs second)", "n", "accuracy % (first / second)", "b", "c", "p"], rows)
 
-def benchmark_section(runs: dict[str, dict], pairs: list[dict] | None = None) -> str:
-    """The CMMLU section from ``load_summaries``: accuracy per subject and model, how each ran, the paired table."""
+_WHICH = ("source", "revision", "split", "selection", "options")  # what makes two models' items the same items
+_DECODING = ("max_new_tokens", "do_sample", "enable_thinking")
+
+def benchmark_section(runs: dict[str, dict], pairs: dict[str, list[dict]] | None = None) -> str:
+    """Per benchmark: accuracy per subject/category and model, how each ran, the paired table; a model measured on
+    other items (source, revision, sample or options) is marked ‡, never plainly side by side."""
     if not runs:
         return ""
-    subjects = list(dict.fromkeys(s for v in runs.values() for s in v["by_subject"]))
-    out = ["## Medical knowledge (CMMLU)", "",
-           "Accuracy (%) with 95% Wilson interval on CMMLU's medical subjects (four options: chance 25%), "
-           "`benchmark_<model>.json` in this folder. The model thinks, then ends with `答案：X`; the letter is read "
-           "after the first `</think>`: the letter the `答案：X` (or `answer is X`) markers there name, else the letter "
-           "of the lines holding only an option letter (`B`, `(B)`, `B.`: counted as `option line`). No letter "
-           "counts as wrong and is counted as unextractable: a letter inside a word (维生素D, B超, D-二聚体), "
-           "a marker or lines naming several letters (`答案：A或C`, a change of mind), a think never closed (cut "
-           "off at max_new_tokens), a think tag inside the answer (a second `</think>`).", ""]
-    cells = {s: [v["overall"] if s == "overall" else v["by_subject"].get(s) for v in runs.values()]
-             for s in subjects + ["overall"]}
-    rows = [[f"**{s}**" if s == "overall" else s, "/".join(str(n) for n in sorted({c["n"] for c in cs if c}))]
-            + [_cell(c) for c in cs] for s, cs in cells.items()]
-    out += _table(["subject", "n"] + [LABELS.get(t, t) for t in runs], rows)
-    keys = ("max_new_tokens", "do_sample", "enable_thinking", "seed")
-    rows = [[LABELS.get(t, t) + ("" if "extracted_by" in v else f" {OLD_MARK}"), _fmt(v.get("model")),
-             _fmt(v.get("adapter")), o["n"], _fmt(v.get("macro_accuracy"), 3),
-             f"{o['unextractable']} ({_fmt(o['unextractable_rate'], 3)})", _fmt(o.get("option_line")), o["truncated"]]
-            + [_fmt((v.get("decoding") or {}).get(k)) for k in keys] for t, v in runs.items() for o in [v["overall"]]]
-    out += _table(["model", "model spec", "adapter", "n", "macro accuracy", "unextractable", "option line",
-                   "truncated", "max_new_tokens", "do_sample", "thinking", "seed"], rows)
-    if any("extracted_by" not in v for v in runs.values()):
-        out += [f"{OLD_MARK} read by an older answer reader (it credited letters inside words and hedges): rescore it "
-                "with `python benchmark.py --score=<folder>/benchmark_<model>.jsonl --name=<model>`.", ""]
-    return "\n".join(out + (_pairs_table(pairs) if pairs else []))
+    out = ["## Medical knowledge (multiple choice)", "",
+           "Accuracy (%) with its 95% interval per benchmark (`benchmark_<model>.json` here). Letters are read after "
+           "the think only where the answer commits to them and nothing after names another option; a hedge, a change "
+           "of mind, a letter inside a word (维生素D) or a think never closed is unextractable and wrong; several "
+           "answers count only as the exact set (rules: docs/metrics.md).", ""]
+    for bench in dict.fromkeys(b for v in runs.values() for b in v["benchmarks"]):
+        have = {t: v["benchmarks"][bench] for t, v in runs.items() if bench in v["benchmarks"]}
+        first = next(iter(have.values()))
+        mark = {t: "" if all(r.get(k) == first.get(k) for k in _WHICH) else " ‡" for t, r in have.items()}
+        out += [f"### {first.get('title', bench)}", "",
+                f"{first.get('split', 'test')} split, license {first.get('license', '?')}; chance "
+                f"{_fmt(first.get('chance'), 3)}."
+                + (" ‡: measured on other items than the first column (another source, revision, sample or option "
+                   "set): not comparable side by side." if any(mark.values()) else ""), ""]
+        groups = list(dict.fromkeys(g for r in have.values() for g in r.get("by_group", {})))
+        cells = {g: [r.get("by_group", {}).get(g) for r in have.values()] for g in groups}
+        cells |= {k: [r.get(k) for r in have.values()] for k in ("single", "multi", "majority")
+                  if any(k in r for r in have.values())} | {"**overall**": [r["overall"] for r in have.values()]}
+        rows = [[name, "/".join(str(n) for n in sorted({c["n"] for c in cs if c}))] + [_cell(c) for c in cs]
+                for name, cs in cells.items()]
+        out += _table(["subset", "n"] + [LABELS.get(t, t) + mark[t] for t in have], rows)
+        rows = [[LABELS.get(t, t) + mark[t] + (f" {OLD_MARK}" if r.get("outdated") else ""),
+                 _fmt(runs[t].get("model")), _fmt(runs[t].get("adapter")), o["n"], _fmt(r.get("samples")),
+                 f"{o['unextractable']} ({_fmt(o.get('unextractable_rate'), 3)})", _fmt(o.get("option_line")),
+                 f"{_fmt(o.get('cut_off'))} ({_fmt(o.get('cut_off_rate'), 3)})", _fmt(o.get("mean_think_tokens"), 0),
+                 f"`{_fmt(r.get('selection'))}`"] + [_fmt((runs[t].get("decoding") or {}).get(k)) for k in _DECODING]
+                for t, r in have.items() for o in [r["overall"]]]
+        out += _table(["model", "model spec", "adapter", "n", "samples", "unextractable", "option line", "cut off",
+                       "think tokens", "items", "max_new_tokens", "do_sample", "thinking"], rows)
+        if (pairs or {}).get(bench):
+            out += _pairs_table(bench, pairs[bench])
+    if any(r.get("outdated") for v in runs.values() for r in v["benchmarks"].values()):
+        out += [f"{OLD_MARK} an older CMMLU-only summary: rescore it with `python benchmark.py --score=<its .jsonl>`.", ""]
+    if any((pairs or {}).values()):
+        out += ["Two overlapping intervals are not a comparison: models are compared item by item. b: items only the "
+                "first got right; c: only the second; p: exact McNemar test, each pair on its own; with several samples "
+                f"each item's majority. n: items both answered (`{benchmarks.PAIRS_NAME}`).", ""]
+    return "\n".join(out)
 
 def _train_section(train: dict) -> list[str]:
     """Every scalar field of train_<run>.json (written by train.py / train_lora.py), one row per field."""
@@ -417,28 +432,31 @@ def _grpo_section(g: dict) -> list[str]:
     h, steps = g.get("heldout") or {}, g.get("steps") or [{"step": 0}]
     if not (h.get("before") and h.get("after")):
         return []
-    rows = [[when, _fmt(s["correct"], 3)] + [f"{_fmt(b['correct'], 3)} / {_fmt(b['adherence'])}"
-                                             for b in (s["by_mode"][m] for m in MODES)] for when, s in h.items()]
+    rows = [[w, _fmt(h[w]["correct"], 3) + f" {(h.get('change') or {}).get(w + '_ci95', '')}"]
+            + [f"{_fmt(b['correct'], 3)} / {_fmt(b['adherence'])}" for b in (h[w]["by_mode"][m] for m in MODES)]
+            for w in ("before", "after")]
+    ch = h.get("change") or {}
     return ["## GRPO (held-out multiple choice)", "",
-            f"`train_grpo.json`: {h['before']['n_rows']} rows of `{g['dataset']}` never trained on, each asked in the "
-            f"three modes of `{g['model']}` (before) and of the GRPO model after {steps[-1]['step']} steps, sampled "
-            "as in training. Cells: correctness reward / adherence.", ""] + \
+            f"`train_grpo.json`: {h['before']['n_rows']} rows of `{g['dataset']}` never trained on (whole questions), "
+            f"each asked in the three modes of `{g['model']}` (before) and of the GRPO model after {steps[-1]['step']} "
+            "steps, sampled as in training. Cells: correctness reward [95% interval] / adherence."
+            + (f" Paired: {ch['better']} better, {ch['worse']} worse, McNemar p = {ch['p']:.3g}." if ch else ""), ""] + \
         _table(["", "correct (all modes)"] + [MODE_LABELS[m] for m in MODES], rows)
 
 # What a run on a demo model can and cannot show, by the model spec it was trained from
 DEMO_NOTES = {
     "tiny": "**This is the plumbing check** (`MODEL=tiny bash pipeline.sh`): a random-init 2-layer model trained for "
-            "seconds. It shows that every stage runs and hands the next one its files, not that anything was "
-            "learned: scores near 0 and outputs without a think are expected. For a model that visibly learns, "
-            "run `bash demo/learn.sh`; for real numbers, Qwen3-1.7B on a GPU (`bash pipeline.sh`).",
+            "seconds. It shows that every stage runs and hands the next one its files, not that anything was learned: "
+            "scores near 0 and outputs without a think are expected. For a model that visibly learns, run `bash "
+            "demo/learn.sh`; for real numbers, Qwen3-1.7B on a GPU (`bash pipeline.sh`).",
     "small": "**This is the learning demo** (`bash demo/learn.sh`): a 2.9M-parameter random-init model, fully "
              "fine-tuned for minutes on the CPU on 32 demo rows, each in all three thinking modes, plus format-drill "
              "rows whose thinks and answers are shuffled runs of their sentences (`demo/augment.py`), and asked with "
-             "sampling. What it can show: whether a model learns Qwen3's format and its two thinking switches (*Thinking switches*, beside the "
-             "same model untrained: `base`). With 4 test questions each rate moves in steps of 0.25: a signal, not a "
-             "measurement. What it cannot show: medical skill. At this size its thinks and answers are a sentence or "
-             "two recalled from its training rows, often about another question, so ROUGE and chain-of-thought "
-             "scores measure overlap with their style, not correctness.",
+             "sampling. What it can show: whether a model learns Qwen3's format and its two thinking switches "
+             "(*Thinking switches*, beside the same model untrained: `base`). With 4 test questions each rate moves in "
+             "steps of 0.25: a signal, not a measurement. What it cannot show: medical skill. At this size its thinks "
+             "and answers are a sentence or two recalled from its training rows, often about another question, so "
+             "ROUGE and chain-of-thought scores measure overlap with their style, not correctness.",
 }
 
 def _demo_note(data: dict) -> list[str]:
@@ -473,7 +491,7 @@ def build(results_dir) -> list[Path]:
             written.append(atomic_write_bytes(d / name, chart(summaries)))
             charts.append(name)
     if data["benchmark"]:  # the paired comparison the report shows, as data (an empty list for one model)
-        written.append(write_json(d / cmmlu.PAIRS_NAME, data["benchmark_pairs"]))
+        written.append(write_json(d / benchmarks.PAIRS_NAME, data["benchmark_pairs"]))
     charts += [c for c in ("benchmark.png", "trainloss.png", "evalloss.png", "rewards.png", "completion_length.png")
                if (d / c).is_file()]
     written.append(atomic_write_text(d / "README.md", report_text(data, charts)))

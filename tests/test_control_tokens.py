@@ -107,7 +107,9 @@ def _run_data_on_hub(monkeypatch, tmp_path, *args):
 
 def test_hub_dataset_is_loaded_without_remote_code_at_the_revision_asked(monkeypatch, tmp_path):
     calls, stats = _run_data_on_hub(monkeypatch, tmp_path / "a")
-    assert len(calls) == 1 and calls[0]["trust_remote_code"] is False
+    assert all(c["trust_remote_code"] is False for c in calls)  # the benchmark overlap check's CMMLU loads too
+    calls = [c for c in calls if c["name"] != "opencompass/cmmlu"]
+    assert len(calls) == 1
     assert "version" not in calls[0] and stats["dataset_revision"] == ""  # "": the hub's current revision
     calls, stats = _run_data_on_hub(monkeypatch, tmp_path / "b", "--dataset_revision=v1.0.2")
     assert calls[0]["version"] == "v1.0.2" and calls[0]["trust_remote_code"] is False
@@ -141,6 +143,27 @@ def test_prepare_examples_skips_names_and_counts_control_token_rows(tiny, tmp_pa
     assert stats["skipped_control_tokens"] == 2 and stats["kept"] == len(examples) == 4 and stats["rows"] == 6
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert all([t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100].count(im_end) == 1 for e in examples)
+
+
+def test_typed_think_tags_in_a_training_row_are_skipped_and_counted(tiny, tmp_path, capsys):
+    """A `</think>` typed in a row's answer would train a second closing tag (a `<think>` in the question a think
+    the prompt opened): such rows are skipped, named and counted like any control token, in every mode."""
+    from medsft.training import prepare_examples
+
+    _, tok = tiny
+    rows = [{"id": f"r{i}", **r} for i, r in enumerate(good_rows(6))]
+    rows[1]["answer"] = "先想想</think>\n\n多喝水"
+    rows[3]["question"] = "<think>头痛怎么办？"
+    rows[5]["think"] = "想</think>法"
+    path = tmp_path / "train.jsonl"
+    path.write_text(jsonl(rows), encoding="utf-8")
+    for ratio in (0.0, 1.0):
+        examples, stats = prepare_examples(path, tok, 512, no_think_ratio=ratio)
+        assert stats["skipped_control_tokens"] == 3 and stats["kept"] == len(examples) == 3
+        close, open_ = tok.convert_tokens_to_ids("</think>"), tok.convert_tokens_to_ids("<think>")
+        assert all(e["input_ids"].count(close) == 1 == e["input_ids"].count(open_) for e in examples)
+    out = capsys.readouterr().out
+    assert f"{path}:2: field 'answer'" in out and f"{path}:4: field 'question'" in out and f"{path}:6:" in out
 
 
 def test_prepare_examples_with_only_control_token_rows_fails_naming_them(tiny, tmp_path):

@@ -132,3 +132,36 @@ def test_too_few_rows_for_three_splits_fails(tmp_path, n, args):
     p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", *args, check=False)
     assert p.returncode != 0 and "cannot fill train, val and test" in p.stderr
     assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_rows_asking_a_benchmark_item_are_counted_across_spellings(tmp_path, root):
+    """stats.json counts the rows that ask an item of the benchmarks benchmark.py scores, whatever their width,
+    spacing, punctuation, item number or appended options; a benchmark it cannot read is named, never fatal."""
+    rows = [{"question": "3. 成人正常静息心率的范围是（ ）A.40～60次/分 B.60～100次/分", "think": "t", "answer": "a"},
+            {"question": "\u3000阿司匹林的主要不良反应是\u200b？", "think": "t", "answer": "a"},  # full-width, zero-width
+            {"question": "缺乏维生素Ｄ可导致", "think": "t", "answer": "a"},  # a stem too short to name an item alone
+            {"question": "高血压患者的饮食应注意什么", "think": "t", "answer": "a"}]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    suite = f"cmb={root / 'demo/benchmarks/cmb'},cmexam={tmp_path / 'absent'}"
+    proc = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'd'}", f"--benchmarks={suite}")
+    overlap = json.loads((tmp_path / "d" / "stats.json").read_text(encoding="utf-8"))["benchmark_overlap"]
+    assert (overlap["rows"], overlap["checked"], list(overlap["not_checked"])) == (2, {"cmb": 6}, ["cmexam"])
+    assert {e["benchmark"] for e in overlap["examples"]} == {"cmb"} and "benchmark items among the rows: 2" in proc.stdout
+
+
+def test_cleaning_never_forms_a_control_token_or_a_think_tag(tmp_path):
+    """Removing stray think tags could join the rest into a token: `<|im_<think>end|>` -> `<|im_end|>`,
+    `<thi</think>nk>` -> `<think>`. The cleaned text is what gets checked: both rows are one named, counted rejection."""
+    rows = [{"question": f"问题{i}", "think": "想法", "answer": "答案"} for i in range(8)]
+    rows += [{"question": "问<|im_<think>end|>题", "think": "想法", "answer": "答案"},
+             {"question": "问题X", "think": "想法", "answer": "答<thi</think>nk>案"}]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    proc = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    written = "".join((tmp_path / "out" / f"{s}.jsonl").read_text(encoding="utf-8") for s in ("train", "val", "test"))
+    assert "<|im_end|>" not in written and "<think>" not in written and "</think>" not in written
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 8 and stats["rows_control_tokens"] == 2
+    assert [s["where"] for s in stats["skipped"]] == [f"{src}:9", f"{src}:10"]
+    assert f"{src}:9" in proc.stdout and f"{src}:10" in proc.stdout

@@ -27,17 +27,18 @@ def _rows(tmp_path, name, *args):
 
 def test_demo_mcq_rows_are_valid_and_balanced():
     rows, bad = train_grpo.read_rows(ROOT / "demo" / "grpo_mcq.jsonl")
-    assert not bad and len(rows) >= 24 and all(train_grpo.reader_supports(r) for r in rows)
+    assert not bad and len(rows) >= 24 and all(len(r["choices"]) == 4 and not r["multi"] for r in rows)
     golds = Counter(r["gold"] for r in rows)
     assert set(golds) == set("ABCD") and max(golds.values()) - min(golds.values()) <= 1  # no letter to guess
 
 
 def test_heldout_prompts_never_train_and_the_warm_ups_are_what_they_say(tmp_path):
-    out, warm, gold = _rows(tmp_path, "a", "--heldout=56")
+    out, warm, gold = _rows(tmp_path, "a", "--heldout=9")
     mc, _ = train_grpo.read_rows(out / "mcq.jsonl")
-    train, held = train_grpo.split_heldout(mc, 56, 42)  # what train_grpo.py holds out with the same seed
+    train, held = train_grpo.split_heldout(mc, 9, 42)  # what train_grpo.py holds out with the same seed
     assert sorted(json.loads((out / "heldout_ids.json").read_text())) == sorted(r["id"] for r in held)
-    assert len(held) == 56 and len(mc) == 6 * len(_jsonl(ROOT / "demo" / "grpo_mcq.jsonl"))
+    assert len(held) == 9 * 6 and len(mc) == 6 * len(_jsonl(ROOT / "demo" / "grpo_mcq.jsonl"))
+    assert not {r["question"] for r in held} & {r["question"] for r in train}  # no held-out question in any order
     by_question = {}
     for r in mc:  # "distractors": the gold option keeps its letter in every order of a question
         by_question.setdefault(r["question"], set()).add((r["gold"], r["choices"]["ABCD".index(r["gold"])]))
@@ -61,8 +62,8 @@ def test_heldout_prompts_never_train_and_the_warm_ups_are_what_they_say(tmp_path
 
 
 def test_same_seed_same_bytes(tmp_path):
-    a, wa, ga = _rows(tmp_path, "a", "--heldout=56")
-    b, wb, gb = _rows(tmp_path, "b", "--heldout=56")
+    a, wa, ga = _rows(tmp_path, "a", "--heldout=9")
+    b, wb, gb = _rows(tmp_path, "b", "--heldout=9")
     for x, y in ((a / "mcq.jsonl", b / "mcq.jsonl"), (wa / "train.jsonl", wb / "train.jsonl"),
                  (ga / "train.jsonl", gb / "train.jsonl"),
                  (a / "heldout_ids.json", b / "heldout_ids.json")):

@@ -11,7 +11,7 @@ import types
 import pytest
 
 import train_grpo as g
-from medsft import chat, cmmlu
+from medsft import chat, mcq
 
 ROW = {"question": "高血压的诊断切点是多少？", "choices": ["120/80", "130/85", "140/90", "160/100"], "gold": "C"}
 THINK = "<think>\n诊室血压≥140/90 mmHg 才能诊断高血压。\n</think>\n\n"
@@ -33,6 +33,8 @@ THINK = "<think>\n诊室血压≥140/90 mmHg 才能诊断高血压。\n</think>\
     (THINK + "缺乏维生素D", 0.0),                                 # a letter inside a word
     ("", 0.0),                                                  # empty
     ("答案：C", 0.0),                                            # right letter, no think in think mode
+    ("<think>\n。\n</think>\n\n答案：C", 0.0),                      # a collapsed think: one punctuation mark
+    ("分析。</think>\n\n答案：C", 0.0),                            # no opening tag
 ])
 def test_correct_reward_think_mode(output, expected):
     assert g.correct_reward(output, "C", "think") == expected
@@ -47,6 +49,8 @@ def test_correct_reward_copying_the_question_earns_nothing():
 def test_correct_reward_no_think_modes_and_gating():
     assert g.correct_reward("<think>\n\n</think>\n\n答案：C", "C", "no_think_soft") == 1.0
     assert g.correct_reward("答案：C", "C", "no_think_hard") == 1.0
+    assert g.correct_reward("<think>\n\n</think>\n\n答案：C", "C", "no_think_hard") == 0.0  # the prompt closed it
+    assert g.correct_reward("</think>\n\n答案：C", "C", "no_think_hard") == 0.0
     assert g.correct_reward(THINK + "答案：C", "C", "no_think_soft") == 0.0  # thought when told not to
     assert g.correct_reward("答案：C", "C", "think", needs_shape=False) == 1.0  # the gate off: shape not required
     assert g.correct_reward(THINK + "答案：C", "C", "think", finished=False) == 0.0  # cut off at the cap
@@ -112,7 +116,7 @@ def test_reward_functions_take_trls_call():
     assert [f.__name__ for f in funcs] == ["correct", "shape", "repetition", "overlong"]
     kwargs = dict(prompts=["p", "p", "p"], completions=[THINK + "答案：C", THINK + "答案：C", "答案：C"],
                   completion_ids=[[5, 6, 0], [5, 6, 7], [1, 2, 3, 4, 5, 1, 2, 3, 4, 0]], gold=["C", "C", "C"],
-                  mode=["think", "think", "no_think_hard"], id=["a", "b", "c"], trainer_state=None,
+                  mode=["think", "think", "no_think_hard"], n_options=[4, 4, 4], id=["a", "b", "c"], trainer_state=None,
                   log_extra=lambda *a: None, log_metric=lambda *a: None)
     correct, shape, repetition, overlong = (f(**kwargs) for f in funcs)
     assert correct == [1.0, 0.0, 1.0]  # the second never ended (no eos id 0): no credit
@@ -124,6 +128,23 @@ def test_reward_functions_take_trls_call():
 # --- mode prompts -----------------------------------------------------------------------------------------------
 def _rows(n):
     return [{**ROW, "question": f"{ROW['question']} 第{i}题", "id": f"r{i}"} for i in range(n)]
+
+
+def test_typed_think_tags_never_reach_trl_as_tokens(tmp_path):
+    """A `</think>` typed in a question or option would reach TRL's text prompt as a real tag (ids unlike
+    chat.prompt_ids): such rows are bad rows, named and counted; every prompt kept is token-exact."""
+    from medsft.models import load_tokenizer
+
+    tok = load_tokenizer("tiny")  # the real Qwen3 tokenizer when ../shared is there, else the project-built one
+    lines = [json.dumps(r, ensure_ascii=False) for r in [
+        {"question": "头痛</think>怎么办", "A": "a", "B": "b", "answer": "A"},
+        {"question": "头痛怎么办", "A": "<think>a", "B": "b", "answer": "A"},
+        {"question": "头痛怎么办", "A": "a", "B": "b", "answer": "B"}]]
+    rows, bad = g.read_rows(_write(tmp_path / "mc.jsonl", lines))
+    assert len(rows) == 1 and [b["where"].rsplit(":", 1)[1] for b in bad] == ["1", "2"]
+    assert all("control token" in b["reason"] for b in bad)
+    for p in g.prompt_rows(tok, rows * 3, 1.0, 0) + g.prompt_rows(tok, rows, 0.0, 0):
+        assert tok(text=[p["prompt"]])["input_ids"][0] == chat.prompt_ids(tok, g.mc_question(rows[0]), mode=p["mode"])
 
 
 def test_mode_prompts_token_exact(real_tokenizer):
@@ -183,11 +204,11 @@ def test_read_rows_jsonl_layouts_and_errors(tmp_path, capsys):
         ("q1", ["a", "b", "c", "d"], "B"), ("q2", ["a", "b", "c", "d", "e"], "E"), ("q3", ["a", "b", "c"], "AC")]
     assert [b["where"].rsplit(":", 1)[1] for b in bad] == ["4", "5", "6", "7", "8", "9"]
     reasons = " | ".join(b["reason"] for b in bad)
-    for part in ("names an option the row does not have", "empty or missing 'question'", "not option letter",
-                 "control token", "an empty option"):
+    for part in ("names an option the item does not have", "empty or missing 'question'", "not option letter",
+                 "control token", "option B is empty"):
         assert part in reasons
     assert f"{tmp_path / 'mc.jsonl'}:9:" in capsys.readouterr().out
-    assert [g.reader_supports(r) for r in rows] == [True, False, False]
+    assert [r["multi"] for r in rows] == [False, False, True]  # five options and several answers are trained too
     assert len({r["id"] for r in rows}) == 3
 
 
@@ -198,7 +219,7 @@ def test_read_rows_cmmlu_csv_layout(tmp_path):
                                         encoding="utf-8")
     rows, bad = g.read_rows(folder)
     assert [(r["question"], r["gold"]) for r in rows] == [("多行\n题干", "D")]
-    assert bad == [{"where": f"{folder / 'anatomy.csv'}:4", "reason": "answer 'Z' is not option letter(s) A-E"}]
+    assert bad == [{"where": f"{folder / 'anatomy.csv'}:4", "reason": "answer 'Z' is not option letter(s) A-D"}]
 
 
 def test_read_rows_parquet(tmp_path):
@@ -225,29 +246,54 @@ def test_read_rows_fails_clearly(tmp_path):
 def test_eval_overlap_dropped(tmp_path):
     test = _write(tmp_path / "test.jsonl", [json.dumps({"question": "高血压的诊断切点是多少？", "think": "t",
                                                           "answer": "a"}, ensure_ascii=False)])
-    keys, sources = g.eval_questions(str(test), "", "")
+    keys, sources = g.eval_keys(str(test), "", "")
     assert sources == {str(test): 1}
     rows = [{**ROW, "question": "高血压的诊断切点是多少?  "}, {**ROW, "question": "糖尿病的诊断切点是多少？"}]
     kept, dropped = g.drop_eval_overlap(rows, keys)  # full-width ？ vs ?, trailing spaces: the same question
     assert dropped == 1 and kept[0]["question"].startswith("糖尿病")
     with pytest.raises(g.MedsftError, match="no such file"):
-        g.eval_questions(str(tmp_path / "none.jsonl"), "", "")
+        g.eval_keys(str(tmp_path / "none.jsonl"), "", "")
 
 
-def test_eval_overlap_with_cmmlu_folder(tmp_path):
+def test_eval_overlap_every_benchmark_item_in_any_option_order(tmp_path):
+    """Every item of the benchmarks benchmark.py scores is dropped, in another option order or spelling too; a short
+    stem that recurs across exams (下列哪项正确) is the same item only with the same options."""
     folder = tmp_path / "cmmlu"
     folder.mkdir()
-    (folder / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n0,人体最大的器官是,a,b,c,d,A\n", encoding="utf-8")
-    keys, sources = g.eval_questions("", str(folder), "anatomy")
-    kept, dropped = g.drop_eval_overlap([{**ROW, "question": "人体最大的器官是"}, ROW], keys)
-    assert dropped == 1 and kept == [ROW]
+    (folder / "anatomy.csv").write_text(",Question,A,B,C,D,Answer\n0,人体最大的器官是,皮肤,肝,肺,脑,A\n"
+                                        "1,成人正常静息心率的范围是多少次每分钟,40,80,120,160,B\n", encoding="utf-8")
+    cmb = tmp_path / "cmb.json"
+    cmb.write_text(json.dumps([{"question": "下列哪项正确", "option": {"A": "甲", "B": "乙", "C": "丙"}, "answer": "A",
+                                "question_type": "单项选择题"}], ensure_ascii=False), encoding="utf-8")
+    keys, sources = g.eval_keys("", f"cmmlu={folder},cmb={cmb}", "anatomy")
+    assert sources == {f"cmmlu={folder}": 2, f"cmb={cmb}": 1}
+    rows = [{"question": "人体最大的器官是", "choices": ["肝", "皮肤", "脑", "肺"]},          # other option order
+            {"question": "12. 成人正常静息心率的范围是多少次每分钟？", "choices": ["1", "2"]},  # long stem, numbered
+            {"question": "下列哪项正确：", "choices": ["丙", "甲", "乙"]},                     # short stem, same options
+            {"question": "下列哪项正确", "choices": ["丁", "戊", "己"]},                       # short stem, other options
+            {"question": "人体最大的器官是", "choices": ["心", "胃", "肾", "脾"]}]
+    kept, dropped = g.drop_eval_overlap(rows, keys)
+    assert dropped == 3 and kept == rows[3:]
+    with pytest.raises(g.MedsftError, match="eval_benchmarks.*medqa_mcmle"):  # not found: refused, never skipped
+        g.eval_keys("", f"medqa_mcmle={tmp_path / 'absent'}", "anatomy")
 
 
 def test_split_heldout_is_seeded_and_disjoint():
-    rows = [{**ROW, "id": f"r{i}"} for i in range(50)]
+    rows = [{**ROW, "question": f"第{i}问：血压多少？", "id": f"r{i}"} for i in range(50)]
     train, held = g.split_heldout(rows, 10, seed=1)
     assert len(held) == 10 and len(train) == 40 and not {r["id"] for r in held} & {r["id"] for r in train}
     assert g.split_heldout(list(reversed(rows)), 10, seed=1)[1] == list(reversed(held))
+
+
+def test_split_heldout_keeps_each_question_on_one_side():
+    """One question in several option orders and spellings is held out whole or trained on whole."""
+    rows = [{**ROW, "question": f"问题{i}" + "？" * (k % 2), "choices": ROW["choices"][k:] + ROW["choices"][:k],
+             "id": f"r{i}-{k}"} for i in range(30) for k in range(4)]
+    for seed in range(5):
+        train, held = g.split_heldout(rows, 7, seed=seed)
+        key = lambda r: r["question"].rstrip("？")  # noqa: E731
+        assert len({key(r) for r in held}) == 7 and len(held) == 28
+        assert not {key(r) for r in held} & {key(r) for r in train}
 
 
 def test_step_history_and_sampling():
@@ -264,13 +310,15 @@ def test_step_history_and_sampling():
 
 
 def test_mc_question_is_benchmarks_prompt():
-    item = {"subject": "anatomy", "question": ROW["question"], "choices": ROW["choices"]}
-    assert g.mc_question({**ROW, "subject": "anatomy"}) == cmmlu.prompt(item)
+    item = {"question": ROW["question"], "choices": ROW["choices"]}
+    assert g.mc_question(ROW) == mcq.prompt(item)
+    five = g.mc_question({**ROW, "choices": ROW["choices"] + ["180/110"], "gold": "AE", "multi": True})
+    assert "多项选择题" in five and "E. 180/110" in five and "“答案：XY”，XY 为 A、B、C、D、E 中" in five
 
 
 # --- end to end (tiny model, CPU) -----------------------------------------------------------------------------------
 # --- the stage end to end (tiny) -----------------------------------------------------------------------------------
-GRPO_ARGS = ["--model=tiny", "--eval_data=", "--heldout=4", "--num_generations=2", "--batch_size=2", "--grad_accum=2",
+GRPO_ARGS = ["--model=tiny", "--eval_data=", "--eval_benchmarks=", "--heldout=4", "--num_generations=2", "--batch_size=2", "--grad_accum=2",
              "--max_completion_length=8", "--overlong_buffer=2", "--save_steps=1", "--learning_rate=1e-4",
              "--eval_batch_size=12"]
 
@@ -348,7 +396,9 @@ def test_two_grpo_steps_end_to_end_then_a_rerun_changes_nothing(root, tmp_path):
     text = (tmp_path / "out-results" / "README.md").read_text(encoding="utf-8")
     after = results["heldout"]["after"]
     assert "## GRPO (held-out multiple choice)" in text and "![rewards.png](rewards.png)" in text
-    assert f"| after | {after['correct']:.3f} | {after['by_mode']['think']['correct']:.3f} / " in text
+    change = results["heldout"]["change"]
+    assert f"| after | {after['correct']:.3f} {change['after_ci95']} | {after['by_mode']['think']['correct']:.3f} / " in text
+    assert change["n"] == 12 and f"McNemar p = {change['p']:.3g}" in text  # 4 held-out rows x 3 modes, paired
     out = tmp_path / "out"
     assert (out / "checkpoint-2").is_dir() and (out / "model.safetensors").is_file()
     saved = json.loads((out / "train_config.json").read_text())
@@ -418,8 +468,12 @@ def test_grpo_on_two_processes_rank0_alone_writes(root, tmp_path):
     import subprocess
     import sys
 
+    rows = tmp_path / "mc.jsonl"  # the demo rows and a bad one: read, checked and reported by rank 0 alone
+    rows.write_text((root / "demo/grpo_mcq.jsonl").read_text(encoding="utf-8") + '{"question": "q"}\n', encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *_grpo_cmd(root, tmp_path / "out", tmp_path / "out-results", "--max_steps=2", "--grad_accum=1")[1:]]
+           *[{"--dataset": f"--dataset={rows}", "--eval_benchmarks": f"--eval_benchmarks=cmb={root / 'demo/benchmarks/cmb'}"}
+             .get(a.split("=")[0], a) for a in
+             _grpo_cmd(root, tmp_path / "out", tmp_path / "out-results", "--max_steps=2", "--grad_accum=1")[1:]]]
     # tests/exit_check says (stderr "EXIT-CHECK:") whether each process ends its process group as it must
     env = _env(SWANLAB_MODE="local", PYTHONPATH=str(root / "tests" / "exit_check"))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -431,7 +485,7 @@ def test_grpo_on_two_processes_rank0_alone_writes(root, tmp_path):
     assert [s["step"] for s in _results(tmp_path)["steps"]] == [1, 2]
     with sqlite3.connect(tmp_path / "swanlog" / "runs.swanlab") as db:  # one experiment, not one per process
         assert [r[0] for r in db.execute("select status from experiment")] == [1]
-    for line in ("estimated peak", "held-out before", "held-out after", "wrote:"):
+    for line in ("estimated peak", "held-out before", "held-out after", "wrote:", "row skipped", "to train on"):
         assert proc.stdout.count(line) == 1, (line, proc.stdout[-3000:])
 
 
@@ -445,3 +499,58 @@ def test_help_lists_the_constants_only(root):
         assert name in shown
     for internal in ("--run_keys", "--step_keys", "--option_letters", "--question_keys"):  # tables, not settings
         assert internal not in shown
+
+
+def test_grpo_config_turns_dropout_off_and_keeps_the_constants():
+    """LoRA's dropout would make the KL term noisy from step 1 (two passes of the same weights differ)."""
+    cfg = {k: v for k, v in vars(g).items() if k.isupper()}
+    args = g.grpo_config({**cfg, "OUTPUT_DIR": "out"}, {"OPTIM": "adamw_torch", "PRECISION": "fp32"},
+                         {"temperature": 0.6, "top_p": 0.95, "top_k": 20}, lora=True, cpu=True)
+    assert args.disable_dropout is True
+    assert (args.beta, args.num_generations, args.temperature, args.max_completion_length) == \
+        (g.BETA, g.NUM_GENERATIONS, 0.6, g.MAX_COMPLETION_LENGTH)
+
+
+def test_heldout_change_gives_intervals_and_the_paired_test():
+    before = [{"id": f"q{i}", "mode": m, "correct": float(i < 4)} for i in range(10) for m in ("think", "no_think_hard")]
+    after = [{"id": f"q{i}", "mode": m, "correct": float(i < 9)} for i in range(10) for m in ("think", "no_think_hard")]
+    ch = g.heldout_change(before, after)
+    assert (ch["n"], ch["better"], ch["worse"]) == (20, 10, 0) and ch["p"] == 2 / 2 ** 10
+    assert ch["before_ci95"][0] < 8 / 20 < ch["before_ci95"][1] and ch["after_ci95"][0] < 18 / 20 < ch["after_ci95"][1]
+
+
+def test_medqa_mcmle_in_its_published_layout_is_a_grpo_dataset(shared_dir):
+    """MedQA-MCMLE's splits (jind11 layout) are GRPO rows as they are: five options, the letter from answer_idx."""
+    path = shared_dir / "medmcq" / "medqa_mcmle_dev.jsonl"
+    if not path.is_file():
+        pytest.skip("../shared/medmcq is absent")
+    rows, bad = g.read_rows(path)
+    assert (len(rows), bad) == (3425, []) and all(len(r["choices"]) == 5 and len(r["gold"]) == 1 for r in rows)
+    train, held = g.split_heldout(rows, 64, 42)
+    assert not {mcq_key(r) for r in held} & {mcq_key(r) for r in train}  # repeated questions stay on one side
+
+
+def mcq_key(row):
+    return mcq.question_key(row["question"])
+
+
+def test_the_run_fingerprint_knows_the_weights_and_the_revision(tmp_path):
+    """A resume after the model folder was retrained in place would reload another KL reference and another
+    "before": the weights' identity is in the fingerprint (the resume check refuses a changed one), and so is the
+    model's revision."""
+    import torch
+
+    from medsft.models import load_model
+    from medsft.training import rundir
+
+    model = load_model("tiny")
+    model.save_pretrained(tmp_path / "m")
+    cfg = {k: v for k, v in vars(g).items() if k.isupper()}
+    first = g.run_fingerprint(cfg, [], [], "tok", {}, rundir.weights_sha256(tmp_path / "m"))
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path / "m")  # retrained in place: same names and sizes
+    second = g.run_fingerprint(cfg, [], [], "tok", {}, rundir.weights_sha256(tmp_path / "m"))
+    assert first["weights_sha256"] and first["weights_sha256"] != second["weights_sha256"]
+    assert "MODEL_REVISION" in first and first != g.run_fingerprint({**cfg, "MODEL_REVISION": "v2"}, [], [], "tok", {},
+                                                                    first["weights_sha256"])

@@ -1,6 +1,7 @@
-"""The CMMLU answer reader (medsft.cmmlu.extract) on adversarial outputs, the paired McNemar comparison of
-models in the report, and how benchmark.py asks ModelScope for CMMLU (no remote code, a pinned revision).
-Hand-written rows through `benchmark.py --score`: no model, no ../shared."""
+"""The one multiple-choice reader (medsft.mcq.extract: benchmark scores and GRPO's reward) on committed, hedged,
+rejected, multi-answer and malformed outputs; the paired McNemar comparison of models in the report; how benchmark.py
+asks ModelScope for CMMLU (no remote code, a pinned revision). Hand-written rows through `benchmark.py --score`: no
+model, no ../shared."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import ROOT, run_script
 
-from medsft import cmmlu as knowledge
+from medsft import benchmarks, mcq
 from medsft.chat import output_shape
 from medsft.files import MedsftError, read_jsonl
 
@@ -44,7 +45,22 @@ UNEXTRACTABLE = [  # (output, the letter a loose reader credits)
     (THINK + "答案：ABCD", "A"),
     (THINK + "A. 卵巢\nB. 前庭大腺\nC. 子宫\nD. 输卵管", "D"),  # an answer copying all options
     (THINK + "A\nB\nC\nD", "D"),  # option lines naming different letters
-    (THINK + "应选 C 项，卵巢。", "C"),  # a loose letter in a sentence is not an option line
+    # a commitment followed by another option named: a rejected option, a hedge, a change of mind
+    (THINK + "答案：A项错误，C项正确", "A"),
+    (THINK + "答案：A. 错误；C. 正确", "A"),
+    (THINK + "标准答案是A，但我认为是C", "A"),
+    (THINK + "答案是C，也可能是A", "C"),
+    (THINK + "答案：C, or maybe A", "C"),
+    (THINK + "答案是C选项和A选项", "C"),
+    (THINK + "答案：A选项或C选项", "A"),
+    (THINK + "答案：A（也可以是B）", "A"),
+    (THINK + "答案：A。不对，应该选C", "A"),
+    (THINK + "答案：C答案：D", "D"),
+    (THINK + "答案：A或\nC", "C"),
+    (THINK + "答案：C\n\nA", "C"),  # a conflicting bare option line after the marker
+    (THINK + "答案：C\nB", "C"),
+    (THINK + "C\n答案：B", "B"),  # an option line, then a marker naming another letter
+    (THINK + "答案：E", "E"),  # a letter the item does not have (four options)
     ("", None),  # an empty output
     (THINK, None),  # an empty answer
     ("<think>\n先看 A，再看 B，答案：C\n", "C"),  # an unclosed think: nothing is extractable
@@ -58,7 +74,7 @@ UNEXTRACTABLE = [  # (output, the letter a loose reader credits)
 
 @pytest.mark.parametrize("output,loose", UNEXTRACTABLE)
 def test_adversarial_outputs_are_unextractable(output, loose):
-    assert knowledge.extract(output) == (None, "none")
+    assert mcq.extract(output) == (None, "none")
 
 
 READ = [  # (output, letter, extracted_by)
@@ -71,7 +87,14 @@ READ = [  # (output, letter, extracted_by)
     (THINK + "答案：B\n\n综上，最终答案是 B。", "B", "marker"),  # the same letter twice is one answer
     (THINK + "A. 卵巢\nB. 前庭大腺\nC. 子宫\nD. 输卵管\n答案：A", "A", "marker"),
     (THINK + "维生素D缺乏时，B超可见……\n答案：A", "A", "marker"),
-    (THINK + "答案：C\nB", "C", "marker"),  # a marker wins over an option line
+    (THINK + "答案：Ｃ", "C", "marker"),  # full-width letter
+    (THINK + "正确选项是C", "C", "marker"),
+    (THINK + "答案 C", "C", "marker"),
+    (THINK + "应选 C 项，卵巢。", "C", "marker"),
+    (THINK + "故选：D", "D", "marker"),
+    (THINK + "A项错误，B项错误，D项不对。\n答案：C", "C", "marker"),  # options named before the commitment
+    (THINK + "答案：C\n\nC", "C", "marker"),  # the same letter again
+    (THINK + "答案：C\n解释：ACE抑制剂不选", "C", "marker"),  # a word made of option letters names no option
     (THINK + "女性生殖腺是卵巢。\nB", "B", "option_line"),  # the fallback: an option letter alone on a line
     (THINK + "综上所述：\n(B)", "B", "option_line"),
     (THINK + "B.", "B", "option_line"),
@@ -83,7 +106,37 @@ READ = [  # (output, letter, extracted_by)
 
 @pytest.mark.parametrize("output,pred,how", READ)
 def test_markers_and_option_lines(output, pred, how):
-    assert knowledge.extract(output) == (pred, how)
+    assert mcq.extract(output) == (pred, how)
+
+
+MULTI = [  # (output, options, letters read for an item with several answers)
+    (THINK + "答案：ACD", 5, "ACD"),
+    (THINK + "答案：A、C、D", 5, "ACD"),
+    (THINK + "答案：D，A，C", 5, "ACD"),
+    (THINK + "答案：A和C", 4, "AC"),
+    (THINK + "答案：E", 5, "E"),
+    (THINK + "答案：AF", 6, "AF"),  # CMB's six options
+    (THINK + "答案：A或C", 5, None),  # a hedge is no set
+    (THINK + "答案：AC\n也可能是D", 5, None),  # a letter named after the set
+    (THINK + "答案：AF", 5, None),  # F is no option of a five-option item
+]
+
+
+@pytest.mark.parametrize("output,n,letters", MULTI)
+def test_several_answers_are_read_as_a_set(output, n, letters):
+    assert mcq.extract(output, n, multi=True)[0] == letters
+    assert mcq.extract(output, n, multi=False)[0] in (None, letters if letters and len(letters) == 1 else None)
+
+
+def test_several_answers_score_only_as_the_exact_set(tmp_path):
+    rows = [{"id": str(i), "gold": gold, "multi": True, "choices": list("甲乙丙丁戊"), "output": THINK + f"答案：{out}"}
+            for i, (gold, out) in enumerate([("ACD", "ACD"), ("ACD", "AC"), ("ACD", "ACDE"), ("AB", "BA")])]
+    rows.append({"id": "9", "gold": "B", "choices": list("甲乙丙丁"), "output": THINK + "答案：B"})
+    results = tmp_path / "r"
+    run_script("benchmark.py", f"--score={_write(tmp_path / 'p.jsonl', rows)}", f"--results_dir={results}")
+    s = json.loads((results / "benchmark_base.json").read_text(encoding="utf-8"))["benchmarks"]["all"]
+    assert (s["multi"]["n"], s["multi"]["correct"]) == (4, 2)  # a subset or a superset is wrong
+    assert (s["single"]["n"], s["single"]["correct"]) == (1, 1) and s["overall"]["correct"] == 3
 
 
 def test_long_whitespace_runs_read_in_milliseconds():
@@ -94,7 +147,7 @@ def test_long_whitespace_runs_read_in_milliseconds():
     for output in ("答案：" + " " * 2000 + "x", "答案" + " \n" * 2000, "答案：(" + " " * 2000, "\n".join(["  * "] * 2000),
                    "答案：A" + " 或 A" * 2000 + "超"):
         start = time.perf_counter()
-        assert knowledge.extract(output) == (None, "none")
+        assert mcq.extract(output) == (None, "none")
         assert time.perf_counter() - start < 1.0
 
 
@@ -102,8 +155,8 @@ def test_the_reader_and_adherence_split_the_think_alike():
     """One split for chat, adherence and the benchmark: what adherence calls a stray tag the reader cannot read."""
     for output, _ in UNEXTRACTABLE:
         if output_shape(output) in ("stray_tag", "unclosed"):
-            assert knowledge.extract(output)[0] is None
-    assert not hasattr(knowledge, "answer_part")  # no second split of its own
+            assert mcq.extract(output)[0] is None
+    assert not hasattr(mcq, "answer_part")  # no second split of its own
 
 
 # --- re-scoring end to end: benchmark.py --score on hand-written rows ----------------------------------------
@@ -115,14 +168,14 @@ def _write(path, rows):
 def test_score_counts_markers_option_lines_and_unextractable(tmp_path):
     # gold is the letter a loose reader credits, so every misread would count as right
     rows = [{"subject": "nutrition", "index": i, "gold": loose, "output": out}
-            for i, (out, loose) in enumerate(UNEXTRACTABLE) if loose]
+            for i, (out, loose) in enumerate(UNEXTRACTABLE) if loose and loose in "ABCD"]
     n_bad = len(rows)
     rows += [{"subject": "nutrition", "index": 100 + i, "gold": pred, "output": out, "extraction": "letter"}
              for i, (out, pred, _) in enumerate(READ)]
     results = tmp_path / "results"
     run_script("benchmark.py", f"--score={_write(tmp_path / 'p.jsonl', rows)}", "--name=full",
                f"--results_dir={results}")
-    summary = json.loads((results / "benchmark_full.json").read_text(encoding="utf-8"))
+    summary = json.loads((results / "benchmark_full.json").read_text(encoding="utf-8"))["benchmarks"]["cmmlu"]
     n_line = sum(how == "option_line" for _, _, how in READ)
     assert summary["extracted_by"] == {"marker": len(READ) - n_line, "option_line": n_line, "none": n_bad}
     assert summary["overall"]["correct"] == len(READ) and summary["overall"]["unextractable"] == n_bad
@@ -137,11 +190,11 @@ def test_score_counts_markers_option_lines_and_unextractable(tmp_path):
 # --- paired comparison ---------------------------------------------------------------------------------------
 def test_mcnemar_exact_against_hand_computed_values():
     # b=1, c=9: 2 * (C(10,0) + C(10,1)) / 2^10 = 2 * 11 / 1024
-    assert knowledge.mcnemar(1, 9) == 0.021484375 == knowledge.mcnemar(9, 1)
-    assert knowledge.mcnemar(0, 0) == 1.0 and knowledge.mcnemar(5, 5) == 1.0  # no evidence either way
-    assert knowledge.mcnemar(0, 1) == 1.0 and knowledge.mcnemar(3, 4) == 1.0  # capped at 1
-    assert knowledge.mcnemar(0, 6) == 2 / 64 and knowledge.mcnemar(0, 5) == 2 / 32
-    assert 0 < knowledge.mcnemar(600, 700) == knowledge.mcnemar(700, 600) < 0.01  # big counts: exact, no overflow
+    assert benchmarks.mcnemar(1, 9) == 0.021484375 == benchmarks.mcnemar(9, 1)
+    assert benchmarks.mcnemar(0, 0) == 1.0 and benchmarks.mcnemar(5, 5) == 1.0  # no evidence either way
+    assert benchmarks.mcnemar(0, 1) == 1.0 and benchmarks.mcnemar(3, 4) == 1.0  # capped at 1
+    assert benchmarks.mcnemar(0, 6) == 2 / 64 and benchmarks.mcnemar(0, 5) == 2 / 32
+    assert 0 < benchmarks.mcnemar(600, 700) == benchmarks.mcnemar(700, 600) < 0.01  # big counts: exact, no overflow
 
 
 def score(monkeypatch, path, *args):
@@ -163,7 +216,7 @@ def test_report_compares_each_pair_of_models_on_the_items_both_answered(tmp_path
     for name, made in (("lora", rows(range(5), range(12), other={11})), ("base", rows(range(10), range(20))),
                        ("full", rows(range(1, 20), range(20)))):
         score(monkeypatch, _write(tmp_path / f"{name}.jsonl", made), f"--name={name}", f"--results_dir={results}")
-    pairs = json.loads((results / knowledge.PAIRS_NAME).read_text(encoding="utf-8"))
+    pairs = json.loads((results / benchmarks.PAIRS_NAME).read_text(encoding="utf-8"))["cmmlu"]
     got = {(p["first"], p["second"]): (p["n"], p["first_correct"], p["second_correct"], p["b"], p["c"],
                                        p["question_differs"]) for p in pairs}
     # in report order; base vs full: b = item 0 (only base right), c = items 10-19 (only full right)
@@ -171,18 +224,18 @@ def test_report_compares_each_pair_of_models_on_the_items_both_answered(tmp_path
     assert got == {("base", "full"): (20, 10, 19, 1, 10, 0), ("base", "lora"): (11, 10, 5, 5, 0, 1),
                    ("full", "lora"): (11, 10, 5, 6, 1, 1)}
     p = {(q["first"], q["second"]): q["p"] for q in pairs}
-    assert p[("base", "full")] == knowledge.mcnemar(1, 10) == 2 * (1 + 11) / 2 ** 11
+    assert p[("base", "full")] == benchmarks.mcnemar(1, 10) == 2 * (1 + 11) / 2 ** 11
     assert p[("base", "lora")] == 2 / 2 ** 5 and p[("full", "lora")] == 2 * (1 + 7) / 2 ** 7
     report = (results / "README.md").read_text(encoding="utf-8")
     assert "| base (untuned) vs full fine-tune | 20 | 50.0 / 95.0 | 1 | 10 | 0.0117 |" in report
     assert "| full fine-tune vs LoRA | 11 | 90.9 / 45.5 | 6 | 1 | 0.125 |" in report
-    assert "overlapping 95% intervals are not a comparison" in report
+    assert "McNemar" in report
 
 
 def test_one_model_has_no_pairs(tmp_path, monkeypatch):
     results = tmp_path / "results"
     score(monkeypatch, _write(tmp_path / "b.jsonl", [{"gold": "A", "output": "A"}]), f"--results_dir={results}")
-    assert json.loads((results / knowledge.PAIRS_NAME).read_text(encoding="utf-8")) == []
+    assert json.loads((results / benchmarks.PAIRS_NAME).read_text(encoding="utf-8")) == {}
     assert "McNemar" not in (results / "README.md").read_text(encoding="utf-8")
 
 
@@ -217,57 +270,55 @@ def test_the_installed_modelscope_takes_those_arguments():
 
 
 def test_modelscope_load_trusts_no_remote_code_and_pins_the_revision(fake_modelscope):
-    items = knowledge.load_items("opencompass/cmmlu", ["anatomy", "virology"], revision="abc123")
+    items, _ = benchmarks.load("cmmlu", "opencompass/cmmlu", subjects=["anatomy", "virology"], revision="abc123")
     assert [it["question"] for it in items] == ["anatomy题", "virology题"]
     assert fake_modelscope == [("opencompass/cmmlu", {"subset_name": s, "split": "test", "trust_remote_code": False,
                                                       "version": "abc123"}) for s in ("anatomy", "virology")]
     fake_modelscope.clear()
-    knowledge.load_items("opencompass/cmmlu", ["anatomy"])  # "": the hub's current version (modelscope's default)
+    benchmarks.load("cmmlu", "opencompass/cmmlu", subjects=["anatomy"])  # "": the hub's current version
     assert fake_modelscope == [("opencompass/cmmlu", {"subset_name": "anatomy", "split": "test",
                                                       "trust_remote_code": False})]
 
 
+def _answering(letter):
+    """medsft.generate.generate as a model that always answers ``letter``, without generating."""
+    def generate(model, tokenizer, questions, *, on_batch, **kw):
+        on_batch([(i, {"output": f"答案：{letter}", "new_tokens": 3, "finished": True}) for i in range(len(questions))])
+    return generate
+
+
+def _run(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--model_dir=tiny", *args])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
+
+
 def test_benchmark_records_the_dataset_revision(fake_modelscope, tmp_path, monkeypatch):
-    """benchmark.py hands --dataset_revision to ModelScope, records it, and never resumes a file in another one."""
-    def scripted(model, adapter, **kw):  # a model that always answers B, without loading one
-        return {}, lambda todo, on_rows: on_rows([knowledge.make_row(it, {"output": "答案：B"}, model, adapter)
-                                                  for it in todo])
+    """benchmark.py hands --dataset_revision to ModelScope and records it; another revision is other items."""
+    from medsft import generate
 
-    monkeypatch.setattr(knowledge, "load_generator", scripted)
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text("{}")  # a model folder as check_model wants it (never loaded)
-    args = [f"--model_dir={tmp_path / 'm'}", "--subjects=anatomy", f"--results_dir={tmp_path / 'r'}"]
-
-    def run(*extra):
-        monkeypatch.setattr(sys, "argv", ["benchmark.py", *args, *extra])
-        monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-        runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
-
-    run("--dataset_revision=v1.0")
-    summary = json.loads((tmp_path / "r" / "benchmark_base.json").read_text(encoding="utf-8"))
-    assert summary["dataset_revision"] == "v1.0" and summary["overall"]["accuracy"] == 1.0
+    monkeypatch.setattr(generate, "generate", _answering("B"))
+    args = ["--benchmarks=cmmlu", "--subjects=anatomy", f"--results_dir={tmp_path / 'r'}"]
+    _run(monkeypatch, *args, "--dataset_revision=v1.0")
+    summary = json.loads((tmp_path / "r" / "benchmark_base.json").read_text(encoding="utf-8"))["benchmarks"]["cmmlu"]
+    assert summary["revision"] == "v1.0" and summary["overall"]["accuracy"] == 1.0
     assert fake_modelscope[-1][1]["version"] == "v1.0"
-    with pytest.raises(MedsftError, match="dataset_revision='v1.0' \\(now 'v2.0'\\)"):  # never two versions mixed
-        run("--dataset_revision=v2.0")
-    with pytest.raises(MedsftError, match="--dataset_revision applies to a ModelScope dataset"):
-        knowledge.load_items(tmp_path, ["anatomy"], revision="v1.0")
+    with pytest.raises(MedsftError, match="applies to CMMLU read from ModelScope only"):
+        benchmarks.load("cmmlu", str(tmp_path), revision="v1.0")
 
 
 def test_a_resumed_file_is_read_again_by_todays_reader(fake_modelscope, tmp_path, monkeypatch):
     """Rows an earlier run (and reader) left are re-read on resume: one file never mixes two readers."""
-    monkeypatch.setattr(knowledge, "load_generator", lambda *a, **kw: ({}, None))  # nothing left to generate
-    model = tmp_path / "m"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    [item] = knowledge.load_items("opencompass/cmmlu", ["anatomy"])
+    from medsft import generate
+
+    monkeypatch.setattr(generate, "generate", _answering("B"))
+    [item], _ = benchmarks.load("cmmlu", "opencompass/cmmlu", subjects=["anatomy"])
     assert item["gold"] == "B"  # which the old reader credited for B超
-    old = {**item, "output": "B超正常。", "pred": "B", "correct": True, "extraction": "letter", "model": str(model)}
+    old = {**item, "sample": 0, "output": "B超正常。", "pred": "B", "correct": True, "extraction": "letter",
+           "model": "tiny"}
     _write(tmp_path / "benchmark_base.jsonl", [old])
-    monkeypatch.setattr(sys, "argv", ["benchmark.py", f"--model_dir={model}", "--subjects=anatomy",
-                                      f"--results_dir={tmp_path}"])
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    runpy.run_path(str(ROOT / "benchmark.py"), run_name="__main__")
+    _run(monkeypatch, "--benchmarks=cmmlu", "--subjects=anatomy", f"--results_dir={tmp_path}")
     [row] = read_jsonl(tmp_path / "benchmark_base.jsonl")
     assert (row["pred"], row["correct"], row["extracted_by"], "extraction" in row) == (None, False, "none", False)
-    summary = json.loads((tmp_path / "benchmark_base.json").read_text(encoding="utf-8"))
+    summary = json.loads((tmp_path / "benchmark_base.json").read_text(encoding="utf-8"))["benchmarks"]["cmmlu"]
     assert summary["overall"]["unextractable"] == 1 and summary["overall"]["accuracy"] == 0.0

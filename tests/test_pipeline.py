@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
 RESULTS = ["train_full.json", "train_lora.json", "trainloss.png", "evalloss.png",
            "predictions_base.jsonl", "predictions_full.jsonl", "predictions_lora.jsonl",
@@ -35,7 +35,15 @@ def test_tiny_pipeline_writes_every_result_and_reruns(tmp_path):
         preds = [json.loads(line) for line in (results / f"predictions_{tag}.jsonl").read_text().splitlines()]
         assert [p["id"] for p in preds] == test_ids
         assert json.loads((results / f"rouge_{tag}.json").read_text())["n"] == len(test_ids)
+    # the benchmark suite on local files: the stand-ins always, CMMLU and MedQA's dev split when ../shared is there
+    suite = ["cmmlu"] * (SHARED / "cmmlu-medical").is_dir() + ["medqa_mcmle"] * (SHARED / "medmcq").is_dir()
+    for tag in ("base", "full", "lora"):
+        summary = json.loads((results / f"benchmark_{tag}.json").read_text())
+        assert list(summary["benchmarks"]) == suite + ["cmb", "cmexam"] and summary["complete"]
+    assert set(json.loads((results / "benchmark.pairs.json").read_text())) == set(suite + ["cmb", "cmexam"])
+    assert (results / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (results / "README.md").read_text()
+    assert "### CMB-Exam" in report and "### CMExam" in report
     assert "base (untuned)" in report and "full fine-tune" in report and "LoRA" in report
     losses = json.loads((results / "train_full.json").read_text())
     first_loss = next(h["loss"] for h in losses["log_history"] if "loss" in h)

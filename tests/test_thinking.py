@@ -17,11 +17,11 @@ from medsft.cot import cot_scores
 from medsft.files import MedsftError, read_jsonl
 from medsft.rouge import rouge_scores
 
-THINK_OK = "<think>\n先想一想。\n</think>\n\n建议就医。"
+THINK_OK = "<think>\n先想一想：头痛三天伴发热，需排除感染。\n</think>\n\n建议就医。"
 EMPTY_THINK = "<think>\n\n</think>\n\n建议就医。"
 NO_THINK = "建议就医。"
 UNCLOSED = "<think>\n想啊想"
-NO_ANSWER = "<think>\n想完了。\n</think>\n\n"
+NO_ANSWER = "<think>\n想完了：头痛三天伴发热，需排除感染。\n</think>\n\n"
 
 
 # --- the shape each mode asks for ------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ NO_ANSWER = "<think>\n想完了。\n</think>\n\n"
 
 @pytest.mark.parametrize("output, think, off, kind", [
     (THINK_OK, True, False, "think"),
-    (EMPTY_THINK, False, True, "empty_think"),
+    (EMPTY_THINK, False, False, "empty_think"),  # obeys the soft switch only (below)
     (NO_THINK, False, True, "no_think"),
     (UNCLOSED, False, False, "unclosed"),
     (NO_ANSWER, False, False, "no_answer"),
@@ -43,8 +43,34 @@ NO_ANSWER = "<think>\n想完了。\n</think>\n\n"
 ])
 def test_follows_mode_on_every_shape(output, think, off, kind):
     assert follows_mode(output, "think") is think
-    assert follows_mode(output, "no_think_soft") is off and follows_mode(output, "no_think_hard") is off
+    assert follows_mode(output, "no_think_soft") is (off or kind == "empty_think")
+    assert follows_mode(output, "no_think_hard") is off
     assert shape(output) == kind
+
+
+# think collapse must not pay: (output, the modes it obeys)
+COLLAPSE = [
+    ("<think>\n。\n</think>\n\n答案：C", {"no_think_soft"}),  # a think of one punctuation mark is no think
+    ("<think>\n嗯，好的。\n</think>\n\n答案：C", {"no_think_soft"}),  # nor is one word
+    ("分析：头痛三天伴发热，需排除感染。</think>\n\n答案：C", set()),  # no opening tag: a stray closing tag
+    ("</think>\n\n答案：C", set()),  # a leading </think>
+    ("<think>\n\n</think>\n\n答案：C", {"no_think_soft"}),  # hard mode: the template closed the think already
+    ("答案：C", {"no_think_soft", "no_think_hard"}),
+    (THINK_OK, {"think"}),
+]
+
+
+@pytest.mark.parametrize("output, obeys", COLLAPSE)
+def test_a_collapsed_think_obeys_no_thinking_mode(output, obeys):
+    assert {m for m in ("think", "no_think_soft", "no_think_hard") if follows_mode(output, m)} == obeys
+
+
+def test_adherence_reports_the_mean_answer_length_per_mode():
+    """Reasoning moved from the think into a no-think answer shows as a longer answer beside the same adherence."""
+    rows = {"no_think_hard": [{"output": "答案：C", "mode": "no_think_hard"},
+                              {"output": "先分析：" + "头痛" * 20 + "\n答案：C", "mode": "no_think_hard"}]}
+    got = measure(rows)["no_think_hard"]
+    assert got["rate"] == 1.0 and got["answer_chars"] == (len("答案：C") + len("先分析：" + "头痛" * 20 + "\n答案：C")) / 2
 
 
 def test_question_mode_follows_qwen3_rules():
@@ -286,8 +312,11 @@ def test_evaluate_reports_adherence_per_model_and_mode(tmp_path, demo_data_path)
                                                                    "cut_off": 0}
     readme = (res / "README.md").read_text(encoding="utf-8")
     assert "## Thinking switches (mode adherence)" in readme
-    assert "| full fine-tune | 0.90 (9/10) | 0.90 (9/10) | 0.90 (9/10) |" in readme
-    assert "| base (untuned) | 1.00 (10/10) | 0.00 (0/10) | not measured |" in readme
+    answer = sum(len(r["answer"].strip()) for r in rows[1:]) / 10  # the unclosed row 0 has no answer
+    cell = f"0.90 (9/10); answer {answer:.0f} chars"
+    assert f"| full fine-tune | {cell} | {cell} | {cell} |" in readme
+    assert cot["full"]["adherence"]["no_think_hard"]["answer_chars"] == pytest.approx(answer)
+    assert "| base (untuned) | 1.00 (10/10); answer" in readme and "| not measured |" in readme
     for png in ("adherence.png", "think_status.png"):
         assert (res / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"![{png}]({png})" in readme
     # the base model's predictions name the tiny spec: the report says this is the plumbing check
@@ -297,7 +326,7 @@ def test_evaluate_reports_adherence_per_model_and_mode(tmp_path, demo_data_path)
 def test_the_chat_shows_no_reasoning_header_for_an_empty_think():
     from medsft.chat_repl import SectionPrinter
 
-    for output, shown in ((EMPTY_THINK, "【回答】\n建议就医。\n"), (THINK_OK, "【思考】\n先想一想。\n【回答】\n建议就医。\n")):
+    for output, shown in ((EMPTY_THINK, "【回答】\n建议就医。\n"), (THINK_OK, "【思考】\n先想一想：头痛三天伴发热，需排除感染。\n【回答】\n建议就医。\n")):
         for size in (1, 4, len(output)):  # however the stream is chunked
             out = []
             printer = SectionPrinter(out.append)

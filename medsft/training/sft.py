@@ -14,7 +14,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import models
-from ..chat import IGNORE_INDEX, MODES, control_tokens, example_modes, find_control_token, tokenize_example
+from ..chat import (IGNORE_INDEX, MODES, THINK_CLOSE, THINK_OPEN, control_tokens, example_modes, find_control_token,
+                    tokenize_example)
 from ..config import FEATURES, TrainConfig
 from ..files import MedsftError, disk_errors, iter_jsonl
 from ..memory import CHUNK_TOKENS, weight_dtype, ways_out
@@ -28,7 +29,8 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
     """``(examples, stats)`` of a {question, think, answer} JSONL: ``no_think_ratio`` of the rows non-thinking (a
     row's ``mode`` wins); rows over ``max_length`` (never cut) or holding a chat control token skipped and counted."""
     path = Path(path)
-    rows, n_control, tokens = [], 0, control_tokens(tokenizer)
+    # typed think tags too: a `</think>` in an answer would train a second closing tag
+    rows, n_control, tokens = [], 0, control_tokens(tokenizer) + (THINK_OPEN, THINK_CLOSE)
     for lineno, obj, err in iter_jsonl(path):
         if err:
             raise MedsftError(f"{path}:{lineno}: {err}; fix or remove that line")
