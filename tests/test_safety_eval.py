@@ -15,6 +15,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+from oracles import CountingFile
 
 from medsft.files import MedsftError
 
@@ -313,38 +314,8 @@ def test_a_jsonl_line_over_the_limit_is_refused_with_file_and_line(tmp_path, mon
     monkeypatch.setattr(F, "MAX_LINE_BYTES", 4096)
     path = tmp_path / "big.jsonl"
     path.write_text('{"question": "a"}\n' + json.dumps({"question": "x" * 100_000}) + "\n", encoding="utf-8")
-    read = []
-    real_open = open
-
-    class Counting:
-        def __init__(self, f):
-            self.f = f
-
-        def __iter__(self):
-            for line in self.f:
-                read.append(len(line))
-                yield line
-
-        def readline(self, *a):
-            line = self.f.readline(*a)
-            read.append(len(line))
-            return line
-
-        def read(self, *a):
-            data = self.f.read(*a)
-            read.append(len(data))
-            return data
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr("builtins.open", lambda *a, **k: Counting(real_open(*a, **k)))
+    read, real_open = [], open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: CountingFile(real_open(*a, **k), read))
     with pytest.raises(MedsftError) as e:
         F.read_jsonl(path)
     monkeypatch.undo()

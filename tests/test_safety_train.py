@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT
+from oracles import CountingFile
 
 from medsft.files import MedsftError
 
@@ -134,28 +135,8 @@ def test_the_weights_identity_is_cheap_and_survives_a_copy(tmp_path, monkeypatch
         f.truncate(8 + len(header) + 48 * 2 ** 20)
     copy = tmp_path / "b"
     shutil.copytree(a, copy)  # new mtimes, same bytes: the same weights
-    read = []
-    real_open = open
-
-    class Counting:
-        def __init__(self, f):
-            self.f = f
-
-        def read(self, n=-1):
-            data = self.f.read(n)
-            read.append(len(data))
-            return data
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr("builtins.open", lambda *a, **k: Counting(real_open(*a, **k)))
+    read, real_open = [], open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: CountingFile(real_open(*a, **k), read))
     ident = weights_identity(a)
     assert sum(read) < 8 * 2 ** 20, sum(read)
     monkeypatch.undo()
