@@ -517,30 +517,30 @@ def tables(result: dict) -> str:
     speed = result.get("speed") or {}
     if speed:
         mem = (result.get("ratios") or {}).get("memory", "peak_gib")
-        lines += ["", f"| side / recipe | weights, optimizer | peak above baseline ({mem}) | peak RSS | tokens/s |",
-                  "|---|---|---:|---:|---:|"]
+        lines += ["", f"| side / recipe | weights, optimizer | peak above baseline ({mem}) | peak RSS | tokens/s | "
+                      "tokens per CPU-s |", "|---|---|---:|---:|---:|---:|"]
         for side, recipes in speed.items():
             for name, r in recipes.items():
                 if "error" in r:
                     err = (r.get("output_tail") or r["error"]).strip().splitlines()[-1][:160].replace("|", "\\|")
-                    lines.append(f"| {side} / {name} | did not run: `{err}` | | | |")
+                    lines.append(f"| {side} / {name} | did not run: `{err}` | | | | |")
                     continue
                 opt = (r.get("optimizer") or "").rsplit(".", 1)[-1]
                 lines.append(f"| {side} / {name} | {str(r['param_dtype']).replace('torch.', '')}, {opt} | "
-                             f"{r.get(mem) or 0:.2f} GiB | {r['peak_rss_gib']:.2f} GiB | {r['tokens_per_s'] or 0:,.1f} |")
+                             f"{r.get(mem) or 0:.2f} GiB | {r['peak_rss_gib']:.2f} GiB | {r['tokens_per_s'] or 0:,.1f} | "
+                             f"{r.get('tokens_per_cpu_s') or 0:,.1f} |")
         ratios = result.get("ratios") or {}
         peers = [p for p in ratios if p != "memory"]
         if peers:
-            lines += ["", "| ours / theirs | " + " | ".join(f"{p}: memory | {p}: tokens/s" for p in peers) + " |",
-                      "|---|" + "---:|" * (2 * len(peers))]
+            lines += ["", "| ours / theirs | " + " | ".join(f"{p}: memory | {p}: tokens/s | {p}: per CPU-s"
+                                                       for p in peers) + " |", "|---|" + "---:|" * (3 * len(peers))]
             for pair in ratios[peers[0]]:
                 if pair == "goals":
                     continue
                 cells = []
                 for p in peers:
                     r = ratios[p][pair]
-                    cells += [f"{r['memory']:.2f}x" if r["memory"] else "-",
-                              f"{r['tokens_per_s']:.2f}x" if r["tokens_per_s"] else "-"]
+                    cells += [f"{r[k]:.2f}x" if r.get(k) else "-" for k in ("memory", "tokens_per_s", "tokens_per_cpu_s")]
                 lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -567,8 +567,10 @@ def ratios(speed: dict, peers: list[str], cuda: bool) -> dict:
             ra, rb = ours.get(a, {}), theirs.get(b, {})
             ma, mb = ra.get(mem_key), rb.get(mem_key)
             ta, tb = ra.get("tokens_per_s"), rb.get("tokens_per_s")
+            ca, cb = ra.get("tokens_per_cpu_s"), rb.get("tokens_per_cpu_s")
             out[peer][name] = {"memory": round(ma / mb, 3) if ma and mb else None,
-                               "tokens_per_s": round(ta / tb, 3) if ta and tb else None}
+                               "tokens_per_s": round(ta / tb, 3) if ta and tb else None,
+                               "tokens_per_cpu_s": round(ca / cb, 3) if ca and cb else None}
         lean_default = out[peer]["ours_lean/their_default"]["memory"]
         lean_lowest = out[peer]["ours_lean/their_lowest"]["memory"]
         out[peer]["goals"] = {"lean <= 0.5x their default peak": None if lean_default is None else lean_default <= 0.5,

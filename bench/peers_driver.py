@@ -56,7 +56,7 @@ def _patch_trainer() -> None:
 
     class Probe(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            _RECORD["step_end"].append((time.perf_counter(), sum(_RECORD["micro_tokens"])))
+            _RECORD["step_end"].append((time.perf_counter(), sum(_RECORD["micro_tokens"]), time.process_time()))
             opt = kwargs.get("optimizer")
             opt = getattr(opt, "optimizer", opt)  # accelerate wraps the optimizer
             _RECORD["optimizer"] = f"{type(opt).__module__}.{type(opt).__name__}" if opt is not None else None
@@ -361,11 +361,14 @@ def main():
         ends = _RECORD["step_end"]
         # tokens/s over the steps after the first (the first one compiles, allocates optimizer state, warms caches)
         timed = (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0]) if len(ends) >= 2 else None
+        # per CPU-second of this process (all its threads): what other jobs on a shared CPU cannot slow down
+        per_cpu = (ends[-1][1] - ends[0][1]) / (ends[-1][2] - ends[0][2]) if len(ends) >= 2 else None
         result.update({"steps": len(ends), "micro_tokens": _RECORD["micro_tokens"],
                        "first_micro_losses": _RECORD["micro_losses"], "param_dtype": _RECORD["param_dtype"],
                        "first_batch": _RECORD["first_batch"] if spec.get("record_batch") else None,
                        "optimizer": _RECORD["optimizer"], "trainable_params": _RECORD["trainable"],
                        "tokens_per_s": round(timed, 2) if timed else None,
+                       "tokens_per_cpu_s": round(per_cpu, 2) if per_cpu else None,
                        "timed_tokens": ends[-1][1] - ends[0][1] if len(ends) >= 2 else 0,
                        "baseline_rss_gib": round(baseline / 2 ** 20, 3), "peak_rss_gib": round(peak / 2 ** 20, 3),
                        "peak_gib": round((peak - baseline) / 2 ** 20, 3),
