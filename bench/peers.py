@@ -19,8 +19,10 @@ project) through bench/peers_driver.py, in a fresh process per measurement; TRL 
 Writes OUTPUT (bench/results/peers-<device>.json) and prints the tables docs/performance.md shows.
 
     python3 -m venv ../venvs/llamafactory && ../venvs/llamafactory/bin/pip install torch==2.13.0 llamafactory==0.9.5
+    ../venvs/llamafactory/bin/pip uninstall -y torchvision torchaudio   # CPU torch 2.13: PyPI's builds fail to load
     python3 -m venv ../venvs/swift && ../venvs/swift/bin/pip install torch==2.13.0 ms-swift==4.6.0
-    python bench/peers.py --layers=12                  # this 2-core CPU (Qwen3-0.6B shapes, 12 of 28 layers): ~40 min
+    python bench/peers.py --layers=12 --max_length=512 --grad_accum=1 --steps=2   # this 2-core CPU: ~25 min
+    python bench/peers.py --tables=bench/results/peers-cpu.json    # the Markdown tables of a results JSON
     python bench/peers.py                              # a CUDA GPU: Qwen3-1.7B, every layer
     python bench/peers.py --peers=trl --parts=masks --mask_rows=20   # one peer, one part
 """
