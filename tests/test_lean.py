@@ -4,6 +4,7 @@ memory estimate (exact bytes, dry run, preflight) and the version floors check."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -402,3 +403,39 @@ def test_an_installed_library_below_its_floor_stops_before_loading(tmp_path):
     with pytest.raises(MedsftError, match="no-such-package-medsft is not installed"):
         check_versions(req)
     check_versions()  # the project's own requirements.txt holds in this environment
+
+
+_PEAK_PROBE = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from medsft.training.sft import chunked_causal_lm_loss
+def kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+torch.manual_seed(0)
+vocab, hidden = 100_000, 512  # one fp32 (vocab x hidden) tensor: 195 MiB; a chunk's logits 3 MiB
+emb = torch.nn.Parameter(torch.randn(vocab, hidden) * 0.02)  # tied: the input embedding is the output head
+ids = torch.randint(0, vocab, (1, 24))
+labels = ids.clone()
+labels[0, :4] = -100
+h = emb[ids].tanh()
+loss = chunked_causal_lm_loss(h, emb, labels, chunk_tokens=8)
+before = kib("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM from here on
+loss.backward()
+print((kib("VmHWM") - before) / (vocab * hidden * 4 / 1024))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to read the peak")
+def test_backward_through_a_tied_head_holds_two_vocabulary_sized_tensors_not_three(tmp_path):
+    """The head's gradient and the input embedding's dense gradient are added in place: peak = the .grad being
+    built + one more (autograd's transposed-view head gradient cost a third; bench/peers.py measured it)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed blocks go back: RSS follows live tensors
+    out = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(ROOT)], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    peak = float(out.split()[-1])
+    assert 1.9 < peak < 2.5, f"backward's peak was {peak:.2f} vocabulary-sized tensors"
