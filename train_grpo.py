@@ -522,6 +522,7 @@ def main():
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(eos_ids(model, tokenizer), cfg), args=args,
                           train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
                           peft_config=peft_config, callbacks=callbacks)
+    training.sort_lora_targets(trainer.model)
     distributed.check_launch(trainer.args)
     with training.disk_errors(OUTPUT_DIR, "a checkpoint", "output_dir", resume=True):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

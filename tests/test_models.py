@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from medsft import models
 from medsft.files import MedsftError
 
@@ -214,3 +215,24 @@ def test_a_snapshot_the_real_modelscope_cached_is_found_offline_at_its_revision(
     models.pin_revision(spec, "v3")
     with pytest.raises(MedsftError, match="cannot download 'FakeOrg/Fake-Model'"):
         models.download(spec)
+
+
+def test_a_lora_adapter_config_is_the_same_bytes_in_every_process(tmp_path):
+    """peft writes the resolved all-linear targets with list(set): their order followed PYTHONHASHSEED, so the
+    same seed gave a different adapter_config.json in each run (bench/compare_runs.py found it)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from medsft import models; from medsft.training import "
+            "add_lora; m = add_lora(models.load_model('tiny'), {'LORA_R': 4, 'LORA_ALPHA': 8, 'LORA_DROPOUT': 0.0, "
+            "'LORA_TARGET_MODULES': 'all-linear', 'SEED': 0}); m.save_pretrained(sys.argv[2])")
+    written = []
+    for hash_seed in ("1", "2", "3"):
+        out = tmp_path / hash_seed
+        subprocess.run([sys.executable, "-c", code, str(ROOT), str(out)], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        written.append((out / "adapter_config.json").read_bytes())
+    assert written[0] == written[1] == written[2]
+    targets = json.loads(written[0])["target_modules"]
+    assert len(targets) > 1 and targets == sorted(targets)

@@ -9,12 +9,12 @@ from .finish import (count_parameters, finish_swanlab, guard_output, history, pe
 from .rundir import (check_output_dir, check_versions, checkpoint_problem, checkpoints, dry_run, is_finished,
                      lock_output_dir, preflight, start_run, unlock_output_dir)
 from .sft import (FEATURES, add_lora, build_trainer, install_chunked_loss, load_training_model, prepare_examples,
-                  resolve_features, run_training, training_arguments)
+                  resolve_features, run_training, sort_lora_targets, training_arguments)
 
 __all__ = ["FEATURES", "KINDS", "RESULTS_NAME", "TrainConfig", "add_lora", "build_trainer", "check_output_dir",
            "check_versions", "check_writable", "checkpoint_problem", "checkpoints", "count_parameters", "disk_errors",
            "dry_run", "finish_swanlab", "guard_output", "history", "install_chunked_loss", "is_finished", "is_main",
            "load_training_model", "lock_output_dir", "on_main", "peak_memory", "preflight", "prepare_examples",
            "preview", "rank", "resolve_batch", "resolve_engine", "resolve_features", "run_training", "save_final",
-           "start_run", "start_swanlab", "stop_process_group", "swanlab_active", "swanlab_mode", "training_arguments",
-           "unlock_output_dir", "weight_dtype", "world_size", "write_results"]
+           "sort_lora_targets", "start_run", "start_swanlab", "stop_process_group", "swanlab_active", "swanlab_mode",
+           "training_arguments", "unlock_output_dir", "weight_dtype", "world_size", "write_results"]

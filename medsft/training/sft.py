@@ -221,10 +221,17 @@ def add_lora(model, cfg):
         model = get_peft_model(model, config)
     except ValueError as e:  # e.g. target modules not found in the model
         raise MedsftError(f"LoRA: {e}; check --lora_target_modules") from None
+    sort_lora_targets(model)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} targets={targets}: {trainable:,} trainable of "
           f"{total:,} parameters ({100 * trainable / total:.2f}%)")
     return model
+
+def sort_lora_targets(model) -> None:
+    """peft saves the resolved target set as list(set), in hash order: other bytes every run. Sorted, the same."""
+    for c in getattr(model, "peft_config", {}).values():
+        if isinstance(c.target_modules, set):
+            c.target_modules = sorted(c.target_modules)
 
 # --- loss: cross-entropy that never holds the (tokens x vocabulary) logits ----------------------------------------
 
