@@ -49,7 +49,7 @@ PRECISION = "auto"  # auto | bf16 (bf16 weights: the lean default) | bf16-mixed 
 ATTN_IMPLEMENTATION = "auto"  # auto | flash_attention_2 | sdpa | eager; auto = flash_attention_2 if flash-attn is installed on a GPU, else sdpa
 PADDING_FREE = "auto"  # auto | true | false: concatenate each micro-batch without padding; auto = true with flash-attention, else length-grouped padded batches
 LOSS = "auto"  # auto | liger | chunked | plain: how the 151,936-wide logits are handled; auto = Liger's fused loss if liger-kernel is installed on a GPU, else the chunked loss (only a chunk of logits is ever stored)
-OPTIM = "auto"  # auto | adamw_torch | adamw_torch_fused | adamw_torch_8bit | ...; auto = fused AdamW on GPU (the adapter's optimizer state is tiny), adamw_torch on CPU
+OPTIM = "auto"  # auto | adamw_torch | adamw_torch_fused | adamw_torch_8bit | ...; auto = fused AdamW (the adapter's optimizer state is tiny)
 SWANLAB_PROJECT = "qwen3-sft-medical"  # SwanLab project (mode: SWANLAB_MODE env, else cloud if logged in, else local swanlog/)
 RUN_NAME = "qwen3-1.7b-lora"  # SwanLab experiment name
 RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR

@@ -101,7 +101,7 @@ def test_full_end_to_end(full_run):
     assert res["trained_tokens"] > 0 and res["tokens_per_s"] > 0 and res["wall_time_s"] > 0
     assert res["peak_memory_gib"] > 0
     assert res["features"] == {"PRECISION": "fp32", "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False,
-                               "LOSS": "chunked", "OPTIM": "adamw_torch", "GRADIENT_CHECKPOINTING": True}
+                               "LOSS": "chunked", "OPTIM": "adamw_torch_fused", "GRADIENT_CHECKPOINTING": True}
     assert res["estimated_peak_gib"] > 0
     losses = [e["loss"] for e in res["log_history"] if "loss" in e]
     assert len(losses) == MAX_STEPS
@@ -335,14 +335,14 @@ def test_auto_features_on_cpu(tmp_path):
         pytest.skip("CPU resolution")
     assert resolve_features(_cfg(tmp_path), log=False) == {
         "PRECISION": "fp32", "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LOSS": "chunked",
-        "OPTIM": "adamw_torch"}
+        "OPTIM": "adamw_torch_fused"}
     assert resolve_features(_cfg(tmp_path, PADDING_FREE="true"), log=False)["PADDING_FREE"] is True
     with pytest.raises(MedsftError, match="needs a CUDA GPU"):
         resolve_features(_cfg(tmp_path, PRECISION="fp16"), log=False)
     with pytest.raises(MedsftError, match="expected auto, liger, chunked, plain"):
         resolve_features(_cfg(tmp_path, LOSS="fused"), log=False)
     # full FT with bf16 weights gets stochastic rounding (torchao 8-bit AdamW); LoRA's fp32 adapter does not need it
-    assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), lora=True, log=False)["OPTIM"] == "adamw_torch"
+    assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), lora=True, log=False)["OPTIM"] == "adamw_torch_fused"
     assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), log=False)["OPTIM"] == "adamw_torch_8bit"
     with pytest.raises(MedsftError, match="expected auto, true or false"):
         resolve_features(_cfg(tmp_path, PADDING_FREE="maybe"), log=False)

@@ -151,7 +151,7 @@ def resolve_features(cfg, lora: bool = False, log: bool = True, assume_gpu: bool
         if not lora and not master and weight_dtype(precision, lora) != weight_dtype("fp32", lora):
             optim = "adamw_torch_8bit"  # bf16 weights need stochastic rounding; its 8-bit moments are a bonus
         else:
-            optim = "adamw_torch_fused" if cuda else "adamw_torch"
+            optim = "adamw_torch_fused"  # transformers' default too; on CPU, for-loop AdamW's temporaries cost more
     if optim in TORCHAO_OPTIMS and not is_torchao_available():
         raise MedsftError(f"--optim={optim} needs torchao: pip install -r requirements.txt, or use --optim=adamw_torch")
     if "8bit" in optim and optim not in TORCHAO_OPTIMS and not is_bitsandbytes_available():
