@@ -46,6 +46,8 @@ HELDOUT = 64  # questions held out (chosen by SEED, each with all its rows: neve
 OUTPUT_DIR = "output/grpo"  # trained model (or adapter), tokenizer, checkpoints, trainer_state.json, train_config.json
 RESULTS_DIR = "results"  # train_grpo.json
 ADAPTER = "none"  # none: train all parameters | lora: a new LoRA adapter on MODEL (the reference is the adapter switched off: no copy)
+LORA_R = 16  # rank of the new adapter when ADAPTER=lora, on every linear layer (an adapter MODEL keeps its own rank)
+LORA_ALPHA = 32  # its alpha (updates scaled by alpha / r)
 NUM_GENERATIONS = 8  # completions per prompt (the group whose rewards are compared); TRL's default; 4-option items need a few to differ
 MAX_COMPLETION_LENGTH = 1536  # think + answer tokens at most; SFT rows average ~940, TRL's 512 would cut most thinks (they score 0)
 BATCH_SIZE = 2  # completions per micro-batch (2 x 1536 x 151,936 logits dominate the backward pass)
@@ -322,7 +324,7 @@ _RUN_KEYS = ("MODEL", "MODEL_REVISION", "DATASET_REVISION", "ADAPTER", "NUM_GENE
              "GRAD_ACCUM", "NUM_ITERATIONS", "MAX_STEPS", "LEARNING_RATE", "BETA", "LOSS_TYPE", "SCALE_REWARDS",
              "TEMPERATURE", "TOP_P", "TOP_K", "NO_THINK_RATIO", "CORRECT_WEIGHT", "SHAPE_WEIGHT", "REPETITION_WEIGHT",
              "OVERLONG_WEIGHT", "CORRECT_NEEDS_SHAPE", "REPETITION_NGRAM", "REPETITION_FREE", "OVERLONG_BUFFER",
-             "HELDOUT", "SEED")
+             "HELDOUT", "SEED", "LORA_R", "LORA_ALPHA")
 
 
 def run_fingerprint(cfg: dict, prompts: list[dict], heldout: list[dict], tokenizer_sha256: str, feats: dict,
@@ -332,7 +334,8 @@ def run_fingerprint(cfg: dict, prompts: list[dict], heldout: list[dict], tokeniz
     digest = lambda obj: hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()  # noqa: E731
     return json.loads(json.dumps({"data_sha256": digest(prompts), "heldout_sha256": digest([r["id"] for r in heldout]),
                                   "tokenizer_sha256": tokenizer_sha256, "weights_sha256": weights_sha256,
-                                  **{k: cfg[k] for k in _RUN_KEYS}, "features": feats}))
+                                  **{k: cfg[k] for k in _RUN_KEYS if cfg["ADAPTER"] == "lora" or
+                                     k not in ("LORA_R", "LORA_ALPHA")}, "features": feats}))
 
 
 def run_config(cfg: dict):
@@ -347,7 +350,20 @@ def run_config(cfg: dict):
 
     world = distributed.world_size()
     tc = TrainConfig.of({k: cfg[k] for k in keys}).replace(world_size=world, engine="ddp" if world > 1 else "single")
-    return tc.replace(lora_r=16) if cfg["ADAPTER"] == "lora" or is_adapter(cfg["MODEL"]) else tc
+    if is_adapter(cfg["MODEL"]):  # the adapter trained on: its own rank and alpha (the memory estimate's)
+        path = Path(str(cfg["MODEL"])) / "adapter_config.json"
+        try:
+            adapter = json.loads(path.read_text(encoding="utf-8"))
+            return tc.replace(lora_r=int(adapter["r"]), lora_alpha=float(adapter["lora_alpha"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MedsftError(f"{path}: not a LoRA adapter's config ({type(e).__name__}: {e}); point --model at "
+                              "the folder train_lora.py wrote") from None
+    if cfg["ADAPTER"] == "lora":
+        if cfg["LORA_R"] < 1 or cfg["LORA_ALPHA"] <= 0:
+            raise MedsftError(f"--lora_r={cfg['LORA_R']} --lora_alpha={cfg['LORA_ALPHA']}: the rank must be at "
+                              "least 1 and alpha positive")
+        return tc.replace(lora_r=cfg["LORA_R"], lora_alpha=cfg["LORA_ALPHA"])
+    return tc
 
 
 def prompt_tokens(model_dir: Path, rows: list[dict], no_think_ratio: float, seed: int) -> int:
@@ -503,7 +519,7 @@ def main():
         if ADAPTER == "lora":
             from peft import LoraConfig
 
-            peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+            peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.05, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
     sampling = generation_settings(model, cfg)
     before, before_rows = distributed.on_main(heldout_scores, model, tokenizer, heldout, cfg, sampling, "before") \

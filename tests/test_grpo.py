@@ -554,3 +554,24 @@ def test_the_run_fingerprint_knows_the_weights_and_the_revision(tmp_path):
     assert first["weights_sha256"] and first["weights_sha256"] != second["weights_sha256"]
     assert "MODEL_REVISION" in first and first != g.run_fingerprint({**cfg, "MODEL_REVISION": "v2"}, [], [], "tok", {},
                                                                     first["weights_sha256"])
+
+
+@needs_trl
+def test_a_new_adapters_rank_is_a_setting_and_its_memory_is_estimated(root, tmp_path, real_tokenizer_dir):
+    """--adapter=lora trains an adapter of --lora_r (once a fixed 16 that the memory estimate assumed too)."""
+    import re
+
+    def peak(rank):  # Qwen3-1.7B's real config.json: no weights exist or load
+        done = _run_grpo(root, tmp_path, "--dry_run=true", "--adapter=lora", f"--lora_r={rank}",
+                         f"--model={real_tokenizer_dir}")
+        return float(re.search(r"estimated peak: ([0-9.]+) GiB", done.stdout).group(1))
+
+    c = json.loads((real_tokenizer_dir / "config.json").read_text())
+    d, i, q, kv = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"] * c["head_dim"], \
+        c["num_key_value_heads"] * c["head_dim"]
+    per_rank = c["num_hidden_layers"] * ((d + q) * 2 + (d + kv) * 2 + (d + i) * 3)  # A and B of every linear layer
+    # fp32 adapter weights, gradients and two AdamW moments: 16 bytes per adapter parameter
+    assert peak(64) - peak(16) == pytest.approx(48 * per_rank * 16 / 2 ** 30, abs=0.02)
+    refused = _run_grpo(root, tmp_path, "--dry_run=true", "--adapter=lora", "--lora_r=0",
+                        f"--model={real_tokenizer_dir}", check=False)
+    assert refused.returncode != 0 and "--lora_r=0" in refused.stderr and "Traceback" not in refused.stderr

@@ -42,7 +42,7 @@ _LOCKS: dict[str, int] = {}  # OUTPUT_DIR -> fd holding its flock, for the life 
 RUN_KEYS = ("MODEL", "MODEL_REVISION", "QUANTIZATION", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_ACCUM",
             "LEARNING_RATE", "SCHEDULER", "WARMUP", "WEIGHT_DECAY", "MAX_GRAD_NORM", "SEED", "NO_THINK_RATIO", "LORA_R",
             "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
-ADDED_KEYS = ("weights_sha256",)  # fingerprint keys added since runs began recording one (issue 34)
+ADDED_KEYS = ("weights_sha256", "LORA_R", "LORA_ALPHA")  # fingerprint keys added since runs began recording one
 # what turns a row into tokens: the tokenizer and its chat template, in whichever of these files the model has
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
                    "added_tokens.json", "special_tokens_map.json")
