@@ -20,7 +20,7 @@ Writes  OUTPUT (JSON: device, library versions, per configuration tokens/s, MFU,
     python bench/bench.py --model=/path/to/Qwen3-1.7B --gen_batch_size=32   # other config source / batch size
 
 CPU mode scales the model down (CPU_LAYERS layers, hidden CPU_HIDDEN) and uses the project's own 2k-token
-tokenizer (medsft.models.build_tiny_tokenizer): with the real 151,936-word vocabulary one 1,000-token example
+tokenizer (demo/builtin.py: build_tiny_tokenizer): with the real 151,936-word vocabulary one 1,000-token example
 alone takes ~3 s to train on 2 cores. Its numbers only prove that the benchmark runs; they are never GPU results.
 Tokens are counted as all non-padding tokens (prompt + response) of the timed epochs: the forward and backward
 passes run over all of them; the response share (labels != -100) is reported beside them.
@@ -161,7 +161,7 @@ def build_random_model(mode: str, model_spec: str, out_dir: Path, seed: int, cpu
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
-    from medsft.models import build_tiny_tokenizer, load_tokenizer, resolve_model
+    from medsft.models import demo_builders, load_tokenizer, resolve_model
 
     if mode == "gpu":
         src = resolve_model(model_spec)
@@ -173,7 +173,7 @@ def build_random_model(mode: str, model_spec: str, out_dir: Path, seed: int, cpu
         except OSError:  # no generation_config.json: the model config's eos/pad ids are used
             gen = None
     else:
-        tokenizer = build_tiny_tokenizer(out_dir)
+        tokenizer = demo_builders().build_tiny_tokenizer(out_dir)
         eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
         heads = cpu_hidden // 16
         config = Qwen3Config(vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=cpu_hidden,

@@ -197,7 +197,8 @@ def main():
         if real:
             bench.build_random_model("gpu", str(config_dir), work / "model", SEED, 0, 0)
         else:
-            models.save_random_qwen3(work / "model", models.build_tiny_tokenizer(work / "model"), SEED, _TINY_SIZE)
+            demo = models.demo_builders()
+            demo.save_random_qwen3(work / "model", demo.build_tiny_tokenizer(work / "model"), SEED, _TINY_SIZE)
         data = _data(DATA, real, models.load_tokenizer(model), work, STEPS * BATCH_SIZE * GRAD_ACCUM, max_length)
         seconds["model_and_data"] = round(time.perf_counter() - t, 1)
         env = {**os.environ, "SWANLAB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",

@@ -27,11 +27,11 @@ def real_rows(sample_rows_path):
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory, demo_data_path):
-    from medsft.models import build_tiny_tokenizer
+    from medsft.models import demo_builders
 
     if not demo_data_path.is_file():
         pytest.fail(f"{demo_data_path} missing")
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"), demo_data_path)
+    return demo_builders().build_tiny_tokenizer(tmp_path_factory.mktemp("tok"), demo_data_path)
 
 
 def check_properties(tok, row):

@@ -58,9 +58,9 @@ def test_control_tokens_are_exactly_the_real_tokenizers_added_tokens(real_tokeni
 
 
 def test_data_rejects_names_and_counts_rows_with_control_tokens(tmp_path):
-    from medsft.models import build_tiny_tokenizer
+    from medsft.models import demo_builders
 
-    tok = build_tiny_tokenizer(tmp_path / "tok")
+    tok = demo_builders().build_tiny_tokenizer(tmp_path / "tok")
     tok.add_tokens(["<|med_extra|>"])  # a tokenizer's own added token counts too
     tok.save_pretrained(tmp_path / "tok")
     (tmp_path / "tok" / "config.json").write_text('{"model_type": "qwen3"}', encoding="utf-8")  # a model folder

@@ -20,7 +20,7 @@ from medsft import models
 from medsft.files import MedsftError
 
 SPEC = "FakeOrg/Fake-Model"  # a hub id: no such folder here
-TINY_CONFIG = dict(vocab_size=2048, max_position_embeddings=8192, **models.TINY_SIZE)
+TINY_CONFIG = dict(vocab_size=2048, max_position_embeddings=8192, **models.demo_builders().TINY_SIZE)
 
 
 def _repo(folder: Path, weights: bytes = b"weights of revision 1") -> Path:
@@ -120,7 +120,7 @@ def test_a_legacy_cache_of_another_revision_is_not_used(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    return models.ensure_tiny()
+    return models.ensure_builtin("tiny")
 
 
 def test_predictions_record_the_revision_and_never_resume_into_another(tiny_dir, tmp_path, monkeypatch):
