@@ -22,7 +22,7 @@ def _small_config(vocab=4096, layers=2, hidden=256):
 
 def chunked_forward_loss(model, inputs: dict, num_items_in_batch=None):
     """Test oracle: the training loss of ``model`` on a collated batch through the chunked loss."""
-    from medsft.training.sft import causal_parts, chunked_causal_lm_loss
+    from medsft.training.loss import causal_parts, chunked_causal_lm_loss
 
     inputs = dict(inputs)
     labels = inputs.pop("labels")
@@ -61,7 +61,7 @@ def test_chunked_loss_equals_the_plain_loss_and_its_gradients(num_items):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     # chunks of 7 tokens: many chunks, the last one partial
-    import medsft.training.sft as L
+    import medsft.training.loss as L
 
     chunked = L.chunked_causal_lm_loss(*(lambda h: (h, model.lm_head.weight))(
         model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state),
@@ -93,7 +93,7 @@ def test_a_non_finite_hidden_state_at_an_unsupervised_position_changes_nothing(b
     model computes there, never trained on) leaves the loss and every gradient exactly as on clean hidden states."""
     import torch
 
-    from medsft.training.sft import chunked_causal_lm_loss
+    from medsft.training.loss import chunked_causal_lm_loss
 
     torch.manual_seed(0)
     labels = _batch(100, n=2, length=20)["labels"]  # labels 0..14 masked (the prompt)
@@ -122,7 +122,7 @@ def test_a_micro_batch_that_supervises_nothing_gives_zero_gradients_even_beside_
     gradients reach the decoder's output and the head (DDP then syncs every parameter) and are all zero."""
     import torch
 
-    from medsft.training.sft import chunked_causal_lm_loss
+    from medsft.training.loss import chunked_causal_lm_loss
 
     hidden = torch.randn(2, 10, 16)
     hidden[0, 2] = float("nan")
@@ -408,7 +408,7 @@ def test_an_installed_library_below_its_floor_stops_before_loading(tmp_path):
 _PEAK_PROBE = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from medsft.training.sft import chunked_causal_lm_loss
+from medsft.training.loss import chunked_causal_lm_loss
 def kib(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
 torch.manual_seed(0)

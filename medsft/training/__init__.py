@@ -6,9 +6,10 @@ from ..memory import weight_dtype
 from .distributed import is_main, on_main, rank, resolve_batch, resolve_engine, stop_process_group, world_size
 from .finish import (count_parameters, finish_swanlab, guard_output, history, peak_memory,
                      preview, save_final, start_swanlab, swanlab_active, swanlab_mode, write_results)
+from .loss import install_chunked_loss
 from .rundir import (check_output_dir, check_versions, checkpoint_problem, checkpoints, dry_run, is_finished,
                      lock_output_dir, preflight, start_run, unlock_output_dir)
-from .sft import (FEATURES, add_lora, build_trainer, install_chunked_loss, load_training_model, prepare_examples,
+from .sft import (FEATURES, add_lora, build_trainer, load_training_model, prepare_examples,
                   resolve_features, run_training, sort_lora_targets, training_arguments)
 
 __all__ = ["FEATURES", "KINDS", "RESULTS_NAME", "TrainConfig", "add_lora", "build_trainer", "check_output_dir",
