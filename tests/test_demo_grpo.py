@@ -72,3 +72,33 @@ def test_same_seed_same_bytes(tmp_path):
 
 def test_grpo_sh_parses():
     subprocess.run(["bash", "-n", str(ROOT / "demo" / "grpo.sh")], check=True)
+
+
+def test_grpo_seeds_summarises_runs_with_mean_and_spread(tmp_path):
+    """demo/grpo_seeds.py on two made-up finished runs: each seed's row, then mean ± sd over seeds."""
+    import sys
+
+    def fake_run(name, seed, before, after, golds, train):
+        run = tmp_path / name
+        (run / "results").mkdir(parents=True)
+        (run / "output" / "grpo").mkdir(parents=True)
+        (run / "output" / "grpo" / "train_config.json").write_text(json.dumps({"SEED": seed}))
+        by_mode = {m: {"adherence": 1.0, "correct": after} for m in ("think", "no_think_soft", "no_think_hard")}
+        (run / "results" / "train_grpo.json").write_text(json.dumps({
+            "heldout": {"before": {"correct": before}, "after": {"correct": after, "by_mode": by_mode},
+                        "change": {"p": 0.5}},
+            "steps": [{"correct_mean": x} for x in train]}))
+        (run / "results" / "grpo_heldout.jsonl").write_text(
+            "".join(json.dumps({"gold": g}) + "\n" for g in golds))
+        return run
+
+    a = fake_run("a", 1, 0.30, 0.20, "AAB", [0.2] * 20 + [0.6] * 20)  # floor 2/3
+    b = fake_run("b", 2, 0.10, 0.40, "ABCD", [0.4] * 40)  # floor 1/4
+    out = subprocess.run([sys.executable, str(ROOT / "demo" / "grpo_seeds.py"), str(a), str(b)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "| 1 | 0.30 | 0.20 | 0.67 |" in out and "| 2 | 0.10 | 0.40 | 0.25 |" in out
+    # changes -0.10 and +0.30: mean +0.10, sd 0.28; train first 20 steps 0.2 and 0.4, last 20 0.6 and 0.4
+    assert "before 0.20 ± 0.14" in out and "change +0.10 ± 0.28" in out and "train last 20 0.50 ± 0.14" in out
+    missing = subprocess.run([sys.executable, str(ROOT / "demo" / "grpo_seeds.py"), str(tmp_path / "none")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and str(tmp_path / "none") in missing.stderr and "Traceback" not in missing.stderr
