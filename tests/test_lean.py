@@ -439,3 +439,36 @@ def test_backward_through_a_tied_head_holds_two_vocabulary_sized_tensors_not_thr
                          check=True).stdout
     peak = float(out.split()[-1])
     assert 1.9 < peak < 2.5, f"backward's peak was {peak:.2f} vocabulary-sized tensors"
+
+
+_LOGITS_PROBE = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from medsft.training.loss import chunked_causal_lm_loss
+def kib(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+torch.manual_seed(0)
+vocab, tokens = 100_000, 512  # one chunk's fp32 logits: 195 MiB; the frozen bf16 head (LoRA): 12 MiB
+head = (torch.randn(vocab, 64) * 0.02).to(torch.bfloat16)
+x = torch.randn(1, tokens + 1, 64, dtype=torch.bfloat16, requires_grad=True)
+loss = chunked_causal_lm_loss(x.tanh(), head, torch.randint(0, vocab, (1, tokens + 1)))
+before = kib("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")
+loss.backward()
+print((kib("VmHWM") - before) / (vocab * tokens * 4 / 1024))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to read the peak")
+def test_backward_of_a_frozen_head_holds_a_chunks_logits_no_longer_than_autograd_does():
+    """LoRA's frozen bf16 head: the backward holds log-softmax, its gradient and the logits' gradient (3 fp32
+    chunks, as checkpointed autograd did), not a 4th kept as the leaf (bench/peers.py measured +0.25 GiB)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", _LOGITS_PROBE, str(ROOT)], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    peak = float(out.split()[-1])
+    assert peak < 3.5, f"backward's peak was {peak:.2f} chunks of fp32 logits"

@@ -18,10 +18,10 @@ def _chunked_sum_class():
     import torch
 
     class ChunkedSum(torch.autograd.Function):
-        """Sum of ``_chunk_loss`` over chunks, each chunk's logits recomputed in backward. The head's gradient is
-        built here as one contiguous tensor: autograd's own (``t()`` of a matmul) is a view, which the engine cannot
-        add the tied input embedding's gradient into in place, so it held a third vocabulary-sized tensor at peak.
-        Every value equals autograd's on ``_chunk_loss`` bit for bit (same matmuls, same summation order)."""
+        """Sum of ``_chunk_loss`` over chunks, each chunk's graph rebuilt in backward (as checkpointing would). The
+        head's gradient is returned as one contiguous tensor: autograd's own (``t()`` of a matmul) is a view, which
+        the engine cannot add the tied input embedding's gradient into in place, so it held a third
+        vocabulary-sized tensor at peak. Every value equals autograd's on ``_chunk_loss`` bit for bit."""
 
         @staticmethod
         def forward(ctx, flat, weight, targets, chunk_tokens):
@@ -35,23 +35,22 @@ def _chunked_sum_class():
         @staticmethod
         def backward(ctx, grad_total):
             flat, weight, targets = ctx.saved_tensors
-            step = ctx.chunk_tokens
+            step, need_w = ctx.chunk_tokens, ctx.needs_input_grad[1]
             grad_flat = torch.zeros_like(flat) if ctx.needs_input_grad[0] else None
             grad_weight = None
             for start in reversed(range(0, max(targets.numel(), 1), step)):  # the order autograd's engine runs them
-                h = flat[start:start + step]
+                # the chunk's own graph, as checkpointing would rebuild it: its logits live only inside it
+                h = flat[start:start + step].detach().requires_grad_()
+                w = weight.detach().requires_grad_(need_w)
                 with torch.enable_grad():
-                    logits = torch.nn.functional.linear(h, weight).detach().requires_grad_()
-                    loss = torch.nn.functional.cross_entropy(logits.float(), targets[start:start + step],
-                                                             reduction="sum")
-                    (grad_logits,) = torch.autograd.grad(loss, logits, grad_total)
+                    loss = _chunk_loss(h, w, targets[start:start + step])
+                    grads = torch.autograd.grad(loss, (h, w) if need_w else (h,), grad_total)
+                del loss
                 if grad_flat is not None:
-                    grad_flat[start:start + step] = grad_logits.mm(weight)
-                if ctx.needs_input_grad[1]:
-                    g = grad_logits.t().mm(h)
-                    grad_weight = g if grad_weight is None else grad_weight.add_(g)
-                    del g  # before the next chunk's: one vocabulary-sized tensor beside the sum, never two
-                del logits, loss, grad_logits
+                    grad_flat[start:start + step] = grads[0]
+                if need_w:  # autograd's is a transposed view: the first is copied out so the sum can grow in place
+                    grad_weight = grads[1].clone() if grad_weight is None else grad_weight.add_(grads[1])
+                del grads  # before the next chunk's: one vocabulary-sized tensor beside the sum, never two
             return grad_flat, grad_weight, None, None
 
     return ChunkedSum
