@@ -44,7 +44,7 @@ def test_small_has_the_chosen_size(monkeypatch, tmp_path):
 
 def test_small_without_demo_data_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "DEMO_DATA", tmp_path / "missing.jsonl")
+    monkeypatch.setattr(models.demo_builders(), "DEMO_DATA", tmp_path / "missing.jsonl")  # where it is read
     with pytest.raises(models.MedsftError, match="git checkout"):
         models.resolve_model("small")
 
