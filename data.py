@@ -21,7 +21,6 @@ failure at any point DATA_DIR holds the previous run's files. Same input and SEE
 """
 
 import hashlib
-import json
 import os
 import random
 import statistics
@@ -29,11 +28,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medsft import benchmarks, mcq
+from medsft import benchmarks, mcq, models
 from medsft.chat import THINK_CLOSE, THINK_OPEN, control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
-from medsft.files import (MedsftError, check_utf8, check_writable, disk_errors, dumps_json, dumps_jsonl, iter_jsonl,
-                       publish_files)
+from medsft.files import MedsftError, check_writable, disk_errors, dumps_json, dumps_jsonl, publish_files
 
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
 SUBSET = "default"  # ModelScope subset name (ignored for local files)
@@ -49,71 +47,24 @@ BENCHMARKS = "cmmlu,medqa_mcmle,cmb,cmexam"  # benchmark.py's --benchmarks: rows
 
 FIELDS = ("question", "think", "answer")
 THINK = (THINK_OPEN, THINK_CLOSE)
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SUFFIXES = mcq.SUFFIXES  # the local files read (mcq.read_records, the project's one row reader)
 
 
-def read_local(path: Path):
-    """Yield (where, row_or_None, error_or_None) for every row of a local file or directory of files."""
-    files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES) if path.is_dir() else [path]
-    if not files:
-        raise MedsftError(f"{path}: no {'/'.join(SUFFIXES)} files in this directory")
-    for f in files:
-        if f.suffix not in SUFFIXES:
-            raise MedsftError(f"{f}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-        if f.suffix == ".json":
-            yield from read_json(f)
-        elif f.suffix == ".jsonl":
-            for lineno, row, err in iter_jsonl(f):
-                yield f"{f}:{lineno}", row, err
-        else:
-            yield from read_table(f)
-
-
-def read_json(f: Path):
-    """A .json file: one JSON array of objects, or else JSON lines (which names the bad lines)."""
-    check_utf8(f)
-    try:
-        rows = json.loads(f.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        rows = None
-    if not isinstance(rows, list):
-        for lineno, row, err in iter_jsonl(f):
-            yield f"{f}:{lineno}", row, err
-        return
-    for i, row in enumerate(rows, start=1):
-        ok = isinstance(row, dict)
-        yield f"{f}: item {i}", (row if ok else None), (None if ok else "expected a JSON object")
-
-
-def read_table(f: Path):
-    """Parquet or CSV, parsed by the datasets library."""
-    import datasets
-
-    if f.suffix == ".csv":
-        check_utf8(f, strict=True)  # the CSV parser cannot skip an undecodable row: any bad byte is fatal
-        table = datasets.load_dataset("csv", data_files=str(f), split="train", encoding="utf-8-sig")
-    else:
-        table = datasets.load_dataset("parquet", data_files=str(f), split="train")
-    for i, row in enumerate(table):
-        # csv line numbers count the header line (exact as long as no field spans lines)
-        yield f"{f}:{i + 2}" if f.suffix == ".csv" else f"{f}: row {i + 1}", row, None
-
-
-def read_modelscope(name: str, subset: str, split: str, revision: str = ""):
-    from modelscope.msdatasets import MsDataset
-
-    from medsft.models import hub_problem
-
-    problem = hub_problem(name, "dataset")
+def read_modelscope(name: str, subset: str, split: str, revision: str = "", probe=None):
+    """(where, row) of a ModelScope dataset; ``probe``: the answer of ``models.hub_probe(name, "dataset")``, asked
+    earlier (None: asked now)."""
+    problem = probe.result() if probe else models.hub_problem(name, "dataset")
     if problem is not None:
         raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({problem}). "
                           "Use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a "
                           "directory of them), or --dataset=demo/medical_demo.jsonl for the offline demo")
+    from modelscope.msdatasets import MsDataset
+
     # no dataset script from the hub ever runs here; a pinned revision makes a rerun read the same rows
     ds = MsDataset.load(name, subset_name=subset, split=split, trust_remote_code=False,
                         **({"version": revision} if revision else {}))
     for i, row in enumerate(ds, start=1):
-        yield f"{name}: row {i}", dict(row), None
+        yield f"{name}: row {i}", dict(row)
 
 
 def clean(row: dict, counts: dict) -> dict:
@@ -147,14 +98,14 @@ def row_id(question: str) -> str:
     return "med-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
 
 
-def benchmark_overlap(rows: list[dict], suite: str) -> dict:
+def benchmark_overlap(rows: list[dict], suite: dict[str, str], probes: dict) -> dict:
     """How many rows ask an item of the benchmarks benchmark.py scores (``mcq.question_key``: across widths,
     spacing, punctuation, item numbers and appended options); a benchmark that cannot be read here is listed as not
-    checked, with the reason, and never stops the stage."""
+    checked, with the reason, and never stops the stage. ``probes``: ``benchmarks.hub_probes(suite)``."""
     checked, not_checked, keys = {}, {}, {}
-    for bench, source in benchmarks.parse_suite(suite).items():
+    for bench, source in suite.items():
         try:
-            items, _ = benchmarks.load(bench, source)
+            items, _ = benchmarks.load(bench, source, probe=probes.get(bench))
         except MedsftError as e:
             not_checked[bench] = str(e)
             continue
@@ -170,9 +121,9 @@ def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list,
     ``tokens``: the control-token texts a row must not hold (counted in ``counts["control_tokens"]``)."""
     kept, skipped, duplicates, seen = [], [], [], {}
     n_read = 0
-    for where, row, err in source:
+    for where, row in source:
         n_read += 1
-        err = err or problem(row)
+        err = row if isinstance(row, str) else problem(row)  # a string: why the reader could not use the row
         if not err:  # checked before and after cleaning: removing a think tag can join the rest into a token
             found = dict.fromkeys(counts, 0)
             cleaned = clean(row, found)
@@ -219,14 +170,17 @@ def main():
     if not 0 < VAL_RATIO < 1 or not 0 < TEST_RATIO < 1 or VAL_RATIO + TEST_RATIO >= 1:
         raise MedsftError(f"--val_ratio={VAL_RATIO} --test_ratio={TEST_RATIO}: each must be in (0, 1), sum < 1")
     check_writable(out_dir, "data_dir")  # before a download and a pass over every row, not after
+    suite = benchmarks.parse_suite(BENCHMARKS)
+    # the hub asked now, in the background (seconds when it is silent): answered while the rows are read
+    dataset_probe = None if is_local else models.hub_probe(DATASET, "dataset")
+    probes = benchmarks.hub_probes(suite)
 
     # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows; the tokenizer
     # first, as its own added tokens are control tokens too
-    from medsft.models import load_tokenizer
-
     tokenizer_spec = TOKENIZER or os.environ.get("MEDSFT_TOKENIZER", "")
-    tok = load_tokenizer(tokenizer_spec) if tokenizer_spec else None
-    source = read_local(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT, DATASET_REVISION)
+    tok = models.load_tokenizer(tokenizer_spec) if tokenizer_spec else None
+    source = mcq.read_records(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT, DATASET_REVISION,
+                                                                      dataset_probe)
     print(f"reading {DATASET}" + (f" at revision {DATASET_REVISION}" if DATASET_REVISION and not is_local else ""))
 
     # 2. Validate, clean and de-duplicate; report each bad row on one line, keep the good ones
@@ -257,7 +211,7 @@ def main():
         print("token-length stats skipped (no tokenizer): pass --tokenizer=DIR_OR_MODEL to get them")
 
     # 5. Rows that ask a benchmark's item: counted, so a score is never read on what the model trained on
-    overlap = benchmark_overlap(kept, BENCHMARKS)
+    overlap = benchmark_overlap(kept, suite, probes)
     print(f"benchmark items among the rows: {overlap['rows']} (checked: "
           f"{', '.join(f'{b} {n}' for b, n in overlap['checked'].items()) or 'none'}"
           + (f"; not checked: {', '.join(overlap['not_checked'])}" if overlap["not_checked"] else "") + ")")

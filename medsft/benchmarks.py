@@ -127,9 +127,18 @@ def _cmmlu_records(source: str, subjects: list[str], revision: str):
             yield s, f"{source}:{s}:{i}", dict(rec)
 
 
-def load(bench: str, source: str, *, subjects=tuple(CMMLU_SUBJECTS), revision: str = "") -> tuple[list[dict], list]:
+def hub_probes(suite: dict[str, str]) -> dict[str, object]:
+    """{name: models.hub_probe(source)} for each benchmark of ``suite`` read from ModelScope: the hub asked now, in
+    the background, its answer collected by ``load(..., probe=)``."""
+    return {bench: models.hub_probe(source, "dataset") for bench, source in suite.items()
+            if bench == "cmmlu" and not Path(source).expanduser().exists() and models.is_hub_id(source)}
+
+
+def load(bench: str, source: str, *, subjects=tuple(CMMLU_SUBJECTS), revision: str = "",
+         probe=None) -> tuple[list[dict], list]:
     """(items, bad rows) of one benchmark from a local file/folder in its published layout, or (CMMLU) ModelScope at
-    ``revision``. A bad row is printed with its file:line and reason, counted, and left out."""
+    ``revision``. A bad row is printed with its file:line and reason, counted, and left out. ``probe``: the hub's
+    answer for ``source`` asked earlier (``hub_probes``); None: asked here when needed."""
     path = Path(str(source)).expanduser()
     if revision and (bench != "cmmlu" or path.exists()):
         raise MedsftError(f"--dataset_revision={revision}: applies to CMMLU read from ModelScope only")
@@ -137,7 +146,8 @@ def load(bench: str, source: str, *, subjects=tuple(CMMLU_SUBJECTS), revision: s
         if not path.exists() and not models.is_hub_id(str(source)):
             raise MedsftError(f"cmmlu={source}: no such folder, and not a ModelScope id; "
                               f"{BENCHMARKS['cmmlu'].download}")
-        if not path.exists() and (problem := models.hub_problem(str(source), repo_type="dataset")):
+        if not path.exists() and (problem := probe.result() if probe else
+                                  models.hub_problem(str(source), repo_type="dataset")):
             raise MedsftError(f"cannot load '{source}' from ModelScope ({problem}); {BENCHMARKS['cmmlu'].download}")
         rows = ((s, w, r) for s, w, r in _cmmlu_records(str(source), list(subjects), revision))
     elif not path.exists():

@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,6 +78,21 @@ def hub_problem(spec: str, repo_type: str = "model") -> str | None:
     except queue.Empty:
         return (f"{api.endpoint} did not answer within {HUB_TIMEOUT_S:g} s; a mirror is set with MODELSCOPE_ENDPOINT, "
                 "a proxy with HTTPS_PROXY")
+
+def hub_probe(spec: str, repo_type: str = "model") -> Future:
+    """``hub_problem(spec)`` asked now in the background (HUB_TIMEOUT_S when the hub is silent): ``.result()`` where
+    the answer is used. A daemon thread, so a process that ends before then does not wait for the hub."""
+    answer = Future()
+
+    def ask():
+        if answer.set_running_or_notify_cancel():
+            try:
+                answer.set_result(hub_problem(spec, repo_type))
+            except BaseException as e:  # noqa: BLE001 - raised again by .result(), where the answer is used
+                answer.set_exception(e)
+
+    threading.Thread(target=ask, name=f"hub probe {spec}", daemon=True).start()
+    return answer
 
 def pin_revision(spec, revision) -> None:
     """Every later download of hub id ``spec`` in this process asks for ``revision`` ("": the hub's current)."""

@@ -165,3 +165,109 @@ def test_cleaning_never_forms_a_control_token_or_a_think_tag(tmp_path):
     assert stats["rows_kept"] == 8 and stats["rows_control_tokens"] == 2
     assert [s["where"] for s in stats["skipped"]] == [f"{src}:9", f"{src}:10"]
     assert f"{src}:9" in proc.stdout and f"{src}:10" in proc.stdout
+
+
+# --- one reader: file:line of every format, CSV cells as text ------------------------------------------------------
+def _csv(path, header, records):
+    """Write ``records`` (fields may hold line breaks) as CSV; the line each record starts on."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    starts = []
+    for rec in records:
+        starts.append(buf.getvalue().count("\n") + 1)
+        writer.writerow(rec)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return starts
+
+
+def test_csv_bad_rows_are_named_by_the_line_their_record_starts_on(tmp_path):
+    """A think spans lines in a CSV cell: a bad row's file:line is where its record starts, not header + row."""
+    records = [[f"问题{i}", f"思考{i}\n第二步\n第三步", f"回答{i}"] for i in range(10)]
+    records[4][1] = ""  # empty think
+    records[7] = records[7][:2]  # no answer cell
+    src = tmp_path / "rows.csv"
+    starts = _csv(src, ["question", "think", "answer"], records)
+    proc = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_read"] == 10 and stats["rows_kept"] == 8 and stats["rows_bad"] == 2
+    assert [s["where"] for s in stats["skipped"]] == [f"{src}:{starts[4]}", f"{src}:{starts[7]}"]
+    assert f"{src}:{starts[4]}:" in proc.stdout and f"{src}:{starts[7]}:" in proc.stdout
+
+
+def test_csv_cells_stay_text(tmp_path):
+    """No type guessing: an all-digit answer column stays strings (a guessing reader made them ints and rejected
+    every row), and 'NA' in a cell is the text NA, not a missing value."""
+    records = [[f"成人正常静息心率的下限{i}", "想", str(60 + i), "NA"] for i in range(10)]
+    records[3][0] = "NA"
+    src = tmp_path / "digits.csv"
+    _csv(src, ["question", "think", "answer", "note"], records)
+    run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 10 and stats["rows_bad"] == 0
+    out = sorted((r for v in splits(tmp_path / "out").values() for r in v), key=lambda r: r["answer"])
+    assert [(r["answer"], r["note"]) for r in out] == [(str(60 + i), "NA") for i in range(10)]
+    assert "NA" in {r["question"] for r in out}
+
+
+def test_json_list_bad_items_are_named_by_file_line(tmp_path):
+    """A JSON list's bad element is named by the line it starts on, like a JSONL line."""
+    items = [{"question": f"问题{i}", "think": "想", "answer": "答"} for i in range(10)]
+    items[3], items[6] = 3, {"question": "问"}
+    src = tmp_path / "rows.json"
+    text = json.dumps(items, ensure_ascii=False, indent=2)
+    src.write_text(text, encoding="utf-8")
+    lines = text.splitlines()
+    bad_lines = [lines.index("  3,") + 1, lines.index('    "question": "问"')]  # 1-based: the int, the dict's {
+    proc = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 8 and stats["rows_bad"] == 2
+    assert [s["where"] for s in stats["skipped"]] == [f"{src}:{n}" for n in bad_lines]
+    assert all(f"{src}:{n}:" in proc.stdout for n in bad_lines)
+
+
+# --- the hub probe of the benchmark-overlap check ------------------------------------------------------------------
+def test_the_hub_probe_runs_while_the_rows_are_read(monkeypatch, tmp_path, root, demo_data_path):
+    """CMMLU's default source is on ModelScope: the probe of the hub (seconds when offline) is under way while the
+    rows are read and checked, and its answer is used for the overlap check."""
+    import threading
+
+    from medsft import mcq
+
+    probing = threading.Event()
+
+    def hub_problem(spec, repo_type="model"):
+        probing.set()
+        return "offline"
+
+    reader, overlapped = mcq.read_records, []
+
+    def read_records(path):
+        overlapped.append(probing.wait(timeout=10))
+        yield from reader(path)
+
+    monkeypatch.setattr(models, "hub_problem", hub_problem)
+    monkeypatch.setattr(mcq, "read_records", read_records)
+    monkeypatch.delenv("MEDSFT_TOKENIZER", raising=False)
+    monkeypatch.setattr(sys, "argv", ["data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path}"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    runpy.run_path(str(root / "data.py"), run_name="__main__")
+    assert overlapped == [True]
+    overlap = json.loads((tmp_path / "stats.json").read_text(encoding="utf-8"))["benchmark_overlap"]
+    assert "offline" in overlap["not_checked"]["cmmlu"]
+
+
+def test_a_failing_stage_does_not_wait_for_the_hub_probe(tmp_path):
+    """No usable row: the stage fails at once, without waiting for the hub's answer (HUB_TIMEOUT_S offline)."""
+    import time
+
+    src = tmp_path / "bad.jsonl"
+    src.write_text("{bad\n", encoding="utf-8")
+    start = time.monotonic()
+    proc = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", check=False,
+                      env={"MEDSFT_TOKENIZER": ""})  # no tokenizer to load: seconds of its own
+    assert proc.returncode != 0 and "no usable rows" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < models.HUB_TIMEOUT_S

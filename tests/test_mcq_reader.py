@@ -322,3 +322,74 @@ def test_a_resumed_file_is_read_again_by_todays_reader(fake_modelscope, tmp_path
     assert (row["pred"], row["correct"], row["extracted_by"], "extraction" in row) == (None, False, "none", False)
     summary = json.loads((tmp_path / "benchmark_base.json").read_text(encoding="utf-8"))["benchmarks"]["cmmlu"]
     assert summary["overall"]["unextractable"] == 1 and summary["overall"]["accuracy"] == 0.0
+
+
+# --- the one row reader (benchmark.py, train_grpo.py, data.py) -------------------------------------------------
+ROWS = [{"question": f"问题{i}", "think": f"想\n{i}", "answer": str(i)} for i in range(4)]
+
+
+def test_every_format_gives_the_same_records_with_file_line(tmp_path):
+    """JSONL: the line; a JSON list: the line its element starts on; CSV: the line its record starts on (cells
+    may span lines); parquet: the row. Every CSV cell is text."""
+    import csv
+
+    import datasets
+
+    (tmp_path / "a.jsonl").write_text("\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS),
+                                      encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps(ROWS, ensure_ascii=False, indent=2), encoding="utf-8")
+    with open(tmp_path / "c.csv", "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(ROWS[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(ROWS)
+    datasets.Dataset.from_list(ROWS).to_parquet(str(tmp_path / "d.parquet"))
+    expected = {"a.jsonl": [2, 3, 4, 5], "b.json": [2, 7, 12, 17], "c.csv": [2, 4, 6, 8],
+                "d.parquet": ["row 1", "row 2", "row 3", "row 4"]}
+    for name, wheres in expected.items():
+        got = list(mcq.read_records(tmp_path / name))
+        assert [w for w, _ in got] == [f"{tmp_path / name}:{w}" for w in wheres], name
+        assert [r for _, r in got] == ROWS, name
+
+
+def test_a_folder_is_its_files_in_name_order(tmp_path):
+    (tmp_path / "b.jsonl").write_text(json.dumps(ROWS[1]) + "\n", encoding="utf-8")
+    (tmp_path / "a.json").write_text(json.dumps([ROWS[0]]), encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("not rows", encoding="utf-8")
+    assert [r for _, r in mcq.read_records(tmp_path)] == ROWS[:2]
+    with pytest.raises(MedsftError, match=str(tmp_path / "notes.txt")):
+        list(mcq.read_records(tmp_path / "notes.txt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedsftError, match=str(tmp_path / "empty")):
+        list(mcq.read_records(tmp_path / "empty"))
+
+
+def test_a_json_list_element_that_is_no_object_is_an_error(tmp_path):
+    """Every record is an object or the reason it is bad (a string): an element that is a string or number is bad."""
+    src = tmp_path / "x.json"
+    src.write_text(json.dumps([ROWS[0], "问题", 3, ROWS[1]], ensure_ascii=False, indent=1), encoding="utf-8")
+    got = list(mcq.read_records(src))
+    assert [r for _, r in got if isinstance(r, dict)] == ROWS[:2]
+    assert len(got) == 4 and all(isinstance(r, str) and r not in ("问题", "3") for _, r in got[1:3])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_file_in_another_encoding_is_one_error_naming_its_line(tmp_path, suffix):
+    src = tmp_path / f"gbk{suffix}"
+    text = ("question,think,answer\n" + "".join(f"{r['question']},想,{r['answer']}\n" for r in ROWS)
+            if suffix == ".csv" else json.dumps(ROWS, ensure_ascii=False, indent=1))
+    src.write_bytes(text.encode("gbk"))
+    first = next(i for i, line in enumerate(text.splitlines(), 1) if not line.isascii())
+    with pytest.raises(MedsftError, match=f"{src}:{first}: "):
+        list(mcq.read_records(src))
+
+
+def test_a_broken_json_list_names_its_line_and_jsonl_whose_first_line_is_a_list_stays_lines(tmp_path):
+    src = tmp_path / "x.json"
+    src.write_text(json.dumps(ROWS[:2], indent=1) + "\n\n{}\n", encoding="utf-8")  # text after the closing ]
+    with pytest.raises(MedsftError, match=f"{src}:{json.dumps(ROWS[:2], indent=1).count(chr(10)) + 3}: "):
+        list(mcq.read_records(src))
+    src = tmp_path / "x.jsonl"  # a bad first line that happens to be a list: one bad row, the rest kept
+    src.write_text("[1, 2]\n" + "".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    got = list(mcq.read_records(src))
+    assert isinstance(got[0][1], str) and [r for _, r in got[1:]] == ROWS
+    assert [w for w, _ in got] == [f"{src}:{n}" for n in range(1, 6)]
