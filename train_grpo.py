@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
-from medsft import benchmarks, chat, mcq
-from medsft.config import configure, save_config
-from medsft.files import MedsftError, iter_jsonl, write_json
+import torch
+
+from medsft import benchmarks, chat, mcq, memory, report
+from medsft.adapters import lora_base
+from medsft.config import Config, configure
+from medsft.files import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
+from medsft.generate import eos_ids
+from medsft.models import hub_revision, is_hub_id, load_model, load_tokenizer, pin_revision, resolve_model
+from medsft.training import callbacks, distributed, features, run, sft, tracking
 
 MODEL = "output/full"  # model spec: the SFT model (train.py's), a LoRA adapter dir (that adapter trains on), a ModelScope id, local dir or "tiny"
 MODEL_REVISION = ""  # ModelScope revision of MODEL (of a LoRA adapter's base) when a hub id: a tag, branch or commit; "" = the hub's current (recorded)
@@ -172,9 +177,7 @@ def read_rows(dataset, revision: str = "") -> tuple[list[dict], list[dict]]:
     elif src.is_file():
         sources = [mcq.read_records(src)]
     else:
-        from medsft import models
-
-        if not models.is_hub_id(str(dataset)):
+        if not is_hub_id(str(dataset)):
             raise MedsftError(f"--dataset={dataset}: no such file or folder, and not a ModelScope id (org/name)")
         sources = [_hub_records(str(dataset), revision)]
     rows, bad = [], []
@@ -320,50 +323,38 @@ def heldout_scores(model, tokenizer, rows: list[dict], cfg: dict, sampling: dict
                             "adherence": shapes[m]["rate"], "shapes": shapes[m]["shapes"]} for m in chat.MODES}}, done
 
 
-_RUN_KEYS = ("MODEL", "MODEL_REVISION", "DATASET_REVISION", "ADAPTER", "NUM_GENERATIONS", "MAX_COMPLETION_LENGTH", "BATCH_SIZE",
-             "GRAD_ACCUM", "NUM_ITERATIONS", "MAX_STEPS", "LEARNING_RATE", "BETA", "LOSS_TYPE", "SCALE_REWARDS",
-             "TEMPERATURE", "TOP_P", "TOP_K", "NO_THINK_RATIO", "CORRECT_WEIGHT", "SHAPE_WEIGHT", "REPETITION_WEIGHT",
-             "OVERLONG_WEIGHT", "CORRECT_NEEDS_SHAPE", "REPETITION_NGRAM", "REPETITION_FREE", "OVERLONG_BUFFER",
-             "HELDOUT", "SEED", "LORA_R", "LORA_ALPHA")
+# constants that change nothing trained: the rows they select are hashed as prompted, the rest is measurement
+_NOT_TRAINED = ("DATASET", "EVAL_DATA", "EVAL_BENCHMARKS", "SUBJECTS", "EVAL_BATCH_SIZE", "VLLM_GPU_MEMORY_UTILIZATION")
 
 
-def run_fingerprint(cfg: dict, prompts: list[dict], heldout: list[dict], tokenizer_sha256: str, feats: dict,
-                    weights_sha256: str | None) -> dict:
-    """What makes two runs the same run: the rows as prompted, the held-out rows, the tokenizer, the weights it
-    starts from (a resume on retrained weights would reload another KL reference), the settings."""
+def fingerprint(cfg, prompts: list[dict], heldout: list[dict], model_dir: Path) -> dict:
+    """What makes two runs one run (``run.fingerprint``): the rows as prompted, the held-out rows, the tokenizer,
+    the weights it starts from (a resume on retrained weights would reload another KL reference), the settings."""
     digest = lambda obj: hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()  # noqa: E731
-    return json.loads(json.dumps({"data_sha256": digest(prompts), "heldout_sha256": digest([r["id"] for r in heldout]),
-                                  "tokenizer_sha256": tokenizer_sha256, "weights_sha256": weights_sha256,
-                                  **{k: cfg[k] for k in _RUN_KEYS if cfg["ADAPTER"] == "lora" or
-                                     k not in ("LORA_R", "LORA_ALPHA")}, "features": feats}))
+    base = resolve_model(lora_base(str(cfg["MODEL"]))) if is_adapter(cfg["MODEL"]) else model_dir
+    weights = run.weights_sha256(base, *([Path(str(cfg["MODEL"]))] if is_adapter(cfg["MODEL"]) else []))
+    return run.fingerprint(cfg, {"data_sha256": digest(prompts), "heldout_sha256": digest([r["id"] for r in heldout]),
+                                 "tokenizer_sha256": run.tokenizer_sha256(model_dir), "weights_sha256": weights},
+                           not_trained=_NOT_TRAINED)
 
 
-def run_config(cfg: dict):
-    """The shared run bookkeeping's view of this run (OUTPUT_DIR, resume, SwanLab, precision and optimizer)."""
-    from medsft.config import TrainConfig
-
-    keys = ("MODEL", "OUTPUT_DIR", "RESULTS_DIR", "BATCH_SIZE", "GRAD_ACCUM", "MAX_STEPS", "LEARNING_RATE",
-            "SAVE_STEPS", "SAVE_TOTAL_LIMIT", "LOGGING_STEPS", "NO_THINK_RATIO", "SEED", "GRADIENT_CHECKPOINTING",
-            "PRECISION", "OPTIM", "SWANLAB_PROJECT", "RUN_NAME", "SWANLAB_LOG_DIR", "RESUME", "OVERWRITE",
-            "ALLOW_CPU", "DRY_RUN")
-    from medsft.training import distributed
-
-    world = distributed.world_size()
-    tc = TrainConfig.of({k: cfg[k] for k in keys}).replace(world_size=world, engine="ddp" if world > 1 else "single")
-    if is_adapter(cfg["MODEL"]):  # the adapter trained on: its own rank and alpha (the memory estimate's)
+def adapter_settings(cfg) -> dict:
+    """LORA_R / LORA_ALPHA of the adapter this run trains (the memory estimate's): an adapter MODEL's own, else the
+    constants, checked when ADAPTER=lora; ``{}`` for a full-parameter run."""
+    if is_adapter(cfg["MODEL"]):
         path = Path(str(cfg["MODEL"])) / "adapter_config.json"
         try:
             adapter = json.loads(path.read_text(encoding="utf-8"))
-            return tc.replace(lora_r=int(adapter["r"]), lora_alpha=float(adapter["lora_alpha"]))
+            return {"LORA_R": int(adapter["r"]), "LORA_ALPHA": float(adapter["lora_alpha"])}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MedsftError(f"{path}: not a LoRA adapter's config ({type(e).__name__}: {e}); point --model at "
                               "the folder train_lora.py wrote") from None
-    if cfg["ADAPTER"] == "lora":
-        if cfg["LORA_R"] < 1 or cfg["LORA_ALPHA"] <= 0:
-            raise MedsftError(f"--lora_r={cfg['LORA_R']} --lora_alpha={cfg['LORA_ALPHA']}: the rank must be at "
-                              "least 1 and alpha positive")
-        return tc.replace(lora_r=cfg["LORA_R"], lora_alpha=cfg["LORA_ALPHA"])
-    return tc
+    if cfg["ADAPTER"] not in ("none", "lora"):
+        raise MedsftError(f"--adapter={cfg['ADAPTER']}: expected none or lora")
+    if cfg["ADAPTER"] == "lora" and (cfg["LORA_R"] < 1 or cfg["LORA_ALPHA"] <= 0):
+        raise MedsftError(f"--lora_r={cfg['LORA_R']} --lora_alpha={cfg['LORA_ALPHA']}: the rank must be at least 1 "
+                          "and alpha positive")
+    return {}
 
 
 def prompt_tokens(model_dir: Path, rows: list[dict], no_think_ratio: float, seed: int) -> int:
@@ -371,18 +362,14 @@ def prompt_tokens(model_dir: Path, rows: list[dict], no_think_ratio: float, seed
     id): CMMLU's medical prompts reach 332 tokens of Qwen3's tokenizer."""
     if not (model_dir / "tokenizer_config.json").is_file():
         return 384
-    from medsft.models import load_tokenizer
-
     tokenizer = load_tokenizer(str(model_dir))
     return max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompt_rows(tokenizer, rows, no_think_ratio, seed))
 
 
-def grpo_config(cfg: dict, feats: dict, sampling: dict, lora: bool, cpu: bool):
+def grpo_config(cfg, sampling: dict, lora: bool, cpu: bool):
     """TRL's GRPOConfig from the constants. Dropout off in the policy and the reference (LoRA's dropout would make the
     KL term noisy from step 1: two forward passes of the same weights would differ)."""
     from trl import GRPOConfig
-
-    from medsft.training.sft import TORCHAO_OPTIMS
 
     return GRPOConfig(
         output_dir=str(cfg["OUTPUT_DIR"]), max_steps=cfg["MAX_STEPS"], per_device_train_batch_size=cfg["BATCH_SIZE"],
@@ -391,10 +378,10 @@ def grpo_config(cfg: dict, feats: dict, sampling: dict, lora: bool, cpu: bool):
         max_completion_length=cfg["MAX_COMPLETION_LENGTH"], beta=cfg["BETA"], loss_type=cfg["LOSS_TYPE"],
         scale_rewards=cfg["SCALE_REWARDS"], disable_dropout=True,
         reward_weights=[cfg["CORRECT_WEIGHT"], cfg["SHAPE_WEIGHT"], cfg["REPETITION_WEIGHT"], cfg["OVERLONG_WEIGHT"]],
-        **sampling, optim=feats["OPTIM"], optim_args="bf16_stochastic_round=True" if feats["OPTIM"] in TORCHAO_OPTIMS
-        and feats["PRECISION"] == "bf16" and not lora else None,
+        **sampling, optim=cfg["OPTIM"], optim_args="bf16_stochastic_round=True" if cfg["OPTIM"] in
+        features.TORCHAO_OPTIMS and cfg["PRECISION"] == "bf16" and not lora else None,
         logging_steps=cfg["LOGGING_STEPS"], save_steps=cfg["SAVE_STEPS"], save_total_limit=cfg["SAVE_TOTAL_LIMIT"],
-        seed=cfg["SEED"], data_seed=cfg["SEED"], bf16=feats["PRECISION"] in ("bf16", "bf16-mixed"), use_cpu=cpu,
+        seed=cfg["SEED"], data_seed=cfg["SEED"], bf16=cfg["PRECISION"] in ("bf16", "bf16-mixed"), use_cpu=cpu,
         gradient_checkpointing=cfg["GRADIENT_CHECKPOINTING"] and not cpu, use_vllm=cfg["USE_VLLM"],
         vllm_mode="colocate", vllm_gpu_memory_utilization=cfg["VLLM_GPU_MEMORY_UTILIZATION"], report_to="none",
         disable_tqdm=True, run_name=cfg["RUN_NAME"], dataloader_num_workers=0)
@@ -416,26 +403,16 @@ def is_adapter(model) -> bool:
 
 
 def main():
-    cfg = configure(globals())
-    import torch
-
-    from medsft import memory, report, training
-    from medsft.adapters import lora_base
-    from medsft.files import write_jsonl
-    from medsft.generate import eos_ids
-    from medsft.models import hub_revision, load_model, load_tokenizer, pin_revision, resolve_model
-    from medsft.training import distributed, rundir
-    from medsft.training.finish import session_clock
-    from medsft.training.sft import graceful_stop, resolved
+    tracking.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
+    cfg = Config(configure(globals()))  # the constants, resolved once; the launch and the features are added below
     try:
         from trl import GRPOTrainer
     except ImportError:
         raise MedsftError("train_grpo.py needs TRL: pip install -r requirements.txt") from None
 
     # 1. Checks before any weights: the rows (bad ones reported with file:line and counted), the evaluation
-    #    questions dropped, the held-out rows set aside, the rows today's reader cannot score counted
-    training.guard_output()
-    distributed.start()
+    #    questions dropped, the held-out rows set aside. Under torchrun every process joins one run here
+    distributed.join()
     if not DATASET:
         raise MedsftError("--dataset is required: a multiple-choice file (JSONL/CSV/parquet), a folder of CMMLU-"
                           "layout CSVs, or a ModelScope id")
@@ -443,6 +420,9 @@ def main():
     if NUM_GENERATIONS < 2 or (BATCH_SIZE * GRAD_ACCUM * world) % NUM_GENERATIONS:
         raise MedsftError(f"--batch_size x --grad_accum x processes ({BATCH_SIZE * GRAD_ACCUM * world}) must be a "
                           f"multiple of --num_generations ({NUM_GENERATIONS}), which must be at least 2")
+    lora = is_adapter(MODEL) or ADAPTER == "lora"
+    cfg = cfg.replace(**adapter_settings(cfg), ENGINE="ddp" if world > 1 else "single", WORLD_SIZE=world)
+
     def usable_rows():  # rank 0 alone downloads and reads; the others get its rows
         rows, bad = read_rows(DATASET, DATASET_REVISION)
         keys, eval_sources = eval_keys(EVAL_DATA, EVAL_BENCHMARKS, SUBJECTS)
@@ -455,25 +435,20 @@ def main():
     stats = {"rows_read": len(rows) + n_overlap + len(bad), "rows_bad": len(bad), "bad": bad[:100],
              "dropped_eval_overlap": n_overlap, "eval_sources": eval_sources, "heldout": len(heldout),
              "train": len(train_rows)}
-    if distributed.is_main():
-        print(f"{DATASET}: {stats['rows_read']} rows, {len(bad)} bad, {n_overlap} in the evaluation sets (dropped), "
-              f"{len(heldout)} held out, {len(train_rows)} to train on")
+    print(f"{DATASET}: {stats['rows_read']} rows, {len(bad)} bad, {n_overlap} in the evaluation sets (dropped), "
+          f"{len(heldout)} held out, {len(train_rows)} to train on")
     if not train_rows:
         raise MedsftError("no rows left to train on (see the counts above)")
 
-    # 2. The run directory (rank 0): a finished identical run is a no-op; a lock; resume from the newest whole
-    #    checkpoint (unreadable ones moved aside, never deleted); the memory estimate (--dry_run exits after it)
-    tc = run_config(cfg)
-    lora = tc.lora
-    feats = training.resolve_features(tc, lora=lora, log=False, assume_gpu=DRY_RUN)
-    print(f"precision={feats['PRECISION']} attention={feats['ATTN_IMPLEMENTATION']} optim={feats['OPTIM']} "
-          f"processes={world}")
+    # 2. Features resolved once, the memory estimate (--dry_run prints it and exits), then the run harness (rank 0):
+    #    a finished identical run is a no-op; a lock; resume from the newest whole checkpoint (unreadable ones moved
+    #    aside, never deleted); the fingerprint recorded
+    cfg = cfg.replace(**distributed.on_main(features.resolve_features, cfg, lora, True, DRY_RUN), resolved=True)
     base = lora_base(str(MODEL)) if is_adapter(MODEL) else str(MODEL)
     pin_revision(base, MODEL_REVISION)  # every download below (and the KL reference) is that revision
     model_dir = resolve_model(str(MODEL), config_only=DRY_RUN)
     if DRY_RUN:
-        est = memory.grpo_estimate(resolved(tc, lora=lora, assume_gpu=True),
-                                   model_dir, beta=BETA, num_generations=NUM_GENERATIONS,
+        est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
                                    prompt_tokens=prompt_tokens(model_dir, train_rows, NO_THINK_RATIO, SEED),
                                    max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
                                    vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
@@ -483,39 +458,23 @@ def main():
         raise SystemExit(0)
     tokenizer = load_tokenizer(MODEL)
     prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED)
-    weights = rundir.weights_sha256(resolve_model(base), Path(str(MODEL))) if is_adapter(MODEL) else \
-        rundir.weights_sha256(model_dir)
-    fp = run_fingerprint(cfg, prompts, heldout, rundir.tokenizer_sha256(model_dir), feats, weights)
-
-    def prepare():
-        rundir.check_finished(tc, "grpo", fp)  # same run already finished: say so, exit 0, touch nothing
-        est = memory.grpo_estimate(resolved(tc, lora=lora), model_dir, beta=BETA,
-                                   num_generations=NUM_GENERATIONS,
-                                   prompt_tokens=max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts),
-                                   max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
-                                   vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
-        print(memory.estimate_line(est))
-        if not est["params"] < rundir.CPU_MAX_PARAMS and not ALLOW_CPU and not torch.cuda.is_available():
-            raise MedsftError(f"no CUDA GPU found, and {MODEL} has {est['params'] / 1e9:.2f}B parameters: GRPO on a "
-                              "CPU takes days. Run it on a GPU, or add --allow_cpu=true")
-        memory.check_fits(est, lora)
-        rundir.lock_output_dir(OUTPUT_DIR)
-        resume_from = rundir.check_output_dir(tc)
-        rundir.check_same_run(tc, resume_from, feats, fp=fp)
-        return resume_from
-
-    resume_from = distributed.on_main(prepare)
+    est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
+                               prompt_tokens=max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts),
+                               max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
+                               vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
+    fp = distributed.on_main(fingerprint, cfg, prompts, heldout, model_dir)
+    resume_from = run.start(cfg, "grpo", fingerprint=fp, estimate=est, lora=lora)
 
     # 3. The model (a LoRA adapter dir: that adapter, trainable; ADAPTER=lora: a new one) and its held-out scores
     #    before training (recomputed on resume: MODEL is unchanged, the sampling seeded)
-    dtype = memory.weight_dtype(feats["PRECISION"], lora)
+    dtype = memory.weight_dtype(cfg["PRECISION"], lora)
     peft_config = None
     if is_adapter(MODEL):
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_model(lora_base(str(MODEL)), dtype=dtype), str(MODEL), is_trainable=True)
+        model = PeftModel.from_pretrained(load_model(base, dtype=dtype), str(MODEL), is_trainable=True)
     else:
-        model = load_model(MODEL, dtype=dtype, attn_implementation=feats["ATTN_IMPLEMENTATION"])
+        model = load_model(MODEL, dtype=dtype, attn_implementation=cfg["ATTN_IMPLEMENTATION"])
         if ADAPTER == "lora":
             from peft import LoraConfig
 
@@ -529,55 +488,46 @@ def main():
               + ", ".join(f"{chat.SHORT[m]}={before['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
 
     # 4. GRPO: four rewards with their weights, sampling as the model's generation_config says, checkpoints every
-    #    SAVE_STEPS; Ctrl-C / SIGTERM saves one and stops (--resume=true continues; kill -9 loses < SAVE_STEPS)
+    #    SAVE_STEPS; Ctrl-C / SIGTERM saves one and exits 130 (--resume=true continues; kill -9 loses < SAVE_STEPS)
     from datasets import Dataset
 
-    args = grpo_config(cfg, feats, sampling, lora, cpu=not torch.cuda.is_available())
-    clock, stop = session_clock(), graceful_stop()
-    callbacks = [clock, stop] + training.start_swanlab(tc, kind="grpo", resume_from=resume_from, config=cfg)
+    args = grpo_config(cfg, sampling, lora, cpu=not torch.cuda.is_available())
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(eos_ids(model, tokenizer), cfg), args=args,
                           train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=callbacks)
-    training.sort_lora_targets(trainer.model)
+                          peft_config=peft_config, callbacks=callbacks.make(cfg, "grpo", resume_from))
+    sft.sort_lora_targets(trainer.model)
     distributed.check_launch(trainer.args)
-    with training.disk_errors(OUTPUT_DIR, "a checkpoint", "output_dir", resume=True):
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if stop.requested:
-        stopped = f"stopped at step {trainer.state.global_step}: checkpoint saved in {OUTPUT_DIR}; continue with --resume=true"
-        training.finish_swanlab(interrupted=True, reason=stopped)
-        print(stopped)
-        raise SystemExit(130)
+    summary = run.train(trainer, resume_from, cfg, lora=lora, grpo=True)
 
     # 5. Held-out scores after, results and charts (rank 0), the model (trainer_state.json last marks it finished)
     after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling,
                                             "after") if heldout else (None, [])
     names = [f.__name__ for f in trainer.reward_funcs]
+    peak, peak_of = callbacks.peak_memory()
     results = {"model": str(MODEL), "model_revision": hub_revision(base), "dataset": str(DATASET), "data": stats,
-               "sampling": sampling,
-               "rewards": names, "reward_weights": list(args.reward_weights), **clock.summary(trainer.state),
-               "peak_memory_gib": round(training.peak_memory()[0], 3), "peak_memory_of": training.peak_memory()[1],
+               "sampling": sampling, "rewards": names, "reward_weights": list(args.reward_weights),
+               **{k: v for k, v in summary.items() if k != "resumed_from"},
+               "peak_memory_gib": round(peak, 3), "peak_memory_of": peak_of,
                "heldout": {"before": before, "after": after,
                            "change": heldout_change(before_rows, after_rows) if heldout else None},
                "steps": step_history(trainer.state.log_history, names)}
 
     def write_results():
         res = Path(RESULTS_DIR)
-        with training.disk_errors(res, "train_grpo.json", "results_dir"):
+        with disk_errors(res, "train_grpo.json", "results_dir"):
             written = [write_json(res / "train_grpo.json", results)]
             if heldout:
                 written.append(write_jsonl(res / "grpo_heldout.jsonl", before_rows + after_rows))
             return written + report.write_grpo_charts(res, results)
 
     written = distributed.on_main(write_results)
-    written += training.save_final(trainer, tokenizer, resolved(tc, lora=lora).replace(model=base), config=cfg)
+    written += run.save_final(trainer, tokenizer, cfg, base_model=base)
     if after:
         ch = results["heldout"]["change"]
         print(f"held-out after: correct {after['correct']:.3f} {ch['after_ci95']} (before {before['correct']:.3f} "
               f"{ch['before_ci95']}; {ch['better']} answers better, {ch['worse']} worse, McNemar p={ch['p']:.3g}), "
               "adherence " + ", ".join(f"{chat.SHORT[m]}={after['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
-    training.finish_swanlab()
-    print("wrote:\n  " + "\n  ".join(str(p) for p in written))
-    distributed.stop_process_group(trainer)
+    run.finish(trainer, written)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ Ctrl-C saves a checkpoint and stops; --resume=true continues from the newest che
 and schedule. Every efficiency constant defaults to "auto" (the choice is printed in one line).
 """
 
-from medsft.config import TrainConfig, configure
+from medsft import report
+from medsft.config import Config, configure
 from medsft.models import load_tokenizer, pin_revision
-from medsft import report, training
+from medsft.training import callbacks, results, run, sft, tracking
+from medsft.training.distributed import on_main
 
 MODEL = "Qwen/Qwen3-1.7B"  # model spec: ModelScope id, local Hugging Face dir, or "tiny" (random 2-layer Qwen3 for CPU demos)
 MODEL_REVISION = ""  # ModelScope revision of MODEL when it is a hub id (a tag, branch or commit id); "" = the hub's current (a whole cached snapshot is reused); results record which
@@ -52,6 +54,7 @@ LOSS = "auto"  # auto | liger | chunked | plain: how the 151,936-wide logits are
 OPTIM = "auto"  # auto | adamw_torch | adamw_torch_fused | adamw_torch_8bit | ...; auto = fused AdamW (the adapter's optimizer state is tiny)
 SWANLAB_PROJECT = "qwen3-sft-medical"  # SwanLab project (mode: SWANLAB_MODE env, else cloud if logged in, else local swanlog/)
 RUN_NAME = "qwen3-1.7b-lora"  # SwanLab experiment name
+SWANLAB_LOG_DIR = "swanlog"  # local SwanLab logs (local/offline modes)
 RESUME = False  # continue from the newest checkpoint in OUTPUT_DIR
 OVERWRITE = False  # start over in an OUTPUT_DIR that holds a run (deletes its checkpoints)
 ALLOW_CPU = False  # train a real-size model without a GPU anyway (days; --model=tiny is the CPU demo)
@@ -68,42 +71,34 @@ LORA_TARGET_MODULES = "all-linear"  # "all-linear" (q/k/v/o and MLP projections 
 
 
 def main():
-    training.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
-    cfg = TrainConfig.of(configure(globals()))  # frozen: start_run returns it with the launch and features added
+    tracking.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
+    cfg = Config(configure(globals()))  # the constants, resolved once; start adds the launch and the features
     pin_revision(MODEL, MODEL_REVISION)  # every download of MODEL in this process (and each of a launch) asks for it
-    # 1. Fail fast, before loading weights: data present, memory estimate vs this GPU, OUTPUT_DIR state
+    # 1. Fail fast, before loading weights: data present, features, memory estimate vs this GPU, OUTPUT_DIR state
     #    (--dry_run=true prints the estimate and exits here). Under torchrun / accelerate launch every process joins
     #    one run here; rank 0 alone does the OUTPUT_DIR bookkeeping and, below, writes every output
-    cfg, resume_from = training.start_run(cfg, kind="lora")  # + the launch, the estimate, the features
+    cfg, resume_from = sft.start_run(cfg, kind="lora")
     # 2. Tokenize train/val with the chat template (prompt masked; rows over MAX_LENGTH skipped and counted;
     #    NO_THINK_RATIO of the train rows in Qwen3's non-thinking forms, so both switches keep working)
     tokenizer = load_tokenizer(MODEL)
-    train_examples, train_stats = training.prepare_examples(f"{DATA_DIR}/train.jsonl", tokenizer, MAX_LENGTH,
-                                                            no_think_ratio=NO_THINK_RATIO, seed=SEED)
-    val_examples, val_stats = training.prepare_examples(f"{DATA_DIR}/val.jsonl", tokenizer, MAX_LENGTH)
-    # 3. Start SwanLab (never prompts), load the model, train; Ctrl-C saves a checkpoint and stops
-    callbacks = training.start_swanlab(cfg, kind="lora", resume_from=resume_from)
-    model = training.add_lora(training.load_training_model(cfg), cfg)
-    trainer = training.build_trainer(model, tokenizer, train_examples, val_examples, cfg, callbacks)
-    summary = training.run_training(trainer, resume_from)
-    if summary["interrupted"]:
-        stopped = (f"stopped at step {trainer.state.global_step}: checkpoint saved in {OUTPUT_DIR}; continue with "
-                   "--resume=true")
-        training.finish_swanlab(interrupted=True, reason=stopped)
-        print(stopped)
-        raise SystemExit(130)
+    train_examples, train_stats = sft.prepare_examples(f"{DATA_DIR}/train.jsonl", tokenizer, MAX_LENGTH,
+                                                       no_think_ratio=NO_THINK_RATIO, seed=SEED)
+    val_examples, val_stats = sft.prepare_examples(f"{DATA_DIR}/val.jsonl", tokenizer, MAX_LENGTH)
+    # 3. Start SwanLab (never prompts), load the model, train; Ctrl-C saves a checkpoint and exits 130
+    run_callbacks = callbacks.make(cfg, kind="lora", resume_from=resume_from)
+    model = sft.add_lora(sft.load_training_model(cfg), cfg)
+    trainer = sft.build_trainer(model, tokenizer, train_examples, val_examples, cfg, run_callbacks)
+    summary = run.train(trainer, resume_from, cfg, lora=True)
     # 4. Save results, charts and the adapter (its trainer_state.json, last, marks the run finished); answer a few
     #    val questions as a preview
     stats = {"train": train_stats, "val": val_stats}
-    written = training.on_main(lambda: [training.write_results(trainer, cfg, "lora", summary, stats),
-                                        *report.write_charts(RESULTS_DIR)])
-    written += training.save_final(trainer, tokenizer, cfg)  # every process: ZeRO-3 gathers the weights to rank 0
-    training.on_main(training.preview, trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
-    training.finish_swanlab()
+    written = on_main(lambda: [results.write_results(trainer, cfg, "lora", summary, stats),
+                               *report.write_charts(RESULTS_DIR)])
+    written += run.save_final(trainer, tokenizer, cfg)  # every process: ZeRO-3 gathers the weights to rank 0
+    on_main(results.preview, trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
     print(f"done: {trainer.state.global_step} steps, {summary['tokens_per_s']:,.0f} tokens/s, "
           f"{summary['wall_time_s']:.0f} s")
-    print("wrote:\n  " + "\n  ".join(str(p) for p in written))
-    training.stop_process_group(trainer)  # several processes: each ends the group it joined in step 1
+    run.finish(trainer, written)  # SwanLab ends; several processes: each ends the group it joined in step 1
 
 
 if __name__ == "__main__":

@@ -361,21 +361,22 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
                  epoch_tokens: int, epoch_supervised: int, lengths: list[int], arch: dict, warmup_epochs: int,
                  measured_epochs: int, peak: float | None, cuda: bool) -> dict:
     """Load the random model, train `name` for warm-up + measured epochs, return its measurements."""
-    from medsft import training
+    from medsft.training import callbacks, features, results, sft
+    from medsft import config
     from medsft.memory import estimate
 
     cfg = {**cfg, "MODEL": str(model_dir), "OUTPUT_DIR": str(work / f"run-{name}"), "MAX_STEPS": -1,
            "EPOCHS": float(warmup_epochs + measured_epochs), "SAVE_STEPS": 10 ** 9, "RUN_NAME": f"bench-{name}"}
     lora = name == "lora"
     was_reset = reset_peak(cuda)
-    cfg.update(training.resolve_features(cfg, lora=lora, log=False))
-    model = training.load_training_model(cfg)
+    cfg.update(features.resolve_features(cfg, lora=lora, log=False))
+    model = sft.load_training_model(cfg)
     if lora:
-        model = training.add_lora(model, cfg)
-    trainable, total = training.count_parameters(model)
+        model = sft.add_lora(model, cfg)
+    trainable, total = results.count_parameters(model)
     est = estimate({**cfg, "MAX_LENGTH": max(lengths)}, model_dir, lora)
     timer = epoch_timer(warmup_epochs, cuda)
-    trainer = training.build_trainer(model, tokenizer, examples, None, cfg, callbacks=[timer])
+    trainer = sft.build_trainer(model, tokenizer, examples, None, cfg, [*callbacks.basic(), timer])
     trainer.data_collator = counter = CountingCollator(trainer.data_collator)
     trainer.train()
     memory = read_peak(cuda, was_reset)
@@ -383,7 +384,7 @@ def run_training(name: str, cfg: dict, model_dir: Path, work: Path, tokenizer, e
     tokens = epoch_tokens * measured_epochs
     result = {
         "label": _CONFIG_LABELS[name],
-        "settings": {k: cfg[k] for k in ("BATCH_SIZE", "GRAD_ACCUM", "GRADIENT_CHECKPOINTING") + training.FEATURES},
+        "settings": {k: cfg[k] for k in ("BATCH_SIZE", "GRAD_ACCUM", "GRADIENT_CHECKPOINTING") + config.FEATURES},
         "examples_per_step": cfg["BATCH_SIZE"] * cfg["GRAD_ACCUM"],
         "timed_steps": timer.step1 - timer.step0,
         "trained_tokens": tokens,
@@ -601,7 +602,7 @@ def main():
     try:
         # 2. A random-weight model (real architecture on GPU, scaled down on CPU) saved with its tokenizer
         from medsft.models import load_tokenizer
-        from medsft import training
+        from medsft.training import sft
         from medsft.chat import IGNORE_INDEX
         from medsft.files import read_jsonl
 
@@ -616,7 +617,7 @@ def main():
               f"{arch['vocab']:,}, {arch['matmul_params']:,} matmul parameters")
 
         # 3. The same examples (real rows, real lengths) for every configuration
-        examples, stats = training.prepare_examples(data_path, tokenizer, MAX_LENGTH)
+        examples, stats = sft.prepare_examples(data_path, tokenizer, MAX_LENGTH)
         if len(examples) < n_examples:  # cost does not depend on content: repeating rows keeps real lengths
             print(f"{data_path}: {len(examples)} rows fit, {n_examples} needed: repeating them")
         examples = [examples[i % len(examples)] for i in range(n_examples)]

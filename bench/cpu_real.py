@@ -74,9 +74,11 @@ def _measure(kind: str, cfg: dict, model_dir: str, data: str, queue, scratch: st
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medsft import training
+    from medsft import memory
+    from medsft.config import FEATURES
     from medsft.memory import estimate
     from medsft.models import load_tokenizer
+    from medsft.training import features, sft
 
     torch.set_num_threads(cfg["THREADS"])
     lora = kind == "lora"
@@ -84,7 +86,7 @@ def _measure(kind: str, cfg: dict, model_dir: str, data: str, queue, scratch: st
            "MAX_LENGTH": cfg["MAX_LENGTH"], "BATCH_SIZE": cfg["BATCH_SIZE"], "GRAD_ACCUM": 1,
            "MAX_STEPS": cfg["STEPS"], "LOGGING_STEPS": 1, "SAVE_STEPS": 10 ** 9, "EVAL_STEPS": 10 ** 9,
            "OUTPUT_DIR": scratch, "WARMUP": 0}
-    run.update(training.resolve_features(run, lora=lora, log=False, assume_gpu=True))
+    run.update(features.resolve_features(run, lora=lora, log=False, assume_gpu=True))
     config = AutoConfig.from_pretrained(model_dir)
     if cfg["LAYERS"]:
         config.num_hidden_layers = cfg["LAYERS"]
@@ -97,18 +99,18 @@ def _measure(kind: str, cfg: dict, model_dir: str, data: str, queue, scratch: st
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here on
     t = time.perf_counter()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=training.weight_dtype(run["PRECISION"], lora),
+    model = AutoModelForCausalLM.from_config(config, dtype=memory.weight_dtype(run["PRECISION"], lora),
                                              attn_implementation=run["ATTN_IMPLEMENTATION"])
     model.config.use_cache = False
     if lora:
-        model = training.add_lora(model, run)
-    trainer = training.build_trainer(model, tokenizer, examples, None, run)
+        model = sft.add_lora(model, run)
+    trainer = sft.build_trainer(model, tokenizer, examples, None, run)
     trainer.args.disable_tqdm = True
     trainer.train()
     peak = _status_kib("VmHWM")
     net = (peak - baseline) * 1024
     queue.put({
-        "kind": kind, "settings": {k: run[k] for k in training.FEATURES + ("GRADIENT_CHECKPOINTING", "BATCH_SIZE",
+        "kind": kind, "settings": {k: run[k] for k in FEATURES + ("GRADIENT_CHECKPOINTING", "BATCH_SIZE",
                                                                             "MAX_LENGTH")},
         "tokens_per_micro_batch": cfg["BATCH_SIZE"] * cfg["MAX_LENGTH"], "steps": trainer.state.global_step,
         "baseline_rss_gib": round(baseline / 2 ** 20, 3), "peak_rss_gib": round(peak / 2 ** 20, 3),

@@ -117,7 +117,7 @@ def _run(name: str, cmd: list[str], env: dict, log: Path, timeout: int) -> tuple
 
 def _run_and_kill(cmd: list[str], env: dict, out: Path, log: Path, steps: int, timeout: int) -> dict:
     """Start the run, SIGKILL it once a checkpoint before the last step is complete; what was caught."""
-    from medsft.training import checkpoints
+    from medsft.training.checkpoints import checkpoints
 
     t = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
@@ -149,7 +149,7 @@ def _saved_state(out: Path) -> dict:
     import torch
     import torchao.optim  # noqa: F401 - registers OptimState8bit as safe to load
 
-    from medsft.training import checkpoints
+    from medsft.training.checkpoints import checkpoints
     from smoke_probe import state_kinds
 
     step, path, _ = [c for c in checkpoints(out) if c[2]][-1]

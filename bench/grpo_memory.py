@@ -13,9 +13,9 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
-from medsft.config import TrainConfig, configure, script_defaults  # noqa: E402
+from medsft.config import configure, script_defaults  # noqa: E402
 from medsft.memory import GIB, grpo_estimate  # noqa: E402
-from medsft.training.sft import resolved  # noqa: E402
+from medsft.training.features import resolved  # noqa: E402
 
 _GRPO = script_defaults(_ROOT / "train_grpo.py")
 MODELS = "../shared/qwen3-1.7b,../shared/qwen3-4b,../shared/qwen3-8b"  # folders with config.json, relative to the project
@@ -40,12 +40,12 @@ def row(model: Path, setup: str, gpus: list[float], optims: dict) -> str:
     if adapter not in ("full", "lora") or set(extras) - {"nobeta", "vllm"}:
         raise SystemExit(f"--setups: {setup!r} is not full or lora, optionally followed by -nobeta and/or -vllm")
     lora = adapter == "lora"
-    cfg = resolved(TrainConfig(batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, precision=PRECISION, optim=OPTIM,
-                               gradient_checkpointing=True, lora_r=LORA_R if lora else None, world_size=WORLD_SIZE,
-                               engine="ddp" if WORLD_SIZE > 1 else "single"), lora, assume_gpu=True)
+    cfg = resolved({**_GRPO, "BATCH_SIZE": BATCH_SIZE, "GRAD_ACCUM": GRAD_ACCUM, "PRECISION": PRECISION, "OPTIM": OPTIM,
+                    "GRADIENT_CHECKPOINTING": True, "LORA_R": LORA_R, "WORLD_SIZE": WORLD_SIZE,
+                    "ENGINE": "ddp" if WORLD_SIZE > 1 else "single"}, lora, assume_gpu=True)
     cells, optims[adapter] = [], f"{cfg.precision} + {cfg.optim}"
     for gib in gpus:
-        est = grpo_estimate(cfg, model, beta=0.0 if "nobeta" in extras else BETA, num_generations=NUM_GENERATIONS,
+        est = grpo_estimate(cfg, model, lora=lora, beta=0.0 if "nobeta" in extras else BETA, num_generations=NUM_GENERATIONS,
                             prompt_tokens=PROMPT_TOKENS, max_completion_length=MAX_COMPLETION_LENGTH,
                             use_vllm="vllm" in extras, vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION,
                             gpu_gib=gib)

@@ -211,31 +211,32 @@ def _masks_swift(spec: dict) -> dict:
 
 def _train_ours(spec: dict, scratch: str) -> dict:
     sys.path.insert(0, str(_ROOT))
-    from medsft import training
+    from medsft import config
     from medsft.chat import tokenize_example
     from medsft.config import script_defaults
     from medsft.models import load_tokenizer
+    from medsft.training import features, sft
 
     recipe, lora = spec["recipe"], spec["recipe"]["lora"]
     run = {**script_defaults(_ROOT / ("train_lora.py" if lora else "train.py")), "MODEL": spec["model"],
            "MAX_LENGTH": spec["max_length"], "BATCH_SIZE": spec["batch_size"], "GRAD_ACCUM": spec["grad_accum"],
            "MAX_STEPS": spec["steps"], "LOGGING_STEPS": 1, "SAVE_STEPS": 10 ** 9, "EVAL_STEPS": 10 ** 9,
-           "OUTPUT_DIR": scratch, "WARMUP": 0, "SEED": spec["seed"], "LORA_R": spec["lora_r"],
-           "LORA_ALPHA": spec["lora_alpha"], **recipe.get("overrides", {})}
+           "OUTPUT_DIR": scratch, "WARMUP": 0, "SEED": spec["seed"],
+           **({"LORA_R": spec["lora_r"], "LORA_ALPHA": spec["lora_alpha"]} if lora else {}), **recipe.get("overrides", {})}
     # lowest = the lean default as it resolves on a bf16 GPU (bf16 weights + torchao 8-bit AdamW, chunked loss)
-    run.update(training.resolve_features(run, lora=lora, log=True, assume_gpu=recipe.get("assume_gpu", False)))
+    run.update(features.resolve_features(run, lora=lora, log=True, assume_gpu=recipe.get("assume_gpu", False)))
     tokenizer = load_tokenizer(spec["model"])
     examples = [tokenize_example(tokenizer, {"question": it["question"], "think": it["think"], "answer": it["answer"]},
                                  spec["max_length"], mode=it["mode"]) for it in spec["items"]]
     if any(e is None for e in examples):
         raise SystemExit("a row is longer than max_length: bench/peers.py must trim rows first")
-    model = training.load_training_model(run)
+    model = sft.load_training_model(run)
     if lora:
-        model = training.add_lora(model, run)
-    trainer = training.build_trainer(model, tokenizer, examples, None, run)
+        model = sft.add_lora(model, run)
+    trainer = sft.build_trainer(model, tokenizer, examples, None, run)
     trainer.args.disable_tqdm = True
     trainer.train()
-    return {"resolved": {k: run[k] for k in training.FEATURES + ("GRADIENT_CHECKPOINTING",)},
+    return {"resolved": {k: run[k] for k in config.FEATURES + ("GRADIENT_CHECKPOINTING",)},
             "logged_losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
 
 
@@ -319,7 +320,7 @@ def _import(peer: str) -> None:
     import transformers.trainer  # noqa: F401
     if peer == "ours":
         sys.path.insert(0, str(_ROOT))
-        import medsft.training  # noqa: F401
+        import medsft.training.sft  # noqa: F401
         import torchao.optim  # noqa: F401
     elif peer == "trl":
         import trl  # noqa: F401

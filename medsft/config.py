@@ -1,16 +1,15 @@
-"""Constants-block configuration: every UPPER_CASE constant of a script is overridable as ``--lower_name=value``,
-and training's frozen ``TrainConfig``, built once from the resolved constants."""
+"""Constants-block configuration: every UPPER_CASE constant of a script is overridable as ``--lower_name=value``;
+``Config`` is a run's read-only view of them."""
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import io
 import json
 import sys
 import tokenize
 from pathlib import Path
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from .files import MedsftError, write_json
@@ -140,89 +139,46 @@ def script_defaults(path) -> dict:
                         pass
     return out
 
-DERIVED = ("DEEPSPEED", "WORLD_SIZE", "EXAMPLES_PER_STEP", "ESTIMATED_PEAK_GIB")  # set by start_run; after the NAMEs
-
 KINDS = ("full", "lora")  # what train.py / train_lora.py train
 TAGS = ("base", *KINDS)  # the models results are reported for, in report order
-RESULTS_NAME = "train_{kind}.json"  # in RESULTS_DIR
+RESULTS_NAME = "train_{kind}.json"  # in RESULTS_DIR (kind: full, lora or grpo)
 FEATURES = ("PRECISION", "ATTN_IMPLEMENTATION", "PADDING_FREE", "LOSS", "OPTIM")  # "auto" until resolve_features
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run: train.py's / train_lora.py's constants as lower-case fields (defaults: train.py's), then
-    what ``training.start_run`` derives. ``names`` keeps the constants given, in order, for train_config.json."""
-    model: str = "Qwen/Qwen3-1.7B"
-    model_revision: str = ""
-    data_dir: str = "data"
-    output_dir: str = "output/full"
-    results_dir: str = "results"
-    max_length: int = 2048
-    epochs: float = 2.0
-    max_steps: int = -1
-    batch_size: int = 2
-    grad_accum: int = 8
-    global_batch: int = 0
-    learning_rate: float = 1e-5
-    scheduler: str = "cosine"
-    warmup: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_steps: int = 50
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    logging_steps: int = 5
-    no_think_ratio: float = 0.25
-    seed: int = 42
-    gradient_checkpointing: bool = True
-    precision: str = "auto"
-    attn_implementation: str = "auto"
-    padding_free: str | bool = "auto"
-    loss: str = "auto"
-    optim: str = "auto"
-    swanlab_project: str = "qwen3-sft-medical"
-    run_name: str | None = "qwen3-1.7b-full"
-    resume: bool = False
-    overwrite: bool = False
-    allow_cpu: bool = False
-    dry_run: bool = False
-    engine: str = "auto"
-    dry_run_gpus: int = 1
-    preview_questions: int = 3
-    preview_max_new_tokens: int = 256
-    lora_r: int | None = None  # None: full fine-tuning (train_lora.py sets the LoRA constants)
-    lora_alpha: float = 32
-    lora_dropout: float = 0.05
-    quantization: str = "none"
-    lora_target_modules: str | list = "all-linear"
-    swanlab_log_dir: str = "swanlog"
-    deepspeed: str | None = None
-    world_size: int = 1
-    examples_per_step: int | None = None
-    estimated_peak_gib: float | None = None
-    names: tuple[str, ...] = ()
-    resolved: bool = False  # the efficiency constants hold concrete choices (training.resolve_features ran)
+class Config(Mapping):
+    """A run's settings: the script's constants as ``configure`` resolved them (the only copy of their defaults), then
+    what the run derives (``replace``: the engine, the examples per step, the concrete features), read-only.
+    ``cfg["BATCH_SIZE"]`` or ``cfg.batch_size``; ``resolved``: the features hold concrete choices."""
+    __slots__ = ("_values", "resolved")
+
+    def __init__(self, values, resolved: bool = False):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "resolved", resolved)
 
     @classmethod
-    def of(cls, cfg) -> TrainConfig:
-        """``cfg`` itself, or the TrainConfig of a ``{NAME: value}`` mapping (a script's constants, tests' dicts)."""
-        if isinstance(cfg, cls):
-            return cfg
-        fields = {f.name for f in dataclasses.fields(cls)} - {"names", "resolved"}
-        unknown = [k for k in cfg if k.lower() not in fields]
-        if unknown:
-            raise TypeError(f"TrainConfig has no field for {', '.join(unknown)}")
-        return cls(**{k.lower(): v for k, v in cfg.items()}, names=tuple(k for k in cfg if k not in DERIVED))
+    def of(cls, cfg) -> Config:
+        return cfg if isinstance(cfg, cls) else cls(cfg)
 
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+    def __getitem__(self, name):
+        return self._values[name]
 
-    @property
-    def lora(self) -> bool:
-        return self.lora_r is not None
+    def __iter__(self):
+        return iter(self._values)
 
-    def constants(self) -> dict:
-        """``{NAME: value}``: the constants given, in order, then the derived ones once set (train_config.json)."""
-        out = {n: getattr(self, n.lower()) for n in self.names}
-        if self.examples_per_step is not None:
-            out.update({k: getattr(self, k.lower()) for k in DERIVED})
-        return out
+    def __len__(self):
+        return len(self._values)
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name.upper()]
+        except KeyError:
+            raise AttributeError(f"this run has no constant {name.upper()}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only: use cfg.replace(NAME=value)")
+
+    def __repr__(self):
+        return f"Config({self._values!r})"
+
+    def replace(self, resolved: bool | None = None, **changes) -> Config:
+        """A copy with ``changes`` (upper-case names; a new name goes after the constants, in train_config.json too)."""
+        return Config({**self._values, **changes}, self.resolved if resolved is None else resolved)

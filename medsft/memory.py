@@ -4,7 +4,7 @@ of the tensors on the meta device, activations and logits by formula (docs/memor
 
 from __future__ import annotations
 
-from .config import TrainConfig
+from .config import Config
 from .files import MedsftError
 
 GIB = 2 ** 30
@@ -74,18 +74,18 @@ def optimizer_bytes(shapes: list[tuple[int, int]], optim: str) -> int:
     return total
 
 def estimate(cfg, model_dir, lora: bool) -> dict:
-    """Peak training memory in bytes by component for resolved features (``cfg``: a TrainConfig or its constants),
+    """Peak training memory in bytes by component for resolved features (``cfg``: a run's constants),
     at BATCH_SIZE x MAX_LENGTH tokens per micro-batch; per GPU under ENGINE on WORLD_SIZE GPUs."""
-    cfg = TrainConfig.of(cfg)
+    cfg = Config.of(cfg)
     model = meta_model(model_dir)
     c = model.config
     wsize = weight_dtype(cfg.precision, lora).itemsize
     asize = 2 if cfg.precision.startswith("bf16") or cfg.precision == "fp16" else 4
     params = {id(p): p for p in model.parameters()}.values()  # tied embeddings counted once
     n_params = sum(p.numel() for p in params)
-    quantized = lora and str(cfg.quantization).lower() == "4bit"
+    quantized = lora and str(cfg.get("QUANTIZATION", "none")).lower() == "4bit"
     if lora:
-        adapters = [(cfg.lora_r * i, cfg.lora_r * o) for _, i, o in lora_targets(model, cfg.lora_target_modules)]
+        adapters = [(cfg.lora_r * i, cfg.lora_r * o) for _, i, o in lora_targets(model, cfg.get("LORA_TARGET_MODULES", "all-linear"))]
         trainable = [(n, 4) for pair in adapters for n in pair]  # peft keeps adapters in fp32
         base = nf4_bytes(model, wsize, n_params) if quantized else n_params * wsize
         weights = base + sum(n for n, _ in trainable) * 4
@@ -128,9 +128,9 @@ def nf4_bytes(model, wsize: int, n_params: int) -> int:
     q = sum(i * o for _, i, o in lora_targets(model, "all-linear"))
     return q // 2 + q // NF4_BLOCK + 4 * (q // NF4_BLOCK // NF4_BLOCK2) + (n_params - q) * wsize
 
-def per_gpu(parts: dict, cfg: TrainConfig, trainable: list[tuple[int, int]], wsize: int, largest: int) -> dict:
+def per_gpu(parts: dict, cfg: Config, trainable: list[tuple[int, int]], wsize: int, largest: int) -> dict:
     """The parts one GPU holds under ENGINE on WORLD_SIZE GPUs (the ZeRO paper's accounting, docs/memory.md)."""
-    engine, world = cfg.engine, max(int(cfg.world_size or 1), 1)
+    engine, world = cfg.get("ENGINE", "single"), max(int(cfg.get("WORLD_SIZE") or 1), 1)
     if engine in ("single", "auto"):
         return parts
     out = dict(parts)
@@ -153,22 +153,23 @@ def logprob_bytes(tokens: int, d: int, vocab: int, asize: int, wsize: int, head_
     tile = min(tokens, TRL_TOKEN_TILE) * min(vocab, TRL_VOCAB_TILE) * asize
     return tile + tokens * d * (2 * asize + 4) + (vocab * d * (4 + wsize) if head_trains else 0)
 
-def grpo_estimate(cfg, model_dir, *, beta, num_generations, prompt_tokens, max_completion_length, use_vllm=False,
+def grpo_estimate(cfg, model_dir, *, lora, beta, num_generations, prompt_tokens, max_completion_length, use_vllm=False,
                   vllm_gpu_memory_utilization=0.3, gpu_gib=None) -> dict:
     """Peak memory per GPU of train_grpo.py's step in TRL 1.16, in bytes by part (``total``; ``peak_gib``): the larger
     of the training phase (``estimate`` at prompt + completion tokens with TRL's fused log-prob head for the loss,
     plus the reference copy) and the generation phase (what stays resident plus the KV cache of one generation
     batch: BATCH_SIZE x GRAD_ACCUM sequences; vLLM colocate: its share of the GPU instead, held in both phases)."""
     from transformers import AutoConfig
-    cfg = TrainConfig.of(cfg)
-    seqs, lora, world = cfg.batch_size * cfg.grad_accum, cfg.lora, max(int(cfg.world_size or 1), 1)
+    cfg = Config.of(cfg)
+    seqs, world = cfg.batch_size * cfg.grad_accum, max(int(cfg.get("WORLD_SIZE") or 1), 1)
+    engine = cfg.get("ENGINE", "single")
     if num_generations < 2 or seqs * world % num_generations:  # GRPOConfig.__post_init__: the global batch
         raise MedsftError(f"--batch_size x --grad_accum x processes ({seqs * world}) must be a multiple of "
                           f"--num_generations ({num_generations}), which must be at least 2")
     if "auto" in (str(cfg.precision), str(cfg.optim)):
-        raise MedsftError("grpo_estimate needs a concrete precision and optim (training.resolved picks them)")
+        raise MedsftError("grpo_estimate needs a concrete precision and optim (features.resolved picks them)")
     seq = prompt_tokens + max_completion_length  # TRL pads each micro-batch to the batch's longest prompt + completion
-    est = estimate(cfg.replace(max_length=seq), model_dir, lora)
+    est = estimate(cfg.replace(MAX_LENGTH=seq), model_dir, lora)
     c = AutoConfig.from_pretrained(model_dir)  # estimate read it already: valid
     d, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
     head_dim = getattr(c, "head_dim", None) or d // c.num_attention_heads
@@ -176,11 +177,11 @@ def grpo_estimate(cfg, model_dir, *, beta, num_generations, prompt_tokens, max_c
     asize = 2 if cfg.precision.startswith("bf16") or cfg.precision == "fp16" else 4
     # GRPOTrainer.__init__: beta 0 -> no reference; a PEFT policy -> the adapter switched off (a continued adapter
     # gets an adapter-sized "ref" copy, not counted); else create_model_from_path(..., dtype=self.model.dtype)
-    ref = 0 if beta == 0 or lora else est["params"] * wsize // (world if cfg.engine in ("zero3", "fsdp2") else 1)
+    ref = 0 if beta == 0 or lora else est["params"] * wsize // (world if engine in ("zero3", "fsdp2") else 1)
     # _get_per_token_logps_and_entropies -> add_fused_lm_head: only completion positions are scored
     logits = logprob_bytes(cfg.batch_size * max_completion_length, d, vocab, asize, wsize, not lora)
     optimizer = est["optimizer"]
-    if cfg.engine in ("single", "auto", "ddp"):  # the step's temporary weighed against this backward, not SFT's
+    if engine in ("single", "auto", "ddp"):  # the step's temporary weighed against this backward, not SFT's
         optimizer = est["moments"] + max(0, est["step_temporary"] - est["activations"] - logits)
     share = 0
     if use_vllm:  # VLLMGeneration's LLM(gpu_memory_utilization=...) keeps its pool: no sleep mode in train_grpo.py
@@ -194,8 +195,8 @@ def grpo_estimate(cfg, model_dir, *, beta, num_generations, prompt_tokens, max_c
     train = est["weights"] + est["grads"] + optimizer + est["activations"] + logits + ref + share
     # generation comes first in a step (_prepare_inputs), after Trainer's model.zero_grad(): no grads, only moments
     # (DDP's buckets stay); transformers' generate holds one cache for the whole generation batch
-    resident = est["weights"] + ref + share + (est["grads"] // 2 if cfg.engine == "ddp" else 0) + (
-        est["moments"] if cfg.engine in ("single", "auto", "ddp") else est["optimizer"])
+    resident = est["weights"] + ref + share + (est["grads"] // 2 if engine == "ddp" else 0) + (
+        est["moments"] if engine in ("single", "auto", "ddp") else est["optimizer"])
     kv = 0 if use_vllm else seqs * seq * 2 * layers * c.num_key_value_heads * head_dim * wsize
     # one decode step's sampling or the prefill's widest layer, plus DynamicCache's torch.cat of one layer
     work = 0 if use_vllm else max(seqs * vocab * SAMPLING_BYTES,

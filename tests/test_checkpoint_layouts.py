@@ -125,7 +125,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_the_trainer_writes_is_accepted(tmp_path, layout):
-    from medsft.training import checkpoint_problem
+    from medsft.training.checkpoints import checkpoint_problem
 
     p = tmp_path / "checkpoint-4"
     LAYOUTS[layout](p)
@@ -153,7 +153,7 @@ DAMAGE = [
 
 @pytest.mark.parametrize("layout,name,how,named", DAMAGE)
 def test_a_damaged_file_of_each_layout_is_named(tmp_path, layout, name, how, named):
-    from medsft.training import checkpoint_problem
+    from medsft.training.checkpoints import checkpoint_problem
 
     p = tmp_path / "checkpoint-4"
     LAYOUTS[layout](p)
@@ -164,7 +164,7 @@ def test_a_damaged_file_of_each_layout_is_named(tmp_path, layout, name, how, nam
 
 def test_a_layout_without_its_optimizer_state_is_refused(tmp_path):
     """No optimizer state at all: the Trainer would silently resume with fresh Adam moments."""
-    from medsft.training import checkpoint_problem
+    from medsft.training.checkpoints import checkpoint_problem
 
     for layout, name in (("fsdp_full", "optimizer.bin"), ("single", "optimizer.pt")):
         p = tmp_path / layout / "checkpoint-4"
@@ -182,7 +182,7 @@ def test_a_read_error_makes_a_checkpoint_unreadable_not_a_traceback(tmp_path, mo
     import errno
     import io
 
-    from medsft.training import checkpoint_problem
+    from medsft.training.checkpoints import checkpoint_problem
 
     p = tmp_path / "checkpoint-4"
     fsdp_full(p)

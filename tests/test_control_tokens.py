@@ -129,7 +129,7 @@ def test_tokenize_example_refuses_more_than_one_supervised_end_of_turn(tiny):
 
 
 def test_prepare_examples_skips_names_and_counts_control_token_rows(tiny, tmp_path, capsys):
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     _, tok = tiny
     rows = [{"id": f"r{i}", **r} for i, r in enumerate(good_rows(6))]
@@ -148,7 +148,7 @@ def test_prepare_examples_skips_names_and_counts_control_token_rows(tiny, tmp_pa
 def test_typed_think_tags_in_a_training_row_are_skipped_and_counted(tiny, tmp_path, capsys):
     """A `</think>` typed in a row's answer would train a second closing tag (a `<think>` in the question a think
     the prompt opened): such rows are skipped, named and counted like any control token, in every mode."""
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     _, tok = tiny
     rows = [{"id": f"r{i}", **r} for i, r in enumerate(good_rows(6))]
@@ -167,7 +167,7 @@ def test_typed_think_tags_in_a_training_row_are_skipped_and_counted(tiny, tmp_pa
 
 
 def test_prepare_examples_with_only_control_token_rows_fails_naming_them(tiny, tmp_path):
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     _, tok = tiny
     path = tmp_path / "train.jsonl"

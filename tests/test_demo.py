@@ -83,7 +83,7 @@ def test_augment_keeps_every_row_in_every_mode_and_drills_the_tags(tmp_path):
     bytes; and prepare_examples trains each row in its mode."""
     import json
 
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     from conftest import run_script
 

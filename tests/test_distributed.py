@@ -168,7 +168,7 @@ def test_ddp_lora_equals_one_process_and_rank0_alone_writes(ddp_lora, one_lora, 
 def test_kill9_of_the_launcher_then_resume_continues_exactly(data_dir, work, one_full):
     """Full fine-tuning on 2 processes: kill -9 of torchrun takes its workers with it (none trains on as an orphan
     holding OUTPUT_DIR); --resume=true on 2 processes continues, and the whole history equals one process's."""
-    from medsft.training import checkpoints
+    from medsft.training.checkpoints import checkpoints
 
     out = work / "ddp-full"
     args = _args("train.py", data_dir, work, "ddp-full", TWO)
@@ -280,7 +280,8 @@ def test_qlora_trains_an_adapter_that_merges_into_the_base(data_dir, work, tmp_p
 def test_dry_run_estimates_per_gpu_for_qwen3_8b(shared_dir, capsys):
     from medsft.config import script_defaults
     from medsft.memory import GIB, estimate
-    from medsft.training import dry_run, resolve_batch, resolve_engine, resolve_features
+    from medsft.training import sft
+    from medsft.training.features import resolve_features
 
     if not (SHARED / "qwen3-8b" / "config.json").is_file():
         pytest.skip("../shared/qwen3-8b is absent")
@@ -290,10 +291,8 @@ def test_dry_run_estimates_per_gpu_for_qwen3_8b(shared_dir, capsys):
     # what train.py --model=../shared/qwen3-8b --dry_run=true --engine=zero3 --dry_run_gpus=8 runs after parsing
     cfg = {**script_defaults(ROOT / "train.py"), "MODEL": str(SHARED / "qwen3-8b"), "DRY_RUN": True,
            "ENGINE": "zero3", "DRY_RUN_GPUS": 8}
-    cfg.update(resolve_engine(cfg))
-    cfg.update(resolve_batch(cfg, cfg["WORLD_SIZE"]))
     with pytest.raises(SystemExit) as done:
-        dry_run(cfg, "full")
+        sft.start_run(cfg, "full")
     out = capsys.readouterr().out
     assert done.value.code == 0 and "128 examples per optimizer step; per GPU with zero3 on 8 GPUs" in out, out
     per_gpu = float(out.split("estimated peak: ")[1].split(" GiB")[0])
@@ -305,7 +304,7 @@ def test_dry_run_estimates_per_gpu_for_qwen3_8b(shared_dir, capsys):
 
 def test_global_batch_derives_the_accumulation_and_refuses_what_does_not_divide():
     from medsft.files import MedsftError
-    from medsft.training import resolve_batch
+    from medsft.training.distributed import resolve_batch
 
     cfg = {"BATCH_SIZE": 2, "GRAD_ACCUM": 8, "GLOBAL_BATCH": 16}
     assert resolve_batch(cfg, 1) == {"GRAD_ACCUM": 8, "EXAMPLES_PER_STEP": 16}
@@ -317,7 +316,7 @@ def test_global_batch_derives_the_accumulation_and_refuses_what_does_not_divide(
 
 def test_chunked_loss_under_a_sharding_engine_is_refused_with_the_reason():
     from medsft.files import MedsftError
-    from medsft.training import resolve_features
+    from medsft.training.features import resolve_features
 
     base = {"PRECISION": "auto", "ATTN_IMPLEMENTATION": "auto", "PADDING_FREE": "auto", "OPTIM": "auto",
             "GRADIENT_CHECKPOINTING": True}
@@ -331,7 +330,7 @@ def test_engines_follow_the_launcher_and_the_shipped_configs(monkeypatch):
     import yaml
 
     from medsft.files import MedsftError
-    from medsft.training import resolve_engine
+    from medsft.training.distributed import resolve_engine
 
     for var in ("WORLD_SIZE", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(var, raising=False)

@@ -55,12 +55,12 @@ def _snapshot(standin: HubStandin, revision="master") -> Path:
 
 def test_a_dry_run_downloads_config_json_only(hub, tmp_path, capsys):
     from medsft.config import script_defaults
-    from medsft.training import preflight
+    from medsft.training import sft
 
     cfg = {**script_defaults(ROOT / "train.py"), "MODEL": SPEC, "DRY_RUN": True,
            "OUTPUT_DIR": str(tmp_path / "out"), "RESULTS_DIR": str(tmp_path / "results")}
     with pytest.raises(SystemExit) as done:
-        preflight(cfg, kind="full")
+        sft.start_run(cfg, kind="full")
     assert done.value.code == 0 and "dry run:" in capsys.readouterr().out
     calls = network_calls(hub.log)
     assert [c["allow_patterns"] for c in calls] == [["config.json"]], calls

@@ -419,7 +419,7 @@ def test_grpo_kill9_then_resume_continues_exactly(root, tmp_path):
     import subprocess
     import time
 
-    from medsft.training import checkpoints
+    from medsft.training.checkpoints import checkpoints
 
     steps = 5
     _run_grpo(root, tmp_path, f"--max_steps={steps}", name="ref")
@@ -504,7 +504,7 @@ def test_help_lists_the_constants_only(root):
 def test_grpo_config_turns_dropout_off_and_keeps_the_constants():
     """LoRA's dropout would make the KL term noisy from step 1 (two passes of the same weights differ)."""
     cfg = {k: v for k, v in vars(g).items() if k.isupper()}
-    args = g.grpo_config({**cfg, "OUTPUT_DIR": "out"}, {"OPTIM": "adamw_torch", "PRECISION": "fp32"},
+    args = g.grpo_config({**cfg, "OUTPUT_DIR": "out", "OPTIM": "adamw_torch", "PRECISION": "fp32"},
                          {"temperature": 0.6, "top_p": 0.95, "top_k": 20}, lora=True, cpu=True)
     assert args.disable_dropout is True
     assert (args.beta, args.num_generations, args.temperature, args.max_completion_length) == \
@@ -541,19 +541,20 @@ def test_the_run_fingerprint_knows_the_weights_and_the_revision(tmp_path):
     import torch
 
     from medsft.models import load_model
-    from medsft.training import rundir
 
     model = load_model("tiny")
     model.save_pretrained(tmp_path / "m")
-    cfg = {k: v for k, v in vars(g).items() if k.isupper()}
-    first = g.run_fingerprint(cfg, [], [], "tok", {}, rundir.weights_sha256(tmp_path / "m"))
+    cfg = {k: v for k, v in vars(g).items() if k.isupper() and not k.startswith("_")}
+    cfg["MODEL"] = str(tmp_path / "m")
+    first = g.fingerprint(cfg, [], [], tmp_path / "m")
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     model.save_pretrained(tmp_path / "m")  # retrained in place: same names and sizes
-    second = g.run_fingerprint(cfg, [], [], "tok", {}, rundir.weights_sha256(tmp_path / "m"))
+    second = g.fingerprint(cfg, [], [], tmp_path / "m")
     assert first["weights_sha256"] and first["weights_sha256"] != second["weights_sha256"]
-    assert "MODEL_REVISION" in first and first != g.run_fingerprint({**cfg, "MODEL_REVISION": "v2"}, [], [], "tok", {},
-                                                                    first["weights_sha256"])
+    assert "MODEL_REVISION" in first and second != g.fingerprint({**cfg, "MODEL_REVISION": "v2"}, [], [], tmp_path / "m")
+    # what selects or measures rows changes nothing trained: the rows are hashed as prompted
+    assert g.fingerprint({**cfg, "EVAL_BATCH_SIZE": 3, "DATASET": "other.jsonl"}, [], [], tmp_path / "m") == second
 
 
 @needs_trl

@@ -15,10 +15,14 @@ DEFAULTS = {"beta": 0.04, "num_generations": 8, "prompt_tokens": 384, "max_compl
 
 
 def _cfg(lora=False, batch=2, accum=16, precision="bf16", optim="adamw_torch_fused"):
-    from medsft.config import TrainConfig
+    from pathlib import Path
 
-    return TrainConfig(batch_size=batch, grad_accum=accum, precision=precision, optim=optim,
-                       gradient_checkpointing=True, lora_r=16 if lora else None)
+    from medsft.config import Config, script_defaults
+
+    cfg = script_defaults(Path(__file__).resolve().parents[1] / "train_grpo.py")
+    return Config({**cfg, "ADAPTER": "lora" if lora else "none", "BATCH_SIZE": batch, "GRAD_ACCUM": accum,
+                   "PRECISION": precision, "OPTIM": optim, "GRADIENT_CHECKPOINTING": True, "ENGINE": "single",
+                   "WORLD_SIZE": 1, "LOSS": "auto"})
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,8 @@ def real_dir():
 def _est(model_dir, cfg=None, **kw):
     from medsft.memory import grpo_estimate
 
-    return grpo_estimate(cfg or _cfg(), model_dir, **{**DEFAULTS, **kw})
+    cfg = cfg or _cfg()
+    return grpo_estimate(cfg, model_dir, lora=cfg["ADAPTER"] == "lora", **{**DEFAULTS, **kw})
 
 
 def test_reference_only_with_beta_and_full_parameters(tiny_dir):
@@ -142,7 +147,7 @@ def test_refuses_a_batch_that_splits_a_group(tiny_dir):
                                           r"--num_generations \(4\)"):
         _est(tiny_dir, _cfg(batch=2, accum=3), num_generations=4)
     # TRL checks the global generation batch: 2 processes x 2 x 3 = 12 completions hold 3 groups of 4
-    two = _est(tiny_dir, _cfg(batch=2, accum=3).replace(world_size=2, engine="ddp"), num_generations=4)
+    two = _est(tiny_dir, _cfg(batch=2, accum=3).replace(WORLD_SIZE=2, ENGINE="ddp"), num_generations=4)
     assert two["prompts_per_generation"] == 3 and two["sequences_per_generation"] == 6
     with pytest.raises(MedsftError, match="at least 2"):
         _est(tiny_dir, num_generations=1)
@@ -178,7 +183,7 @@ def test_ddp_buckets_stay_while_generating(tiny_dir):
     """Under torchrun (DDP) each process holds its gradients and DDP's buckets, a second copy; after the optimizer
     step Trainer sets the gradients to None, the buckets stay: generation holds one copy, training two."""
     single = _est(tiny_dir)
-    ddp = _est(tiny_dir, _cfg().replace(world_size=2, engine="ddp"))
+    ddp = _est(tiny_dir, _cfg().replace(WORLD_SIZE=2, ENGINE="ddp"))
     assert ddp["train"] - single["train"] == single["grads"]
     assert ddp["generation"] - single["generation"] == single["grads"]
     assert ddp["kv_cache"] == single["kv_cache"]  # each process generates its own BATCH_SIZE x GRAD_ACCUM

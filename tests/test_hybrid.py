@@ -81,7 +81,7 @@ def test_training_examples_mix_the_modes_by_seed(tmp_path):
     """prepare_examples turns NO_THINK_RATIO of the rows into non-thinking examples, the same ones on every run;
     an empty think is never trained as thinking (any tokenizer: the tiny one here)."""
     from medsft.models import load_tokenizer
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     tok = load_tokenizer("tiny")
     rows = [{"id": f"r{i}", "question": f"问题{i}？", "think": "" if i == 0 else f"思考{i}。", "answer": f"回答{i}。"}
@@ -105,7 +105,7 @@ def test_a_rows_own_mode_field_wins_over_the_ratio(tmp_path):
     picks among the rows without one. A mode that is not one of the three is an error naming file:line."""
     from medsft.files import MedsftError
     from medsft.models import load_tokenizer
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     tok = load_tokenizer("tiny")
     fixed = ["think", "no_think_soft", "no_think_hard"]

@@ -254,7 +254,9 @@ def _examples(tokenizer):
 
 
 def _cfg(tmp_path, **over):
-    return {"MODEL": "tiny", "OUTPUT_DIR": str(tmp_path), "EPOCHS": 1, "MAX_STEPS": 40, "BATCH_SIZE": 4,
+    from medsft.config import script_defaults
+
+    return {**script_defaults(ROOT / "train.py"), "MODEL": "tiny", "OUTPUT_DIR": str(tmp_path), "EPOCHS": 1, "MAX_STEPS": 40, "BATCH_SIZE": 4,
             "GRAD_ACCUM": 1, "LEARNING_RATE": 2e-4, "SCHEDULER": "constant", "WARMUP": 0, "LOGGING_STEPS": 1,
             "EVAL_STEPS": 1000, "SAVE_STEPS": 1000, "SAVE_TOTAL_LIMIT": 1, "SEED": 0, "GRADIENT_CHECKPOINTING": False,
             "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LOSS": "chunked", "OPTIM": "auto", **over}
@@ -262,7 +264,7 @@ def _cfg(tmp_path, **over):
 
 def _train(cfg, examples, tokenizer, start=None) -> tuple[float, dict]:
     """(loss gain, final weights): mean of the first 5 losses minus mean of the last 5."""
-    from medsft.training import build_trainer, load_training_model
+    from medsft.training.sft import build_trainer, load_training_model
 
     model = load_training_model(cfg)
     if start is not None:
@@ -278,7 +280,7 @@ def test_lean_default_reaches_the_fp32_gain_and_pure_bf16_does_not(tmp_path):
     ~0.3, whose half bf16 ulp is ~1e-3). fp32 + AdamW is the reference; the lean default (bf16 weights, torchao
     8-bit AdamW with stochastic rounding) must reach >= 95% of its gain; plain AdamW on bf16 weights must not."""
     from medsft.models import load_tokenizer
-    from medsft.training import resolve_features
+    from medsft.training.features import resolve_features
 
     assert resolve_features(_cfg(tmp_path, PRECISION="bf16"), log=False)["OPTIM"] == "adamw_torch_8bit"
     tok = load_tokenizer("tiny")
@@ -298,7 +300,7 @@ def test_lean_default_reaches_the_fp32_gain_and_pure_bf16_does_not(tmp_path):
 
 def _gpu_default_cfg(out, **over):
     """The full-FT constants as train.py resolves them on a bf16 GPU (attention and loss kept runnable on CPU)."""
-    from medsft.training import resolve_features
+    from medsft.training.features import resolve_features
 
     cfg = _cfg(out, PRECISION="auto", OPTIM="auto", **over)
     cfg.update(resolve_features(cfg, log=False, assume_gpu=True))
@@ -314,7 +316,7 @@ def test_the_trainer_builds_torchao_8bit_adamw_with_stochastic_rounding_for_bf16
     from torchao.optim import AdamW8bit
 
     from medsft.models import load_tokenizer
-    from medsft.training import build_trainer, load_training_model
+    from medsft.training.sft import build_trainer, load_training_model
 
     cfg = _gpu_default_cfg(tmp_path)
     tok = load_tokenizer("tiny")
@@ -350,7 +352,7 @@ def test_the_8bit_optimizer_state_saves_and_resumes_exactly_through_the_trainer(
     from transformers import Qwen3ForCausalLM
 
     from medsft.models import load_tokenizer
-    from medsft.training import build_trainer
+    from medsft.training.sft import build_trainer
 
     cfg = _gpu_default_cfg(tmp_path, MAX_STEPS=4, SAVE_STEPS=2, SAVE_TOTAL_LIMIT=None, BATCH_SIZE=2,
                            LEARNING_RATE=1e-3, SCHEDULER="linear")
@@ -391,7 +393,7 @@ def test_an_installed_library_below_its_floor_stops_before_loading(tmp_path):
     from importlib.metadata import version
 
     from medsft.files import MedsftError
-    from medsft.training import check_versions
+    from medsft.training.sft import check_versions
 
     req = tmp_path / "requirements.txt"
     req.write_text(f"# comment\ntransformers>={version('transformers')},<99\n\ntqdm>=1.0  # fine\n")

@@ -220,7 +220,7 @@ def test_a_snapshot_the_real_modelscope_cached_is_found_offline_at_its_revision(
 def test_a_lora_adapter_config_is_the_same_bytes_in_every_process(tmp_path):
     """peft writes the resolved all-linear targets with list(set): their order followed PYTHONHASHSEED, so the
     same seed gave a different adapter_config.json in each run (bench/compare_runs.py found it). Sorted, it cannot."""
-    from medsft.training import add_lora
+    from medsft.training.sft import add_lora
 
     model = add_lora(models.load_model("tiny"), {"LORA_R": 4, "LORA_ALPHA": 8, "LORA_DROPOUT": 0.0,
                                                  "LORA_TARGET_MODULES": "all-linear", "SEED": 0})

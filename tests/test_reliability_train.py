@@ -128,17 +128,20 @@ def test_a_finished_output_dir_holds_no_pickle(finished):
 
 
 def test_resume_is_refused_when_the_tokenizer_or_chat_template_changed(data_dir, tmp_path):
+    from medsft.config import Config
     from medsft.files import MedsftError
     from medsft.models import resolve_model
-    from medsft.training.rundir import check_same_run
+    from medsft.training.run import check_same_run
+    from medsft.training.sft import run_fingerprint
 
     model = tmp_path / "model"
     shutil.copytree(resolve_model("tiny"), model)
     out = tmp_path / "out"
     out.mkdir()
     cfg = _cfg(data_dir, out, tmp_path / "r", MODEL=str(model), RESUME=True, QUANTIZATION="none")
-    check_same_run(cfg, None, {})  # the run starts: its fingerprint is recorded
-    check_same_run(cfg, out / "checkpoint-2", {})  # nothing changed: the resume goes ahead
+    fp = lambda c: run_fingerprint(Config(c), model)  # noqa: E731
+    check_same_run(cfg, None, fp(cfg))  # the run starts: its fingerprint is recorded
+    check_same_run(cfg, out / "checkpoint-2", fp(cfg))  # nothing changed: the resume goes ahead
     template = model / "chat_template.jinja"
     if template.is_file():  # transformers 5 writes the template beside tokenizer_config.json
         template.write_text(template.read_text(encoding="utf-8") + "{# edited #}", encoding="utf-8")
@@ -147,11 +150,11 @@ def test_resume_is_refused_when_the_tokenizer_or_chat_template_changed(data_dir,
         conf["chat_template"] += "{# edited #}"
         (model / "tokenizer_config.json").write_text(json.dumps(conf), encoding="utf-8")
     with pytest.raises(MedsftError, match="tokenizer") as e:
-        check_same_run(cfg, out / "checkpoint-2", {})
+        check_same_run(cfg, out / "checkpoint-2", fp(cfg))
     assert "resuming would mix two runs" in str(e.value)
     for key, value in (("MAX_GRAD_NORM", 0.5), ("QUANTIZATION", "4bit")):
         with pytest.raises(MedsftError, match=key):
-            check_same_run({**cfg, key: value}, out / "checkpoint-2", {})
+            check_same_run({**cfg, key: value}, out / "checkpoint-2", fp({**cfg, key: value}))
 
 
 def test_a_session_that_trained_nothing_keeps_the_timing_it_replaces(tmp_path):
@@ -160,10 +163,11 @@ def test_a_session_that_trained_nothing_keeps_the_timing_it_replaces(tmp_path):
     import torch
     from transformers import TrainerState
 
-    from medsft.training import write_results
+    from medsft.config import script_defaults
+    from medsft.training.results import write_results
 
-    cfg = {"MODEL": "tiny", "OUTPUT_DIR": str(tmp_path / "out"), "RESULTS_DIR": str(tmp_path / "results"),
-           "BATCH_SIZE": 2, "GRAD_ACCUM": 1}
+    cfg = {**script_defaults(ROOT / "train.py"), "MODEL": "tiny", "OUTPUT_DIR": str(tmp_path / "out"),
+           "RESULTS_DIR": str(tmp_path / "results"), "BATCH_SIZE": 2, "GRAD_ACCUM": 1}
     trainer = SimpleNamespace(state=TrainerState(global_step=4, max_steps=4, num_input_tokens_seen=600),
                               model=torch.nn.Linear(2, 2))
     real = {"wall_time_s": 9.0, "train_time_s": 8.0, "tokens_per_s": 75.0, "session_tokens": 600}
@@ -195,7 +199,7 @@ def test_ctrl_c_with_a_dead_pipe_saves_a_checkpoint_and_resumes(data_dir, tmp_pa
         os.close(r)  # Ctrl-C kills tee too: every later write to the pipe fails with EPIPE
     proc.send_signal(signal.SIGINT)
     assert proc.wait(300) == 130
-    from medsft.training import checkpoint_problem, checkpoints
+    from medsft.training.checkpoints import checkpoint_problem, checkpoints
 
     ckpts = checkpoints(out)
     assert len(ckpts) == 1 and ckpts[0][2], ckpts  # saved on Ctrl-C, long before SAVE_STEPS
@@ -221,7 +225,7 @@ def test_checkpoint_problem_names_the_damaged_file(finished, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from medsft.training import checkpoint_problem
+    from medsft.training.checkpoints import checkpoint_problem
 
     out, _ = finished
     good = out / "checkpoint-2"
@@ -271,7 +275,7 @@ def _tree(path: Path) -> dict:
 
 
 def test_resume_falls_back_past_a_truncated_newest_checkpoint(data_dir, finished, tmp_path):
-    from medsft.training import checkpoints
+    from medsft.training.checkpoints import checkpoints
 
     ref, _ = finished
     out = _unfinished_copy(ref, tmp_path / "out")
@@ -311,7 +315,7 @@ def _failing_reads(monkeypatch, victim: Path, err: int = errno.EIO) -> None:
 
 def test_an_unreadable_checkpoint_is_moved_aside_byte_for_byte_never_deleted(data_dir, finished, tmp_path,
                                                                              monkeypatch, capsys):
-    from medsft.training import check_output_dir
+    from medsft.training.run import check_output_dir
 
     out = _unfinished_copy(finished[0], tmp_path / "out")
     newest = out / f"checkpoint-{MAX_STEPS}"
@@ -339,7 +343,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_byte_for_byte_never_deleted(dat
 def test_saves_the_trainer_never_finished_are_moved_aside_and_need_no_choice(data_dir, finished, tmp_path, capsys):
     """A kill -9 or a full disk during a save leaves a checkpoint without trainer_state.json (written last): resume
     goes on from the one before, or from scratch when it was the first save, keeping the folder (hidden)."""
-    from medsft.training import check_output_dir
+    from medsft.training.run import check_output_dir
 
     out = _unfinished_copy(finished[0], tmp_path / "out")
     cfg = _cfg(data_dir, out, tmp_path / "r", RESUME=True)
@@ -370,7 +374,7 @@ def test_transformers_rotation_never_matches_a_moved_aside_checkpoint(tmp_path):
 
 def test_resume_without_a_usable_checkpoint_is_refused_and_changes_nothing(data_dir, finished, tmp_path, capsys):
     from medsft.files import MedsftError
-    from medsft.training import check_output_dir
+    from medsft.training.run import check_output_dir
 
     out = _unfinished_copy(finished[0], tmp_path / "out")
     _truncate(out / "checkpoint-2" / "optimizer.pt")
@@ -405,13 +409,13 @@ def test_unwritable_folder_fails_before_loading(data_dir, tmp_path, option):
 
 
 def test_too_little_free_disk_fails_before_loading(data_dir, tmp_path, monkeypatch):
-    from medsft import training
     from medsft.files import MedsftError
+    from medsft.training import sft
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=1000))
     out = tmp_path / "out"
     with pytest.raises(MedsftError, match=r"free") as e:
-        training.preflight(_cfg(data_dir, out, tmp_path / "results"), kind="full")
+        sft.start_run(_cfg(data_dir, out, tmp_path / "results"), kind="full")
     assert str(out) in str(e.value) and "--output_dir" in str(e.value)
     assert not (out / "run_fingerprint.json").exists()
 
@@ -420,16 +424,16 @@ def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch
     import torch
 
     from medsft import files as medsft_io
-    from medsft import training
     from medsft.files import MedsftError
     from medsft.models import load_tokenizer
+    from medsft.training import features, results, run, sft
 
     tokenizer = load_tokenizer("tiny")
-    examples, _ = training.prepare_examples(data_dir / "train.jsonl", tokenizer, 256)
-    out, results = tmp_path / "out", tmp_path / "results"
-    cfg = _cfg(data_dir, out, results, SAVE_STEPS=1, MAX_STEPS=1)
-    cfg.update(training.resolve_features(cfg, log=False))
-    trainer = training.build_trainer(training.load_training_model(cfg), tokenizer, examples, None, cfg)
+    examples, _ = sft.prepare_examples(data_dir / "train.jsonl", tokenizer, 256)
+    out, results_dir = tmp_path / "out", tmp_path / "results"
+    cfg = _cfg(data_dir, out, results_dir, SAVE_STEPS=1, MAX_STEPS=1)
+    cfg.update(features.resolve_features(cfg, log=False))
+    trainer = sft.build_trainer(sft.load_training_model(cfg), tokenizer, examples, None, cfg)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -437,18 +441,18 @@ def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch
     with monkeypatch.context() as m:
         m.setattr(torch, "save", full)  # the optimizer state of checkpoint-1
         with pytest.raises(MedsftError) as e:
-            training.run_training(trainer)
+            run.train(trainer, None, cfg, lora=False)
     assert str(out) in str(e.value) and "disk" in str(e.value) and "--resume=true" in str(e.value)
 
     with monkeypatch.context() as m:
         m.setattr(medsft_io, "_write_durably", full)
         with pytest.raises(MedsftError) as e:
-            training.save_final(trainer, tokenizer, cfg)
+            run.save_final(trainer, tokenizer, cfg)
         assert str(out) in str(e.value) and "disk" in str(e.value)
         summary = {"wall_time_s": 1.0, "train_time_s": 1.0, "tokens_per_s": 1.0, "session_tokens": 1}
         with pytest.raises(MedsftError) as e:
-            training.write_results(trainer, cfg, "full", summary, {})
-        assert str(results) in str(e.value) and "--results_dir" in str(e.value)
+            results.write_results(trainer, cfg, "full", summary, {})
+        assert str(results_dir) in str(e.value) and "--results_dir" in str(e.value)
 
 
 @pytest.mark.parametrize("error", [
@@ -457,15 +461,15 @@ def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch
     RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 546752 vs 546640"),  # torch.save
 ])
 def test_disk_full_is_recognised_in_the_forms_torch_and_safetensors_raise(tmp_path, monkeypatch, error):
-    from medsft import training
+    from medsft import files
     from medsft.files import MedsftError
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 9, used=10 ** 9, free=0))
     with pytest.raises(MedsftError, match="disk full while writing a checkpoint in"):
-        with training.disk_errors(tmp_path, "a checkpoint", "output_dir", resume=True):
+        with files.disk_errors(tmp_path, "a checkpoint", "output_dir", resume=True):
             raise error
     with pytest.raises(RuntimeError, match="something else"):  # other errors pass through untouched
-        with training.disk_errors(tmp_path, "a checkpoint", "output_dir"):
+        with files.disk_errors(tmp_path, "a checkpoint", "output_dir"):
             raise RuntimeError("something else")
 
 
@@ -473,26 +477,26 @@ def test_disk_full_is_recognised_in_the_forms_torch_and_safetensors_raise(tmp_pa
 
 
 def test_overwrite_removes_the_previous_outputs_before_training(data_dir, finished, tmp_path):
-    from medsft import training
+    from medsft.training import run, sft
 
     out = _copy_run(finished[0], tmp_path / "out")
     (out / "notes.txt").write_text("the user's own file")
     try:
-        assert training.preflight(_cfg(data_dir, out, tmp_path / "results", OVERWRITE=True), kind="full") is None
+        assert sft.start_run(_cfg(data_dir, out, tmp_path / "results", OVERWRITE=True), kind="full")[1] is None
     finally:
-        training.unlock_output_dir(out)
+        run.unlock_output_dir(out)
     # a run killed from here on must not look finished, nor leave the old model for inference to pick up
-    assert not training.is_finished(out)
+    assert not run.is_finished(out)
     for name in FINAL_OUTPUTS:
         assert not (out / name).exists(), name
     assert not list(out.glob("checkpoint-*")) and (out / "notes.txt").is_file()
 
 
 def test_second_run_in_the_same_output_dir_is_refused(data_dir, finished, tmp_path):
-    from medsft import training
+    from medsft.training import run
 
     out = _copy_run(finished[0], tmp_path / "out")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from medsft.training import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from medsft.training.run import "
                                "lock_output_dir; lock_output_dir(sys.argv[1]); print('locked', flush=True); "
                                "time.sleep(600)", str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -506,8 +510,8 @@ def test_second_run_in_the_same_output_dir_is_refused(data_dir, finished, tmp_pa
     finally:
         holder.kill()
         holder.wait()
-    training.lock_output_dir(out)  # the lock dies with its holder
-    training.unlock_output_dir(out)
+    run.lock_output_dir(out)  # the lock dies with its holder
+    run.unlock_output_dir(out)
 
 
 # --- 12. SwanLab ----------------------------------------------------------------------------------------------------
@@ -519,7 +523,7 @@ def _experiments(log_dir: Path) -> list[tuple[str, int]]:
 
 
 def test_swanlab_local_marks_interrupts_and_says_what_a_resume_does(data_dir, tmp_path, monkeypatch, capsys):
-    from medsft.training import finish_swanlab, start_swanlab
+    from medsft.training.tracking import finish_swanlab, start_swanlab
 
     log_dir = tmp_path / "swanlog"
     monkeypatch.setenv("SWANLAB_MODE", "local")
@@ -539,7 +543,7 @@ def test_swanlab_local_marks_interrupts_and_says_what_a_resume_does(data_dir, tm
 
 
 def test_swanlab_cloud_unreachable_says_so_in_one_line(data_dir, tmp_path, monkeypatch, capfd, caplog):
-    from medsft.training import finish_swanlab, start_swanlab
+    from medsft.training.tracking import finish_swanlab, start_swanlab
 
     monkeypatch.delenv("SWANLAB_MODE", raising=False)
     monkeypatch.setenv("SWANLAB_API_KEY", "a-key")  # logged in ...

@@ -343,15 +343,13 @@ def test_the_chat_shows_control_characters_of_model_text(tmp_path):
 
 
 def test_the_training_preview_shows_control_characters(tmp_path, monkeypatch, capsys):
-    from medsft.training import finish
+    from medsft.training import results
 
     val = tmp_path / "val.jsonl"
     val.write_text(json.dumps({"question": "问\x1b[2J题", "answer": "a"}, ensure_ascii=False) + "\n", encoding="utf-8")
-    monkeypatch.setattr(finish.gen, "generate", lambda *a, **k: [{"output": HOSTILE, "finished": True}])
-    from medsft.config import TrainConfig
-
-    cfg = TrainConfig(preview_questions=1, preview_max_new_tokens=8)
-    items = finish.preview(None, None, val, cfg)
+    monkeypatch.setattr(results.gen, "generate", lambda *a, **k: [{"output": HOSTILE, "finished": True}])
+    cfg = {"PREVIEW_QUESTIONS": 1, "PREVIEW_MAX_NEW_TOKENS": 8, "ENGINE": "single", "SEED": 0, "OUTPUT_DIR": "out"}
+    items = results.preview(None, None, val, cfg)
     out = capsys.readouterr().out
     assert not any(c in out for c in "\x1b\x07\r\u202e\x9b"), repr(out)
     assert "\\x1b[2J" in out and items[0]["output"] == HOSTILE  # what is kept stays the model's own text

@@ -43,7 +43,7 @@ def _checkpoint(out: Path, step: int, trainer_state: str | None) -> Path:
 
 
 def test_resume_refuses_when_every_trainer_state_is_empty_or_not_json(tmp_path, capsys):
-    from medsft.training import check_output_dir
+    from medsft.training.run import check_output_dir
 
     out = tmp_path / "out"
     _checkpoint(out, 2, "")  # what a host crash leaves: the file exists, its bytes never reached the disk
@@ -70,12 +70,12 @@ def test_a_null_trainer_state_is_not_a_whole_checkpoint(tmp_path):
     why = checkpoint_problem(ck)
     assert why is not None and "trainer_state.json" in why
     with pytest.raises(MedsftError):  # and resume refuses rather than starting over
-        from medsft.training import check_output_dir
+        from medsft.training.run import check_output_dir
         check_output_dir(_cfg(tmp_path, RESUME=True))
 
 
 def test_a_missing_trainer_state_still_means_an_interrupted_first_save(tmp_path, capsys):
-    from medsft.training import check_output_dir
+    from medsft.training.run import check_output_dir
 
     out = tmp_path / "out"
     _checkpoint(out, 2, None)  # kill -9 before the Trainer wrote its last file
@@ -105,20 +105,27 @@ def _data(out: Path) -> None:
         (data / name).write_text('{"question": "q", "think": "t", "answer": "a"}\n', encoding="utf-8")
 
 
+def _fingerprint(cfg: dict) -> dict:
+    from medsft.config import Config
+    from medsft.training.sft import run_fingerprint
+
+    return run_fingerprint(Config(cfg), Path(cfg["MODEL"]))
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora-base"])
 def test_resume_is_refused_when_the_weights_were_retrained_in_place(tmp_path, lora):
-    from medsft.training.rundir import check_same_run, run_fingerprint
+    from medsft.training.run import check_same_run
 
     base = _model_dir(tmp_path / "base", 1.0)
     out = tmp_path / "out"
     _data(out)
     over = dict(MODEL=str(base), LORA_R=8) if lora else dict(MODEL=str(base))
-    fp = run_fingerprint(_cfg(out, **over), {})
+    fp = _fingerprint(_cfg(out, **over))
     assert fp.get("weights_sha256")
-    check_same_run(_cfg(out, **over), None, {})  # the run starts: its fingerprint is recorded
+    check_same_run(_cfg(out, **over), None, fp)  # the run starts: its fingerprint is recorded
     _model_dir(base, 2.0)  # the base folder retrained in place: same names, sizes and header
     with pytest.raises(MedsftError) as e:
-        check_same_run(_cfg(out, RESUME=True, **over), out / "checkpoint-2", {})
+        check_same_run(_cfg(out, RESUME=True, **over), out / "checkpoint-2", _fingerprint(_cfg(out, **over)))
     assert "weights" in str(e.value) and "--overwrite=true" in str(e.value)
 
 
@@ -146,16 +153,16 @@ def test_the_weights_identity_is_cheap_and_survives_a_copy(tmp_path, monkeypatch
 
 
 def test_an_old_fingerprint_without_weights_still_resumes(tmp_path):
-    from medsft.training.rundir import check_same_run, run_fingerprint
+    from medsft.training.run import check_same_run
 
     base = _model_dir(tmp_path / "base", 1.0)
     out = tmp_path / "out"
     _data(out)
-    fp = run_fingerprint(_cfg(out, MODEL=str(base)), {})
+    fp = _fingerprint(_cfg(out, MODEL=str(base)))
     old = {k: v for k, v in fp.items() if k != "weights_sha256"}  # written before weights were fingerprinted
     out.mkdir()
     (out / "run_fingerprint.json").write_text(json.dumps(old), encoding="utf-8")
-    check_same_run(_cfg(out, MODEL=str(base), RESUME=True), out / "checkpoint-2", {})
+    check_same_run(_cfg(out, MODEL=str(base), RESUME=True), out / "checkpoint-2", fp)
     assert json.loads((out / "run_fingerprint.json").read_text())["weights_sha256"] == fp["weights_sha256"]
 
 
@@ -163,14 +170,14 @@ def test_an_old_fingerprint_without_weights_still_resumes(tmp_path):
 
 
 def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
-    from medsft.training.rundir import LOCK_NAME, lock_output_dir
+    from medsft.training.run import LOCK_NAME, lock_output_dir
 
     victim = tmp_path / "precious.txt"
     victim.write_text("the user's notes\n", encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
     (out / LOCK_NAME).symlink_to(victim)
-    code = ("import sys; from medsft.training.rundir import lock_output_dir; from medsft.files import MedsftError\n"
+    code = ("import sys; from medsft.training.run import lock_output_dir; from medsft.files import MedsftError\n"
             f"try:\n    lock_output_dir({str(out)!r})\nexcept MedsftError as e:\n    print('error:', e); sys.exit(1)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert victim.read_text(encoding="utf-8") == "the user's notes\n"
@@ -178,7 +185,7 @@ def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(tmp_path):
 
 
 def test_final_save_temp_names_follow_no_symlink(tmp_path):
-    from medsft.training import finish
+    from medsft.training import run as finish
 
     victim = tmp_path / "precious.json"
     victim.write_text("keep", encoding="utf-8")
@@ -234,7 +241,7 @@ def test_publish_files_leaves_a_live_writers_publish_alone(tmp_path):
 
 
 def test_weights_sha256_folds_in_an_adapter_a_run_starts_from(tmp_path):
-    from medsft.training.rundir import weights_sha256
+    from medsft.training.run import weights_sha256
 
     base = _model_dir(tmp_path / "base", 1.0)
     adapter = tmp_path / "adapter"

@@ -178,7 +178,7 @@ def test_same_seed_same_loss_curve(data_dir, work, lora_run):
 
 
 def test_kill9_then_resume_continues_exactly(data_dir, work, full_run):
-    from medsft.training import checkpoints
+    from medsft.training.checkpoints import checkpoints
 
     ref, _, _ = full_run
     out, results = work / "killed", work / "results-killed"
@@ -305,7 +305,7 @@ def _cfg(tmp_path, **over):
 
 
 def test_prepare_examples_masks_prompt_and_skips_long_rows(data_dir, tiny_tokenizer):
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     examples, stats = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
     assert (stats["rows"], stats["kept"], stats["skipped_too_long"]) == (11, 10, 1)
@@ -317,7 +317,7 @@ def test_prepare_examples_masks_prompt_and_skips_long_rows(data_dir, tiny_tokeni
 
 def test_prepare_examples_names_bad_line(tmp_path, tiny_tokenizer):
     from medsft.files import MedsftError
-    from medsft.training import prepare_examples
+    from medsft.training.sft import prepare_examples
 
     p = tmp_path / "train.jsonl"
     p.write_text(json.dumps(_row(0, "感冒"), ensure_ascii=False) + "\n" + json.dumps({"question": "q"}) + "\n")
@@ -329,7 +329,7 @@ def test_auto_features_on_cpu(tmp_path):
     import torch
 
     from medsft.files import MedsftError
-    from medsft.training import resolve_features
+    from medsft.training.features import resolve_features
 
     if torch.cuda.is_available():
         pytest.skip("CPU resolution")
@@ -356,11 +356,11 @@ def test_auto_features_on_cpu(tmp_path):
     ("fp32", False, "float32"),
 ])
 def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expected):
-    from medsft import models, training
-    from medsft.training import sft as training_model  # where load_training_model looks resolve_features up
+    from medsft import models
+    from medsft.training import features, sft
 
     seen = {}
-    monkeypatch.setattr(training_model, "resolve_features", lambda cfg, **kw: {
+    monkeypatch.setattr(features, "resolve_features", lambda cfg, **kw: {
         "PRECISION": precision, "ATTN_IMPLEMENTATION": "sdpa", "PADDING_FREE": False, "LOSS": "chunked",
         "OPTIM": "adamw_torch"})
     monkeypatch.setattr(models, "load_model", lambda spec, dtype=None, **kw: seen.setdefault("dtype", dtype) and
@@ -368,7 +368,7 @@ def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expe
     cfg = _cfg(tmp_path)
     if not lora:
         cfg = {k: v for k, v in cfg.items() if not k.startswith("LORA_")}
-    training.load_training_model(cfg)
+    sft.load_training_model(cfg)
     assert str(seen["dtype"]).removeprefix("torch.") == expected
 
 
@@ -381,17 +381,17 @@ def test_weight_dtype_per_precision(tmp_path, monkeypatch, precision, lora, expe
 ])
 def test_bad_settings_fail_in_preflight(data_dir, tmp_path, over, message):
     from medsft.files import MedsftError
-    from medsft.training import preflight
+    from medsft.training import sft
 
     cfg = _cfg(tmp_path, DATA_DIR=str(data_dir), **over)
     with pytest.raises(MedsftError, match=re.escape(message)):
-        preflight(cfg, kind="lora")
+        sft.start_run(cfg, kind="lora")
 
 
 def test_padding_free_batches_give_the_padded_loss(data_dir, tmp_path, tiny_tokenizer):
     import torch
 
-    from medsft.training import build_trainer, load_training_model, prepare_examples
+    from medsft.training.sft import build_trainer, load_training_model, prepare_examples
 
     examples, _ = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
     model = load_training_model(_cfg(tmp_path))
@@ -409,7 +409,7 @@ def test_padding_free_batches_give_the_padded_loss(data_dir, tmp_path, tiny_toke
 def test_lora_trains_only_the_adapter(data_dir, tmp_path, tiny_tokenizer):
     import torch
 
-    from medsft.training import add_lora, build_trainer, load_training_model, prepare_examples
+    from medsft.training.sft import add_lora, build_trainer, load_training_model, prepare_examples
 
     examples, _ = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
     cfg = _cfg(tmp_path)
@@ -425,7 +425,7 @@ def test_lora_trains_only_the_adapter(data_dir, tmp_path, tiny_tokenizer):
 
 
 def test_swanlab_mode_resolution(monkeypatch, tmp_path):
-    from medsft.training import swanlab_mode
+    from medsft.training.tracking import swanlab_mode
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.swanlab/.netrc
@@ -439,7 +439,7 @@ def test_swanlab_mode_resolution(monkeypatch, tmp_path):
 
 
 def test_resumed_run_continues_its_swanlab_experiment(tmp_path, monkeypatch):
-    from medsft.training import finish_swanlab, start_swanlab
+    from medsft.training.tracking import finish_swanlab, start_swanlab
 
     monkeypatch.setenv("SWANLAB_MODE", "local")
     monkeypatch.chdir(tmp_path)
@@ -463,7 +463,7 @@ def test_eval_loss_is_the_token_mean_over_the_eval_set_whatever_the_batch(data_d
     the mean over every target token of the eval set, as the train loss is over an optimizer step."""
     import torch
 
-    from medsft.training import build_trainer, load_training_model, prepare_examples
+    from medsft.training.sft import build_trainer, load_training_model, prepare_examples
 
     examples, _ = prepare_examples(data_dir / "train.jsonl", tiny_tokenizer, 256)
     examples = examples[:5]  # unequal lengths; 5 leaves a part batch for sizes 2 and 3

@@ -12,7 +12,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import Config
 from ..files import MedsftError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -44,11 +44,11 @@ def _zero_stage(path: str) -> int:
 def resolve_engine(cfg: dict) -> dict:
     """``{"ENGINE", "DEEPSPEED", "WORLD_SIZE"}`` of this launch: auto follows accelerate launch's DeepSpeed or FSDP
     config, else DDP under torchrun; a DeepSpeed JSON path stands for zero2/zero3; a dry run counts DRY_RUN_GPUS."""
-    cfg = TrainConfig.of(cfg)
+    cfg = Config.of(cfg)
     world = world_size()
-    if cfg.dry_run and world == 1:
-        world = max(int(cfg.dry_run_gpus or 1), 1)
-    choice = str(cfg.engine or "auto")
+    if cfg.get("DRY_RUN") and world == 1:
+        world = max(int(cfg.get("DRY_RUN_GPUS") or 1), 1)
+    choice = str(cfg.get("ENGINE") or "auto")
     deepspeed = None
     if choice == "auto":
         env_ds = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
@@ -77,16 +77,16 @@ def resolve_engine(cfg: dict) -> dict:
         choice = "single"  # the Trainer wraps nothing in DDP for one process
     if choice in ("zero2", "zero3"):
         import importlib.util
-        if importlib.util.find_spec("deepspeed") is None and not cfg.dry_run:
+        if importlib.util.find_spec("deepspeed") is None and not cfg.get("DRY_RUN"):
             raise MedsftError(f"--engine={choice} needs DeepSpeed, which is not installed: pip install -r "
                               "requirements-scale.txt (see docs/scale.md), or use --engine=ddp")
     return {"ENGINE": choice, "DEEPSPEED": deepspeed, "WORLD_SIZE": world}
 
 def resolve_batch(cfg: dict, world: int) -> dict:
     """``{"GRAD_ACCUM", "EXAMPLES_PER_STEP"}``; GLOBAL_BATCH > 0 derives GRAD_ACCUM (1 and 4 GPUs, one schedule)."""
-    cfg = TrainConfig.of(cfg)
+    cfg = Config.of(cfg)
     per_pass = cfg.batch_size * world
-    glob = int(cfg.global_batch or 0)
+    glob = int(cfg.get("GLOBAL_BATCH") or 0)
     if glob < 0:
         raise MedsftError(f"--global_batch={glob}: must be 0 (off) or the examples per optimizer step")
     if glob:
@@ -112,7 +112,7 @@ def _die_with_launcher() -> None:
     if os.getppid() != parent:  # the launcher died before the request took effect
         os.kill(os.getpid(), signal.SIGKILL)
 
-def start() -> None:
+def join() -> None:
     """Join the launch's process group (gloo on CPU, NCCL with one GPU per process), refusing a launch whose
     processes would not form one run; ranks other than 0 stop printing."""
     world = world_size()

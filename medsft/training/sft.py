@@ -1,27 +1,140 @@
-"""The SFT recipe, top to bottom: examples (chat template, prompt masked) -> features (every "auto" resolved once)
--> model (precision, LoRA / QLoRA) -> trainer (transformers' Trainer with loss.py's chunked loss, Ctrl-C saves).
-torch, transformers and peft are imported inside the functions: train.py --help stays fast."""
+"""The SFT recipe's parts, top to bottom: ``start`` (settings, launch, features resolved once, memory estimate,
+fingerprint, then the run harness), examples (chat template, prompt masked), the model (precision, LoRA / QLoRA) and
+the trainer (transformers' Trainer with loss.py's chunked loss). torch, transformers and peft are imported inside the
+functions: train.py --help stays fast."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
-import signal
-import threading
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import Version
 from tqdm import tqdm
 
 from .. import models
 from ..chat import (IGNORE_INDEX, MODES, THINK_CLOSE, THINK_OPEN, control_tokens, example_modes, find_control_token,
                     tokenize_example)
-from ..config import FEATURES, TrainConfig
-from ..files import MedsftError, disk_errors, iter_jsonl
-from ..memory import weight_dtype, ways_out
-from . import distributed
+from ..config import Config
+from ..files import MedsftError, check_writable, iter_jsonl
+from ..memory import estimate, estimate_line, weight_dtype
+from . import callbacks, distributed, run
+from .features import TORCHAO_OPTIMS, resolve_features, resolved
 from .loss import install_chunked_loss
-from .finish import notice, peak_memory, session_clock
+from .callbacks import clock_of, peak_memory
+
+# --- start: every check before weights load -------------------------------------------------------------------------
+
+def start_run(cfg, kind: str) -> tuple[Config, Path | None]:
+    """``(cfg with the launch, features and estimate, the checkpoint to resume or None)``; DRY_RUN prints the
+    features and the per-GPU estimate (config.json only) and exits 0. Every process joins one run here; rank 0
+    checks, every rank fetches the model outside any collective (a download never meets its timeout)."""
+    lora = kind == "lora"
+    distributed.join()
+    cfg = Config.of(cfg)
+    cfg = cfg.replace(**distributed.on_main(check_settings, cfg, lora))
+    # once per run, before the model is fetched; a dry run shows what a bf16 GPU would get
+    cfg = cfg.replace(**distributed.on_main(resolve_features, cfg, lora, True, cfg.dry_run), resolved=True)
+    model_dir = models.resolve_model(str(cfg.model), config_only=cfg.dry_run)
+    est = distributed.on_main(estimate, cfg, model_dir, lora)
+    if cfg.dry_run:
+        distributed.on_main(_dry_run_report, cfg, est)
+        distributed.stop_process_group()
+        raise SystemExit(0)
+    fp = distributed.on_main(run_fingerprint, cfg, model_dir)
+    resume_from = run.start(cfg, kind, fingerprint=fp, estimate=est, lora=lora)
+    print(f"examples per optimizer step: {cfg.examples_per_step} (BATCH_SIZE {cfg.batch_size} x GRAD_ACCUM "
+          f"{cfg.grad_accum} x {cfg.world_size} process(es), engine {cfg.engine})")
+    return cfg.replace(ESTIMATED_PEAK_GIB=round(est["total"] / 2 ** 30, 3)), resume_from
+
+def _dry_run_report(cfg: Config, est: dict) -> None:
+    print(estimate_line(est))
+    where = "" if cfg.engine == "single" else f"; per GPU with {cfg.engine} on {cfg.world_size} GPUs"
+    print(f"dry run: {est['params'] / 1e9:.3f}B parameters, {est['trainable'] / 1e6:,.1f}M trainable, "
+          f"{est['tokens_per_micro_batch']:,} tokens per micro-batch (BATCH_SIZE x MAX_LENGTH), "
+          f"{cfg.examples_per_step} examples per optimizer step{where}; nothing loaded or written")
+
+def run_fingerprint(cfg: Config, model_dir: Path) -> dict:
+    """What makes two SFT runs one run: the data files' bytes, the tokenizer, the weights, the settings."""
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "val.jsonl"):
+        digest.update((Path(cfg.data_dir) / name).read_bytes())
+    return run.fingerprint(cfg, {"data_sha256": digest.hexdigest(), "tokenizer_sha256": run.tokenizer_sha256(model_dir),
+                                 "weights_sha256": run.weights_sha256(model_dir)})
+
+def check_settings(cfg: Config, lora: bool) -> dict:
+    """The checks that need no model; returns ENGINE, DEEPSPEED, WORLD_SIZE, GRAD_ACCUM and EXAMPLES_PER_STEP."""
+    for name in ("BATCH_SIZE", "GRAD_ACCUM", "LOGGING_STEPS", "EVAL_STEPS", "SAVE_STEPS", "MAX_LENGTH"):
+        if getattr(cfg, name.lower()) < 1:
+            raise MedsftError(f"--{name.lower()}={getattr(cfg, name.lower())}: must be at least 1")
+    if cfg.max_steps <= 0 and cfg.epochs <= 0:
+        raise MedsftError("nothing to train: set --epochs > 0 or --max_steps > 0")
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise MedsftError(f"--seed={cfg.seed}: must be between 0 and 2**32 - 1")
+    if lora and (cfg.lora_r < 1 or cfg.lora_alpha <= 0):
+        raise MedsftError(f"--lora_r={cfg.lora_r} --lora_alpha={cfg.lora_alpha}: the rank must be at least 1 "
+                          "and alpha positive")
+    if lora and not 0 <= cfg.lora_dropout < 1:
+        raise MedsftError(f"--lora_dropout={cfg.lora_dropout}: must be in [0, 1)")
+    launch = distributed.resolve_engine(cfg)
+    launch.update(distributed.resolve_batch(cfg, launch["WORLD_SIZE"]))
+    cfg = cfg.replace(**launch)
+    _check_quantization(cfg, lora)
+    check_versions()
+    if cfg.dry_run:
+        return launch
+    check_data(cfg.data_dir)
+    check_writable(cfg.output_dir, "output_dir")  # before the model is fetched (maybe downloaded)
+    if cfg.results_dir:
+        check_writable(cfg.results_dir, "results_dir")
+    return launch
+
+def _check_quantization(cfg: Config, lora: bool) -> None:
+    quant = str(cfg.get("QUANTIZATION", "none")).lower()  # train.py has no QUANTIZATION: a full run is never one
+    if quant in ("none", ""):
+        return
+    if quant != "4bit" or not lora:
+        raise MedsftError(f"--quantization={cfg.quantization}: expected none or 4bit (QLoRA, train_lora.py "
+                          "only: a quantized base cannot be fully fine-tuned)")
+    if cfg.engine in distributed.SHARDED:
+        raise MedsftError(f"--quantization=4bit with --engine={cfg.engine}: a 4-bit base is not sharded here; "
+                          "use --engine=ddp (each GPU holds the whole 4-bit base)")
+    from transformers.utils import is_bitsandbytes_available
+    if not cfg.dry_run and not is_bitsandbytes_available():
+        raise MedsftError("--quantization=4bit needs bitsandbytes: pip install -r requirements-scale.txt (see "
+                          "docs/scale.md), or use --quantization=none")
+
+def check_data(data_dir) -> None:
+    d = Path(data_dir)
+    for p in (d / "train.jsonl", d / "val.jsonl"):
+        if not p.is_file():
+            raise MedsftError(f"{p} not found: run data.py first (it writes train/val/test.jsonl into {d}/), "
+                              "or point --data_dir at a folder that has them")
+
+def check_versions(requirements=None) -> None:
+    """Stop when an installed library is older than requirements.txt's floor (it would crash after minutes)."""
+    path = Path(requirements) if requirements else distributed.PROJECT_ROOT / "requirements.txt"
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            req = Requirement(line.split("#", 1)[0].strip())
+        except InvalidRequirement:
+            continue  # blank lines and comments
+        floors = [s.version for s in req.specifier if s.operator in (">=", "==")]
+        if not floors or (req.marker is not None and not req.marker.evaluate()):
+            continue
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            raise MedsftError(f"{req.name} is not installed ({path.name} needs {req}): pip install -r {path}") from None
+        if Version(have.split("+")[0]) < Version(floors[0]):
+            raise MedsftError(f"{req.name} {have} is installed but this project needs {req} ({path.name}): "
+                              f"pip install -r {path}")
 
 # --- examples -------------------------------------------------------------------------------------------------------
 
@@ -79,119 +192,24 @@ def prepare_examples(path, tokenizer, max_length: int, system=None, no_think_rat
                           f"--max_length (the longest row needs more)")
     return examples, stats
 
-# --- features: PRECISION, ATTN_IMPLEMENTATION, PADDING_FREE, LOSS, OPTIM -------------------------------------------
-
-PRECISIONS = ("bf16", "bf16-mixed", "fp16", "fp32")
-LOSSES = ("liger", "chunked", "plain")
-ATTENTIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
-TORCHAO_OPTIMS = ("adamw_torch_8bit", "adamw_torch_4bit")
-
-def _tristate(name: str, value) -> bool | None:
-    if isinstance(value, bool) or value is None:
-        return value
-    low = str(value).strip().lower()
-    if low in ("auto", "true", "1", "yes", "on", "false", "0", "no", "off"):
-        return None if low == "auto" else low in ("true", "1", "yes", "on")
-    raise MedsftError(f"--{name.lower()}={value}: expected auto, true or false")
-
-def _gpu_facts(assume_gpu: bool) -> dict:
-    import torch
-    if torch.cuda.is_available():
-        return {"cuda": True, "bf16": torch.cuda.is_bf16_supported(including_emulation=False),
-                "ampere": torch.cuda.get_device_capability()[0] >= 8, "name": torch.cuda.get_device_name(0)}
-    if assume_gpu:
-        return {"cuda": True, "bf16": True, "ampere": True, "name": "a bf16 CUDA GPU (assumed: no GPU here)"}
-    return {"cuda": False, "bf16": False, "ampere": False, "name": "CPU"}
-
-def resolve_features(cfg, lora: bool = False, log: bool = True, assume_gpu: bool = False) -> dict:
-    """``{NAME: value}`` of the concrete FEATURES here (auto's picks: docs/performance.md); explicit ones checked."""
-    from transformers.utils import is_bitsandbytes_available, is_flash_attn_2_available, is_liger_kernel_available
-    from transformers.utils.import_utils import is_torchao_available
-    c = TrainConfig.of(cfg)
-    gpu = _gpu_facts(assume_gpu)
-    cuda = gpu["cuda"]
-    engine = distributed.resolve_engine(c)["ENGINE"] if c.engine == "auto" or c.engine.endswith(".json") else c.engine
-    precision = str(c.precision).lower()
-    if precision == "auto":  # emulated bf16 (T4, V100) is slow: those get fp16 mixed precision
-        precision = ("bf16" if gpu["bf16"] else "fp16") if cuda else "fp32"
-    if precision not in PRECISIONS:
-        raise MedsftError(f"--precision={precision}: expected auto, {', '.join(PRECISIONS)}")
-    if precision == "fp16" and not cuda:
-        raise MedsftError("--precision=fp16 needs a CUDA GPU; use --precision=fp32 (or auto) on CPU")
-    attn = str(c.attn_implementation)
-    if attn == "auto":  # flash-attn 2 kernels need sm80+ and half precision
-        attn = "flash_attention_2" if gpu["ampere"] and precision != "fp32" and is_flash_attn_2_available() else "sdpa"
-    if attn not in ATTENTIONS:
-        raise MedsftError(f"--attn_implementation={attn}: expected auto, sdpa, eager, flash_attention_2, "
-                          "flash_attention_3 or flex_attention")
-    if attn.startswith("flash_attention") and (not cuda or precision == "fp32"):
-        raise MedsftError(f"--attn_implementation={attn} needs a CUDA GPU and bf16/fp16; use "
-                          "--attn_implementation=auto")
-    if attn == "flash_attention_2" and not is_flash_attn_2_available():
-        raise MedsftError("--attn_implementation=flash_attention_2 but flash-attn is not installed: "
-                          "pip install flash-attn, or use --attn_implementation=auto")
-    padding_free = _tristate("PADDING_FREE", c.padding_free)
-    if padding_free is None:  # sdpa would need a (tokens x tokens) mask per flattened batch: padding is cheaper
-        padding_free = attn.startswith("flash_attention")
-    loss = str(c.loss).lower()
-    if loss == "auto":
-        sharded = engine in distributed.SHARDED
-        loss = "liger" if cuda and is_liger_kernel_available() else "plain" if sharded else "chunked"
-    if loss == "chunked" and engine in distributed.SHARDED:
-        raise MedsftError(f"--loss=chunked with --engine={engine}: the chunked loss reads the output head's weight "
-                          "outside its forward pass, where ZeRO-3 / FSDP2 keep only a shard of it; use --loss=auto "
-                          "(Liger's fused loss when liger-kernel is installed, else plain) or --engine=ddp / zero2")
-    if loss not in LOSSES:
-        raise MedsftError(f"--loss={loss}: expected auto, {', '.join(LOSSES)}")
-    if loss == "liger" and not is_liger_kernel_available() and not assume_gpu:
-        raise MedsftError("--loss=liger but liger-kernel is not installed: pip install liger-kernel (needs a CUDA "
-                          "GPU), or use --loss=auto (the chunked loss saves the same memory)")
-    optim = str(c.optim)
-    master = engine in ("zero2", "zero3")  # DeepSpeed steps fp32 master weights: no stochastic rounding needed
-    if optim == "auto":
-        if not lora and not master and weight_dtype(precision, lora) != weight_dtype("fp32", lora):
-            optim = "adamw_torch_8bit"  # bf16 weights need stochastic rounding; its 8-bit moments are a bonus
-        else:
-            optim = "adamw_torch_fused"  # transformers' default too; on CPU, for-loop AdamW's temporaries cost more
-    if optim in TORCHAO_OPTIMS and not is_torchao_available():
-        raise MedsftError(f"--optim={optim} needs torchao: pip install -r requirements.txt, or use --optim=adamw_torch")
-    if "8bit" in optim and optim not in TORCHAO_OPTIMS and not is_bitsandbytes_available():
-        raise MedsftError(f"--optim={optim} needs bitsandbytes: pip install bitsandbytes, or use --optim=auto")
-    if log:
-        batching = "padding-free (flattened)" if padding_free else "length-grouped padded"
-        print(f"efficiency on {gpu['name']}: precision={precision} attention={attn} batches={batching} "
-              f"loss={loss} optim={optim} gradient_checkpointing={c.gradient_checkpointing}")
-        if not lora and not master and precision == "bf16" and optim not in TORCHAO_OPTIMS:
-            print(f"warning: bf16 weights with --optim={optim}: updates smaller than half a bf16 ulp round away "
-                  "(most of them at LR 1e-5); --optim=auto uses stochastic rounding")
-    return {"PRECISION": precision, "ATTN_IMPLEMENTATION": attn, "PADDING_FREE": padding_free, "LOSS": loss,
-            "OPTIM": optim}
-
-def resolved(cfg, lora: bool, log: bool = False, assume_gpu: bool = False) -> TrainConfig:
-    """The TrainConfig of ``cfg`` with concrete features (resolved here unless they already are)."""
-    cfg = TrainConfig.of(cfg)
-    if cfg.resolved:
-        return cfg
-    feats = resolve_features(cfg, lora=lora, log=log, assume_gpu=assume_gpu)
-    return cfg.replace(**{k.lower(): v for k, v in feats.items()}, resolved=True)
-
 # --- model ----------------------------------------------------------------------------------------------------------
 
 def load_training_model(cfg):
     """``cfg.model`` in the resolved precision and attention; QUANTIZATION=4bit loads an NF4 base (QLoRA)."""
-    cfg = resolved(cfg, lora=TrainConfig.of(cfg).lora)
-    dtype = weight_dtype(cfg.precision, cfg.lora)
+    lora = is_lora(cfg)
+    cfg = resolved(cfg, lora=lora)
+    dtype = weight_dtype(cfg.precision, lora)
     kwargs = {"attn_implementation": cfg.attn_implementation}
     # under ZeRO-3 the TrainingArguments must be alive while from_pretrained runs: each GPU then loads its shard
-    zero3_args = training_arguments(cfg, cfg.lora) if cfg.engine == "zero3" else None  # noqa: F841
-    if str(cfg.quantization).lower() == "4bit":
+    zero3_args = training_arguments(cfg, lora) if cfg.get("ENGINE") == "zero3" else None  # noqa: F841
+    if str(cfg.get("QUANTIZATION", "none")).lower() == "4bit":
         model = _load_4bit(cfg, dtype, kwargs)
     else:
         model = models.load_model(cfg.model, dtype=dtype, device=models.pick_device(), **kwargs)
     model.config.use_cache = False  # no KV cache while training (and incompatible with gradient checkpointing)
     return model
 
-def _load_4bit(cfg: TrainConfig, dtype, kwargs: dict):
+def _load_4bit(cfg: Config, dtype, kwargs: dict):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     compute = torch.float32 if dtype == torch.float32 else torch.bfloat16
@@ -207,11 +225,15 @@ def _load_4bit(cfg: TrainConfig, dtype, kwargs: dict):
           f"{model.get_memory_footprint() / 2 ** 30:.2f} GiB of weights")
     return model
 
+def is_lora(cfg) -> bool:
+    """The LoRA stage's settings (train_lora.py has LORA_R; train.py has none)."""
+    return "LORA_R" in cfg
+
 def add_lora(model, cfg):
     """Wrap ``model`` with a trainable LoRA adapter (LORA_*; targets ``all-linear`` or comma-separated names)."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import set_seed
-    cfg = TrainConfig.of(cfg)
+    cfg = Config.of(cfg)
     targets = cfg.lora_target_modules
     if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
@@ -237,45 +259,6 @@ def sort_lora_targets(model) -> None:
 # --- trainer ----------------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _graceful_stop_class():
-    from transformers import TrainerCallback
-
-    class GracefulStop(TrainerCallback):
-        """Ctrl-C or SIGTERM: save a checkpoint after this step on every rank, then stop; a repeat aborts."""
-        def __init__(self):
-            self.requested, self._seen, self._previous = False, set(), {}
-
-        def _handler(self, signum, frame):
-            if signum in self._seen:
-                raise KeyboardInterrupt
-            self._seen.add(signum)
-            if not self.requested and distributed.is_main():
-                notice(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                       "(press Ctrl-C again to abort without saving)\n")
-            self.requested = True
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    self._previous[sig] = signal.signal(sig, self._handler)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.requested = distributed.any_rank(self.requested, args.device)
-            if self.requested:
-                control.should_save = control.should_training_stop = True
-
-        def on_train_end(self, args, state, control, **kwargs):
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
-            self._previous = {}
-
-    return GracefulStop
-
-def graceful_stop():
-    """A callback: Ctrl-C or SIGTERM saves a checkpoint after the current step on every rank, then stops."""
-    return _graceful_stop_class()()
-
-@functools.lru_cache(maxsize=None)
 def _trainer_class():
     import torch
     from transformers import Trainer
@@ -297,11 +280,9 @@ def _trainer_class():
     class MedsftTrainer(Trainer):
         """transformers' Trainer plus tokens/s and peak memory in every training log, and a token-mean eval loss."""
         def __init__(self, *args, **kwargs):
-            self.clock, self.graceful_stop = session_clock(), graceful_stop()
             kwargs.setdefault("compute_metrics", _token_mean_loss)
             super().__init__(*args, **kwargs)
-            self.add_callback(self.clock)
-            self.add_callback(self.graceful_stop)
+            self.clock = clock_of(self)  # run.callbacks gave it
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -325,10 +306,6 @@ def _trainer_class():
             row = torch.stack([total, count.float()]).view(1, 2)
             return None, row, row
 
-        @property
-        def interrupted(self) -> bool:
-            return self.graceful_stop.requested
-
         def evaluate(self, *args, **kwargs):
             t = time.perf_counter()
             try:
@@ -350,8 +327,9 @@ def _token_mean_loss(prediction) -> dict:
     total, count = prediction.predictions.sum(axis=0)
     return {"loss": float(total / count) if count else float("nan")}
 
-def build_trainer(model, tokenizer, train_examples, eval_examples, cfg, callbacks=()):
-    """A Trainer over ``prepare_examples`` output (no eval when it is empty); ``.interrupted``: a Ctrl-C came."""
+def build_trainer(model, tokenizer, train_examples, eval_examples, cfg, run_callbacks=None):
+    """A Trainer over ``prepare_examples`` output (no eval when it is empty) with ``run_callbacks`` (default
+    ``callbacks.basic()``: no SwanLab); their clock adds tokens/s and peak memory to each log."""
     import torch
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
     lora = hasattr(model, "peft_config")
@@ -374,22 +352,23 @@ def build_trainer(model, tokenizer, train_examples, eval_examples, cfg, callback
         eval_examples = list(eval_examples) + [filler] * (-len(eval_examples) % per_step)
     return _trainer_class()(model=model, args=args, train_dataset=train_examples,
                             eval_dataset=eval_examples if has_eval else None, data_collator=collator,
-                            processing_class=tokenizer, callbacks=list(callbacks))
+                            processing_class=tokenizer,
+                            callbacks=callbacks.basic() if run_callbacks is None else list(run_callbacks))
 
 def training_arguments(cfg, lora: bool, has_eval: bool = True):
     """The TrainingArguments of ``cfg`` (built before the model loads under ZeRO-3: DeepSpeed's zero.Init)."""
     import torch
     from transformers import TrainingArguments
     cfg = resolved(cfg, lora=lora)
-    if cfg.deepspeed:
+    if cfg.get("DEEPSPEED"):
         distributed.start_deepspeed()
     cuda = torch.cuda.is_available()
     # --engine=fsdp2 under torchrun; under accelerate launch its FSDP config (environment) is used as it is
-    fsdp = cfg.engine == "fsdp2" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true"
+    fsdp = cfg.get("ENGINE") == "fsdp2" and os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true"
     checkpointing = bool(cfg.gradient_checkpointing)
     try:
         return TrainingArguments(
-            deepspeed=cfg.deepspeed or None, fsdp="full_shard auto_wrap" if fsdp else None,
+            deepspeed=cfg.get("DEEPSPEED") or None, fsdp="full_shard auto_wrap" if fsdp else None,
             fsdp_config=str(distributed.PROJECT_ROOT / distributed.ENGINE_CONFIGS["fsdp2"]) if fsdp else None,
             output_dir=str(cfg.output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -398,7 +377,7 @@ def training_arguments(cfg, lora: bool, has_eval: bool = True):
             max_grad_norm=cfg.max_grad_norm, optim=cfg.optim,
             # bf16 weights move by stochastic rounding, or updates below half a bf16 ulp would vanish
             optim_args="bf16_stochastic_round=True" if cfg.optim in TORCHAO_OPTIMS and cfg.precision == "bf16"
-            and not cfg.lora else None,
+            and not lora else None,
             bf16=cfg.precision in ("bf16", "bf16-mixed"), fp16=cfg.precision == "fp16",
             activation_checkpointing=checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
@@ -411,19 +390,3 @@ def training_arguments(cfg, lora: bool, has_eval: bool = True):
             dataloader_num_workers=0, dataloader_pin_memory=cuda, use_cpu=not cuda, disable_tqdm=False)
     except ValueError as e:  # e.g. an unknown SCHEDULER or OPTIM name
         raise MedsftError(f"invalid training settings: {e}") from None
-
-def run_training(trainer, resume_from=None) -> dict:
-    """Train (resuming from ``resume_from``): the session summary plus ``interrupted``; out of memory says how out."""
-    try:
-        with disk_errors(trainer.args.output_dir, "a checkpoint", "output_dir", resume=True):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
-        text = str(e)
-        if "out of memory" not in text.lower():
-            raise
-        lora = hasattr(trainer.model, "peft_config")
-        raise MedsftError(f"out of memory ({text.splitlines()[0][:200]}); {ways_out(lora)}") from e
-    summary = trainer.clock.summary(trainer.state)
-    summary["interrupted"] = trainer.interrupted
-    summary["resumed_from"] = str(resume_from) if resume_from else None
-    return summary

@@ -1,5 +1,8 @@
-"""OUTPUT_DIR bookkeeping before any weights load: settings and versions, one run at a time (a lock), the
-fingerprint that keeps two runs from mixing, the resume choice, whole checkpoints, disk room, the dry run."""
+"""The run harness every trainer uses the same way (train.py, train_lora.py, train_grpo.py): ``start`` (rank 0's
+checks before any weights load: the finished-run no-op, no GPU, memory, disk, the lock, the resume choice that never
+deletes, the fingerprint that keeps two runs from mixing), ``callbacks.make`` (clock, Ctrl-C stop, SwanLab), ``train``
+(Ctrl-C saves a checkpoint and exits 130), ``save_final`` (staged; ``trainer_state.json`` last marks the run
+finished) and ``finish``. docs/reliability.md says what each guarantees."""
 
 from __future__ import annotations
 
@@ -7,26 +10,21 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.version import Version
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, lock_output_dir does nothing
     fcntl = None
 
-from ..config import KINDS, RESULTS_NAME, TrainConfig
-from ..files import MedsftError, check_writable, disk_errors, write_json
-from ..memory import GIB, check_fits, estimate, estimate_line
+from ..config import FEATURES, RESULTS_NAME, Config, save_config
+from ..files import MedsftError, disk_errors, write_json
+from ..memory import GIB, check_fits, estimate_line, ways_out
 from ..model_checks import weights_identity
-from ..models import resolve_model
-from . import distributed
+from . import callbacks, distributed, tracking
 from .checkpoints import checkpoint_problem, checkpoints, save_interrupted, torn_state
-from .sft import resolve_features, resolved
 
 CPU_MAX_PARAMS = 100_000_000  # more parameters than this need a GPU (or ALLOW_CPU): Qwen3-0.6B already takes days
 # A finished run's top-level outputs; trainer_state.json first: --overwrite removes it first, save_final writes it last
@@ -39,129 +37,30 @@ CHECKPOINT_SMALL_BYTES = 64 * 2 ** 20  # tokenizer, scheduler, RNG and trainer s
 LOCK_NAME = ".lock"
 UNREADABLE_PREFIX, INTERRUPTED_PREFIX = "unreadable-", "interrupted-"  # where --resume moves unusable checkpoints
 _LOCKS: dict[str, int] = {}  # OUTPUT_DIR -> fd holding its flock, for the life of the process
-RUN_KEYS = ("MODEL", "MODEL_REVISION", "QUANTIZATION", "MAX_LENGTH", "EPOCHS", "MAX_STEPS", "BATCH_SIZE", "GRAD_ACCUM",
-            "LEARNING_RATE", "SCHEDULER", "WARMUP", "WEIGHT_DECAY", "MAX_GRAD_NORM", "SEED", "NO_THINK_RATIO", "LORA_R",
-            "LORA_ALPHA", "LORA_DROPOUT", "LORA_TARGET_MODULES")
-ADDED_KEYS = ("weights_sha256", "LORA_R", "LORA_ALPHA")  # fingerprint keys added since runs began recording one
+# Constants that cannot change what a run trains (where it writes, how often it logs, what it prints); every other
+# constant is in the fingerprint, so a new training constant needs no edit here. Features go in resolved.
+NOT_TRAINED = ("DATA_DIR", "OUTPUT_DIR", "RESULTS_DIR", "RESUME", "OVERWRITE", "ALLOW_CPU", "DRY_RUN", "DRY_RUN_GPUS",
+               "ENGINE", "GLOBAL_BATCH", "EVAL_STEPS", "SAVE_STEPS", "SAVE_TOTAL_LIMIT", "LOGGING_STEPS",
+               "GRADIENT_CHECKPOINTING", "SWANLAB_PROJECT", "RUN_NAME", "SWANLAB_LOG_DIR", "PREVIEW_QUESTIONS",
+               "PREVIEW_MAX_NEW_TOKENS", "DEEPSPEED", "WORLD_SIZE", "EXAMPLES_PER_STEP", "ESTIMATED_PEAK_GIB", *FEATURES)
 # what turns a row into tokens: the tokenizer and its chat template, in whichever of these files the model has
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.jinja",
                    "added_tokens.json", "special_tokens_map.json")
+STAGING = ".final-staging"  # where save_final writes before renaming into OUTPUT_DIR
+UNPUBLISHED = ("training_args.bin",)  # a pickle of the TrainingArguments: train_config.json has the settings
 
-# --- the run: start_run and its checks ------------------------------------------------------------------------------
+# --- start: every check before weights load ---------------------------------------------------------------------
 
-def start_run(cfg, kind: str) -> tuple[TrainConfig, Path | None]:
-    """Every fail-fast check before weights load: ``(cfg resolved, checkpoint to resume or None)``; DRY_RUN exits.
-    Rank 0 checks; every rank fetches the model outside any collective (a download never meets its timeout)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}")
-    distributed.start()
-    cfg = TrainConfig.of(cfg)
-    cfg = cfg.replace(**{k.lower(): v for k, v in distributed.on_main(check_settings, cfg, kind).items()})
-    model_dir = resolve_model(str(cfg.model), config_only=cfg.dry_run)
-    try:
-        resume_from, peak = distributed.on_main(_check_run, cfg, kind, model_dir)
-    except SystemExit as e:
-        if e.code == 0:  # the dry run: every rank got its outcome and stops here, so the group can end cleanly
-            distributed.stop_process_group()
-        raise
-    return resolved(cfg.replace(estimated_peak_gib=peak), lora=kind == "lora", log=True), resume_from
+def start(cfg: Config, kind: str, *, fingerprint: dict, estimate: dict, lora: bool) -> Path | None:
+    """Rank 0's checks, then every rank gets the checkpoint to resume from (None: a fresh start). A finished run
+    with this fingerprint exits 0 touching nothing; a real-size model without a GPU, an estimate over the GPU's free
+    memory or a disk without room for a checkpoint stop here; then OUTPUT_DIR is locked, the resume chosen (never
+    deleting a checkpoint on a guess) and the fingerprint recorded."""
+    return distributed.on_main(_start, cfg, kind, fingerprint, estimate, lora)
 
-def preflight(cfg, kind: str) -> Path | None:
-    """``start_run`` for callers that need only the checkpoint to resume from."""
-    return start_run(cfg, kind)[1]
-
-def check_settings(cfg: TrainConfig, kind: str) -> dict:
-    """The checks that need no model; returns ENGINE, DEEPSPEED, WORLD_SIZE, GRAD_ACCUM and EXAMPLES_PER_STEP."""
-    lora = kind == "lora"
-    for name in ("BATCH_SIZE", "GRAD_ACCUM", "LOGGING_STEPS", "EVAL_STEPS", "SAVE_STEPS", "MAX_LENGTH"):
-        if getattr(cfg, name.lower()) < 1:
-            raise MedsftError(f"--{name.lower()}={getattr(cfg, name.lower())}: must be at least 1")
-    if cfg.max_steps <= 0 and cfg.epochs <= 0:
-        raise MedsftError("nothing to train: set --epochs > 0 or --max_steps > 0")
-    if not 0 <= cfg.seed < 2 ** 32:
-        raise MedsftError(f"--seed={cfg.seed}: must be between 0 and 2**32 - 1")
-    if lora and (cfg.lora_r < 1 or cfg.lora_alpha <= 0):
-        raise MedsftError(f"--lora_r={cfg.lora_r} --lora_alpha={cfg.lora_alpha}: the rank must be at least 1 "
-                          "and alpha positive")
-    if lora and not 0 <= cfg.lora_dropout < 1:
-        raise MedsftError(f"--lora_dropout={cfg.lora_dropout}: must be in [0, 1)")
-    launch = distributed.resolve_engine(cfg)
-    launch.update(distributed.resolve_batch(cfg, launch["WORLD_SIZE"]))
-    cfg = cfg.replace(**{k.lower(): v for k, v in launch.items()})
-    _check_quantization(cfg, lora)
-    check_versions()
-    if cfg.dry_run:
-        return launch
-    check_data(cfg.data_dir)
-    resolve_features(cfg, lora=lora, log=False)  # bad precision/attention/optim choices, before loading
-    check_writable(cfg.output_dir, "output_dir")  # before the model is fetched (maybe downloaded)
-    if cfg.results_dir:
-        check_writable(cfg.results_dir, "results_dir")
-    return launch
-
-def _check_quantization(cfg: TrainConfig, lora: bool) -> None:
-    quant = str(cfg.quantization).lower()
-    if quant in ("none", ""):
-        return
-    if quant != "4bit" or not lora:
-        raise MedsftError(f"--quantization={cfg.quantization}: expected none or 4bit (QLoRA, train_lora.py "
-                          "only: a quantized base cannot be fully fine-tuned)")
-    if cfg.engine in distributed.SHARDED:
-        raise MedsftError(f"--quantization=4bit with --engine={cfg.engine}: a 4-bit base is not sharded here; "
-                          "use --engine=ddp (each GPU holds the whole 4-bit base)")
-    from transformers.utils import is_bitsandbytes_available
-    if not cfg.dry_run and not is_bitsandbytes_available():
-        raise MedsftError("--quantization=4bit needs bitsandbytes: pip install -r requirements-scale.txt (see "
-                          "docs/scale.md), or use --quantization=none")
-
-def check_data(data_dir) -> None:
-    d = Path(data_dir)
-    for p in (d / "train.jsonl", d / "val.jsonl"):
-        if not p.is_file():
-            raise MedsftError(f"{p} not found: run data.py first (it writes train/val/test.jsonl into {d}/), "
-                              "or point --data_dir at a folder that has them")
-
-def check_versions(requirements=None) -> None:
-    """Stop when an installed library is older than requirements.txt's floor (it would crash after minutes)."""
-    path = Path(requirements) if requirements else Path(__file__).resolve().parents[2] / "requirements.txt"
-    if not path.is_file():
-        return
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            req = Requirement(line.split("#", 1)[0].strip())
-        except InvalidRequirement:
-            continue  # blank lines and comments
-        floors = [s.version for s in req.specifier if s.operator in (">=", "==")]
-        if not floors or (req.marker is not None and not req.marker.evaluate()):
-            continue
-        try:
-            have = version(req.name)
-        except PackageNotFoundError:
-            raise MedsftError(f"{req.name} is not installed ({path.name} needs {req}): pip install -r {path}") from None
-        if Version(have.split("+")[0]) < Version(floors[0]):
-            raise MedsftError(f"{req.name} {have} is installed but this project needs {req} ({path.name}): "
-                              f"pip install -r {path}")
-
-def dry_run(cfg, kind: str, model_dir=None) -> None:
-    """Print the resolved features and the per-GPU memory estimate (config.json only), then exit 0."""
-    lora = kind == "lora"
-    cfg = resolved(cfg, lora=lora, log=True, assume_gpu=True)
-    est = estimate(cfg, model_dir or resolve_model(str(cfg.model), config_only=True), lora)
-    print(estimate_line(est))
-    where = "" if cfg.engine == "single" else f"; per GPU with {cfg.engine} on {cfg.world_size} GPUs"
-    print(f"dry run: {est['params'] / 1e9:.3f}B parameters, {est['trainable'] / 1e6:,.1f}M trainable, "
-          f"{est['tokens_per_micro_batch']:,} tokens per micro-batch (BATCH_SIZE x MAX_LENGTH), "
-          f"{cfg.examples_per_step} examples per optimizer step{where}; nothing loaded or written")
-    raise SystemExit(0)
-
-def _check_run(cfg: TrainConfig, kind: str, model_dir: Path) -> tuple[Path | None, float]:
+def _start(cfg: Config, kind: str, fp: dict, est: dict, lora: bool) -> Path | None:
     import torch
-    lora = kind == "lora"
-    if cfg.dry_run:
-        dry_run(cfg, kind, model_dir)
-    feats = resolve_features(cfg, lora=lora, log=False)
-    check_finished(cfg, kind, run_fingerprint(cfg, feats))  # it hashes the model's tokenizer: after the fetch
-    est = estimate(resolved(cfg, lora=lora), model_dir, lora)
+    check_finished(cfg, kind, fp)
     print(estimate_line(est))
     if not est["params"] < CPU_MAX_PARAMS and not cfg.allow_cpu and not torch.cuda.is_available():
         raise MedsftError(f"no CUDA GPU found, and {cfg.model} has {est['params'] / 1e9:.2f}B parameters: training "
@@ -171,15 +70,12 @@ def _check_run(cfg: TrainConfig, kind: str, model_dir: Path) -> tuple[Path | Non
     check_disk(cfg, est, lora)
     lock_output_dir(cfg.output_dir)  # before deleting or writing anything there
     resume_from = check_output_dir(cfg)  # last: --overwrite deletes, so every other check must have passed
-    check_same_run(cfg, resume_from, feats)
-    print(f"examples per optimizer step: {cfg.examples_per_step} (BATCH_SIZE {cfg.batch_size} x GRAD_ACCUM "
-          f"{cfg.grad_accum} x {cfg.world_size} process(es), engine {cfg.engine})")
-    return resume_from, round(est["total"] / 2 ** 30, 3)
+    check_same_run(cfg, resume_from, fp)
+    return resume_from
 
-def check_disk(cfg, est: dict, lora: bool) -> None:
+def check_disk(cfg: Config, est: dict, lora: bool) -> None:
     """Refuse when OUTPUT_DIR's disk cannot hold one checkpoint; warn when it cannot hold SAVE_TOTAL_LIMIT, one
     being written and the final model. Space --overwrite is about to free counts as free."""
-    cfg = TrainConfig.of(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free
@@ -216,7 +112,7 @@ def _tree_bytes(path: Path) -> int:
 def check_output_dir(cfg) -> Path | None:
     """The checkpoint to resume from, or None to start fresh; a previous run is never silently mixed in, and a
     checkpoint never deleted on a guess (docs/reliability.md)."""
-    cfg = TrainConfig.of(cfg)
+    cfg = Config.of(cfg)
     out = Path(cfg.output_dir)
     ckpts = checkpoints(out)
     if cfg.overwrite:
@@ -342,20 +238,16 @@ def unlock_output_dir(output_dir) -> None:
     if fd is not None:
         os.close(fd)
 
-# --- the fingerprint: data bytes, tokenizer and chat template, schedule, resolved features ------------------------
+# --- the fingerprint: what the run trains on and with --------------------------------------------------------------
 
-def run_fingerprint(cfg, feats: dict) -> dict:
-    cfg = TrainConfig.of(cfg)
-    constants = cfg.constants()
-    digest = hashlib.sha256()
-    for name in ("train.jsonl", "val.jsonl"):
-        digest.update((Path(cfg.data_dir) / name).read_bytes())
-    model_dir = resolve_model(str(cfg.model))
-    fp = {"data_sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha256(model_dir),
-          "weights_sha256": weights_sha256(model_dir),
-          **{k: constants[k] for k in RUN_KEYS if k in constants}, "features": feats}
-    if int(cfg.world_size or 1) > 1:  # another process count deals the data out differently
-        fp.update(WORLD_SIZE=cfg.world_size, ENGINE=cfg.engine)
+def fingerprint(cfg: Config, hashes: dict, not_trained: tuple = ()) -> dict:
+    """``hashes`` (the data, tokenizer and weights it trains from), every constant but NOT_TRAINED and the script's
+    ``not_trained``, the resolved features, and the process count when there are several."""
+    skip = set(NOT_TRAINED) | set(not_trained)
+    fp = {**hashes, **{k: v for k, v in cfg.items() if k not in skip},
+          "features": {k: cfg[k] for k in FEATURES if k in cfg}}
+    if int(cfg.get("WORLD_SIZE") or 1) > 1:  # another process count deals the data out differently
+        fp.update(WORLD_SIZE=cfg["WORLD_SIZE"], ENGINE=cfg["ENGINE"])
     return json.loads(json.dumps(fp))  # tuples become lists, as in the file it is compared with
 
 def tokenizer_sha256(model_dir: Path) -> str:
@@ -367,8 +259,8 @@ def tokenizer_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 def weights_sha256(model_dir: Path, *also: Path) -> str | None:
-    """The weights' identity for a run fingerprint (the base of a LoRA): ``model_checks.weights_identity`` of
-    ``model_dir``, combined with that of each of ``also`` (e.g. an adapter a run starts from) when given."""
+    """The weights' identity (``model_checks.weights_identity``) of ``model_dir``, combined with that of each of
+    ``also`` (e.g. an adapter a run starts from) when given."""
     if not also:
         return weights_identity(model_dir)
     ids = [weights_identity(d) for d in (model_dir, *also)]
@@ -376,7 +268,7 @@ def weights_sha256(model_dir: Path, *also: Path) -> str | None:
 
 def _comparable(old: dict, fp: dict) -> dict:
     # a fingerprint written before a key existed is compared without it (it cannot know), then rewritten with it
-    return {k: v for k, v in fp.items() if k in old or k not in ADDED_KEYS}
+    return {k: v for k, v in fp.items() if k in old}
 
 def _read_fingerprint(out: Path) -> dict | None:
     path = out / "run_fingerprint.json"
@@ -395,7 +287,7 @@ def _mismatch(old: dict, fp: dict) -> tuple[str, str | None]:
     words = {"data_sha256": "the data files", "tokenizer_sha256": "the model's tokenizer or chat template",
              "weights_sha256": "the model's weights: retrained in place, or another revision of a hub id"}
     named = ", ".join(f"{k} ({words[k]})" if k in words else k for k in changed)
-    moved = {k: v for k, v in (old.get("features") or {}).items() if fp["features"].get(k) != v}
+    moved = {k: v for k, v in (old.get("features") or {}).items() if fp.get("features", {}).get(k) != v}
     if not moved:
         return named, None
     now = ", ".join(f"{k}={fp['features'].get(k)} (was {v})" for k, v in moved.items())
@@ -406,7 +298,7 @@ def _mismatch(old: dict, fp: dict) -> tuple[str, str | None]:
 def check_finished(cfg, kind: str, fp: dict) -> None:
     """A finished run asked to run again with the same fingerprint: say so and exit 0, touching nothing. With
     another one, --resume=true is refused (it would mix two runs) and so is a plain run. OVERWRITE starts over."""
-    cfg = TrainConfig.of(cfg)
+    cfg = Config.of(cfg)
     out = Path(cfg.output_dir)
     if cfg.overwrite or not is_finished(out):
         return
@@ -430,12 +322,10 @@ def check_finished(cfg, kind: str, fp: dict) -> None:
     raise MedsftError(f"--resume=true: {out} holds a finished run that {what}: resuming would mix two runs; "
                       "start over with --overwrite=true, or use another --output_dir")
 
-def check_same_run(cfg, resume_from, feats: dict, fp: dict | None = None) -> None:
-    """Record the fingerprint (``fp``, else SFT's) in OUTPUT_DIR/run_fingerprint.json; refuse to resume a run whose
-    data, tokenizer, schedule or resolved auto features changed since."""
-    cfg = TrainConfig.of(cfg)
-    fp = run_fingerprint(cfg, feats) if fp is None else fp
-    out = Path(cfg.output_dir)
+def check_same_run(cfg, resume_from, fp: dict) -> None:
+    """Record ``fp`` in OUTPUT_DIR/run_fingerprint.json; refuse to resume a run whose data, tokenizer, settings or
+    resolved auto features changed since."""
+    out = Path(Config.of(cfg).output_dir)
     old = _read_fingerprint(out) if resume_from is not None else None
     changed, moved = _mismatch(old, fp) if old is not None else ("", None)
     if changed:
@@ -445,3 +335,90 @@ def check_same_run(cfg, resume_from, feats: dict, fp: dict | None = None) -> Non
         raise MedsftError(f"--resume=true: {moved}")
     with disk_errors(out, "run_fingerprint.json", "output_dir"):
         write_json(out / "run_fingerprint.json", fp)
+
+# --- train, save, finish --------------------------------------------------------------------------------------------
+
+def train(trainer, resume_from, cfg: Config, lora: bool, grpo: bool = False) -> dict:
+    """Train (resuming from ``resume_from``) and return the session summary. Out of memory says how out; a Ctrl-C
+    (its checkpoint saved) ends the SwanLab run as aborted and exits 130."""
+    cfg = Config.of(cfg)
+    try:
+        with disk_errors(cfg.output_dir, "a checkpoint", "output_dir", resume=True):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(e)
+        if "out of memory" not in text.lower():
+            raise
+        raise MedsftError(f"out of memory ({text.splitlines()[0][:200]}); {ways_out(lora, grpo)}") from e
+    if callbacks.stop_of(trainer).requested:
+        stopped = (f"stopped at step {trainer.state.global_step}: checkpoint saved in {cfg.output_dir}; continue "
+                   "with --resume=true")
+        tracking.finish_swanlab(interrupted=True, reason=stopped)
+        print(stopped)
+        raise SystemExit(130)
+    return {**callbacks.clock_of(trainer).summary(trainer.state), "resumed_from": str(resume_from) if resume_from else None}
+
+def save_final(trainer, tokenizer, cfg: Config, base_model: str | None = None) -> list[Path]:
+    """Save the model or adapter (its base_model_name_or_path = ``base_model``, default MODEL), tokenizer, generation
+    config, train_config.json (``cfg``) and, last, trainer_state.json into OUTPUT_DIR. Every process calls it
+    (ZeRO-3 / FSDP2 gather); rank 0 writes."""
+    cfg = Config.of(cfg)
+    out = Path(cfg.output_dir)
+    with disk_errors(out, "the final model", "output_dir", resume=True):
+        # staged in a hidden folder, then renamed file by file: a kill leaves each top-level file whole, old or new
+        stage = out / STAGING
+        distributed.on_main(_fresh_folder, stage)  # a save killed earlier may have left one
+        model = trainer.model
+        model.config.use_cache = True  # inference wants the KV cache back
+        tokenizer.padding_side = "left"
+        if hasattr(model, "peft_config"):
+            for adapter in model.peft_config.values():
+                adapter.base_model_name_or_path = str(base_model or cfg.model)
+            sharded = cfg.get("ENGINE") in distributed.SHARDED
+            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+
+            def save_adapter():
+                # save_embedding_layers=False: peft's "auto" would look the spec up on the Hugging Face Hub
+                model.save_pretrained(stage, state_dict=state_dict, save_embedding_layers=False)
+                model.get_base_model().generation_config.save_pretrained(stage)
+                tokenizer.save_pretrained(stage)
+            distributed.on_main(save_adapter)
+        else:
+            if cfg.get("PRECISION") == "bf16-mixed" and not cfg.get("DEEPSPEED"):
+                import torch
+                model.to(torch.bfloat16)  # fp32 master weights were for the updates; ship bf16 like Qwen3 itself
+            trainer.save_model(str(stage))  # model.safetensors + config + generation_config + tokenizer; gathers
+        return distributed.on_main(_publish, trainer, cfg, stage, out)
+
+def _fresh_folder(path: Path) -> None:
+    if path.is_symlink():  # rmtree refuses a link and save_model would write through it into its target
+        raise MedsftError(f"{path} is a symlink (to {os.readlink(path)}), not the staging folder this project "
+                          f"creates: nothing is saved through a link. Remove it (rm {path}), then continue with "
+                          "--resume=true")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+def _publish(trainer, config, stage: Path, out: Path) -> list[Path]:
+    save_config(config, stage / "train_config.json")
+    names = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name not in UNPUBLISHED)
+    for name in names:
+        os.replace(stage / name, out / name)
+    shutil.rmtree(stage, ignore_errors=True)
+    # a fresh name created exclusively: save_to_json's plain open() then writes our own file, never a planted link
+    tmp = out / f".trainer_state.json.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    try:
+        trainer.state.save_to_json(str(tmp))
+        os.replace(tmp, out / "trainer_state.json")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    weights = [out / n for n in names if n.endswith(".safetensors")]
+    return weights + [out / "tokenizer_config.json", out / "generation_config.json", out / "train_config.json",
+                      out / "trainer_state.json"]
+
+def finish(trainer, written: list) -> None:
+    """End the SwanLab run as a success, list what was written, end the process group (every rank, at the end)."""
+    tracking.finish_swanlab()
+    print("wrote:\n  " + "\n  ".join(str(p) for p in written))
+    distributed.stop_process_group(trainer)
