@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medsft import benchmarks, mcq, models
+from medsft import benchmarks, mcq, models, rows
 from medsft.chat import THINK_CLOSE, THINK_OPEN, control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
 from medsft.files import MedsftError, check_writable, disk_errors, dumps_json, dumps_jsonl, publish_files
@@ -47,24 +47,7 @@ BENCHMARKS = "cmmlu,medqa_mcmle,cmb,cmexam"  # benchmark.py's --benchmarks: rows
 
 FIELDS = ("question", "think", "answer")
 THINK = (THINK_OPEN, THINK_CLOSE)
-SUFFIXES = mcq.SUFFIXES  # the local files read (mcq.read_records, the project's one row reader)
-
-
-def read_modelscope(name: str, subset: str, split: str, revision: str = "", probe=None):
-    """(where, row) of a ModelScope dataset; ``probe``: the answer of ``models.hub_probe(name, "dataset")``, asked
-    earlier (None: asked now)."""
-    problem = probe.result() if probe else models.hub_problem(name, "dataset")
-    if problem is not None:
-        raise MedsftError(f"cannot download dataset '{name}' from ModelScope ({problem}). "
-                          "Use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a "
-                          "directory of them), or --dataset=demo/medical_demo.jsonl for the offline demo")
-    from modelscope.msdatasets import MsDataset
-
-    # no dataset script from the hub ever runs here; a pinned revision makes a rerun read the same rows
-    ds = MsDataset.load(name, subset_name=subset, split=split, trust_remote_code=False,
-                        **({"version": revision} if revision else {}))
-    for i, row in enumerate(ds, start=1):
-        yield f"{name}: row {i}", dict(row)
+SUFFIXES = rows.SUFFIXES  # the local files read (rows.read_records, the project's one row reader)
 
 
 def clean(row: dict, counts: dict) -> dict:
@@ -179,8 +162,10 @@ def main():
     # first, as its own added tokens are control tokens too
     tokenizer_spec = TOKENIZER or os.environ.get("MEDSFT_TOKENIZER", "")
     tok = models.load_tokenizer(tokenizer_spec) if tokenizer_spec else None
-    source = mcq.read_records(local) if is_local else read_modelscope(DATASET, SUBSET, SPLIT, DATASET_REVISION,
-                                                                      dataset_probe)
+    source = rows.read_records(local) if is_local else rows.read_hub(
+        DATASET, split=SPLIT, subset=SUBSET, revision=DATASET_REVISION, probe=dataset_probe,
+        fix="use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a directory of them), "
+            "or --dataset=demo/medical_demo.jsonl for the offline demo")
     print(f"reading {DATASET}" + (f" at revision {DATASET_REVISION}" if DATASET_REVISION and not is_local else ""))
 
     # 2. Validate, clean and de-duplicate; report each bad row on one line, keep the good ones

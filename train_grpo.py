@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from medsft import benchmarks, chat, mcq, memory, report
+from medsft import rows as medsft_rows
 from medsft.adapters import lora_base
 from medsft.config import Config, configure
 from medsft.files import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
@@ -166,47 +167,29 @@ def reward_functions(eos_ids, cfg: dict) -> list:
 
 # --- multiple-choice rows ---------------------------------------------------------------------------------------
 def read_rows(dataset, revision: str = "") -> tuple[list[dict], list[dict]]:
-    """(rows, bad): every valid row (``mcq.parse_record``: any published layout) with its ``where`` (file:line) and
-    ``id``; each bad row's where and reason."""
+    """(rows, bad): every valid row (``mcq.parse_record``: any published layout) of a file, a folder of them or a
+    ModelScope dataset (``rows.read_records`` / ``rows.read_hub``), with its ``where`` and ``id``; each bad row's
+    where and reason."""
     src = Path(str(dataset)).expanduser()
-    if src.is_dir():
-        files = sorted(src.glob("*.csv"))
-        if not files:
-            raise MedsftError(f"--dataset={dataset}: a folder without .csv files (CMMLU layout: <subject>.csv)")
-        sources = [mcq.read_records(f) for f in files]
-    elif src.is_file():
-        sources = [mcq.read_records(src)]
+    if src.exists():
+        records = medsft_rows.read_records(src)
+    elif is_hub_id(str(dataset)):
+        records = medsft_rows.read_hub(str(dataset), split="train", revision=revision, fix="pass a local file instead")
     else:
-        if not is_hub_id(str(dataset)):
-            raise MedsftError(f"--dataset={dataset}: no such file or folder, and not a ModelScope id (org/name)")
-        sources = [_hub_records(str(dataset), revision)]
+        raise MedsftError(f"--dataset={dataset}: no such file or folder, and not a ModelScope id (org/name)")
     rows, bad = [], []
-    for records in sources:
-        for where, rec in records:
-            got = rec if isinstance(rec, str) else mcq.parse_record(rec)
-            if isinstance(got, str):
-                bad.append({"where": where, "reason": got})
-                print(f"{where}: {got}; row skipped")
-                continue
-            got["id"] = hashlib.sha256(json.dumps([got["question"], got["choices"]], ensure_ascii=False)
-                                       .encode()).hexdigest()[:16]
-            rows.append({**got, "where": where})
+    for where, rec in records:
+        got = rec if isinstance(rec, str) else mcq.parse_record(rec)
+        if isinstance(got, str):
+            bad.append({"where": where, "reason": got})
+            print(f"{where}: {got}; row skipped")
+            continue
+        got["id"] = hashlib.sha256(json.dumps([got["question"], got["choices"]], ensure_ascii=False)
+                                   .encode()).hexdigest()[:16]
+        rows.append({**got, "where": where})
     if not rows:
         raise MedsftError(f"--dataset={dataset}: no valid multiple-choice rows ({len(bad)} bad, listed above)")
     return rows, bad
-
-
-def _hub_records(dataset: str, revision: str):
-    from modelscope.msdatasets import MsDataset
-
-    pinned = {"version": revision} if revision else {}
-    try:
-        records = MsDataset.load(dataset, split="train", trust_remote_code=False, **pinned)
-    except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
-        raise MedsftError(f"loading {dataset} (train) from ModelScope failed: {type(e).__name__}: {e}; pass a local "
-                          "file instead") from e
-    for i, rec in enumerate(records):
-        yield f"{dataset}:{i}", dict(rec)
 
 
 # --- evaluation overlap -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from . import mcq, models
+from . import mcq, models, rows
 from .config import TAGS
 from .files import MedsftError, iter_jsonl
 
@@ -83,7 +83,7 @@ def _records(bench: str, path: Path):
         path = _find(path, {"medqa_mcmle": ["Mainland/test.jsonl", "test.jsonl"],
                             "cmb": ["CMB-test-choice-question-merge.json"],
                             "cmexam": ["test.csv", "test*.csv"]}[bench], bench)
-    records = list(mcq.read_records(path))
+    records = list(rows.read_records(path))
     if bench == "cmb" and records and not any(isinstance(r, dict) and r.get("answer") for _, r in records):
         answers = _cmb_answers(path)
         records = [(w, {**r, "answer": answers.get(r.get("id"))} if isinstance(r, dict) else r) for w, r in records]
@@ -95,12 +95,12 @@ def _cmb_answers(questions: Path) -> dict:
     for folder in [questions.parent, *questions.parents][:5]:
         found = sorted(folder.rglob("CMB-test-choice-answer.json"))
         if found:
-            return {r.get("id"): r.get("answer") for _, r in mcq.read_records(found[0]) if isinstance(r, dict)}
+            return {r.get("id"): r.get("answer") for _, r in rows.read_records(found[0]) if isinstance(r, dict)}
     raise MedsftError(f"{questions}: no answers in it and no CMB-test-choice-answer.json near it; "
                       f"{BENCHMARKS['cmb'].download}")
 
 
-def _cmmlu_records(source: str, subjects: list[str], revision: str):
+def _cmmlu_records(source: str, subjects: list[str], revision: str, probe):
     folder = Path(source).expanduser()
     if folder.is_dir():
         if not any(folder.glob("*.csv")) and (folder / "test").is_dir():
@@ -111,20 +111,13 @@ def _cmmlu_records(source: str, subjects: list[str], revision: str):
             raise MedsftError(f"{folder}: no {', '.join(s + '.csv' for s in absent)} (subjects there: {have}); pass "
                               "--subjects=... or another cmmlu source")
         for s in subjects:
-            for where, rec in mcq.read_records(folder / f"{s}.csv"):
+            for where, rec in rows.read_records(folder / f"{s}.csv"):
                 yield s, where, rec
         return
-    from modelscope.msdatasets import MsDataset  # heavy: only for a benchmark read from ModelScope
-
-    pinned = {"version": revision} if revision else {}  # without it modelscope loads the hub's current
     for s in subjects:
-        try:  # a dataset's own loading script is code from the hub: never run it
-            records = MsDataset.load(source, subset_name=s, split="test", trust_remote_code=False, **pinned)
-        except Exception as e:  # noqa: BLE001 - modelscope raises many types; the user needs one clear message
-            raise MedsftError(f"loading {source} ({s}, test) from ModelScope failed: {type(e).__name__}: {e}; or "
-                              f"{BENCHMARKS['cmmlu'].download}") from e
-        for i, rec in enumerate(records):
-            yield s, f"{source}:{s}:{i}", dict(rec)
+        for where, rec in rows.read_hub(source, split="test", subset=s, revision=revision, probe=probe,
+                                        fix=f"or {BENCHMARKS['cmmlu'].download}"):
+            yield s, where, rec
 
 
 def hub_probes(suite: dict[str, str]) -> dict[str, object]:
@@ -146,17 +139,17 @@ def load(bench: str, source: str, *, subjects=tuple(CMMLU_SUBJECTS), revision: s
         if not path.exists() and not models.is_hub_id(str(source)):
             raise MedsftError(f"cmmlu={source}: no such folder, and not a ModelScope id; "
                               f"{BENCHMARKS['cmmlu'].download}")
-        if not path.exists() and (problem := probe.result() if probe else
-                                  models.hub_problem(str(source), repo_type="dataset")):
+        probe = None if path.exists() else probe or models.hub_probe(str(source), "dataset")
+        if probe and (problem := probe.result()):  # asked once: each subject's read below reuses the answer
             raise MedsftError(f"cannot load '{source}' from ModelScope ({problem}); {BENCHMARKS['cmmlu'].download}")
-        rows = ((s, w, r) for s, w, r in _cmmlu_records(str(source), list(subjects), revision))
+        found = _cmmlu_records(str(source), list(subjects), revision, probe)
     elif not path.exists():
         raise MedsftError(f"{bench}={source}: not found; {BENCHMARKS[bench].download}, or pass "
                           f"--benchmarks={bench}=<file or folder>, or leave {bench} out of --benchmarks")
     else:
-        rows = ((None, w, r) for w, r in _records(bench, path))
+        found = ((None, w, r) for w, r in _records(bench, path))
     items, bad, counts = [], [], Counter()
-    for subject, where, rec in rows:
+    for subject, where, rec in found:
         got = rec if isinstance(rec, str) else mcq.parse_record(rec)
         if isinstance(got, str):
             bad.append({"where": where, "reason": got})

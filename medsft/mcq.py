@@ -2,21 +2,17 @@
 (benchmark scores and GRPO's reward) and the question key that finds one question across files and option orders."""
 from __future__ import annotations
 
-import csv
 import json
 import re
 import unicodedata
-from pathlib import Path
 
 from .chat import CONTROL_TOKENS, THINK_CLOSE, THINK_OPEN, find_control_token, output_shape, split_output
-from .files import MedsftError, check_utf8, iter_jsonl
 
 LETTERS = "ABCDEF"  # CMB has up to six options; MedQA-MCMLE and CMExam five; CMMLU four
 PROMPT = "以下是关于{subject}的{kind}，请选出{which}。\n\n{question}\n{options}\n\n请先思考，然后在最后一行只写{ask}。"
 SINGLE = {"kind": "单项选择题", "which": "唯一正确的答案", "ask": "“答案：X”，X 为 {letters} 中的一个字母"}
 MULTI = {"kind": "多项选择题", "which": "所有正确的答案", "ask": "“答案：XY”，XY 为 {letters} 中所有正确选项的字母（如 AC）"}
 EXTRACTED_BY = ("marker", "option_line", "none")  # how a row's letters were read
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # the row files read_records reads
 
 
 # --- records of every layout ------------------------------------------------------------------------------------
@@ -104,100 +100,6 @@ def parse_record(rec) -> dict | str:
     if found:
         return f"'{found[0]}' holds the chat control token {found[1]}"
     return {"question": question.strip(), "choices": [c.strip() for c in choices], "gold": gold, "multi": multi}
-
-
-def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
-    """(line, value) of each element of the JSON list in ``text``, each line found as the element is decoded (a bad
-    element, or text after the closing bracket, names its line)."""
-    decoder, pos, n, found = json.JSONDecoder(), text.index("[") + 1, len(text), []
-    line = text.count("\n", 0, pos) + 1
-    while True:
-        start = pos
-        while pos < n and text[pos] in " \t\r\n,":
-            pos += 1
-        line += text.count("\n", start, pos)
-        if pos >= n or text[pos] == "]":
-            rest = text[pos + 1:]
-            if rest.strip():
-                after = line + text.count("\n", pos, pos + 1 + len(rest) - len(rest.lstrip()))
-                raise MedsftError(f"{path}:{after}: text after the list's closing ']'; fix that line")
-            return found
-        try:
-            obj, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise MedsftError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix that line") from None
-        found.append((line, obj))
-        line += text.count("\n", pos, end)
-        pos = end
-
-
-def _starts_a_list(path: Path) -> bool:
-    """Whether the first character of ``path`` (past a byte-order mark and blanks) is '['."""
-    with open(path, "rb") as f:
-        while chunk := f.read(4096):
-            chunk = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
-            if chunk:
-                return chunk[:1] == b"["
-    return False
-
-
-def read_records(path):
-    """(where, record or why it is bad) of each row of a JSONL / JSON / CSV / parquet file, or of each such file in a
-    folder (by name). ``where`` is file:line: the line of a JSONL row or of the start of a JSON list's element or a
-    CSV record (whose cells may span lines), the row of a parquet file. A record is a dict; a row that is no JSON
-    object is a string: why it is bad. Every CSV cell is text (no type guessing). A file that is not UTF-8 as a
-    whole, or a JSON list that does not parse, is one MedsftError naming its file:line."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
-        if not files:
-            raise MedsftError(f"{path}: no {'/'.join(SUFFIXES)} files in this folder")
-        for f in files:
-            yield from _file_records(f)
-    else:
-        yield from _file_records(path)
-
-
-def _file_records(path: Path):
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise MedsftError(f"{path}: unknown file type {suffix!r}; expected {', '.join(SUFFIXES)} or a folder of them")
-    if not path.is_file():
-        raise MedsftError(f"{path}: file not found")
-    try:
-        records = None
-        if suffix in (".jsonl", ".json") and _starts_a_list(path):
-            check_utf8(path, strict=True)  # one JSON document: a bad byte anywhere spoils it
-            try:
-                records = _json_list(path, path.read_text(encoding="utf-8-sig"))
-            except MedsftError:
-                if suffix == ".json":
-                    raise
-                # JSON lines whose first line is a list: each line is read (and named) on its own
-        if records is not None:
-            for line, rec in records:
-                yield f"{path}:{line}", rec if isinstance(rec, dict) else \
-                    f"expected a JSON object, got {type(rec).__name__}"
-        elif suffix in (".jsonl", ".json"):
-            for lineno, obj, err in iter_jsonl(path):
-                yield f"{path}:{lineno}", err or obj
-        elif suffix == ".csv":
-            check_utf8(path, strict=True)  # the CSV parser cannot skip an undecodable row: any bad byte is fatal
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.reader(f)
-                header = [h.strip() for h in next(reader, [])]
-                start = reader.line_num + 1
-                for rec in reader:
-                    where, start = f"{path}:{start}", reader.line_num + 1
-                    if any(field.strip() for field in rec):
-                        yield where, {h: rec[k] if k < len(rec) else None for k, h in enumerate(header) if h}
-        else:
-            import pyarrow.parquet as pq  # a dependency of datasets
-
-            for i, rec in enumerate(pq.read_table(path).to_pylist()):
-                yield f"{path}:row {i + 1}", rec
-    except UnicodeDecodeError as e:
-        raise MedsftError(f"{path}: not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
 
 
 # --- the prompt -------------------------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def test_the_hub_probe_runs_while_the_rows_are_read(monkeypatch, tmp_path, root,
     rows are read and checked, and its answer is used for the overlap check."""
     import threading
 
-    from medsft import mcq
+    from medsft import rows
 
     probing = threading.Event()
 
@@ -243,14 +243,14 @@ def test_the_hub_probe_runs_while_the_rows_are_read(monkeypatch, tmp_path, root,
         probing.set()
         return "offline"
 
-    reader, overlapped = mcq.read_records, []
+    reader, overlapped = rows.read_records, []
 
     def read_records(path):
         overlapped.append(probing.wait(timeout=10))
         yield from reader(path)
 
     monkeypatch.setattr(models, "hub_problem", hub_problem)
-    monkeypatch.setattr(mcq, "read_records", read_records)
+    monkeypatch.setattr(rows, "read_records", read_records)
     monkeypatch.delenv("MEDSFT_TOKENIZER", raising=False)
     monkeypatch.setattr(sys, "argv", ["data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path}"])
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)

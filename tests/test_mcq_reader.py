@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, run_script
 
-from medsft import benchmarks, mcq
+from medsft import benchmarks, mcq, rows
 from medsft.chat import output_shape
 from medsft.files import MedsftError, read_jsonl
 
@@ -346,7 +346,7 @@ def test_every_format_gives_the_same_records_with_file_line(tmp_path):
     expected = {"a.jsonl": [2, 3, 4, 5], "b.json": [2, 7, 12, 17], "c.csv": [2, 4, 6, 8],
                 "d.parquet": ["row 1", "row 2", "row 3", "row 4"]}
     for name, wheres in expected.items():
-        got = list(mcq.read_records(tmp_path / name))
+        got = list(rows.read_records(tmp_path / name))
         assert [w for w, _ in got] == [f"{tmp_path / name}:{w}" for w in wheres], name
         assert [r for _, r in got] == ROWS, name
 
@@ -355,19 +355,19 @@ def test_a_folder_is_its_files_in_name_order(tmp_path):
     (tmp_path / "b.jsonl").write_text(json.dumps(ROWS[1]) + "\n", encoding="utf-8")
     (tmp_path / "a.json").write_text(json.dumps([ROWS[0]]), encoding="utf-8")
     (tmp_path / "notes.txt").write_text("not rows", encoding="utf-8")
-    assert [r for _, r in mcq.read_records(tmp_path)] == ROWS[:2]
+    assert [r for _, r in rows.read_records(tmp_path)] == ROWS[:2]
     with pytest.raises(MedsftError, match=str(tmp_path / "notes.txt")):
-        list(mcq.read_records(tmp_path / "notes.txt"))
+        list(rows.read_records(tmp_path / "notes.txt"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedsftError, match=str(tmp_path / "empty")):
-        list(mcq.read_records(tmp_path / "empty"))
+        list(rows.read_records(tmp_path / "empty"))
 
 
 def test_a_json_list_element_that_is_no_object_is_an_error(tmp_path):
     """Every record is an object or the reason it is bad (a string): an element that is a string or number is bad."""
     src = tmp_path / "x.json"
     src.write_text(json.dumps([ROWS[0], "问题", 3, ROWS[1]], ensure_ascii=False, indent=1), encoding="utf-8")
-    got = list(mcq.read_records(src))
+    got = list(rows.read_records(src))
     assert [r for _, r in got if isinstance(r, dict)] == ROWS[:2]
     assert len(got) == 4 and all(isinstance(r, str) and r not in ("问题", "3") for _, r in got[1:3])
 
@@ -380,16 +380,16 @@ def test_a_file_in_another_encoding_is_one_error_naming_its_line(tmp_path, suffi
     src.write_bytes(text.encode("gbk"))
     first = next(i for i, line in enumerate(text.splitlines(), 1) if not line.isascii())
     with pytest.raises(MedsftError, match=f"{src}:{first}: "):
-        list(mcq.read_records(src))
+        list(rows.read_records(src))
 
 
 def test_a_broken_json_list_names_its_line_and_jsonl_whose_first_line_is_a_list_stays_lines(tmp_path):
     src = tmp_path / "x.json"
     src.write_text(json.dumps(ROWS[:2], indent=1) + "\n\n{}\n", encoding="utf-8")  # text after the closing ]
     with pytest.raises(MedsftError, match=f"{src}:{json.dumps(ROWS[:2], indent=1).count(chr(10)) + 3}: "):
-        list(mcq.read_records(src))
+        list(rows.read_records(src))
     src = tmp_path / "x.jsonl"  # a bad first line that happens to be a list: one bad row, the rest kept
     src.write_text("[1, 2]\n" + "".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
-    got = list(mcq.read_records(src))
+    got = list(rows.read_records(src))
     assert isinstance(got[0][1], str) and [r for _, r in got[1:]] == ROWS
     assert [w for w, _ in got] == [f"{src}:{n}" for n in range(1, 6)]
