@@ -251,3 +251,19 @@ def test_weights_sha256_folds_in_an_adapter_a_run_starts_from(tmp_path):
     assert first != weights_sha256(base)
     (adapter / "adapter_model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}" + b"b" * 64)  # retrained adapter
     assert weights_sha256(base, adapter) != first
+
+
+def test_every_constant_but_the_bookkeeping_ones_is_in_the_fingerprint():
+    """A new training constant needs no edit outside the scripts that use it: it is fingerprinted by default, so a
+    resume with another value is refused; where outputs go and how often to log never are."""
+    from medsft.config import Config, script_defaults
+    from medsft.training.run import fingerprint
+
+    for script in ("train.py", "train_lora.py", "train_grpo.py"):
+        cfg = Config({**script_defaults(ROOT / script), "NEW_TRAINING_KNOB": 0.5})
+        fp = fingerprint(cfg, {"data_sha256": "d"})
+        assert fp["NEW_TRAINING_KNOB"] == 0.5 and fp["SEED"] == cfg.seed and fp["data_sha256"] == "d", script
+        for name in ("OUTPUT_DIR", "RESULTS_DIR", "RESUME", "OVERWRITE", "SAVE_STEPS", "LOGGING_STEPS", "RUN_NAME"):
+            assert name not in fp, (script, name)
+        assert fingerprint(cfg.replace(OUTPUT_DIR="elsewhere", SAVE_STEPS=7), {"data_sha256": "d"}) == fp
+        assert fingerprint(cfg.replace(NEW_TRAINING_KNOB=0.6), {"data_sha256": "d"}) != fp
