@@ -125,18 +125,6 @@ def repetition_penalty(ids, n: int = REPETITION_NGRAM, free: float = REPETITION_
     return -max(0.0, share - free) / (1.0 - free) if free < 1 else 0.0
 
 
-def overlong_penalty(n_tokens: int, finished: bool, max_len: int = MAX_COMPLETION_LENGTH,
-                     buffer: int = OVERLONG_BUFFER) -> float:
-    """DAPO's soft overlong punishment: 0 up to ``max_len - buffer`` tokens, then a linear ramp to -1 at
-    ``max_len``; a completion that never ended (cut off at the cap) is -1."""
-    if not finished:
-        return -1.0
-    start = max_len - buffer
-    if buffer <= 0 or n_tokens <= start:
-        return 0.0
-    return -min(1.0, (n_tokens - start) / buffer)
-
-
 def reward_functions(eos_ids, cfg: dict) -> list:
     """The four rewards in TRL's signature ``f(prompts, completions, completion_ids, **columns) -> [float]`` (TRL
     passes every dataset column: ``gold``, ``mode`` and ``n_options`` here); each function's name is its logged name."""
@@ -158,9 +146,12 @@ def reward_functions(eos_ids, cfg: dict) -> list:
     def repetition(prompts, completions, completion_ids, **_):
         return [repetition_penalty(i, cfg["REPETITION_NGRAM"], cfg["REPETITION_FREE"]) for i in completion_ids]
 
-    def overlong(prompts, completions, completion_ids, **_):
-        return [overlong_penalty(len(i), ended(i), cfg["MAX_COMPLETION_LENGTH"], cfg["OVERLONG_BUFFER"])
-                for i in completion_ids]
+    from trl.rewards import get_soft_overlong_punishment  # TRL: main() says how to install it when missing
+
+    soft_overlong = get_soft_overlong_punishment(cfg["MAX_COMPLETION_LENGTH"], cfg["OVERLONG_BUFFER"])
+
+    def overlong(prompts, completions, completion_ids, **_):  # TRL's DAPO penalty: a completion with no eos is at the cap
+        return soft_overlong(completion_ids)
 
     return [correct, shape, repetition, overlong]
 
@@ -430,21 +421,20 @@ def main():
     base = lora_base(str(MODEL)) if is_adapter(MODEL) else str(MODEL)
     pin_revision(base, MODEL_REVISION)  # every download below (and the KL reference) is that revision
     model_dir = resolve_model(str(MODEL), config_only=DRY_RUN)
+    if DRY_RUN:  # config.json only: the prompts' length from the model's tokenizer when it is here, else CMMLU's
+        longest = prompt_tokens(model_dir, train_rows, NO_THINK_RATIO, SEED)
+    else:
+        tokenizer = load_tokenizer(MODEL)
+        prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED)
+        longest = max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts)
+    est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
+                               prompt_tokens=longest, max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
+                               vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
     if DRY_RUN:
-        est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
-                                   prompt_tokens=prompt_tokens(model_dir, train_rows, NO_THINK_RATIO, SEED),
-                                   max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
-                                   vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
         print(memory.estimate_line(est))
         print(f"dry run: {len(train_rows)} rows to train on, {BATCH_SIZE * GRAD_ACCUM * world // NUM_GENERATIONS} "
               f"prompts x {NUM_GENERATIONS} completions per optimizer step; nothing loaded or written")
         raise SystemExit(0)
-    tokenizer = load_tokenizer(MODEL)
-    prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED)
-    est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
-                               prompt_tokens=max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts),
-                               max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
-                               vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
     fp = distributed.on_main(fingerprint, cfg, prompts, heldout, model_dir)
     resume_from = run.start(cfg, "grpo", fingerprint=fp, estimate=est, lora=lora)
 

@@ -101,12 +101,15 @@ def test_repetition_penalty_on_chinese(real_tokenizer):
 
 
 def test_overlong_penalty():
-    assert g.overlong_penalty(100, True, max_len=1536, buffer=256) == 0.0
-    assert g.overlong_penalty(1280, True, max_len=1536, buffer=256) == 0.0
-    assert g.overlong_penalty(1408, True, max_len=1536, buffer=256) == pytest.approx(-0.5)
-    assert g.overlong_penalty(1536, True, max_len=1536, buffer=256) == -1.0
-    assert g.overlong_penalty(20, False, max_len=1536, buffer=256) == -1.0  # cut off
-    assert g.overlong_penalty(1536, True, max_len=1536, buffer=0) == 0.0
+    """DAPO's soft penalty: 0 up to MAX_COMPLETION_LENGTH - OVERLONG_BUFFER tokens, a ramp to -1 at the cap, where
+    every completion TRL cut off ends; OVERLONG_BUFFER=0 never penalises."""
+    def overlong(lengths, buffer=256):
+        funcs = g.reward_functions([0], {"CORRECT_NEEDS_SHAPE": True, "REPETITION_NGRAM": 8, "REPETITION_FREE": 0.1,
+                                         "MAX_COMPLETION_LENGTH": 1536, "OVERLONG_BUFFER": buffer})
+        return funcs[3](prompts=None, completions=None, completion_ids=[[7] * n for n in lengths])
+
+    assert overlong([100, 1280, 1408, 1536]) == [0.0, 0.0, pytest.approx(-0.5), -1.0]
+    assert overlong([1536], buffer=0) == [0.0]
 
 
 def test_reward_functions_take_trls_call():
@@ -122,7 +125,7 @@ def test_reward_functions_take_trls_call():
     assert correct == [1.0, 0.0, 1.0]  # the second never ended (no eos id 0): no credit
     assert shape == [1.0, 0.0, 1.0]
     assert repetition[0] == 0.0 and repetition[2] < 0
-    assert overlong == [0.0, -1.0, -1.0]  # 10 tokens = the cap
+    assert overlong == [0.0, 0.0, -1.0]  # 10 tokens = the cap
 
 
 # --- mode prompts -----------------------------------------------------------------------------------------------
