@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -13,18 +14,31 @@ RESULTS = ["train_full.json", "train_lora.json", "trainloss.png", "evalloss.png"
            "rouge.png", "cot.png", "README.md"]
 
 
-def run_pipeline(run_dir, cache):
+def _env(run_dir, cache) -> dict:
     env = {**os.environ, "MODEL": "tiny", "RUN_DIR": str(run_dir), "PYTHON": sys.executable,
            "MEDSFT_CACHE": str(cache), "SWANLAB_MODE": "disabled"}
     env.pop("MEDSFT_TOKENIZER", None)  # the project-built tokenizer, as on a fresh clone without ../shared
-    proc = subprocess.run(["bash", str(ROOT / "pipeline.sh")], env=env, capture_output=True, text=True, timeout=900)
+    return env
+
+
+def run_pipeline(run_dir, cache):
+    proc = subprocess.run(["bash", str(ROOT / "pipeline.sh")], env=_env(run_dir, cache), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _step(run_dir, cache, argv: list[str]):
+    """One stage as pipeline.sh ran it (``=== script args`` in its output), in the run folder."""
+    proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], env=_env(run_dir, cache), cwd=run_dir,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def test_tiny_pipeline_writes_every_result_and_reruns(tmp_path):
     run_dir = tmp_path / "run"
-    run_pipeline(run_dir, tmp_path / "cache")
+    first = run_pipeline(run_dir, tmp_path / "cache")
     results = run_dir / "results"
     for name in RESULTS:
         assert (results / name).is_file() and (results / name).stat().st_size > 0, name
@@ -55,10 +69,14 @@ def test_tiny_pipeline_writes_every_result_and_reruns(tmp_path):
     gguf = run_dir / "export" / "full" / "medsft-full-q8_0.gguf"
     assert gguf.read_bytes()[:4] == b"GGUF"
     assert "FROM ./medsft-full-q8_0.gguf" in (run_dir / "export" / "full" / "Modelfile").read_text()
-    # a second run retrains to the same weights (same seed), so the predictions are reused, not redone
+    # the chain run again with pipeline.sh's own commands: train.py retrains (--overwrite) to the same weights (same
+    # seed), so the full model's predictions are reused, not redone, and its export comes out the same bytes (each
+    # other stage's re-run is tested where the stage is)
     before = (results / "predictions_full.jsonl").read_bytes()
     exported = gguf.read_bytes()
-    second = run_pipeline(run_dir, tmp_path / "cache")
-    assert "already complete" in second.stdout
+    steps = [line[4:] for line in first.stdout.splitlines() if line.startswith("=== ")]
+    again = [next(s for s in steps if s.startswith(p)) for p in ("train.py ", "inference.py --input=", "export.py ")]
+    outputs = [_step(run_dir, tmp_path / "cache", shlex.split(s)).stdout for s in again]
+    assert "already complete" in outputs[1]
     assert (results / "predictions_full.jsonl").read_bytes() == before
     assert gguf.read_bytes() == exported
