@@ -434,6 +434,7 @@ def main():
         print(memory.estimate_line(est))
         print(f"dry run: {len(train_rows)} rows to train on, {BATCH_SIZE * GRAD_ACCUM * world // NUM_GENERATIONS} "
               f"prompts x {NUM_GENERATIONS} completions per optimizer step; nothing loaded or written")
+        distributed.stop_process_group()
         raise SystemExit(0)
     fp = distributed.on_main(fingerprint, cfg, prompts, heldout, model_dir)
     resume_from = run.start(cfg, "grpo", fingerprint=fp, estimate=est, lora=lora)

@@ -196,6 +196,11 @@ def test_kill9_of_the_launcher_then_resume_continues_exactly(data_dir, work, one
     res = json.loads((work / "ddp-full-results" / "train_full.json").read_text())
     assert (res["world_size"], res["examples_per_step"], res["features"]["LOSS"]) == (2, 4, "chunked")
     _generates(out)
+    # the same command once more: every process learns the run is finished, says so once, ends its group, exits 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = _torchrun("train.py", args, work)
+    assert again.stdout.count("already holds this finished run") == 1, again.stdout[-2000:]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 def test_a_launch_that_is_not_one_run_is_refused(data_dir, work):

@@ -56,7 +56,12 @@ def start(cfg: Config, kind: str, *, fingerprint: dict, estimate: dict, lora: bo
     with this fingerprint exits 0 touching nothing; a real-size model without a GPU, an estimate over the GPU's free
     memory or a disk without room for a checkpoint stop here; then OUTPUT_DIR is locked, the resume chosen (never
     deleting a checkpoint on a guess) and the fingerprint recorded."""
-    return distributed.on_main(_start, cfg, kind, fingerprint, estimate, lora)
+    try:
+        return distributed.on_main(_start, cfg, kind, fingerprint, estimate, lora)
+    except SystemExit as e:
+        if e.code == 0:  # the finished-run no-op: every rank got its outcome, so the group can end cleanly
+            distributed.stop_process_group()
+        raise
 
 def _start(cfg: Config, kind: str, fp: dict, est: dict, lora: bool) -> Path | None:
     import torch
