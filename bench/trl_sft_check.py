@@ -17,7 +17,7 @@ How the two sides are made equal: TRL's SFTConfig is built from the very Trainin
 (``to_dict()``, TRL's own round trip), plus max_length=None (our rows are never cut) and loss_type; the model is the
 same checkpoint loaded by medsft.training.sft.load_training_model (for lora: wrapped by sft.add_lora, the
 same seeded adapter); the examples are the same list, given to TRL as a datasets.Dataset; TRL's sampler is replaced
-by ours restated (examples grouped by length per optimizer step, drawn from seed + epoch). Peak memory is VmHWM
+by ours (sft.length_grouped_sampler) (examples grouped by length per optimizer step, drawn from seed + epoch). Peak memory is VmHWM
 above the resident set after the imports (transformers, trl, peft, datasets and medsft in both processes, before the
 model loads), as bench/peers_driver.py measures it.
 """
@@ -131,26 +131,6 @@ def _train_ours(spec: dict, examples: list[dict], tokenizer) -> dict:
     return {"collator": type(trainer.data_collator).__name__, "losses": _losses(trainer)}
 
 
-def _step_grouped_sampler_class():
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-    import torch
-
-    class StepGroupedSampler(LengthGroupedSampler):
-        """medsft.training's sampler restated: lengths grouped per optimizer step, the order drawn from seed + epoch."""
-        def __init__(self, batch_size, lengths, seed):
-            super().__init__(batch_size, lengths=lengths)
-            self.seed, self.epoch = seed, 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
-
-    return StepGroupedSampler
-
-
 def _train_trl(spec: dict, examples: list[dict], tokenizer) -> dict:
     import warnings
 
@@ -161,7 +141,6 @@ def _train_trl(spec: dict, examples: list[dict], tokenizer) -> dict:
     lora = spec["variant"] == "lora"
     run = _run_config(spec)
     ours = sft.training_arguments(run, lora=lora, has_eval=False)
-    sampler_cls = _step_grouped_sampler_class()
 
     class SameOrderSFTTrainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
@@ -169,7 +148,7 @@ def _train_trl(spec: dict, examples: list[dict], tokenizer) -> dict:
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
             per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            return sampler_cls(per_step, [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
+            return sft.length_grouped_sampler(per_step, [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
 
     kwargs = ours.to_dict()  # the TrainingArguments our build_trainer uses, field for field
     kwargs.update(max_length=None, loss_type=spec["loss_type"], padding_free=spec["variant"] == "padding_free")

@@ -259,9 +259,8 @@ def sort_lora_targets(model) -> None:
 # --- trainer ----------------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _trainer_class():
+def _sampler_class():
     import torch
-    from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
     class EpochLengthGroupedSampler(LengthGroupedSampler):
@@ -277,6 +276,17 @@ def _trainer_class():
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
+    return EpochLengthGroupedSampler
+
+def length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
+    """The trainer's sampler: examples grouped by length per ``batch_size`` (an optimizer step over all processes)."""
+    return _sampler_class()(batch_size, lengths, seed)
+
+@functools.lru_cache(maxsize=None)
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+
     class MedsftTrainer(Trainer):
         """transformers' Trainer plus tokens/s and peak memory in every training log, and a token-mean eval loss."""
         def __init__(self, *args, **kwargs):
@@ -290,8 +300,8 @@ def _trainer_class():
                 return super()._get_train_sampler(train_dataset)
             # grouped per optimizer step over all processes: N processes x batch b see what 1 x N*b sees, in order
             per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            return EpochLengthGroupedSampler(per_step, [len(e["input_ids"]) for e in dataset],
-                                             self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+            return length_grouped_sampler(per_step, [len(e["input_ids"]) for e in dataset],
+                                          self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             # one (summed loss, target tokens) row per batch: the eval loss is a mean over every target token
