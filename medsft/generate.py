@@ -22,7 +22,8 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids) | {tokenizer.eos_token_id})
 
 def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None, **_) -> None:
-    """Reject decoding settings transformers would refuse (or silently misuse), before any model loads."""
+    """Reject decoding settings transformers would refuse (or silently misuse): each script calls it once, before
+    any model loads."""
     if max_new_tokens < 1:
         raise MedsftError(f"--max_new_tokens={max_new_tokens}: must be at least 1")
     if do_sample and temperature is not None and temperature <= 0:
@@ -33,8 +34,8 @@ def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_
         raise MedsftError(f"--top_k={top_k}: must be >= 0 (0 = off)")
 
 def generation_config(model, tokenizer, *, max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None):
-    """The model's own generation_config (Qwen3: thinking-mode sampling) with this run's overrides."""
-    check_decoding(max_new_tokens, do_sample, temperature, top_p, top_k)
+    """The model's own generation_config (Qwen3: thinking-mode sampling) with this run's overrides (the script
+    checked them with ``check_decoding`` before any model loaded)."""
     gc = copy.deepcopy(model.generation_config)
     gc.max_new_tokens = max_new_tokens
     gc.do_sample = do_sample

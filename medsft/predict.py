@@ -14,7 +14,6 @@ from tqdm import tqdm
 from .adapters import check_adapter, lora_base
 from .backends import check_backend, load_backend
 from .chat import STATUSES, SWITCHES, question_mode, split_output
-from .generate import check_decoding
 from .files import MedsftError, check_writable, disk_errors, iter_jsonl, resume_rows, write_json, write_jsonl
 from .model_checks import check_model, spec_key, weights_fingerprint
 from .models import hub_revision
@@ -133,12 +132,12 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
                  batch_size=8, system=None, temperature=None, top_p=None, top_k=None, backend="transformers",
                  enable_thinking=True, soft_switch="", progress=True) -> dict:
     """Predict every row of ``input_path`` not yet in ``output_path`` (``model`` None: the adapter's base), in
-    the mode ``chat.question_mode`` gives it; returns the summary. Greedy: a resumed file equals an uninterrupted one."""
+    the mode ``chat.question_mode`` gives it; returns the summary. Greedy: a resumed file equals an uninterrupted one.
+    The decoding settings are the caller's, checked with ``generate.check_decoding`` before it loads anything."""
     started = time.perf_counter()
     # 1. Everything checkable without a model
     if batch_size < 1:
         raise MedsftError(f"--batch_size={batch_size}: must be at least 1")
-    check_decoding(max_new_tokens, do_sample, temperature, top_p, top_k)
     check_switches(enable_thinking, soft_switch)
     adapter = None
     if adapter_dir is not None:
