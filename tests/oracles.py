@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from contextlib import contextmanager
 
 from medsft.chat import obeying_shapes, output_shape
 from medsft.think_steps import content_chars
@@ -92,3 +93,47 @@ class CountingFile:
 
     def __exit__(self, *exc):
         self.f.close()
+
+
+# Error messages are checked by their key facts (the file and line, the field or constant, the offending value,
+# the option that fixes it), never by their wording, which may change freely.
+
+def assert_names(msg: str, *facts, lines: int | None = 1) -> str:
+    """Assert that the user-facing message ``msg`` names every one of ``facts`` (each str()-ed: a path, a
+    ``file:line``, a field or constant name, the offending value, the option to use instead), holds no traceback,
+    and is ``lines`` lines long (None: any length). Returns ``msg``."""
+    msg = str(msg)
+    assert "Traceback" not in msg, msg
+    missing = [str(f) for f in facts if str(f) not in msg]
+    assert not missing, f"the message does not name {missing}: {msg!r}"
+    if lines is not None:
+        assert len(msg.strip().splitlines()) == lines, f"expected {lines} line(s): {msg!r}"
+    return msg
+
+def error_of(stderr: str) -> str:
+    """The message a script printed as ``error: <message>`` (the one such line and what follows it), after
+    checking that its stderr holds no traceback and exactly one ``error: `` line."""
+    assert "Traceback" not in stderr, stderr[-4000:]
+    starts = [i for i, line in enumerate(stderr.splitlines()) if line.startswith("error: ")]
+    assert len(starts) == 1, stderr[-4000:]
+    return "\n".join(stderr.splitlines()[starts[0]:])[len("error: "):]
+
+def assert_exit(proc, code: int, *facts, lines: int | None = 1) -> str:
+    """Assert that the finished script ``proc`` (a CompletedProcess) exited ``code`` with one ``error: `` message
+    on stderr naming every one of ``facts`` (see ``assert_names``), and no traceback. Returns the message."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-4000:])
+    return assert_names(error_of(proc.stderr), *facts, lines=lines)
+
+def lines_naming(text: str, *facts) -> list[str]:
+    """The lines of a script's output ``text`` that name every one of ``facts`` (each str()-ed): a notice is
+    found by what it names, not by how it is worded."""
+    return [line for line in text.splitlines() if all(str(f) in line for f in facts)]
+
+@contextmanager
+def raises_naming(exc_type, *facts, lines: int | None = 1):
+    """``pytest.raises(exc_type)`` that then checks the exception's message with ``assert_names``."""
+    import pytest
+
+    with pytest.raises(exc_type) as info:
+        yield info
+    assert_names(str(info.value), *facts, lines=lines)
