@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from contextlib import contextmanager
 
@@ -128,6 +129,14 @@ def lines_naming(text: str, *facts) -> list[str]:
     """The lines of a script's output ``text`` that name every one of ``facts`` (each str()-ed): a notice is
     found by what it names, not by how it is worded."""
     return [line for line in text.splitlines() if all(str(f) in line for f in facts)]
+
+def numbers_in(text: str, *paths) -> list[int]:
+    """The whole numbers ``text`` names, in order, once ``paths`` (whose digits are not counts) are taken out: a
+    message's counts checked as facts, whatever words surround them."""
+    text = str(text)
+    for p in sorted(map(str, paths), key=len, reverse=True):
+        text = text.replace(p, " ")
+    return [int(n) for n in re.findall(r"(?<![\w.])\d+(?![\w.])", text)]
 
 @contextmanager
 def raises_naming(exc_type, *facts, lines: int | None = 1):

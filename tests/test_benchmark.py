@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED, run_script
+from oracles import assert_exit, lines_naming, numbers_in, raises_naming
 
 from medsft import benchmarks, mcq, report
 from medsft.files import MedsftError, read_jsonl
@@ -105,7 +106,7 @@ def test_cmb_and_cmexam_in_their_published_layouts(tmp_path, capsys):
     csv.write_text('Question,Options,Answer,Explanation\nq,"A 甲\nB 乙",B,e\nq2,"A 甲\n乙",A,e\n', encoding="utf-8")
     good, bad = benchmarks.load("cmexam", str(csv.parent))
     assert len(good) == 1 and bad == [{"where": f"{csv}:4", "reason": "'Options' is not lines 'A 文本'"}]
-    with pytest.raises(MedsftError, match="git clone https://github.com/williamliujl/CMExam"):
+    with raises_naming(MedsftError, tmp_path / "absent", "git clone https://github.com/williamliujl/CMExam"):
         benchmarks.load("cmexam", str(tmp_path / "absent"))
 
 
@@ -157,7 +158,7 @@ def test_scripted_models_right_gives_100_and_always_a_gives_the_share_of_a(items
                        ("base", always_a)):
         proc = run_script("benchmark.py", f"--score={write_rows(tmp_path / f'{name}.jsonl', rows)}", f"--name={name}",
                           f"--results_dir={results}")
-        assert f"wrote {results / f'benchmark_{name}.json'}" in proc.stdout
+        assert lines_naming(proc.stdout, results / f"benchmark_{name}.json"), proc.stdout
     full = json.loads((results / "benchmark_full.json").read_text(encoding="utf-8"))["benchmarks"]["cmmlu"]
     assert full["overall"]["accuracy"] == 1.0 and full["overall"]["n"] == 1333 and full["overall"]["unextractable"] == 0
     assert all(s["accuracy"] == 1.0 for s in full["by_group"].values()) and len(full["by_group"]) == 7
@@ -211,7 +212,8 @@ def test_thinking_off_asks_with_the_hard_switch(items, cmmlu_dir, tmp_path, monk
     assert seen and all(m == ["no_think_hard"] * len(m) for m in seen)
     summary = json.loads((tmp_path / "benchmark_base.json").read_text(encoding="utf-8"))
     assert summary["decoding"]["enable_thinking"] is False
-    with pytest.raises(MedsftError, match="enable_thinking"):
+    with raises_naming(MedsftError, tmp_path / "benchmark_base.jsonl", "enable_thinking=False", "--name",
+                       "--results_dir"):  # the file, the setting it was started with, the ways out
         run_main(monkeypatch, *args)
 
 
@@ -234,9 +236,11 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_files(items, cmmlu
         assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "twice" / name).read_bytes()
     summary = json.loads((tmp_path / "once" / "benchmark_base.json").read_text(encoding="utf-8"))
     assert summary["complete"] and summary["benchmarks"]["cmmlu"]["overall"]["accuracy"] == 1.0
-    with pytest.raises(MedsftError, match="max_new_tokens=8 \\(now 9\\)"):  # other settings are never mixed in
+    rows = tmp_path / "twice" / "benchmark_base.jsonl"
+    with raises_naming(MedsftError, rows, "max_new_tokens=8", "--name"):  # other settings are never mixed in
         run_main(monkeypatch, *args[:-1], "--max_new_tokens=9", f"--results_dir={tmp_path / 'twice'}")
-    with pytest.raises(MedsftError, match="not in this selection"):  # another sample of items is other items
+    first = read_jsonl(rows)[0]
+    with raises_naming(MedsftError, f"{rows}:1:", f"cmmlu#{first['id']}", "--seed", "--name"):  # other items
         run_main(monkeypatch, *args, "--seed=7", "--do_sample=false", f"--results_dir={tmp_path / 'twice'}")
 
 
@@ -319,7 +323,9 @@ def test_tiny_end_to_end_offline_and_a_rerun_changes_nothing(cmmlu_dir, tmp_path
     assert json.loads((results / "benchmark_base.config.json").read_text())["LIMIT"] == 3
     before = {n: (results / n).read_bytes() for n in names}
     proc = run_script("benchmark.py", *args)
-    assert "9 answers already in" in proc.stdout and "0 to generate" in proc.stdout and "loading" not in proc.stdout
+    rows = results / "benchmark_base.jsonl"  # said: 9 items x 1 sample; 9 answers in the file, 0 to generate
+    assert [9, 1, 9, 0] in [numbers_in(line, rows) for line in lines_naming(proc.stdout, rows)], proc.stdout
+    assert "loading" not in proc.stdout
     assert {n: (results / n).read_bytes() for n in names} == before
 
 
@@ -332,22 +338,23 @@ def test_bad_input_gives_one_clear_message_with_file_and_line(tmp_path, monkeypa
     items, bad = benchmarks.load("cmmlu", str(tmp_path), subjects=["genetics"])  # a bad row: named, counted, left out
     assert len(items) == 1 and [b["where"] for b in bad] == [f"{tmp_path / 'genetics.csv'}:4"]
     assert "E" in bad[0]["reason"]
-    for subject, expected in (("virology", "no valid items"), ("nutrition", "no nutrition.csv")):
-        with pytest.raises(MedsftError, match=expected):
+    for subject, facts in (("virology", [f"cmmlu={tmp_path}"]), ("nutrition", [tmp_path, "nutrition.csv", "virology"])):
+        with raises_naming(MedsftError, *facts):  # the source; or the folder, the file missing, the subjects there
             benchmarks.load("cmmlu", str(tmp_path), subjects=[subject])
     preds = write_rows(tmp_path / "p.jsonl", [{"gold": "A", "output": "答案：A"}, {"gold": "G", "output": "答案：A"}])
     write_rows(tmp_path / "q.jsonl", [{"gold": "A"}])
-    for args, expected in (([f"--benchmarks=cmmlu={tmp_path}", "--model_dir=tiny", "--subjects=virology"],
-                            "no valid items"),
-                           ([f"--score={preds}"], "p.jsonl:2: gold 'G' is not option letters"),
-                           ([f"--score={tmp_path / 'q.jsonl'}"], "q.jsonl:1: missing 'output'"),
-                           (["--subjects=Anatomy"], "--subjects=Anatomy: expected"),
-                           (["--benchmarks=cmmlu,mmlu"], "'mmlu' is unknown"),
-                           ([f"--benchmarks=cmb={tmp_path / 'none'}"], "git clone https://github.com/FreedomIntelligence/CMB"),
-                           (["--name=my model"], "--name=my model: use letters")):
+    for args, facts in (([f"--benchmarks=cmmlu={tmp_path}", "--model_dir=tiny", "--subjects=virology"],
+                         [f"cmmlu={tmp_path}"]),
+                        ([f"--score={preds}"], [f"{preds}:2:", "'G'"]),  # the file:line and the bad value
+                        ([f"--score={tmp_path / 'q.jsonl'}"], [f"{tmp_path / 'q.jsonl'}:1:", "'output'"]),
+                        (["--subjects=Anatomy"], ["--subjects=Anatomy", "anatomy"]),  # the value, and the right one
+                        (["--benchmarks=cmmlu,mmlu"], ["--benchmarks=cmmlu,mmlu", "'mmlu'", "cmb", "cmexam"]),
+                        ([f"--benchmarks=cmb={tmp_path / 'none'}"],
+                         [tmp_path / "none", "git clone https://github.com/FreedomIntelligence/CMB"]),
+                        (["--name=my model"], ["--name=my model"])):
         proc = run_script("benchmark.py", *args, f"--results_dir={tmp_path / 'r'}", check=False)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
+        assert_exit(proc, 1, *facts)
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr  # that one line is all stderr holds
     assert not (tmp_path / "r").exists()
 
 
@@ -355,5 +362,6 @@ def test_modelscope_offline_fails_fast_pointing_at_a_local_folder(monkeypatch):
     from medsft import models
 
     monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
-    with pytest.raises(MedsftError, match=r"cannot load 'opencompass/cmmlu' from ModelScope .*git clone"):
+    with raises_naming(MedsftError, "'opencompass/cmmlu'", "offline", "git clone https://github.com/haonan-li/CMMLU",
+                       "--benchmarks=cmmlu="):
         benchmarks.load("cmmlu", "opencompass/cmmlu", subjects=["anatomy"])

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_script
+from oracles import assert_exit, lines_naming, numbers_in, raises_naming
 
 QUESTIONS = [
     "头痛三天，伴有低烧，应该怎么办？",
@@ -71,34 +72,35 @@ def test_bad_inputs_fail_before_loading_with_the_fix(tmp_path):
     (tmp_path / "dup.jsonl").write_text('{"id": 7, "question": "a"}\n{"id": 7, "question": "b"}\n', encoding="utf-8")
     (tmp_path / "not_a_model").mkdir()
     (tmp_path / "a_file").write_text("x")
-    cases = [
-        ("inference.py", [], "output/full not found: run train.py first, or pass --model_dir"),
-        ("inference_lora.py", [], "output/lora not found: run train_lora.py first, or pass --adapter_dir"),
-        ("inference.py", [f"--model_dir={tmp_path / 'not_a_model'}"], "no config.json"),
-        ("inference.py", ["--model_dir=tiny", "--question=   "], "empty question"),
-        ("inference.py", ["--model_dir=tiny", "--question="], "empty question"),
-        ("inference.py", ["--model_dir=tiny", "--question=hi", f"--input={split}"], "not both"),
-        ("inference.py", ["--model_dir=tiny", f"--input={tmp_path / 'missing.jsonl'}"], "missing.jsonl not found"),
-        ("inference.py", ["--model_dir=tiny", f"--input={tmp_path / 'malformed.jsonl'}"], "malformed.jsonl:2: invalid JSON"),
-        ("inference.py", ["--model_dir=tiny", f"--input={tmp_path / 'empty_q.jsonl'}"], "empty_q.jsonl:3: empty or missing 'question'"),
-        ("inference.py", ["--model_dir=tiny", f"--input={tmp_path / 'dup.jsonl'}"], "dup.jsonl:2: id 7 already used on line 1"),
-        ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={tmp_path / 'a_file' / 'p.jsonl'}"],
-         "cannot be written"),
-        ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={tmp_path}"], "is a directory"),
-        ("inference.py", ["--model_dir=tiny", "--question=hi", "--temperature=0"], "--do_sample=false"),
-        ("inference.py", ["--model_dir=tiny", f"--input={split}", "--max_new_tokens=0"], "at least 1"),
-        ("inference.py", ["--model_dir=tiny", "--question=hi", "--top_p=2"], "must be in (0, 1]"),
+    d = tmp_path
+    cases = [  # what each message must name: the file (and line) or the option, the bad value, and the fix
+        ("inference.py", [], ["output/full", "train.py", "--model_dir"]),
+        ("inference_lora.py", [], ["output/lora", "train_lora.py", "--adapter_dir"]),
+        ("inference.py", [f"--model_dir={d / 'not_a_model'}"], [d / "not_a_model", "config.json", "--model_dir="]),
+        ("inference.py", ["--model_dir=tiny", "--question=   "], ["--question="]),
+        ("inference.py", ["--model_dir=tiny", "--question="], ["--question="]),
+        ("inference.py", ["--model_dir=tiny", "--question=hi", f"--input={split}"], ["--question", "--input"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={d / 'missing.jsonl'}"], [d / "missing.jsonl", "data.py"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={d / 'malformed.jsonl'}"], [f"{d / 'malformed.jsonl'}:2:", "JSON"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={d / 'empty_q.jsonl'}"], [f"{d / 'empty_q.jsonl'}:3:", "'question'"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={d / 'dup.jsonl'}"], [f"{d / 'dup.jsonl'}:2:", "id 7", "line 1"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={d / 'a_file' / 'p.jsonl'}"],
+         [f"{d / 'a_file'} ", "--output"]),  # the path that blocks it
+        ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={d}"], [f" {d} ", "--output="]),
+        ("inference.py", ["--model_dir=tiny", "--question=hi", "--temperature=0"], ["--temperature=0", "--do_sample=false"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={split}", "--max_new_tokens=0"], ["--max_new_tokens=0", "1"]),
+        ("inference.py", ["--model_dir=tiny", "--question=hi", "--top_p=2"], ["--top_p=2", "(0, 1]"]),
     ]
     from medsft.generate import vllm_available
 
     if not vllm_available():
-        cases.append(("inference.py", ["--model_dir=tiny", f"--input={split}", "--backend=vllm"], "pip install vllm"))
-    for script, args, message in cases:
+        cases.append(("inference.py", ["--model_dir=tiny", f"--input={split}", "--backend=vllm"],
+                      ["--backend=vllm", "pip install vllm"]))
+    for script, args, facts in cases:
         started = time.perf_counter()
         proc = run_script(script, *args, cwd=tmp_path, check=False, timeout=60)
-        assert proc.returncode == 1, (script, args, proc.stdout, proc.stderr)
-        assert proc.stderr.startswith("error: ") and message in proc.stderr, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr and "loading" not in proc.stdout  # failed before any model load
+        assert_exit(proc, 1, *facts)
+        assert proc.stderr.startswith("error: ") and "loading" not in proc.stdout  # failed before any model load
         assert time.perf_counter() - started < 20
     assert not (tmp_path / "output").exists() and not (tmp_path / "results").exists()
 
@@ -120,6 +122,7 @@ def test_batched_generation_equals_one_at_a_time_under_greedy(tiny):
 
 
 def test_predict_file_rows_summary_and_rerun(tiny, tmp_path, capsys):
+    from medsft.files import MedsftError
     from medsft.predict import predict_file
 
     model, tokenizer = tiny
@@ -155,7 +158,7 @@ def test_predict_file_rows_summary_and_rerun(tiny, tmp_path, capsys):
     sampled = predict_file("tiny", small, tmp_path / "sampled.jsonl", max_new_tokens=4, seed=3, progress=False)
     assert (sampled["do_sample"], sampled["temperature"], sampled["top_p"], sampled["top_k"]) == \
         (True, model.generation_config.temperature, model.generation_config.top_p, model.generation_config.top_k)
-    with pytest.raises(Exception, match="other decoding settings: max_new_tokens=8"):
+    with raises_naming(MedsftError, out, "max_new_tokens=8", "16", "--output"):  # the file, its setting, the new one
         predict_file("tiny", split, out, max_new_tokens=16, do_sample=False, progress=False)
 
 
@@ -183,12 +186,12 @@ def test_resume_refuses_another_model_or_split(tiny, tmp_path):
     out = tmp_path / "p.jsonl"
     predict_file("tiny", split, out, max_new_tokens=2, do_sample=False, progress=False)
     other = write_split(tmp_path / "other.jsonl", ["完全不同的问题"] + QUESTIONS[1:])
-    with pytest.raises(MedsftError, match=r"p.jsonl:1: id 'q0' is not in the input split"):
+    with raises_naming(MedsftError, f"{out}:1:", "'q0'", "--output"):  # the row of another split, the way out
         predict_file("tiny", other, out, max_new_tokens=2, do_sample=False, progress=False)
     rows = read_rows(out)
     rows[0]["model"] = "Qwen/Qwen3-1.7B"
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    with pytest.raises(MedsftError, match="predicted by Qwen/Qwen3-1.7B, not by this model"):
+    with raises_naming(MedsftError, f"{out}:1:", "Qwen/Qwen3-1.7B", "--output"):  # the row, the model that made it
         predict_file("tiny", split, out, max_new_tokens=2, do_sample=False, progress=False)
 
 
@@ -241,9 +244,11 @@ def test_script_killed_mid_run_leaves_whole_rows_then_resumes(tiny, tmp_path, mo
     capsys.readouterr()
     run_main(monkeypatch, "inference.py", *args)  # the same command again (in this process, to save a torch import)
     shown = capsys.readouterr().out
-    assert f"{len(partial.splitlines())} already in" in shown
+    said = lines_naming(shown, split, out)  # the counts it names: all questions, those kept, those to predict
+    kept = len(partial.splitlines())
+    assert len(said) == 1 and numbers_in(said[0], split, out) == [len(QUESTIONS), kept, len(QUESTIONS) - kept], shown
     assert out.read_bytes() == reference.read_bytes()
-    assert f"wrote {out}" in shown and f"wrote {out.with_name('predictions.summary.json')}" in shown
+    assert lines_naming(shown, out.with_name("predictions.summary.json")), shown
 
 
 # --- the chat --------------------------------------------------------------------------------------------------
@@ -466,5 +471,5 @@ def test_retrained_weights_are_not_resumed_into_old_predictions(adapter_dir, tmp
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    with pytest.raises(MedsftError, match="other weights"):
+    with raises_naming(MedsftError, out, adapter, out.with_name("predictions_lora.summary.json").name, "--output"):
         predict_file(None, split, out, adapter_dir=adapter, max_new_tokens=4, do_sample=False, progress=False)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from oracles import raises_naming
 from medsft import models
 from medsft.files import MedsftError
 
@@ -66,7 +67,6 @@ def test_a_launch_on_an_empty_cache_builds_the_whole_model(root, tmp_path, spec)
 
 
 def test_a_cached_model_folder_without_weights_is_one_clear_error(monkeypatch, tmp_path):
-    import re
     import shutil
 
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "a"))
@@ -74,7 +74,7 @@ def test_a_cached_model_folder_without_weights_is_one_clear_error(monkeypatch, t
     broken = tmp_path / "b" / whole.name  # what an older medsft could leave under torchrun
     shutil.copytree(whole, broken, ignore=shutil.ignore_patterns("model.safetensors"))
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "b"))
-    with pytest.raises(MedsftError, match=f"holds no model.safetensors .*rm -r {re.escape(str(broken))}"):
+    with raises_naming(MedsftError, broken, "model.safetensors", f"rm -r {broken}"):  # folder, file missing, fix
         models.resolve_model("tiny")
     kept = sorted(p.name for p in whole.iterdir() if p.suffix != ".safetensors")
     assert sorted(p.name for p in broken.iterdir()) == kept  # nothing removed on a guess
@@ -107,20 +107,20 @@ def test_tiny_without_env_builds_project_tokenizer(monkeypatch, tmp_path):
 
 def test_bad_medsft_tokenizer_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDSFT_TOKENIZER", str(tmp_path))
-    with pytest.raises(MedsftError, match="MEDSFT_TOKENIZER"):
+    with raises_naming(MedsftError, f"MEDSFT_TOKENIZER={tmp_path}", "tokenizer_config.json"):
         models.resolve_model("tiny")
 
 
 def test_hub_id_offline_fails_fast_with_local_hint(monkeypatch):
     monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
-    with pytest.raises(MedsftError, match="--model=/path/to"):
+    with raises_naming(MedsftError, "'Qwen/Qwen3-1.7B'", "offline", "--model=/path/to"):  # the id, why, the fix
         models.resolve_model("Qwen/Qwen3-1.7B")
 
 
 def test_dir_without_config_and_missing_path(tmp_path):
-    with pytest.raises(MedsftError, match="not a model directory"):
+    with raises_naming(MedsftError, tmp_path, "config.json"):  # the folder, and the file a model folder has
         models.resolve_model(str(tmp_path))
-    with pytest.raises(MedsftError, match="not found"):
+    with raises_naming(MedsftError, f"'{tmp_path / 'nope' / 'deeper'}'"):
         models.resolve_model(str(tmp_path / "nope" / "deeper"))
 
 
@@ -145,17 +145,17 @@ def test_a_cache_folder_without_the_whole_model_is_not_a_model(tmp_path, monkeyp
     (tmp_path / ".mdl").write_text("x")
     monkeypatch.setattr(modelscope, "snapshot_download", lambda spec, **kw: str(tmp_path))
     monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
-    with pytest.raises(MedsftError, match="cannot download 'Qwen/Qwen3-1.7B'"):
+    with raises_naming(MedsftError, "'Qwen/Qwen3-1.7B'", "--model=/path/to"):
         models.download("Qwen/Qwen3-1.7B")
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(MedsftError, match="cannot download 'Qwen/Qwen3-1.7B'"):
+    with raises_naming(MedsftError, "'Qwen/Qwen3-1.7B'", "--model=/path/to"):
         models.download("Qwen/Qwen3-1.7B")
     assert models.download("Qwen/Qwen3-1.7B", config_only=True) == tmp_path  # enough for the memory estimate
     (tmp_path / "tokenizer_config.json").write_text("{}")
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
         "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x")
-    with pytest.raises(MedsftError, match="cannot download"):  # a download cut off between its shards
+    with raises_naming(MedsftError, "'Qwen/Qwen3-1.7B'"):  # a download cut off between its shards
         models.download("Qwen/Qwen3-1.7B")
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x")
     assert models.download("Qwen/Qwen3-1.7B") == tmp_path
@@ -213,7 +213,7 @@ def test_a_snapshot_the_real_modelscope_cached_is_found_offline_at_its_revision(
     models.pin_revision(spec, "")
     assert models.hub_revision(spec) == "unpinned:v2"
     models.pin_revision(spec, "v3")
-    with pytest.raises(MedsftError, match="cannot download 'FakeOrg/Fake-Model'"):
+    with raises_naming(MedsftError, "'FakeOrg/Fake-Model'", "v3"):  # the id and the revision pinned
         models.download(spec)
 
 
