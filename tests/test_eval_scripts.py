@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 from conftest import run_script
+from oracles import assert_exit, lines_naming, numbers_in
 
 from medsft import report
 from medsft.chat import format_reference, split_output
@@ -210,7 +211,7 @@ def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
         # the key goes over https only (plain http to this machine's loopback alone): refused before scoring
         ([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", "--judge=openai",
           f"--test_file={workdir}/test.jsonl", "--judge_api_key_env=MEDSFT_TEST_JUDGE_KEY",
-          "--judge_base_url=http://judge.example/v1"], "the API key is sent only over https"),
+          "--judge_base_url=http://judge.example/v1"], ("http://judge.example/v1", "https://")),
     ]
     bad = tmp_path / "bad.jsonl"
     good = (workdir / "predictions_full.jsonl").read_text(encoding="utf-8").splitlines()
@@ -223,12 +224,11 @@ def test_help_and_bad_inputs_fail_fast(workdir, tmp_path):
     other.write_text((workdir / "test.jsonl").read_text(encoding="utf-8").replace('"id": "q3"', '"id": "q3x"'),
                      encoding="utf-8")
     cases.append(([f"--predictions={workdir}/predictions_full.jsonl", "--eval_base=false", f"--test_file={other}"],
-                  "predicted on another split"))
-    for args, message in cases:
+                  (f"{workdir}/predictions_full.jsonl", other, "'q3'", "--test_file")))  # the file, the split, the row
+    for args, facts in cases:
         proc = run_script("evaluate.py", *args, f"--results_dir={tmp_path}/results", check=False,
                           env={"MEDSFT_TEST_JUDGE_KEY": "sk-x"})
-        assert proc.returncode == 1, proc.stderr
-        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert_exit(proc, 1, *(facts if isinstance(facts, tuple) else (facts,)), lines=None)
     assert not (tmp_path / "results").exists()  # nothing written on failure
 
 
@@ -282,8 +282,8 @@ def test_missing_predictions_stop_with_the_inference_commands_that_make_them(tmp
         run_dir = f"--adapter_dir={tmp_path}/lora" if tag == "lora" else f"--model_dir={tmp_path}/full"
         proc = run_script(script, f"--predictions={tmp_path}/pred_{tag}.jsonl", f"--base_predictions={base}",
                           f"--test_file={test}", f"--results_dir={tmp_path}/results", run_dir, check=False)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert "only score predictions" in proc.stderr and "--eval_base=false" in proc.stderr
+        # both missing files, the option that skips the base model, then the command that makes each file
+        assert_exit(proc, 1, base, f"{tmp_path}/pred_{tag}.jsonl", "--eval_base=false", lines=1 + len(commands))
         assert [line.strip() for line in proc.stderr.splitlines()[1:]] == commands
         assert "loading" not in proc.stdout and not base.exists() and not (tmp_path / "results").exists()
 
@@ -304,12 +304,13 @@ def test_missing_predictions_stop_with_the_inference_commands_that_make_them(tmp
     args = [f"--predictions={base}", "--eval_base=false", f"--test_file={test}", f"--results_dir={tmp_path}/again",
             "--model_dir=tiny", "--workers=1"]
     proc = run_script("evaluate.py", *args, check=False)
-    assert proc.returncode == 1 and "2 of the 3 questions" in proc.stderr, proc.stderr[-2000:]
+    assert_exit(proc, 1, base, test, repr(json.loads(whole[1])["id"]), lines=2)  # the file, its split, a row missing
     command = shlex.split(proc.stderr.splitlines()[-1])
     assert command[:2] == ["python", "inference.py"] and "--max_new_tokens=8" in command
     assert "--do_sample=false" in command and not (tmp_path / "again").exists()
     resumed = run_script(command[1], *command[2:])
-    assert "1 already in" in resumed.stdout and "2 to predict" in resumed.stdout
+    said = lines_naming(resumed.stdout, test, base)  # the counts it names: 3 questions, 1 kept, 2 to predict
+    assert len(said) == 1 and numbers_in(said[0], test, base) == [3, 1, 2], resumed.stdout
     assert base.read_text(encoding="utf-8").splitlines() == whole
     run_script("evaluate.py", *args)
     assert json.loads((tmp_path / "again" / "cot_full.json").read_text(encoding="utf-8"))["n"] == 3

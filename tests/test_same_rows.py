@@ -7,6 +7,7 @@ import random
 import metrics_ns as metrics
 import pytest
 from conftest import run_script
+from oracles import assert_exit, numbers_in
 from test_eval_scripts import SCRIPTS, _pred, _write
 
 from medsft.chat import format_reference
@@ -50,8 +51,8 @@ def test_a_predictions_file_missing_questions_is_refused_with_the_command_that_c
     (tmp_path / "predictions_base.summary.json").write_bytes((split / "predictions_base.summary.json").read_bytes())
     tag = "lora" if "lora" in script else "full"
     proc = run_script(script, *_args(split, tag, half, tmp_path / "results"), check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert f"{half}: {N - N // 2} of the {N} questions of {split}/test.jsonl have no prediction" in proc.stderr
+    msg = assert_exit(proc, 1, f"{half}:", f"{split}/test.jsonl", lines=2)  # the file, its split, the command
+    assert numbers_in(msg.splitlines()[0], half, f"{split}/test.jsonl") == [N - N // 2, N], msg  # missing, of all
     # the settings the file was started with, so inference.py resumes it instead of refusing other settings
     command = (f"python inference.py --model_dir=Qwen/Qwen3-1.7B --input={split}/test.jsonl --output={half} "
                "--max_new_tokens=512 --do_sample=true --temperature=0.6 --top_p=0.95 --top_k=20 --seed=7 "
@@ -66,14 +67,15 @@ def test_a_tuned_file_missing_questions_and_rows_of_another_reference_are_refuse
     (tmp_path / "test.jsonl").write_bytes((split / "test.jsonl").read_bytes())
     proc = run_script("evaluate.py", *_args(tmp_path, "full", split / "predictions_base.jsonl", tmp_path / "r"),
                       check=False)
-    assert proc.returncode == 1 and "1 of the 12 questions" in proc.stderr and "e.g. id 'q0'" in proc.stderr
-    assert f"python inference.py --model_dir=output/full --input={tmp_path}/test.jsonl" in proc.stderr
+    msg = assert_exit(proc, 1, tmp_path / "predictions_full.jsonl", "'q0'",  # the file, the row missing, the fix
+                      f"python inference.py --model_dir=output/full --input={tmp_path}/test.jsonl", lines=2)
+    assert numbers_in(msg.splitlines()[0], tmp_path / "predictions_full.jsonl", tmp_path / "test.jsonl") == [1, 12]
     # the same question with another reference: predicted on another version of the split
     rows[3]["ref_think"] += "多出的一句。"
     _write(tmp_path / "predictions_full.jsonl", rows)
     proc = run_script("rouge_eval.py", *_args(tmp_path, "full", split / "predictions_base.jsonl", tmp_path / "r"),
                       check=False)
-    assert proc.returncode == 1 and "predicted on another split" in proc.stderr and "'q3'" in proc.stderr
+    assert_exit(proc, 1, tmp_path / "predictions_full.jsonl", "'q3'", tmp_path / "test.jsonl", "--test_file")
     assert not (tmp_path / "r").exists()
 
 
