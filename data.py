@@ -81,24 +81,6 @@ def row_id(question: str) -> str:
     return "med-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
 
 
-def benchmark_overlap(rows: list[dict], suite: dict[str, str], probes: dict) -> dict:
-    """How many rows ask an item of the benchmarks benchmark.py scores (``mcq.question_key``: across widths,
-    spacing, punctuation, item numbers and appended options); a benchmark that cannot be read here is listed as not
-    checked, with the reason, and never stops the stage. ``probes``: ``benchmarks.hub_probes(suite)``."""
-    checked, not_checked, keys = {}, {}, {}
-    for bench, source in suite.items():
-        try:
-            items, _ = benchmarks.load(bench, source, probe=probes.get(bench))
-        except MedsftError as e:
-            not_checked[bench] = str(e)
-            continue
-        checked[bench] = len(items)
-        for key in mcq.overlap_keys(items):
-            keys.setdefault(key, bench)
-    hits = [{"id": r["id"], "benchmark": keys[k]} for r in rows if (k := mcq.question_key(r["question"])) in keys]
-    return {"rows": len(hits), "checked": checked, "not_checked": not_checked, "examples": hits[:20]}
-
-
 def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list, list, int]:
     """Check, clean and de-duplicate rows; print each bad row. Returns (kept, skipped, duplicates, rows read).
     ``tokens``: the control-token texts a row must not hold (counted in ``counts["control_tokens"]``)."""
@@ -196,7 +178,11 @@ def main():
         print("token-length stats skipped (no tokenizer): pass --tokenizer=DIR_OR_MODEL to get them")
 
     # 5. Rows that ask a benchmark's item: counted, so a score is never read on what the model trained on
-    overlap = benchmark_overlap(kept, suite, probes)
+    # (mcq.question_key: across widths, spacing, punctuation, item numbers and appended options); a benchmark that
+    # cannot be read here is listed as not checked, with the reason, and never stops the stage
+    keys, checked, not_checked = benchmarks.suite_keys(suite, probes=probes)
+    hits = [{"id": r["id"], "benchmark": keys[k]} for r in kept if (k := mcq.question_key(r["question"])) in keys]
+    overlap = {"rows": len(hits), "checked": checked, "not_checked": not_checked, "examples": hits[:20]}
     print(f"benchmark items among the rows: {overlap['rows']} (checked: "
           f"{', '.join(f'{b} {n}' for b, n in overlap['checked'].items()) or 'none'}"
           + (f"; not checked: {', '.join(overlap['not_checked'])}" if overlap["not_checked"] else "") + ")")

@@ -133,20 +133,18 @@ def reward_functions(eos_ids, cfg: dict) -> list:
     def ended(ids):
         return bool(ids) and ids[-1] in stop
 
-    def text_of(completion):  # non-conversational prompts: TRL hands back decoded text
-        return completion if isinstance(completion, str) else completion[-1]["content"]
-
+    # the prompts are text (prompt_rows), so TRL hands each completion back as its decoded text
     def correct(prompts, completions, completion_ids, gold, mode, n_options, **_):
-        return [correct_reward(text_of(c), g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"], n)
+        return [correct_reward(c, g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"], n)
                 for c, i, g, m, n in zip(completions, completion_ids, gold, mode, n_options)]
 
     def shape(prompts, completions, completion_ids, mode, **_):
-        return [shape_reward(text_of(c), m, ended(i)) for c, i, m in zip(completions, completion_ids, mode)]
+        return [shape_reward(c, m, ended(i)) for c, i, m in zip(completions, completion_ids, mode)]
 
     def repetition(prompts, completions, completion_ids, **_):
         return [repetition_penalty(i, cfg["REPETITION_NGRAM"], cfg["REPETITION_FREE"]) for i in completion_ids]
 
-    from trl.rewards import get_soft_overlong_punishment  # TRL: main() says how to install it when missing
+    from trl.rewards import get_soft_overlong_punishment  # TRL: main() checked it is installed
 
     soft_overlong = get_soft_overlong_punishment(cfg["MAX_COMPLETION_LENGTH"], cfg["OVERLONG_BUFFER"])
 
@@ -184,35 +182,27 @@ def read_rows(dataset, revision: str = "") -> tuple[list[dict], list[dict]]:
 
 
 # --- evaluation overlap -----------------------------------------------------------------------------------------
-def eval_keys(eval_data: str, eval_benchmarks: str, subjects: str) -> tuple[set[str], dict]:
-    """The keys (``mcq.overlap_keys``) of every item measured later, and how many items each source gave: data.py's
-    test split and every item of benchmark.py's benchmarks (not only a sample)."""
-    keys, sources = set(), {}
+def eval_keys(eval_data: str, eval_benchmarks: str, subjects: str) -> tuple[dict[str, str], dict]:
+    """The keys (``benchmarks.suite_keys``, strict) of every item measured later, and how many items each source
+    gave: data.py's test split and every item of benchmark.py's benchmarks (not only a sample)."""
+    keys, sources = {}, {}
     if eval_data:
         path = Path(eval_data)
         if not path.is_file():
             raise MedsftError(f"--eval_data={eval_data}: no such file (data.py writes data/test.jsonl); pass "
                               "--eval_data= to check nothing")
-        found = {mcq.question_key(obj["question"]) for _, obj, err in iter_jsonl(path)
-                 if not err and isinstance(obj.get("question"), str)}
-        keys |= found
-        sources[str(path)] = len(found)
-    for bench, source in benchmarks.parse_suite(eval_benchmarks).items():
-        try:
-            items, _ = benchmarks.load(bench, source, subjects=[s.strip() for s in subjects.split(",") if s.strip()])
-        except MedsftError as e:
-            raise MedsftError(f"--eval_benchmarks: {e}; RL must not train on what benchmark.py scores: pass the "
-                              "benchmarks you will score (name=file or folder), or --eval_benchmarks= to check "
-                              "none") from None
-        keys |= mcq.overlap_keys(items)
-        sources[f"{bench}={source}"] = len(items)
-    return keys, sources
-
-
-def drop_eval_overlap(rows: list[dict], keys: set[str]) -> tuple[list[dict], int]:
-    """Rows that are no evaluation item (in any option order), and how many were dropped."""
-    kept = [r for r in rows if not mcq.overlaps(r["question"], r["choices"], keys)]
-    return kept, len(rows) - len(kept)
+        keys = {mcq.question_key(obj["question"]): str(path) for _, obj, err in iter_jsonl(path)
+                if not err and isinstance(obj.get("question"), str)}
+        sources[str(path)] = len(keys)
+    suite = benchmarks.parse_suite(eval_benchmarks)
+    try:
+        found, counts, _ = benchmarks.suite_keys(suite, strict=True,
+                                                 subjects=[s.strip() for s in subjects.split(",") if s.strip()])
+    except MedsftError as e:
+        raise MedsftError(f"--eval_benchmarks: {e}; RL must not train on what benchmark.py scores: pass the "
+                          "benchmarks you will score (name=file or folder), or --eval_benchmarks= to check "
+                          "none") from None
+    return {**found, **keys}, {**sources, **{f"{b}={suite[b]}": n for b, n in counts.items()}}
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------
@@ -225,14 +215,11 @@ def split_heldout(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list
     """(train, heldout): whole questions (``mcq.question_key``: one question in other option orders or spellings
     stays on one side): ``n`` questions chosen by a hash of (seed, question), with all their rows; the same on every
     run and resume."""
-    rank = lambda r: hashlib.sha256(f"{seed}:held:{mcq.question_key(r['question'])}".encode()).hexdigest()  # noqa: E731
-    held = set()
-    for r in sorted(rows, key=lambda r: (rank(r), r["id"])):
-        if len(held) >= n:
-            break
-        held.add(mcq.question_key(r["question"]))
-    return ([r for r in rows if mcq.question_key(r["question"]) not in held],
-            [r for r in rows if mcq.question_key(r["question"]) in held])
+    keys = [mcq.question_key(r["question"]) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (hashlib.sha256(f"{seed}:held:{keys[i]}".encode()).hexdigest(),
+                                                    rows[i]["id"]))
+    held = set(list(dict.fromkeys(keys[i] for i in order))[:n])
+    return [r for r, k in zip(rows, keys) if k not in held], [r for r, k in zip(rows, keys) if k in held]
 
 
 def prompt_rows(tokenizer, rows: list[dict], no_think_ratio: float, seed: int) -> list[dict]:
@@ -252,17 +239,10 @@ _STEP_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length"
 
 def step_history(log_history: list[dict], reward_names) -> list[dict]:
     """Per logged step: each reward's mean and std, KL, completion length, clipped share (None when absent)."""
-    out = []
-    for entry in log_history:
-        if "step" not in entry or not any(k.startswith("rewards/") for k in entry):
-            continue
-        row = {"step": entry["step"]}
-        for name in reward_names:
-            row[f"{name}_mean"] = entry.get(f"rewards/{name}/mean")
-            row[f"{name}_std"] = entry.get(f"rewards/{name}/std")
-        row.update({k.replace("completions/", "completion_"): entry.get(k) for k in _STEP_KEYS})
-        out.append(row)
-    return out
+    keys = [f"rewards/{name}/{s}" for name in reward_names for s in ("mean", "std")] + list(_STEP_KEYS)
+    return [{"step": e["step"], **{k.replace("rewards/", "").replace("completions/", "completion_").replace("/", "_"):
+                                   e.get(k) for k in keys}}
+            for e in log_history if "step" in e and any(k.startswith("rewards/") for k in e)]
 
 
 def generation_settings(model, cfg: dict) -> dict:
@@ -277,7 +257,9 @@ def generation_settings(model, cfg: dict) -> dict:
 
 def heldout_scores(model, tokenizer, rows: list[dict], cfg: dict, sampling: dict, when: str) -> tuple[dict, list]:
     """Each held-out row answered in all three modes, sampled as in training (seeded): the mean correctness reward
-    (overall and per mode) and the shape adherence per mode, plus the completions."""
+    (overall and per mode) and the shape adherence per mode, plus the completions; (None, []) for no rows."""
+    if not rows:
+        return None, []
     from medsft import adherence
     from medsft.generate import generate
 
@@ -331,15 +313,6 @@ def adapter_settings(cfg) -> dict:
     return {}
 
 
-def prompt_tokens(model_dir: Path, rows: list[dict], no_think_ratio: float, seed: int) -> int:
-    """The longest prompt in tokens (the memory estimate's); 384 when only config.json is here (a dry run of a hub
-    id): CMMLU's medical prompts reach 332 tokens of Qwen3's tokenizer."""
-    if not (model_dir / "tokenizer_config.json").is_file():
-        return 384
-    tokenizer = load_tokenizer(str(model_dir))
-    return max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompt_rows(tokenizer, rows, no_think_ratio, seed))
-
-
 def grpo_config(cfg, sampling: dict, lora: bool, cpu: bool):
     """TRL's GRPOConfig from the constants. Dropout off in the policy and the reference (LoRA's dropout would make the
     KL term noisy from step 1: two forward passes of the same weights would differ)."""
@@ -379,10 +352,7 @@ def is_adapter(model) -> bool:
 def main():
     tracking.guard_output()  # a dead reader of stdout (`| tee` killed by Ctrl-C) must not stop the run
     cfg = Config(configure(globals()))  # the constants, resolved once; the launch and the features are added below
-    try:
-        from trl import GRPOTrainer
-    except ImportError:
-        raise MedsftError("train_grpo.py needs TRL: pip install -r requirements.txt") from None
+    sft.check_versions()  # TRL installed, and no library below requirements.txt's floor
 
     # 1. Checks before any weights: the rows (bad ones reported with file:line and counted), the evaluation
     #    questions dropped, the held-out rows set aside. Under torchrun every process joins one run here
@@ -402,7 +372,8 @@ def main():
         keys, eval_sources = eval_keys(EVAL_DATA, EVAL_BENCHMARKS, SUBJECTS)
         if not EVAL_BENCHMARKS:
             print("note: --eval_benchmarks is empty: items of benchmark.py's benchmarks are not checked for overlap")
-        return (*drop_eval_overlap(rows, keys), bad, eval_sources)
+        kept = [r for r in rows if not mcq.overlaps(r["question"], r["choices"], keys)]  # in any option order
+        return kept, len(rows) - len(kept), bad, eval_sources
 
     rows, n_overlap, bad, eval_sources = distributed.on_main(usable_rows)
     train_rows, heldout = split_heldout(rows, HELDOUT, SEED)
@@ -421,12 +392,12 @@ def main():
     base = lora_base(str(MODEL)) if is_adapter(MODEL) else str(MODEL)
     pin_revision(base, MODEL_REVISION)  # every download below (and the KL reference) is that revision
     model_dir = resolve_model(str(MODEL), config_only=DRY_RUN)
-    if DRY_RUN:  # config.json only: the prompts' length from the model's tokenizer when it is here, else CMMLU's
-        longest = prompt_tokens(model_dir, train_rows, NO_THINK_RATIO, SEED)
-    else:
-        tokenizer = load_tokenizer(MODEL)
-        prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED)
-        longest = max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts)
+    # a dry run has config.json only: the prompts' length from the model's tokenizer when it is here, else 384
+    # tokens (CMMLU's medical prompts reach 332 of Qwen3's tokenizer)
+    tokenizer = None if DRY_RUN and not (model_dir / "tokenizer_config.json").is_file() else \
+        load_tokenizer(str(model_dir) if DRY_RUN else MODEL)
+    prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED) if tokenizer else []
+    longest = max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts) if tokenizer else 384
     est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
                                prompt_tokens=longest, max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
                                vllm_gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
@@ -455,8 +426,7 @@ def main():
             peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.05, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
     sampling = generation_settings(model, cfg)
-    before, before_rows = distributed.on_main(heldout_scores, model, tokenizer, heldout, cfg, sampling, "before") \
-        if heldout else (None, [])
+    before, before_rows = distributed.on_main(heldout_scores, model, tokenizer, heldout, cfg, sampling, "before")
     if before:
         print(f"held-out before: correct {before['correct']:.3f}, adherence "
               + ", ".join(f"{chat.SHORT[m]}={before['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
@@ -464,6 +434,7 @@ def main():
     # 4. GRPO: four rewards with their weights, sampling as the model's generation_config says, checkpoints every
     #    SAVE_STEPS; Ctrl-C / SIGTERM saves one and exits 130 (--resume=true continues; kill -9 loses < SAVE_STEPS)
     from datasets import Dataset
+    from trl import GRPOTrainer
 
     args = grpo_config(cfg, sampling, lora, cpu=not torch.cuda.is_available())
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(eos_ids(model, tokenizer), cfg), args=args,
@@ -474,8 +445,7 @@ def main():
     summary = run.train(trainer, resume_from, cfg, lora=lora, grpo=True)
 
     # 5. Held-out scores after, results and charts (rank 0), the model (trainer_state.json last marks it finished)
-    after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling,
-                                            "after") if heldout else (None, [])
+    after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling, "after")
     names = [f.__name__ for f in trainer.reward_funcs]
     peak, peak_of = callbacks.peak_memory()
     results = {"model": str(MODEL), "model_revision": hub_revision(base), "dataset": str(DATASET), "data": stats,

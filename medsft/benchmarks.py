@@ -167,6 +167,27 @@ def load(bench: str, source: str, *, subjects=tuple(CMMLU_SUBJECTS), revision: s
     return items, bad
 
 
+def suite_keys(suite: dict[str, str], *, subjects=tuple(CMMLU_SUBJECTS), probes=None,
+               strict: bool = False) -> tuple[dict[str, str], dict[str, int], dict[str, str]]:
+    """What finds a row that asks an item of ``suite`` (``mcq.overlaps``): the keys of every item, not a sample
+    (``mcq.overlap_keys``), each with its benchmark; how many items each benchmark gave; why each one that could not
+    be read was not checked. ``strict`` (RL must never train on what is scored): that error is raised instead.
+    ``probes``: ``hub_probes(suite)``."""
+    keys, checked, not_checked = {}, {}, {}
+    for bench, source in suite.items():
+        try:
+            items, _ = load(bench, source, subjects=subjects, probe=(probes or {}).get(bench))
+        except MedsftError as e:
+            if strict:
+                raise
+            not_checked[bench] = str(e)
+            continue
+        checked[bench] = len(items)
+        for key in mcq.overlap_keys(items):
+            keys.setdefault(key, bench)
+    return keys, checked, not_checked
+
+
 def sample(items: list[dict], limit: int, seed: int) -> list[dict]:
     """``limit`` items (0 = all) chosen by a hash of (seed, item): the same items for every model, in file order."""
     if limit < 0:

@@ -246,13 +246,19 @@ def test_read_rows_fails_clearly(tmp_path):
 
 
 # --- evaluation overlap, held-out split, results ------------------------------------------------------------------
+def _drop_eval_overlap(rows, keys):
+    """What train_grpo.py keeps of its rows: those that are no evaluation item (in any option order)."""
+    kept = [r for r in rows if not mcq.overlaps(r["question"], r["choices"], keys)]
+    return kept, len(rows) - len(kept)
+
+
 def test_eval_overlap_dropped(tmp_path):
     test = _write(tmp_path / "test.jsonl", [json.dumps({"question": "高血压的诊断切点是多少？", "think": "t",
                                                           "answer": "a"}, ensure_ascii=False)])
     keys, sources = g.eval_keys(str(test), "", "")
     assert sources == {str(test): 1}
     rows = [{**ROW, "question": "高血压的诊断切点是多少?  "}, {**ROW, "question": "糖尿病的诊断切点是多少？"}]
-    kept, dropped = g.drop_eval_overlap(rows, keys)  # full-width ？ vs ?, trailing spaces: the same question
+    kept, dropped = _drop_eval_overlap(rows, keys)  # full-width ？ vs ?, trailing spaces: the same question
     assert dropped == 1 and kept[0]["question"].startswith("糖尿病")
     with pytest.raises(g.MedsftError, match="no such file"):
         g.eval_keys(str(tmp_path / "none.jsonl"), "", "")
@@ -275,7 +281,7 @@ def test_eval_overlap_every_benchmark_item_in_any_option_order(tmp_path):
             {"question": "下列哪项正确：", "choices": ["丙", "甲", "乙"]},                     # short stem, same options
             {"question": "下列哪项正确", "choices": ["丁", "戊", "己"]},                       # short stem, other options
             {"question": "人体最大的器官是", "choices": ["心", "胃", "肾", "脾"]}]
-    kept, dropped = g.drop_eval_overlap(rows, keys)
+    kept, dropped = _drop_eval_overlap(rows, keys)
     assert dropped == 3 and kept == rows[3:]
     with pytest.raises(g.MedsftError, match="eval_benchmarks.*medqa_mcmle"):  # not found: refused, never skipped
         g.eval_keys("", f"medqa_mcmle={tmp_path / 'absent'}", "anatomy")
