@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, run_script
+from oracles import lines_naming, numbers_in, raises_naming
 
 from medsft.chat import CONTROL_TOKENS, prompt_ids, prompt_text, tokenize_example
 from medsft.files import MedsftError
@@ -74,8 +75,8 @@ def test_data_rejects_names_and_counts_rows_with_control_tokens(tmp_path):
     src.write_text(jsonl(rows), encoding="utf-8")
     p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", f"--tokenizer={tmp_path / 'tok'}")
     for lineno, token in [(3, "<|im_end|>"), (5, "<tool_call>"), (7, "<|endoftext|>"), (9, "<|med_extra|>")]:
-        line = p.stdout.split(f"skip {src}:{lineno}: ")[1].splitlines()[0]
-        assert f"field '{bad[lineno][0]}'" in line and token in line and "remove" in line, line
+        said = lines_naming(p.stdout, f"{src}:{lineno}:")  # one line per row: its field and the token in it
+        assert len(said) == 1 and f"'{bad[lineno][0]}'" in said[0] and token in said[0], p.stdout
     stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
     assert stats["rows_control_tokens"] == 4 and stats["rows_bad"] == 4 and stats["rows_kept"] == 8
     assert [s["where"] for s in stats["skipped"]] == [f"{src}:{n}" for n in bad]
@@ -121,7 +122,7 @@ def test_hub_dataset_is_loaded_without_remote_code_at_the_revision_asked(monkeyp
 
 def test_tokenize_example_refuses_more_than_one_supervised_end_of_turn(tiny):
     _, tok = tiny
-    with pytest.raises(ValueError, match="end-of-turn"):
+    with raises_naming(ValueError, "<|im_end|>", "data.py"):  # the token, and what rejects such rows
         tokenize_example(tok, {"question": "头痛怎么办？", "think": "想", "answer": "好的" + INJECTED}, 100_000)
     ex = tokenize_example(tok, {"question": "头痛怎么办？", "think": "想", "answer": "多喝水"}, 100_000)
     trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
@@ -139,7 +140,8 @@ def test_prepare_examples_skips_names_and_counts_control_token_rows(tiny, tmp_pa
     path.write_text(jsonl(rows), encoding="utf-8")
     examples, stats = prepare_examples(path, tok, 512)
     out = capsys.readouterr().out
-    assert f"{path}:3: field 'answer'" in out and f"{path}:5: field 'question'" in out and "data.py" in out
+    assert lines_naming(out, f"{path}:3:", "'answer'") and lines_naming(out, f"{path}:5:", "'question'"), out
+    assert "data.py" in out
     assert stats["skipped_control_tokens"] == 2 and stats["kept"] == len(examples) == 4 and stats["rows"] == 6
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert all([t for t, lab in zip(e["input_ids"], e["labels"]) if lab != -100].count(im_end) == 1 for e in examples)
@@ -163,7 +165,8 @@ def test_typed_think_tags_in_a_training_row_are_skipped_and_counted(tiny, tmp_pa
         close, open_ = tok.convert_tokens_to_ids("</think>"), tok.convert_tokens_to_ids("<think>")
         assert all(e["input_ids"].count(close) == 1 == e["input_ids"].count(open_) for e in examples)
     out = capsys.readouterr().out
-    assert f"{path}:2: field 'answer'" in out and f"{path}:4: field 'question'" in out and f"{path}:6:" in out
+    assert lines_naming(out, f"{path}:2:", "'answer'") and lines_naming(out, f"{path}:4:", "'question'"), out
+    assert lines_naming(out, f"{path}:6:", "'think'"), out
 
 
 def test_prepare_examples_with_only_control_token_rows_fails_naming_them(tiny, tmp_path):
@@ -172,8 +175,9 @@ def test_prepare_examples_with_only_control_token_rows_fails_naming_them(tiny, t
     _, tok = tiny
     path = tmp_path / "train.jsonl"
     path.write_text(jsonl([{**good_rows(1)[0], "answer": INJECTED}]), encoding="utf-8")
-    with pytest.raises(MedsftError, match="control token"):
+    with raises_naming(MedsftError, path, "data.py") as e:  # the file, and what rejects such rows
         prepare_examples(path, tok, 512)
+    assert numbers_in(e.value, path) == [1], e.value  # all 1 rows: every one held a control token
 
 
 # --- inference: contents stay text ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from oracles import assert_exit, raises_naming
 
 from medsft import models
 
@@ -45,7 +46,7 @@ def test_small_has_the_chosen_size(monkeypatch, tmp_path):
 def test_small_without_demo_data_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path))
     monkeypatch.setattr(models.demo_builders(), "DEMO_DATA", tmp_path / "missing.jsonl")  # where it is read
-    with pytest.raises(models.MedsftError, match="git checkout"):
+    with raises_naming(models.MedsftError, tmp_path / "missing.jsonl", "git checkout -- demo/medical_demo.jsonl"):
         models.resolve_model("small")
 
 
@@ -127,7 +128,7 @@ def test_augment_refuses_bad_counts_with_the_fix(tmp_path):
     from conftest import run_script
 
     proc = run_script("demo/augment.py", f"--data_dir={tmp_path}", "--think_sentences=0", check=False)
-    assert proc.returncode != 0 and "train.jsonl not found: run data.py first" in proc.stderr
+    assert_exit(proc, 1, tmp_path / "train.jsonl", "data.py")  # the file, and what makes it
     run_script("data.py", f"--dataset={ROOT / 'demo' / 'medical_demo.jsonl'}", f"--data_dir={tmp_path / 'data'}")
     proc = run_script("demo/augment.py", f"--data_dir={tmp_path / 'data'}", "--think_sentences=0", check=False)
-    assert proc.returncode != 0 and "the sentence counts >= 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert_exit(proc, 1, "--think_sentences=0", ">= 1")  # the value, and the least allowed

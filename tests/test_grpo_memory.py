@@ -10,6 +10,7 @@ import re
 import pytest
 
 from conftest import REAL_TOKENIZER
+from oracles import numbers_in, raises_naming
 
 DEFAULTS = {"beta": 0.04, "num_generations": 8, "prompt_tokens": 384, "max_completion_length": 1536}
 
@@ -143,15 +144,16 @@ def test_monotonic_on_the_tiny_config(tiny_dir):
 def test_refuses_a_batch_that_splits_a_group(tiny_dir):
     from medsft.files import MedsftError
 
-    with pytest.raises(MedsftError, match=r"--batch_size x --grad_accum x processes \(6\) must be a multiple of "
-                                          r"--num_generations \(4\)"):
+    with raises_naming(MedsftError, "--batch_size", "--grad_accum", "--num_generations") as e:
         _est(tiny_dir, _cfg(batch=2, accum=3), num_generations=4)
+    assert numbers_in(e.value)[:2] == [6, 4], e.value  # the sequences per generation (2 x 3), and the group size
     # TRL checks the global generation batch: 2 processes x 2 x 3 = 12 completions hold 3 groups of 4
     two = _est(tiny_dir, _cfg(batch=2, accum=3).replace(WORLD_SIZE=2, ENGINE="ddp"), num_generations=4)
     assert two["prompts_per_generation"] == 3 and two["sequences_per_generation"] == 6
-    with pytest.raises(MedsftError, match="at least 2"):
+    with raises_naming(MedsftError, "--num_generations") as e:
         _est(tiny_dir, num_generations=1)
-    with pytest.raises(MedsftError, match="concrete precision and optim"):
+    assert numbers_in(e.value)[-2:] == [1, 2], e.value  # the value given, and the least allowed
+    with raises_naming(MedsftError, "grpo_estimate", "precision", "optim"):
         _est(tiny_dir, _cfg(precision="auto"))
 
 
@@ -196,5 +198,5 @@ def test_vllm_without_a_gpu_says_what_to_do(tiny_dir):
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: its memory is read")
-    with pytest.raises(MedsftError, match="no CUDA GPU is visible here; estimate on the GPU machine, or without"):
+    with raises_naming(MedsftError, "CUDA", "--use_vllm"):  # what is missing, and the option to drop
         _est(tiny_dir, use_vllm=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from oracles import raises_naming
 
 from medsft.chat import IGNORE_INDEX, SYSTEM_PROMPT, example_modes, prompt_text, tokenize_example
 
@@ -123,5 +124,5 @@ def test_a_rows_own_mode_field_wins_over_the_ratio(tmp_path):
         assert (think_open in trained) == (fixed[i % 3] != "no_think_hard"), i
     rows[7]["mode"] = "no_think"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    with pytest.raises(MedsftError, match=r"train.jsonl:8: field 'mode'.*no_think_soft"):
+    with raises_naming(MedsftError, f"{path}:8:", "'mode'", "'no_think'", "no_think_soft"):  # row, field, value, fix
         prepare_examples(path, tok, 512)

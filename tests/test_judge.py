@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import metrics_ns as metrics
 import pytest
+from oracles import assert_names, numbers_in
 
 from medsft import judge as J
 from medsft.chat import format_reference, split_output
@@ -167,7 +168,7 @@ def test_malformed_replies_fall_back_to_offline_score_with_flag(sample, tmp_path
     assert summary["n_fallback"] == 1
     assert summary["n_judged"] == 0 and summary["n_scored"] == 0
     assert (summary["recall"], summary["precision"], summary["f1"]) == (None, None, None)
-    assert per[0]["judge_fallback"] is True and "tries failed" in per[0]["judge_error"]
+    assert per[0]["judge_fallback"] is True and numbers_in(per[0]["judge_error"])[0] == 3  # 1 + 2 retries, said
     assert (per[0]["judge_recall"], per[0]["judge_precision"], per[0]["judge_f1"]) == tuple(offline.values())
     assert not (tmp_path / "judge_cache.jsonl").exists() or (tmp_path / "judge_cache.jsonl").read_text() == ""
 
@@ -201,7 +202,7 @@ def test_rejected_credentials_stop_instead_of_falling_back(sample, tmp_path):
     with FakeServer(lambda body, n, kind: 401) as server:
         with pytest.raises(J.JudgeConfigError) as e:
             _judge(server, tmp_path).score_rows(rows, per, metrics.split_steps, progress=False)
-    assert "401" in str(e.value) and API_KEY not in str(e.value)
+    assert_names(e.value, "401") and API_KEY not in str(e.value)
 
 
 def test_no_generated_think_scores_zero_without_a_call(sample, tmp_path):
@@ -313,7 +314,7 @@ def test_a_redirect_is_refused_and_the_key_never_reaches_another_host(sample, tm
             assert first.seen and all(auth == f"Bearer {API_KEY}" for *_, auth in first.seen)
         assert other.seen == []  # urllib forwarded the Authorization header here on every request
     message = str(e.value)
-    assert str(code) in message and target in message and "JUDGE_BASE_URL" in message and "final URL" in message
+    assert_names(message, code, first.url, target, "JUDGE_BASE_URL", "--judge_base_url")  # where to, and the fix
     assert API_KEY not in message
 
 
@@ -350,7 +351,8 @@ def test_https_or_loopback_is_accepted_without_any_network(tmp_path, no_network,
 def test_credentials_in_the_url_are_refused_and_never_repeated(tmp_path, no_network):
     with pytest.raises(J.JudgeConfigError) as e:
         J.Judge("https://user:pw-secret-9@api.example.com/v1", "m", API_KEY, tmp_path / "cache.jsonl")
-    assert "pw-secret-9" not in str(e.value) and "user:pw" not in str(e.value) and "credentials" in str(e.value)
+    assert "pw-secret-9" not in str(e.value) and "user:pw" not in str(e.value)
+    assert_names(e.value, "https://api.example.com/v1")  # the URL it refuses, shown without what it carries
 
 
 def test_the_stored_url_has_no_query_and_the_request_keeps_it(sample, tmp_path):

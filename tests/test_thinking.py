@@ -8,7 +8,7 @@ from io import StringIO
 
 import pytest
 from conftest import run_script
-from oracles import follows_mode
+from oracles import assert_exit, follows_mode, raises_naming
 
 from medsft.adherence import measure
 from medsft.chat import output_shape as shape
@@ -214,7 +214,7 @@ def test_a_file_is_never_resumed_in_another_mode(predicted, tmp_path):
 
     out = tmp_path / "p.jsonl"
     out.write_bytes((predicted / "preds.jsonl").read_bytes())
-    with pytest.raises(MedsftError, match="mode"):
+    with raises_naming(MedsftError, f"{out}:1:", "no_think_hard", "--enable_thinking", "--output"):  # row, mode, fix
         predict_file("tiny", predicted / "test.jsonl", out, enable_thinking=False, do_sample=False,
                      max_new_tokens=12, progress=False)
 
@@ -222,7 +222,7 @@ def test_a_file_is_never_resumed_in_another_mode(predicted, tmp_path):
 def test_bad_switch_values_fail_before_loading(split):
     proc = run_script("inference.py", "--model_dir=tiny", f"--input={split}/test.jsonl", "--soft_switch=/nothink",
                       check=False)
-    assert proc.returncode != 0 and "--soft_switch='/nothink'" in proc.stderr and "Traceback" not in proc.stderr
+    assert_exit(proc, 1, "--soft_switch='/nothink'", "/no_think")  # the bad value, and the one that works
 
 
 # --- the chat ---------------------------------------------------------------------------------------------------
