@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT
 from hub_standin import HubStandin, network_calls
+from oracles import lines_naming, raises_naming
 from medsft import models
 from medsft.files import MedsftError
 
@@ -61,7 +62,7 @@ def test_a_dry_run_downloads_config_json_only(hub, tmp_path, capsys):
            "OUTPUT_DIR": str(tmp_path / "out"), "RESULTS_DIR": str(tmp_path / "results")}
     with pytest.raises(SystemExit) as done:
         sft.start_run(cfg, kind="full")
-    assert done.value.code == 0 and "dry run:" in capsys.readouterr().out
+    assert done.value.code == 0 and lines_naming(capsys.readouterr().out, "GiB")  # the estimate, from config.json
     calls = network_calls(hub.log)
     assert [c["allow_patterns"] for c in calls] == [["config.json"]], calls
     assert sorted(p.name for p in _snapshot(hub).iterdir()) == ["config.json"]
@@ -92,7 +93,7 @@ def test_the_pinned_revision_is_downloaded_and_recorded(hub, tmp_path):
     assert v2 == _snapshot(hub, "v2") and network_calls(hub.log)[-1]["revision"] == "v2"
     assert models.hub_revision(SPEC) == "v2" and weights_fingerprint(SPEC, None) == f"{SPEC}@v2"
     assert models.hub_revision("tiny") is None and models.hub_revision(str(tmp_path)) is None
-    with pytest.raises(MedsftError, match="--model_revision="):
+    with raises_naming(MedsftError, "--model_revision='../../elsewhere'"):
         models.pin_revision(SPEC, "../../elsewhere")
 
 
@@ -144,7 +145,7 @@ def test_predictions_record_the_revision_and_never_resume_into_another(tiny_dir,
     assert json.loads(out.with_suffix(".config.json").read_text())["RESOLVED_REVISION"] == "v1"
     assert [c["revision"] for c in network_calls(tmp_path / "calls.jsonl")] == ["v1"]
     out.write_text(out.read_text().splitlines()[0] + "\n")  # an interrupted file: one row left to predict
-    with pytest.raises(MedsftError, match="other weights of FakeOrg/Fake-Model"):
+    with raises_naming(MedsftError, out, SPEC, "--output"):  # the file, whose predictions it holds, the way out
         inference("v2")
 
 
@@ -188,7 +189,7 @@ def test_torchrun_downloads_once_outside_any_collective(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert "dry run:" in outs[0][0] and "per GPU with ddp on 2 GPUs" in outs[0][0], outs[0]
+    assert lines_naming(outs[0][0], "ddp", " 2 "), outs[0]  # the estimate per GPU, with ddp on 2 GPUs
     log = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     timeouts = [e["init_process_group_timeout_s"] for e in log if "init_process_group_timeout_s" in e]
     assert timeouts == [PROCESS_GROUP_TIMEOUT.total_seconds()] * 2, log

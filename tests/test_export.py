@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from oracles import lines_naming, raises_naming
 
 pytest.importorskip("gguf")
 
@@ -364,7 +365,7 @@ def test_lora_export_equals_the_merged_model(adapter_dir, tiny_dir, tiny_tokeniz
         mp.setattr(transformers.AutoModelForCausalLM, "from_pretrained", None)
         printed = run_export(f"--model_dir={adapter_dir}", f"--output_dir={tmp_path}", "--quantization=f32")
     path = tmp_path / "medsft-adapter-f32.gguf"
-    assert path.is_file() and "ollama create medsft-adapter" in printed and "tensor by tensor" in printed
+    assert path.is_file() and "ollama create medsft-adapter" in printed and lines_naming(printed, adapter_dir), printed
     r = reader(path)
     assert field(r, "general.base_model.count") == 1 and field(r, "general.base_model.0.name") == "tiny"
     assert field(r, "general.basename") == "tiny" and field(r, "general.finetune") == "medsft-adapter"
@@ -405,7 +406,7 @@ def test_lora_export_names_its_true_base_at_its_trained_revision(adapter_dir, ti
         mp.setattr(models, "_PINNED", {})
         printed = run_export(f"--model_dir={qlora}", f"--output_dir={tmp_path / 'out'}", "--quantization=f16")
     assert asked == [("Qwen/Qwen3-1.7B", "v1.0")]
-    assert "Qwen/Qwen3-1.7B@v1.0" in printed and "QLoRA" in printed and "unquantized" in printed
+    assert lines_naming(printed, qlora, "Qwen/Qwen3-1.7B@v1.0", "QLoRA", "NF4"), printed  # what merges into what
     r = reader(tmp_path / "out" / "medsft-qlora-f16.gguf")
     expect = {"general.basename": "Qwen3", "general.size_label": "1.7B", "general.finetune": "medsft-qlora",
               "general.base_model.0.name": "Qwen3-1.7B", "general.base_model.0.organization": "Qwen",
@@ -423,7 +424,8 @@ def test_refuses_an_adapter_it_cannot_merge_exactly(adapter_dir, tmp_path):
     shutil.copytree(adapter_dir, dora)
     conf = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**conf, "use_dora": True}))
-    with pytest.raises(MedsftError, match=r"sets use_dora.*inference_lora.py --merge=true"):
+    with raises_naming(MedsftError, dora / "adapter_config.json", "use_dora", "inference_lora.py --merge=true",
+                       f"--adapter_dir={dora}"):  # the file, the setting, the command that merges it instead
         run_export(f"--model_dir={dora}", f"--output_dir={tmp_path / 'out'}")
     assert not (tmp_path / "out").exists()
 
@@ -472,20 +474,21 @@ def test_refuses_what_it_cannot_export(tmp_path, tiny_dir):
     llama = tmp_path / "llama"
     llama.mkdir()
     (llama / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(MedsftError, match=r"llama model \(LlamaForCausalLM\), not Qwen3ForCausalLM.*convert_hf_to_gguf"):
+    with raises_naming(MedsftError, llama, "LlamaForCausalLM", "Qwen3ForCausalLM", "convert_hf_to_gguf"):
         run_export(f"--model_dir={llama}", f"--output_dir={tmp_path / 'out'}")
     qlora = tmp_path / "nf4"
     qlora.mkdir()
     config = json.loads((tiny_dir / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (qlora / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MedsftError, match=r"4-bit.*--model_dir=output/lora.*--base_model="):
+    with raises_naming(MedsftError, qlora, "4-bit", "--model_dir=output/lora", "--base_model="):
         run_export(f"--model_dir={qlora}", f"--output_dir={tmp_path / 'out'}")
-    with pytest.raises(MedsftError, match=re.escape("expected one of q8_0 | f16")):
+    with raises_naming(MedsftError, "--quantization=q3", "q8_0", "f16", "q4_k_m"):  # the value, the choices
         run_export("--quantization=q3", f"--model_dir={tiny_dir}")
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(MedsftError, match="libggml-python.*ollama create -q q4_K_M"):
+    with pytest.MonkeyPatch.context() as mp, raises_naming(MedsftError, "--quantization=q4_k_m", "libggml-python",
+                                                           "--quantization=f16", "ollama create -q q4_K_M"):
         mp.setitem(sys.modules, "libggml", None)  # as if the optional library were not installed
         run_export("--quantization=q4_k_m", f"--model_dir={tiny_dir}", f"--output_dir={tmp_path / 'out'}")
-    with pytest.raises(MedsftError, match="not found: run train.py"):
+    with raises_naming(MedsftError, tmp_path / "missing", "train.py", "train_lora.py", "--model_dir="):
         run_export(f"--model_dir={tmp_path / 'missing'}")
     assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ import json
 import sys
 
 import pytest
+from oracles import lines_naming, raises_naming
 
 from test_export import adapter_dir, run_export, tiny_dir  # noqa: F401 - module fixtures shared with test_export.py
 
@@ -47,7 +48,7 @@ def test_verify_a_full_export(tiny_dir, tmp_path, quant):  # noqa: F811
     check_exact(report, 2)
     assert report["tokens"] == 24 and report["questions"] == 2
     for label in ("think-on", "no-think-soft", "no-think-hard"):
-        assert f"{label:<14} identical 2/2, token agreement 1.00, template renders the same tokens 2/2" in printed
+        assert lines_naming(printed, f"{label} ", "2/2", "1.00"), printed  # each mode: 2 of 2 identical, agreement 1
     assert "adherence transformers" in printed and "adherence llama.cpp" in printed
 
 
@@ -88,7 +89,8 @@ def test_verify_fails_a_file_that_does_not_run_as_the_model(tiny_dir, tmp_path):
             model.model.embed_tokens.weight.mul_(-1.0)
         return model
 
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(MedsftError, match=r"verify.json.*same greedy tokens"):
+    facts = ("--verify", "tiny-f32.gguf", tmp_path / "verify.json", "f32")  # the check, the file, its report, its type
+    with pytest.MonkeyPatch.context() as mp, raises_naming(MedsftError, *facts):
         mp.setattr(AutoModelForCausalLM, "from_pretrained", perturbed)
         run_export(f"--model_dir={tiny_dir}", f"--output_dir={tmp_path}", "--name=tiny", "--quantization=f32",
                    "--verify=1")
@@ -99,7 +101,7 @@ def test_verify_fails_a_file_that_does_not_run_as_the_model(tiny_dir, tmp_path):
 def test_verify_without_llama_cpp_is_one_message_before_writing(tiny_dir, tmp_path):  # noqa: F811
     from medsft.files import MedsftError
 
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(MedsftError, match=r"pip install xllamacpp \(or drop --verify\)"):
+    with pytest.MonkeyPatch.context() as mp, raises_naming(MedsftError, "--verify", "pip install xllamacpp"):
         mp.setitem(sys.modules, "xllamacpp", None)  # as if the optional wheel were not installed
         run_export(f"--model_dir={tiny_dir}", f"--output_dir={tmp_path / 'out'}", "--verify=1")
     assert not (tmp_path / "out").exists()
@@ -111,7 +113,7 @@ def test_verify_refuses_a_bad_question_file(tiny_dir, tmp_path):  # noqa: F811
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "ok"}\n{"q": 1}\n')
-    with pytest.raises(MedsftError, match=r"bad.jsonl line 2: expected a JSON object with a \"question\""):
+    with raises_naming(MedsftError, bad, "line 2", '"question"'):  # the file, the line, the field it lacks
         run_export(f"--model_dir={tiny_dir}", f"--output_dir={tmp_path / 'out'}", "--quantization=f32", "--verify=2",
                    f"--verify_input={bad}")
     assert not (tmp_path / "out").exists()  # checked before anything is written

@@ -98,7 +98,7 @@ def test_rerun_of_a_finished_run_touches_nothing(data_dir, finished):
         proc = run_script("train.py", *_args(data_dir, out, results, *extra))
         # one line naming the run, where its results are, and the option that would train it again
         assert len(lines_naming(proc.stdout, out, results / "train_full.json", "--overwrite=true")) == 1, proc.stdout
-        assert "rows kept" not in proc.stdout  # stopped before tokenizing or loading anything
+        assert str(data_dir / "train.jsonl") not in proc.stdout  # stopped before tokenizing (or loading) anything
         assert _snapshot(out, results) == before  # results/train_full.json keeps its real tokens/s and wall time
     res = json.loads((results / "train_full.json").read_text())
     assert res["tokens_per_s"] > 0 and res["steps"] == MAX_STEPS
@@ -405,7 +405,7 @@ def test_unwritable_folder_fails_before_loading(data_dir, tmp_path, option):
     dirs[option] = blocker / "sub"  # root ignores permissions; a file in the path stops anyone
     proc = run_script("train.py", *_args(data_dir, dirs["output_dir"], dirs["results_dir"]), check=False)
     assert_exit(proc, 1, blocker / "sub", f"--{option}")
-    assert "rows kept" not in proc.stdout  # nothing tokenized or loaded
+    assert str(data_dir / "train.jsonl") not in proc.stdout  # nothing tokenized or loaded
 
 
 def test_too_little_free_disk_fails_before_loading(data_dir, tmp_path, monkeypatch):
