@@ -88,7 +88,7 @@ def test_bad_inputs_fail_before_loading_with_the_fix(tmp_path):
          [f"{d / 'a_file'} ", "--output"]),  # the path that blocks it
         ("inference.py", ["--model_dir=tiny", f"--input={split}", f"--output={d}"], [f" {d} ", "--output="]),
         ("inference.py", ["--model_dir=tiny", "--question=hi", "--temperature=0"], ["--temperature=0", "--do_sample=false"]),
-        ("inference.py", ["--model_dir=tiny", f"--input={split}", "--max_new_tokens=0"], ["--max_new_tokens=0", "1"]),
+        ("inference.py", ["--model_dir=tiny", f"--input={split}", "--max_new_tokens=0"], ["--max_new_tokens=0"]),
         ("inference.py", ["--model_dir=tiny", "--question=hi", "--top_p=2"], ["--top_p=2", "(0, 1]"]),
     ]
     from medsft.generate import vllm_available
@@ -158,8 +158,9 @@ def test_predict_file_rows_summary_and_rerun(tiny, tmp_path, capsys):
     sampled = predict_file("tiny", small, tmp_path / "sampled.jsonl", max_new_tokens=4, seed=3, progress=False)
     assert (sampled["do_sample"], sampled["temperature"], sampled["top_p"], sampled["top_k"]) == \
         (True, model.generation_config.temperature, model.generation_config.top_p, model.generation_config.top_k)
-    with raises_naming(MedsftError, out, "max_new_tokens=8", "16", "--output"):  # the file, its setting, the new one
+    with raises_naming(MedsftError, out, "max_new_tokens=8", "--output") as e:  # the file, its setting, the way out
         predict_file("tiny", split, out, max_new_tokens=16, do_sample=False, progress=False)
+    assert 16 in numbers_in(e.value, out), e.value  # and the setting asked for now
 
 
 def test_resume_after_truncated_file_loses_and_duplicates_nothing(tiny, tmp_path):

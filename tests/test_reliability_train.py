@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, run_script
-from oracles import assert_exit, lines_naming, raises_naming
+from oracles import assert_exit, lines_naming, numbers_in, raises_naming
 
 MAX_STEPS = 4
 # tiny and fast: 2 examples per step, a checkpoint every 2 steps, no eval until the end, no preview
@@ -501,7 +501,8 @@ def test_second_run_in_the_same_output_dir_is_refused(data_dir, finished, tmp_pa
         assert holder.stdout.readline().strip() == "locked"
         before = _snapshot(out)
         proc = run_script("train.py", *_args(data_dir, out, tmp_path / "results", "--overwrite=true"), check=False)
-        assert_exit(proc, 1, out / ".lock", holder.pid, "--output_dir")  # the holder, its lock file, the way out
+        msg = assert_exit(proc, 1, out / ".lock", "--output_dir")  # the lock file, the way out ...
+        assert holder.pid in numbers_in(msg, out / ".lock", out), msg  # ... and the process holding it
         assert {k: v for k, v in _snapshot(out).items() if not k.endswith(".lock")} == \
                {k: v for k, v in before.items() if not k.endswith(".lock")}  # the holder's files untouched
     finally:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT
-from oracles import CountingFile, assert_names, lines_naming, raises_naming
+from oracles import CountingFile, assert_names, lines_naming, numbers_in, raises_naming
 
 from medsft.files import MedsftError
 
@@ -232,8 +232,9 @@ def test_publish_files_leaves_a_live_writers_publish_alone(tmp_path):
         (stage / "old" / "train.jsonl").write_text("old\n", encoding="utf-8")
         (stage / "manifest.json").write_text(json.dumps({"writer": "data.py", "files": ["train.jsonl"],
                                                          "had_old": ["train.jsonl"]}), encoding="utf-8")
-        with raises_naming(MedsftError, d, "data.py", sleeper.pid, stage.name):  # the folder, its writer and stage
+        with raises_naming(MedsftError, d, "data.py", stage.name) as e:  # the folder, its writer and stage ...
             publish_files(d, {"train.jsonl": b"mine\n"}, "data.py")
+        assert sleeper.pid in numbers_in(e.value, stage.name, d), e.value  # ... and the writer's process
         assert (d / "train.jsonl").read_text(encoding="utf-8") == "new-by-the-other-writer\n"
         assert stage.is_dir()
     finally:
