@@ -447,7 +447,7 @@ def main():
     # 5. Held-out scores after, results and charts (rank 0), the model (trainer_state.json last marks it finished)
     after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling, "after")
     names = [f.__name__ for f in trainer.reward_funcs]
-    peak, peak_of = callbacks.peak_memory()
+    peak, peak_of = memory.peak_memory()
     results = {"model": str(MODEL), "model_revision": hub_revision(base), "dataset": str(DATASET), "data": stats,
                "sampling": sampling, "rewards": names, "reward_weights": list(args.reward_weights),
                **{k: v for k, v in summary.items() if k != "resumed_from"},

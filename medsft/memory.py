@@ -4,6 +4,8 @@ of the tensors on the meta device, activations and logits by formula (docs/memor
 
 from __future__ import annotations
 
+import resource
+
 from .config import Config
 from .files import MedsftError
 
@@ -235,3 +237,10 @@ def check_fits(est: dict, lora: bool) -> None:
     if est["total"] > free:
         raise MedsftError(f"{estimate_line(est)} exceeds the free memory of {torch.cuda.get_device_name(0)} "
                           f"({free / GIB:.2f} of {total / GIB:.2f} GiB free). {ways_out(lora, 'kv_cache' in est)}")
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory of this process in GiB and what it measures (GPU allocations, or CPU resident set)."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "cpu_max_rss"  # KiB on Linux

@@ -9,9 +9,9 @@ from pathlib import Path
 from .. import generate as gen
 from ..config import FEATURES, RESULTS_NAME, Config
 from ..files import disk_errors, read_jsonl, visible, write_json
+from ..memory import peak_memory
 from ..models import hub_revision
 from .distributed import SHARDED
-from .callbacks import peak_memory
 from .tracking import swanlab_active
 
 HISTORY_KEYS = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "num_input_tokens_seen",

@@ -5,10 +5,8 @@ functions: train.py --help stays fast."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -24,8 +22,6 @@ from ..files import MedsftError, check_writable, iter_jsonl
 from ..memory import estimate, estimate_line, weight_dtype
 from . import callbacks, distributed, run
 from .features import TORCHAO_OPTIMS, resolve_features, resolved
-from .loss import install_chunked_loss
-from .callbacks import clock_of, peak_memory
 
 # --- start: every check before weights load -------------------------------------------------------------------------
 
@@ -258,90 +254,19 @@ def sort_lora_targets(model) -> None:
 
 # --- trainer ----------------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _sampler_class():
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-
-    class EpochLengthGroupedSampler(LengthGroupedSampler):
-        """Length-grouped order drawn from ``seed + epoch``: a resumed run replays the interrupted epoch's order."""
-        def __init__(self, batch_size, lengths, seed):
-            super().__init__(batch_size, lengths=lengths)
-            self.seed, self.epoch = seed, 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-        def __iter__(self):
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
-
-    return EpochLengthGroupedSampler
-
 def length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
     """The trainer's sampler: examples grouped by length per ``batch_size`` (an optimizer step over all processes)."""
-    return _sampler_class()(batch_size, lengths, seed)
-
-@functools.lru_cache(maxsize=None)
-def _trainer_class():
-    import torch
-    from transformers import Trainer
-
-    class MedsftTrainer(Trainer):
-        """transformers' Trainer plus tokens/s and peak memory in every training log, and a token-mean eval loss."""
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("compute_metrics", _token_mean_loss)
-            super().__init__(*args, **kwargs)
-            self.clock = clock_of(self)  # run.callbacks gave it
-
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
-                return super()._get_train_sampler(train_dataset)
-            # grouped per optimizer step over all processes: N processes x batch b see what 1 x N*b sees, in order
-            per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            return length_grouped_sampler(per_step, [len(e["input_ids"]) for e in dataset],
-                                          self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-            # one (summed loss, target tokens) row per batch: the eval loss is a mean over every target token
-            inputs = self._prepare_inputs(inputs)
-            labels = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"][..., 1:]
-            count = labels.ne(IGNORE_INDEX).sum()
-            if self.args.use_liger_kernel:
-                inputs = {**inputs, "skip_logits": True}
-            with torch.no_grad(), self.compute_loss_context_manager():
-                mean = model(**inputs).loss.float()
-            total = torch.where(count > 0, mean * count, 0.0)  # a batch of only padding rows adds nothing
-            row = torch.stack([total, count.float()]).view(1, 2)
-            return None, row, row
-
-        def evaluate(self, *args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return super().evaluate(*args, **kwargs)
-            finally:
-                self.clock.eval_s += time.perf_counter() - t
-
-        def log(self, logs, start_time=None):
-            if "loss" in logs and self.clock.mark is not None:
-                speed = self.clock.interval(self.state.num_input_tokens_seen)
-                if speed is not None:
-                    logs["tokens_per_second"] = round(speed, 2)
-                logs["peak_memory_gib"] = round(peak_memory()[0], 4)
-            super().log(logs, start_time)
-
-    return MedsftTrainer
-
-def _token_mean_loss(prediction) -> dict:
-    total, count = prediction.predictions.sum(axis=0)
-    return {"loss": float(total / count) if count else float("nan")}
+    from .trainer import EpochLengthGroupedSampler
+    return EpochLengthGroupedSampler(batch_size, lengths, seed)
 
 def build_trainer(model, tokenizer, train_examples, eval_examples, cfg, run_callbacks=None):
     """A Trainer over ``prepare_examples`` output (no eval when it is empty) with ``run_callbacks`` (default
     ``callbacks.basic()``: no SwanLab); their clock adds tokens/s and peak memory to each log."""
     import torch
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from .loss import install_chunked_loss
+    from .trainer import MedsftTrainer
     lora = hasattr(model, "peft_config")
     cfg = resolved(cfg, lora=lora)
     tokenizer.padding_side = "right"  # positions count from the first token: padding must come after it
@@ -360,10 +285,10 @@ def build_trainer(model, tokenizer, train_examples, eval_examples, cfg, run_call
         per_step = args.per_device_eval_batch_size * args.world_size
         filler = {"input_ids": [tokenizer.pad_token_id], "attention_mask": [1], "labels": [IGNORE_INDEX]}
         eval_examples = list(eval_examples) + [filler] * (-len(eval_examples) % per_step)
-    return _trainer_class()(model=model, args=args, train_dataset=train_examples,
-                            eval_dataset=eval_examples if has_eval else None, data_collator=collator,
-                            processing_class=tokenizer,
-                            callbacks=callbacks.basic() if run_callbacks is None else list(run_callbacks))
+    return MedsftTrainer(model=model, args=args, train_dataset=train_examples,
+                         eval_dataset=eval_examples if has_eval else None, data_collator=collator,
+                         processing_class=tokenizer,
+                         callbacks=callbacks.basic() if run_callbacks is None else list(run_callbacks))
 
 def training_arguments(cfg, lora: bool, has_eval: bool = True):
     """The TrainingArguments of ``cfg`` (built before the model loads under ZeRO-3: DeepSpeed's zero.Init)."""

@@ -45,6 +45,13 @@ class _PipeSafe:
     def __getattr__(self, name):
         return getattr(self._stream, name)
 
+def notice(text: str) -> None:
+    """One line to fd 2 from a signal handler: print() could re-enter a buffered write or raise on a dead reader."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass  # nobody is reading: the message is lost, the checkpoint is not
+
 def guard_output() -> None:
     """Wrap sys.stdout and sys.stderr in ``_PipeSafe`` (once); scripts call it first thing."""
     for name in ("stdout", "stderr"):
