@@ -37,7 +37,7 @@ from medsft import rows as medsft_rows
 from medsft.adapters import lora_base
 from medsft.config import Config, configure
 from medsft.files import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
-from medsft.generate import eos_ids
+from medsft.generate import check_decoding, eos_ids
 from medsft.models import hub_revision, is_hub_id, load_model, load_tokenizer, pin_revision, resolve_model
 from medsft.training import callbacks, distributed, features, run, sft, tracking
 
@@ -364,6 +364,8 @@ def main():
     if NUM_GENERATIONS < 2 or (BATCH_SIZE * GRAD_ACCUM * world) % NUM_GENERATIONS:
         raise MedsftError(f"--batch_size x --grad_accum x processes ({BATCH_SIZE * GRAD_ACCUM * world}) must be a "
                           f"multiple of --num_generations ({NUM_GENERATIONS}), which must be at least 2")
+    check_decoding(MAX_COMPLETION_LENGTH, True, TEMPERATURE, TOP_P, TOP_K, length_option="max_completion_length",
+                   greedy_option=None)
     lora = is_adapter(MODEL) or ADAPTER == "lora"
     cfg = cfg.replace(**adapter_settings(cfg), ENGINE="ddp" if world > 1 else "single", WORLD_SIZE=world)
 

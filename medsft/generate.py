@@ -21,13 +21,15 @@ def eos_ids(model, tokenizer) -> list[int]:
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     return sorted(set(ids) | {tokenizer.eos_token_id})
 
-def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None, **_) -> None:
+def check_decoding(max_new_tokens, do_sample, temperature=None, top_p=None, top_k=None, *,
+                   length_option="max_new_tokens", greedy_option="--do_sample=false", **_) -> None:
     """Reject decoding settings transformers would refuse (or silently misuse): each script calls it once, before
-    any model loads."""
+    any model loads, naming its own length option and its greedy switch (None: the script always samples)."""
     if max_new_tokens < 1:
-        raise MedsftError(f"--max_new_tokens={max_new_tokens}: must be at least 1")
+        raise MedsftError(f"--{length_option}={max_new_tokens}: must be at least 1")
     if do_sample and temperature is not None and temperature <= 0:
-        raise MedsftError(f"--temperature={temperature}: must be > 0 when sampling; for greedy use --do_sample=false")
+        raise MedsftError(f"--temperature={temperature}: must be > 0 when sampling"
+                          + (f"; for greedy use {greedy_option}" if greedy_option else ""))
     if top_p is not None and not 0 < top_p <= 1:
         raise MedsftError(f"--top_p={top_p}: must be in (0, 1]")
     if top_k is not None and top_k < 0:

@@ -375,6 +375,15 @@ def _steps(out) -> list[dict]:
 needs_trl = pytest.mark.skipif(not __import__("importlib").util.find_spec("trl"), reason="needs trl (requirements.txt)")
 
 
+@pytest.mark.parametrize("setting", ["--temperature=0", "--top_p=2", "--top_k=-1", "--max_completion_length=0"])
+def test_bad_sampling_settings_fail_before_anything_loads(root, tmp_path, setting):
+    from oracles import assert_exit
+
+    done = _run_grpo(root, tmp_path, setting, check=False)
+    assert_exit(done, 1, setting)
+    assert not (tmp_path / "out").exists()  # refused before the run's folder, its lock or a model load
+
+
 @needs_trl
 def test_two_grpo_steps_end_to_end_then_a_rerun_changes_nothing(root, tmp_path):
     _run_grpo(root, tmp_path, "--max_steps=2")  # beta 0.04: the reference model is built too
