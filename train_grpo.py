@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 
-from medsft import benchmarks, chat, mcq, memory, report
-from medsft import rows as medsft_rows
+from medsft import chat, mcq, memory, report
 from medsft.adapters import lora_base
 from medsft.config import Config, configure
-from medsft.files import MedsftError, disk_errors, iter_jsonl, write_json, write_jsonl
+from medsft.files import MedsftError, disk_errors, write_json, write_jsonl
 from medsft.generate import check_decoding, eos_ids
-from medsft.models import hub_revision, is_hub_id, load_model, load_tokenizer, pin_revision, resolve_model
-from medsft.training import callbacks, distributed, features, run, sft, tracking
+from medsft.models import hub_revision, load_model, load_tokenizer, pin_revision, resolve_model
+from medsft.training import callbacks, distributed, features, grpo, run, sft, tracking
 
 MODEL = "output/full"  # model spec: the SFT model (train.py's), a LoRA adapter dir (that adapter trains on), a ModelScope id, local dir or "tiny"
 MODEL_REVISION = ""  # ModelScope revision of MODEL (of a LoRA adapter's base) when a hub id: a tag, branch or commit; "" = the hub's current (recorded)
@@ -154,131 +153,6 @@ def reward_functions(eos_ids, cfg: dict) -> list:
     return [correct, shape, repetition, overlong]
 
 
-# --- multiple-choice rows ---------------------------------------------------------------------------------------
-def read_rows(dataset, revision: str = "") -> tuple[list[dict], list[dict]]:
-    """(rows, bad): every valid row (``mcq.parse_record``: any published layout) of a file, a folder of them or a
-    ModelScope dataset (``rows.read_records`` / ``rows.read_hub``), with its ``where`` and ``id``; each bad row's
-    where and reason."""
-    src = Path(str(dataset)).expanduser()
-    if src.exists():
-        records = medsft_rows.read_records(src)
-    elif is_hub_id(str(dataset)):
-        records = medsft_rows.read_hub(str(dataset), split="train", revision=revision, fix="pass a local file instead")
-    else:
-        raise MedsftError(f"--dataset={dataset}: no such file or folder, and not a ModelScope id (org/name)")
-    rows, bad = [], []
-    for where, rec in records:
-        got = rec if isinstance(rec, str) else mcq.parse_record(rec)
-        if isinstance(got, str):
-            bad.append({"where": where, "reason": got})
-            print(f"{where}: {got}; row skipped")
-            continue
-        got["id"] = hashlib.sha256(json.dumps([got["question"], got["choices"]], ensure_ascii=False)
-                                   .encode()).hexdigest()[:16]
-        rows.append({**got, "where": where})
-    if not rows:
-        raise MedsftError(f"--dataset={dataset}: no valid multiple-choice rows ({len(bad)} bad, listed above)")
-    return rows, bad
-
-
-# --- evaluation overlap -----------------------------------------------------------------------------------------
-def eval_keys(eval_data: str, eval_benchmarks: str, subjects: str) -> tuple[dict[str, str], dict]:
-    """The keys (``benchmarks.suite_keys``, strict) of every item measured later, and how many items each source
-    gave: data.py's test split and every item of benchmark.py's benchmarks (not only a sample)."""
-    keys, sources = {}, {}
-    if eval_data:
-        path = Path(eval_data)
-        if not path.is_file():
-            raise MedsftError(f"--eval_data={eval_data}: no such file (data.py writes data/test.jsonl); pass "
-                              "--eval_data= to check nothing")
-        keys = {mcq.question_key(obj["question"]): str(path) for _, obj, err in iter_jsonl(path)
-                if not err and isinstance(obj.get("question"), str)}
-        sources[str(path)] = len(keys)
-    suite = benchmarks.parse_suite(eval_benchmarks)
-    try:
-        found, counts, _ = benchmarks.suite_keys(suite, strict=True,
-                                                 subjects=[s.strip() for s in subjects.split(",") if s.strip()])
-    except MedsftError as e:
-        raise MedsftError(f"--eval_benchmarks: {e}; RL must not train on what benchmark.py scores: pass the "
-                          "benchmarks you will score (name=file or folder), or --eval_benchmarks= to check "
-                          "none") from None
-    return {**found, **keys}, {**sources, **{f"{b}={suite[b]}": n for b, n in counts.items()}}
-
-
-# --- prompts ----------------------------------------------------------------------------------------------------
-def mc_question(row: dict) -> str:
-    """The user turn: benchmark.py's multiple-choice prompt (``mcq.prompt``), so RL trains what it measures."""
-    return mcq.prompt(row)
-
-
-def split_heldout(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, heldout): whole questions (``mcq.question_key``: one question in other option orders or spellings
-    stays on one side): ``n`` questions chosen by a hash of (seed, question), with all their rows; the same on every
-    run and resume."""
-    keys = [mcq.question_key(r["question"]) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: (hashlib.sha256(f"{seed}:held:{keys[i]}".encode()).hexdigest(),
-                                                    rows[i]["id"]))
-    held = set(list(dict.fromkeys(keys[i] for i in order))[:n])
-    return [r for r, k in zip(rows, keys) if k not in held], [r for r, k in zip(rows, keys) if k in held]
-
-
-def prompt_rows(tokenizer, rows: list[dict], no_think_ratio: float, seed: int) -> list[dict]:
-    """The GRPO dataset: each row's prompt as text rendered with the project's chat format in its mode
-    (``chat.example_modes``: seeded per row id). Text, not messages: TRL's chat_template_kwargs is one setting for
-    every prompt, so enable_thinking could not vary per row; TRL tokenizes the text, which equals
-    ``chat.prompt_ids`` for rows without control tokens (``parse_row`` rejects those)."""
-    modes = chat.example_modes([r["id"] for r in rows], no_think_ratio, seed)
-    return [{"prompt": chat.prompt_text(tokenizer, mc_question(r), mode=m), "gold": r["gold"], "mode": m,
-             "n_options": len(r["choices"]), "id": r["id"]} for r, m in zip(rows, modes)]
-
-
-# --- results ----------------------------------------------------------------------------------------------------
-_STEP_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio",
-             "frac_reward_zero_std", "loss", "learning_rate", "grad_norm")
-
-
-def step_history(log_history: list[dict], reward_names) -> list[dict]:
-    """Per logged step: each reward's mean and std, KL, completion length, clipped share (None when absent)."""
-    keys = [f"rewards/{name}/{s}" for name in reward_names for s in ("mean", "std")] + list(_STEP_KEYS)
-    return [{"step": e["step"], **{k.replace("rewards/", "").replace("completions/", "completion_").replace("/", "_"):
-                                   e.get(k) for k in keys}}
-            for e in log_history if "step" in e and any(k.startswith("rewards/") for k in e)]
-
-
-def generation_settings(model, cfg: dict) -> dict:
-    """temperature / top_p / top_k: the constants when set, else the model's generation_config (TRL would use its
-    own 1.0 / 1.0 / 0 otherwise)."""
-    gc = model.generation_config
-    pick = lambda name, default: cfg[name.upper()] if cfg[name.upper()] is not None else (  # noqa: E731
-        getattr(gc, name, None) if getattr(gc, name, None) is not None else default)
-    return {"temperature": float(pick("temperature", 1.0)), "top_p": float(pick("top_p", 1.0)),
-            "top_k": int(pick("top_k", 0))}
-
-
-def heldout_scores(model, tokenizer, rows: list[dict], cfg: dict, sampling: dict, when: str) -> tuple[dict, list]:
-    """Each held-out row answered in all three modes, sampled as in training (seeded): the mean correctness reward
-    (overall and per mode) and the shape adherence per mode, plus the completions; (None, []) for no rows."""
-    if not rows:
-        return None, []
-    from medsft import adherence
-    from medsft.generate import generate
-
-    pairs = [(r, m) for r in rows for m in chat.MODES]
-    results = generate(model, tokenizer, [mc_question(r) for r, _ in pairs], modes=[m for _, m in pairs],
-                       max_new_tokens=cfg["MAX_COMPLETION_LENGTH"], do_sample=True, seed=cfg["SEED"],
-                       batch_size=cfg["EVAL_BATCH_SIZE"], progress=False, **sampling)
-    done = [{"when": when, "id": r["id"], "mode": m, "gold": r["gold"], "output": res["output"],
-             "finished": res["finished"], "new_tokens": res["new_tokens"],
-             "correct": correct_reward(res["output"], r["gold"], m, res["finished"], cfg["CORRECT_NEEDS_SHAPE"],
-                                       len(r["choices"]))}
-            for (r, m), res in zip(pairs, results)]
-    shapes = adherence.measure({m: [d for d in done if d["mode"] == m] for m in chat.MODES})
-    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
-    return {"n_rows": len(rows), "correct": mean([d["correct"] for d in done]),
-            "by_mode": {m: {"correct": mean([d["correct"] for d in done if d["mode"] == m]),
-                            "adherence": shapes[m]["rate"], "shapes": shapes[m]["shapes"]} for m in chat.MODES}}, done
-
-
 # constants that change nothing trained: the rows they select are hashed as prompted, the rest is measurement
 _NOT_TRAINED = ("DATASET", "EVAL_DATA", "EVAL_BENCHMARKS", "SUBJECTS", "EVAL_BATCH_SIZE", "VLLM_GPU_MEMORY_UTILIZATION")
 
@@ -334,17 +208,6 @@ def grpo_config(cfg, sampling: dict, lora: bool, cpu: bool):
         disable_tqdm=True, run_name=cfg["RUN_NAME"], dataloader_num_workers=0)
 
 
-def heldout_change(before_rows: list[dict], after_rows: list[dict]) -> dict:
-    """The held-out correctness before and after on the same (prompt, mode) pairs: each with its 95% Wilson
-    interval, and the exact McNemar test of the pairs that changed."""
-    before = {(r["id"], r["mode"]): r["correct"] for r in before_rows}
-    pairs = [(before[k], r["correct"]) for r in after_rows if (k := (r["id"], r["mode"])) in before]
-    b, c = sum(bool(x and not y) for x, y in pairs), sum(bool(y and not x) for x, y in pairs)
-    ci = lambda k: [round(v, 4) for v in benchmarks.wilson(int(k), len(pairs))]  # noqa: E731
-    return {"n": len(pairs), "before_ci95": ci(sum(x for x, _ in pairs)), "after_ci95": ci(sum(y for _, y in pairs)),
-            "worse": b, "better": c, "p": benchmarks.mcnemar(b, c)}
-
-
 def is_adapter(model) -> bool:
     return (Path(str(model)) / "adapter_config.json").is_file()
 
@@ -370,15 +233,15 @@ def main():
     cfg = cfg.replace(**adapter_settings(cfg), ENGINE="ddp" if world > 1 else "single", WORLD_SIZE=world)
 
     def usable_rows():  # rank 0 alone downloads and reads; the others get its rows
-        rows, bad = read_rows(DATASET, DATASET_REVISION)
-        keys, eval_sources = eval_keys(EVAL_DATA, EVAL_BENCHMARKS, SUBJECTS)
+        rows, bad = grpo.read_rows(DATASET, DATASET_REVISION)
+        keys, eval_sources = grpo.eval_keys(EVAL_DATA, EVAL_BENCHMARKS, SUBJECTS)
         if not EVAL_BENCHMARKS:
             print("note: --eval_benchmarks is empty: items of benchmark.py's benchmarks are not checked for overlap")
         kept = [r for r in rows if not mcq.overlaps(r["question"], r["choices"], keys)]  # in any option order
         return kept, len(rows) - len(kept), bad, eval_sources
 
     rows, n_overlap, bad, eval_sources = distributed.on_main(usable_rows)
-    train_rows, heldout = split_heldout(rows, HELDOUT, SEED)
+    train_rows, heldout = grpo.split_heldout(rows, HELDOUT, SEED)
     stats = {"rows_read": len(rows) + n_overlap + len(bad), "rows_bad": len(bad), "bad": bad[:100],
              "dropped_eval_overlap": n_overlap, "eval_sources": eval_sources, "heldout": len(heldout),
              "train": len(train_rows)}
@@ -398,7 +261,7 @@ def main():
     # tokens (CMMLU's medical prompts reach 332 of Qwen3's tokenizer)
     tokenizer = None if DRY_RUN and not (model_dir / "tokenizer_config.json").is_file() else \
         load_tokenizer(str(model_dir) if DRY_RUN else MODEL)
-    prompts = prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED) if tokenizer else []
+    prompts = grpo.prompt_rows(tokenizer, train_rows, NO_THINK_RATIO, SEED) if tokenizer else []
     longest = max(len(tokenizer(p["prompt"])["input_ids"]) for p in prompts) if tokenizer else 384
     est = memory.grpo_estimate(cfg, model_dir, lora=lora, beta=BETA, num_generations=NUM_GENERATIONS,
                                prompt_tokens=longest, max_completion_length=MAX_COMPLETION_LENGTH, use_vllm=USE_VLLM,
@@ -427,8 +290,10 @@ def main():
 
             peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.05, target_modules="all-linear",
                                      task_type="CAUSAL_LM")
-    sampling = generation_settings(model, cfg)
-    before, before_rows = distributed.on_main(heldout_scores, model, tokenizer, heldout, cfg, sampling, "before")
+    sampling = grpo.generation_settings(model, cfg)
+    correct = lambda out, gold, mode, done, n: correct_reward(out, gold, mode, done, CORRECT_NEEDS_SHAPE, n)  # noqa: E731
+    before, before_rows = distributed.on_main(grpo.heldout_scores, model, tokenizer, heldout, cfg, sampling, "before",
+                                              correct)
     if before:
         print(f"held-out before: correct {before['correct']:.3f}, adherence "
               + ", ".join(f"{chat.SHORT[m]}={before['by_mode'][m]['adherence']:.2f}" for m in chat.MODES))
@@ -447,7 +312,8 @@ def main():
     summary = run.train(trainer, resume_from, cfg, lora=lora, grpo=True)
 
     # 5. Held-out scores after, results and charts (rank 0), the model (trainer_state.json last marks it finished)
-    after, after_rows = distributed.on_main(heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling, "after")
+    after, after_rows = distributed.on_main(grpo.heldout_scores, trainer.model, tokenizer, heldout, cfg, sampling,
+                                            "after", correct)
     names = [f.__name__ for f in trainer.reward_funcs]
     peak, peak_of = memory.peak_memory()
     results = {"model": str(MODEL), "model_revision": hub_revision(base), "dataset": str(DATASET), "data": stats,
@@ -455,8 +321,8 @@ def main():
                **{k: v for k, v in summary.items() if k != "resumed_from"},
                "peak_memory_gib": round(peak, 3), "peak_memory_of": peak_of,
                "heldout": {"before": before, "after": after,
-                           "change": heldout_change(before_rows, after_rows) if heldout else None},
-               "steps": step_history(trainer.state.log_history, names)}
+                           "change": grpo.heldout_change(before_rows, after_rows) if heldout else None},
+               "steps": grpo.step_history(trainer.state.log_history, names)}
 
     def write_results():
         res = Path(RESULTS_DIR)

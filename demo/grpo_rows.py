@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: medsft is beside demo/
 
-import train_grpo as g  # noqa: E402
+from medsft.training import grpo  # noqa: E402
 from medsft.chat import MODES  # noqa: E402
 from medsft.config import configure  # noqa: E402
 from medsft.files import MedsftError, dumps_jsonl, publish_files  # noqa: E402
@@ -58,19 +58,19 @@ def orders(row: dict, which: str = ORDERS) -> list[dict]:
 def warm_row(row: dict, mode: str, k: int, rid: str) -> dict:
     """A warm-up row answering option ``k`` in ``mode``'s shape: THINK (thinking mode only), then 答案：<letter>."""
     think = THINK if mode == "think" else ""
-    return {"id": rid, "question": g.mc_question(row), "think": think, "answer": f"答案：{'ABCD'[k]}", "mode": mode}
+    return {"id": rid, "question": grpo.mc_question(row), "think": think, "answer": f"答案：{'ABCD'[k]}", "mode": mode}
 
 
 def main():
     configure(globals())
-    rows, bad = g.read_rows(ROWS)
+    rows, bad = grpo.read_rows(ROWS)
     if bad:
         raise MedsftError(f"{ROWS}: {len(bad)} bad rows (listed above); fix them first")
     all_orders = [o for r in rows for o in orders(r, ORDERS)]
     files = {"mcq.jsonl": dumps_jsonl(all_orders).encode("utf-8")}
     written = publish_files(OUT_DIR, files, writer="demo/grpo_rows.py")
-    mc, _ = g.read_rows(Path(OUT_DIR) / "mcq.jsonl")
-    train, held = g.split_heldout(mc, HELDOUT, SEED)
+    mc, _ = grpo.read_rows(Path(OUT_DIR) / "mcq.jsonl")
+    train, held = grpo.split_heldout(mc, HELDOUT, SEED)
     # every train prompt in every mode answers each of its four letters once: the best fit is uniform per prompt
     warm = [warm_row(r, m, k, f"{r['id']}#{m}#{k}") for r in train for m in MODES for k in range(4)]
     gold = [warm_row(r, m, "ABCD".index(r["gold"]), f"{r['id']}#{m}#gold") for r in train for m in MODES]

@@ -7,7 +7,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import train_grpo
+from medsft.training import grpo
 
 from conftest import run_script
 
@@ -26,7 +26,7 @@ def _rows(tmp_path, name, *args):
 
 
 def test_demo_mcq_rows_are_valid_and_balanced():
-    rows, bad = train_grpo.read_rows(ROOT / "demo" / "grpo_mcq.jsonl")
+    rows, bad = grpo.read_rows(ROOT / "demo" / "grpo_mcq.jsonl")
     assert not bad and len(rows) >= 24 and all(len(r["choices"]) == 4 and not r["multi"] for r in rows)
     golds = Counter(r["gold"] for r in rows)
     assert set(golds) == set("ABCD") and max(golds.values()) - min(golds.values()) <= 1  # no letter to guess
@@ -34,8 +34,8 @@ def test_demo_mcq_rows_are_valid_and_balanced():
 
 def test_heldout_prompts_never_train_and_the_warm_ups_are_what_they_say(tmp_path):
     out, warm, gold = _rows(tmp_path, "a", "--heldout=9")
-    mc, _ = train_grpo.read_rows(out / "mcq.jsonl")
-    train, held = train_grpo.split_heldout(mc, 9, 42)  # what train_grpo.py holds out with the same seed
+    mc, _ = grpo.read_rows(out / "mcq.jsonl")
+    train, held = grpo.split_heldout(mc, 9, 42)  # what train_grpo.py holds out with the same seed
     assert sorted(json.loads((out / "heldout_ids.json").read_text())) == sorted(r["id"] for r in held)
     assert len(held) == 9 * 6 and len(mc) == 6 * len(_jsonl(ROOT / "demo" / "grpo_mcq.jsonl"))
     assert not {r["question"] for r in held} & {r["question"] for r in train}  # no held-out question in any order
@@ -44,8 +44,8 @@ def test_heldout_prompts_never_train_and_the_warm_ups_are_what_they_say(tmp_path
         by_question.setdefault(r["question"], set()).add((r["gold"], r["choices"]["ABCD".index(r["gold"])]))
     assert all(len(v) == 1 for v in by_question.values())
     warm_rows = _jsonl(warm / "train.jsonl") + _jsonl(warm / "val.jsonl")
-    held_prompts = {train_grpo.mc_question(r) for r in held}
-    train_prompts = {train_grpo.mc_question(r) for r in train}
+    held_prompts = {grpo.mc_question(r) for r in held}
+    train_prompts = {grpo.mc_question(r) for r in train}
     assert not held_prompts & {w["question"] for w in warm_rows}
     assert {w["question"] for w in warm_rows} == train_prompts
     # every train prompt answers each letter once in every mode: the warm-up's best fit is uniform, whatever the gold
@@ -55,7 +55,7 @@ def test_heldout_prompts_never_train_and_the_warm_ups_are_what_they_say(tmp_path
     assert all(bool(w["think"]) == (w["mode"] == "think") for w in warm_rows)
     # the gold warm-up: each train prompt once per mode with its own gold letter, no held-out prompt
     gold_rows = _jsonl(gold / "train.jsonl") + _jsonl(gold / "val.jsonl")
-    gold_of = {train_grpo.mc_question(r): r["gold"] for r in train}
+    gold_of = {grpo.mc_question(r): r["gold"] for r in train}
     assert sorted((g["question"], g["mode"]) for g in gold_rows) == sorted(
         (q, m) for q in gold_of for m in ("think", "no_think_soft", "no_think_hard"))
     assert all(g["answer"] == f"答案：{gold_of[g['question']]}" for g in gold_rows)

@@ -11,6 +11,7 @@ import types
 import pytest
 
 import train_grpo as g
+from medsft.training import grpo
 from medsft import chat, mcq
 
 ROW = {"question": "高血压的诊断切点是多少？", "choices": ["120/80", "130/85", "140/90", "160/100"], "gold": "C"}
@@ -41,7 +42,7 @@ def test_correct_reward_think_mode(output, expected):
 
 
 def test_correct_reward_copying_the_question_earns_nothing():
-    question = g.mc_question(ROW)  # ends with 请先思考，然后在最后一行只写“答案：X”，X 为 A、B、C、D 中的一个字母。
+    question = grpo.mc_question(ROW)  # ends with 请先思考，然后在最后一行只写“答案：X”，X 为 A、B、C、D 中的一个字母。
     assert g.correct_reward(THINK + question, "C", "think") == 0.0
     assert g.correct_reward(question, "C", "no_think_hard") == 0.0
 
@@ -143,18 +144,18 @@ def test_typed_think_tags_never_reach_trl_as_tokens(tmp_path):
         {"question": "头痛</think>怎么办", "A": "a", "B": "b", "answer": "A"},
         {"question": "头痛怎么办", "A": "<think>a", "B": "b", "answer": "A"},
         {"question": "头痛怎么办", "A": "a", "B": "b", "answer": "B"}]]
-    rows, bad = g.read_rows(_write(tmp_path / "mc.jsonl", lines))
+    rows, bad = grpo.read_rows(_write(tmp_path / "mc.jsonl", lines))
     assert len(rows) == 1 and [b["where"].rsplit(":", 1)[1] for b in bad] == ["1", "2"]
     assert all("control token" in b["reason"] for b in bad)
-    for p in g.prompt_rows(tok, rows * 3, 1.0, 0) + g.prompt_rows(tok, rows, 0.0, 0):
-        assert tok(text=[p["prompt"]])["input_ids"][0] == chat.prompt_ids(tok, g.mc_question(rows[0]), mode=p["mode"])
+    for p in grpo.prompt_rows(tok, rows * 3, 1.0, 0) + grpo.prompt_rows(tok, rows, 0.0, 0):
+        assert tok(text=[p["prompt"]])["input_ids"][0] == chat.prompt_ids(tok, grpo.mc_question(rows[0]), mode=p["mode"])
 
 
 def test_mode_prompts_token_exact(real_tokenizer):
-    rows = g.prompt_rows(real_tokenizer, _rows(40), no_think_ratio=0.5, seed=3)
+    rows = grpo.prompt_rows(real_tokenizer, _rows(40), no_think_ratio=0.5, seed=3)
     assert {r["mode"] for r in rows} == set(chat.MODES)
     for row, src in zip(rows, _rows(40)):
-        question = g.mc_question(src)
+        question = grpo.mc_question(src)
         # TRL tokenizes a text prompt with processing_class(text=prompts) (grpo_trainer.py, _tokenize_prompts)
         trl_ids = real_tokenizer(text=[row["prompt"]])["input_ids"][0]
         assert trl_ids == chat.prompt_ids(real_tokenizer, question, mode=row["mode"])
@@ -170,12 +171,12 @@ def test_mode_prompts_token_exact(real_tokenizer):
 
 
 def test_mode_choice_is_seeded_per_row(real_tokenizer):
-    a = g.prompt_rows(real_tokenizer, _rows(200), 0.25, seed=42)
-    b = g.prompt_rows(real_tokenizer, list(reversed(_rows(200))), 0.25, seed=42)
+    a = grpo.prompt_rows(real_tokenizer, _rows(200), 0.25, seed=42)
+    b = grpo.prompt_rows(real_tokenizer, list(reversed(_rows(200))), 0.25, seed=42)
     assert {r["id"]: r["mode"] for r in a} == {r["id"]: r["mode"] for r in b}  # by row id, not position
     share = sum(r["mode"] != "think" for r in a) / len(a)
     assert 0.15 < share < 0.35
-    assert [r["mode"] for r in g.prompt_rows(real_tokenizer, _rows(200), 0.0, 42)] == ["think"] * 200
+    assert [r["mode"] for r in grpo.prompt_rows(real_tokenizer, _rows(200), 0.0, 42)] == ["think"] * 200
 
 
 def test_think_tags_survive_trls_decoding(real_tokenizer):
@@ -202,7 +203,7 @@ def test_read_rows_jsonl_layouts_and_errors(tmp_path, capsys):
         {"question": "q7 <|im_end|>", "A": "a", "B": "b", "answer": "A"},                    # control token
         {"question": "q8", "A": "a", "B": "", "C": "c", "answer": "A"},                      # empty option
     ]] + ["{not json"]
-    rows, bad = g.read_rows(_write(tmp_path / "mc.jsonl", lines))
+    rows, bad = grpo.read_rows(_write(tmp_path / "mc.jsonl", lines))
     assert [(r["question"], r["choices"], r["gold"]) for r in rows] == [
         ("q1", ["a", "b", "c", "d"], "B"), ("q2", ["a", "b", "c", "d", "e"], "E"), ("q3", ["a", "b", "c"], "AC")]
     assert [b["where"].rsplit(":", 1)[1] for b in bad] == ["4", "5", "6", "7", "8", "9"]
@@ -220,7 +221,7 @@ def test_read_rows_cmmlu_csv_layout(tmp_path):
     folder.mkdir()
     (folder / "anatomy.csv").write_text(',Question,A,B,C,D,Answer\n0,"多行\n题干",a,b,c,d,D\n1,q,a,b,c,d,Z\n',
                                         encoding="utf-8")
-    rows, bad = g.read_rows(folder)
+    rows, bad = grpo.read_rows(folder)
     assert [(r["question"], r["gold"]) for r in rows] == [("多行\n题干", "D")]
     assert bad == [{"where": f"{folder / 'anatomy.csv'}:4", "reason": "answer 'Z' is not option letter(s) A-D"}]
 
@@ -232,17 +233,17 @@ def test_read_rows_parquet(tmp_path):
     path = tmp_path / "mc.parquet"
     pq.write_table(pa.Table.from_pylist([{"question": "q", "choices": ["a", "b", "c", "d"], "answer": "a"},
                                          {"question": "q2", "choices": ["a"], "answer": "A"}]), path)
-    rows, bad = g.read_rows(path)
+    rows, bad = grpo.read_rows(path)
     assert rows[0]["gold"] == "A" and bad[0]["where"].endswith(":row 2") and "1 options" in bad[0]["reason"]
 
 
 def test_read_rows_fails_clearly(tmp_path):
     with pytest.raises(g.MedsftError, match="no valid multiple-choice rows"):
-        g.read_rows(_write(tmp_path / "bad.jsonl", ['{"question": "q"}']))
+        grpo.read_rows(_write(tmp_path / "bad.jsonl", ['{"question": "q"}']))
     with pytest.raises(g.MedsftError, match="unknown file type"):
-        g.read_rows(_write(tmp_path / "x.txt", ["x"]))
+        grpo.read_rows(_write(tmp_path / "x.txt", ["x"]))
     with pytest.raises(g.MedsftError, match="no such file"):
-        g.read_rows(tmp_path / "missing.jsonl")
+        grpo.read_rows(tmp_path / "missing.jsonl")
 
 
 # --- evaluation overlap, held-out split, results ------------------------------------------------------------------
@@ -255,13 +256,13 @@ def _drop_eval_overlap(rows, keys):
 def test_eval_overlap_dropped(tmp_path):
     test = _write(tmp_path / "test.jsonl", [json.dumps({"question": "高血压的诊断切点是多少？", "think": "t",
                                                           "answer": "a"}, ensure_ascii=False)])
-    keys, sources = g.eval_keys(str(test), "", "")
+    keys, sources = grpo.eval_keys(str(test), "", "")
     assert sources == {str(test): 1}
     rows = [{**ROW, "question": "高血压的诊断切点是多少?  "}, {**ROW, "question": "糖尿病的诊断切点是多少？"}]
     kept, dropped = _drop_eval_overlap(rows, keys)  # full-width ？ vs ?, trailing spaces: the same question
     assert dropped == 1 and kept[0]["question"].startswith("糖尿病")
     with pytest.raises(g.MedsftError, match="no such file"):
-        g.eval_keys(str(tmp_path / "none.jsonl"), "", "")
+        grpo.eval_keys(str(tmp_path / "none.jsonl"), "", "")
 
 
 def test_eval_overlap_every_benchmark_item_in_any_option_order(tmp_path):
@@ -274,7 +275,7 @@ def test_eval_overlap_every_benchmark_item_in_any_option_order(tmp_path):
     cmb = tmp_path / "cmb.json"
     cmb.write_text(json.dumps([{"question": "下列哪项正确", "option": {"A": "甲", "B": "乙", "C": "丙"}, "answer": "A",
                                 "question_type": "单项选择题"}], ensure_ascii=False), encoding="utf-8")
-    keys, sources = g.eval_keys("", f"cmmlu={folder},cmb={cmb}", "anatomy")
+    keys, sources = grpo.eval_keys("", f"cmmlu={folder},cmb={cmb}", "anatomy")
     assert sources == {f"cmmlu={folder}": 2, f"cmb={cmb}": 1}
     rows = [{"question": "人体最大的器官是", "choices": ["肝", "皮肤", "脑", "肺"]},          # other option order
             {"question": "12. 成人正常静息心率的范围是多少次每分钟？", "choices": ["1", "2"]},  # long stem, numbered
@@ -284,14 +285,14 @@ def test_eval_overlap_every_benchmark_item_in_any_option_order(tmp_path):
     kept, dropped = _drop_eval_overlap(rows, keys)
     assert dropped == 3 and kept == rows[3:]
     with pytest.raises(g.MedsftError, match="eval_benchmarks.*medqa_mcmle"):  # not found: refused, never skipped
-        g.eval_keys("", f"medqa_mcmle={tmp_path / 'absent'}", "anatomy")
+        grpo.eval_keys("", f"medqa_mcmle={tmp_path / 'absent'}", "anatomy")
 
 
 def test_split_heldout_is_seeded_and_disjoint():
     rows = [{**ROW, "question": f"第{i}问：血压多少？", "id": f"r{i}"} for i in range(50)]
-    train, held = g.split_heldout(rows, 10, seed=1)
+    train, held = grpo.split_heldout(rows, 10, seed=1)
     assert len(held) == 10 and len(train) == 40 and not {r["id"] for r in held} & {r["id"] for r in train}
-    assert g.split_heldout(list(reversed(rows)), 10, seed=1)[1] == list(reversed(held))
+    assert grpo.split_heldout(list(reversed(rows)), 10, seed=1)[1] == list(reversed(held))
 
 
 def test_split_heldout_keeps_each_question_on_one_side():
@@ -299,7 +300,7 @@ def test_split_heldout_keeps_each_question_on_one_side():
     rows = [{**ROW, "question": f"问题{i}" + "？" * (k % 2), "choices": ROW["choices"][k:] + ROW["choices"][:k],
              "id": f"r{i}-{k}"} for i in range(30) for k in range(4)]
     for seed in range(5):
-        train, held = g.split_heldout(rows, 7, seed=seed)
+        train, held = grpo.split_heldout(rows, 7, seed=seed)
         key = lambda r: r["question"].rstrip("？")  # noqa: E731
         assert len({key(r) for r in held}) == 7 and len(held) == 28
         assert not {key(r) for r in held} & {key(r) for r in train}
@@ -308,20 +309,20 @@ def test_split_heldout_keeps_each_question_on_one_side():
 def test_step_history_and_sampling():
     log = [{"step": 1, "rewards/correct/mean": 0.5, "rewards/correct/std": 0.1, "kl": 0.01,
             "completions/mean_length": 12.0, "completions/clipped_ratio": 0.25}, {"step": 2, "train_runtime": 3.0}]
-    hist = g.step_history(log, ["correct", "shape"])
+    hist = grpo.step_history(log, ["correct", "shape"])
     assert hist == [{"step": 1, "correct_mean": 0.5, "correct_std": 0.1, "shape_mean": None, "shape_std": None,
-                     **{k.replace("completions/", "completion_"): None for k in g._STEP_KEYS}, "kl": 0.01,
+                     **{k.replace("completions/", "completion_"): None for k in grpo._STEP_KEYS}, "kl": 0.01,
                      "completion_mean_length": 12.0, "completion_clipped_ratio": 0.25}]
     model = types.SimpleNamespace(generation_config=types.SimpleNamespace(temperature=0.6, top_p=0.95, top_k=20))
-    assert g.generation_settings(model, {"TEMPERATURE": None, "TOP_P": None, "TOP_K": None}) == \
+    assert grpo.generation_settings(model, {"TEMPERATURE": None, "TOP_P": None, "TOP_K": None}) == \
         {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
-    assert g.generation_settings(model, {"TEMPERATURE": 1.0, "TOP_P": None, "TOP_K": 0})["top_k"] == 0
+    assert grpo.generation_settings(model, {"TEMPERATURE": 1.0, "TOP_P": None, "TOP_K": 0})["top_k"] == 0
 
 
 def test_mc_question_is_benchmarks_prompt():
     item = {"question": ROW["question"], "choices": ROW["choices"]}
-    assert g.mc_question(ROW) == mcq.prompt(item)
-    five = g.mc_question({**ROW, "choices": ROW["choices"] + ["180/110"], "gold": "AE", "multi": True})
+    assert grpo.mc_question(ROW) == mcq.prompt(item)
+    five = grpo.mc_question({**ROW, "choices": ROW["choices"] + ["180/110"], "gold": "AE", "multi": True})
     assert "多项选择题" in five and "E. 180/110" in five and "“答案：XY”，XY 为 A、B、C、D、E 中" in five
 
 
@@ -532,7 +533,7 @@ def test_grpo_config_turns_dropout_off_and_keeps_the_constants():
 def test_heldout_change_gives_intervals_and_the_paired_test():
     before = [{"id": f"q{i}", "mode": m, "correct": float(i < 4)} for i in range(10) for m in ("think", "no_think_hard")]
     after = [{"id": f"q{i}", "mode": m, "correct": float(i < 9)} for i in range(10) for m in ("think", "no_think_hard")]
-    ch = g.heldout_change(before, after)
+    ch = grpo.heldout_change(before, after)
     assert (ch["n"], ch["better"], ch["worse"]) == (20, 10, 0) and ch["p"] == 2 / 2 ** 10
     assert ch["before_ci95"][0] < 8 / 20 < ch["before_ci95"][1] and ch["after_ci95"][0] < 18 / 20 < ch["after_ci95"][1]
 
@@ -542,9 +543,9 @@ def test_medqa_mcmle_in_its_published_layout_is_a_grpo_dataset(shared_dir):
     path = shared_dir / "medmcq" / "medqa_mcmle_dev.jsonl"
     if not path.is_file():
         pytest.skip("../shared/medmcq is absent")
-    rows, bad = g.read_rows(path)
+    rows, bad = grpo.read_rows(path)
     assert (len(rows), bad) == (3425, []) and all(len(r["choices"]) == 5 and len(r["gold"]) == 1 for r in rows)
-    train, held = g.split_heldout(rows, 64, 42)
+    train, held = grpo.split_heldout(rows, 64, 42)
     assert not {mcq_key(r) for r in held} & {mcq_key(r) for r in train}  # repeated questions stay on one side
 
 
