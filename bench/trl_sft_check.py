@@ -17,7 +17,7 @@ How the two sides are made equal: TRL's SFTConfig is built from the very Trainin
 (``to_dict()``, TRL's own round trip), plus max_length=None (our rows are never cut) and loss_type; the model is the
 same checkpoint loaded by medsft.training.sft.load_training_model (for lora: wrapped by sft.add_lora, the
 same seeded adapter); the examples are the same list, given to TRL as a datasets.Dataset; TRL's sampler is replaced
-by ours (sft.length_grouped_sampler) (examples grouped by length per optimizer step, drawn from seed + epoch). Peak memory is VmHWM
+by ours (medsft.training.trainer.EpochLengthGroupedSampler) (examples grouped by length per optimizer step, drawn from seed + epoch). Peak memory is VmHWM
 above the resident set after the imports (transformers, trl, peft, datasets and medsft in both processes, before the
 model loads), as bench/peers_driver.py measures it.
 """
@@ -138,6 +138,8 @@ def _train_trl(spec: dict, examples: list[dict], tokenizer) -> dict:
     from medsft.training import sft
     from trl import SFTConfig, SFTTrainer
 
+    from medsft.training.trainer import EpochLengthGroupedSampler
+
     lora = spec["variant"] == "lora"
     run = _run_config(spec)
     ours = sft.training_arguments(run, lora=lora, has_eval=False)
@@ -148,7 +150,7 @@ def _train_trl(spec: dict, examples: list[dict], tokenizer) -> dict:
             if self.args.train_sampling_strategy != "group_by_length":
                 return super()._get_train_sampler(train_dataset)
             per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            return sft.length_grouped_sampler(per_step, [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
+            return EpochLengthGroupedSampler(per_step, [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
 
     kwargs = ours.to_dict()  # the TrainingArguments our build_trainer uses, field for field
     kwargs.update(max_length=None, loss_type=spec["loss_type"], padding_free=spec["variant"] == "padding_free")

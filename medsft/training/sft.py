@@ -254,11 +254,6 @@ def sort_lora_targets(model) -> None:
 
 # --- trainer ----------------------------------------------------------------------------------------------------------
 
-def length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
-    """The trainer's sampler: examples grouped by length per ``batch_size`` (an optimizer step over all processes)."""
-    from .trainer import EpochLengthGroupedSampler
-    return EpochLengthGroupedSampler(batch_size, lengths, seed)
-
 def build_trainer(model, tokenizer, train_examples, eval_examples, cfg, run_callbacks=None):
     """A Trainer over ``prepare_examples`` output (no eval when it is empty) with ``run_callbacks`` (default
     ``callbacks.basic()``: no SwanLab); their clock adds tokens/s and peak memory to each log."""
