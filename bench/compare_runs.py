@@ -8,7 +8,7 @@ from pathlib import Path
 MEASURED = {"wall_time_s", "train_time_s", "tokens_per_s", "tokens_per_second", "generate_s", "wall_s",
             "peak_memory_gib", "seconds", "elapsed_s", "time_s", "train_runtime", "train_samples_per_second",
             "train_steps_per_second", "train_tokens_per_second", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
-            "total_flos", "load_s", "score_s", "scoring_s", "duration_s"}
+            "total_flos", "load_s", "score_s", "scoring_s", "duration_s", "step_time"}
 def clean(o):
     if isinstance(o, dict): return {k: clean(v) for k, v in o.items() if k not in MEASURED}
     if isinstance(o, list): return [clean(v) for v in o]
