@@ -1,6 +1,6 @@
 """A run's callbacks: its clock (tokens/s without evaluation time, peak memory), the Ctrl-C / SIGTERM stop that
 saves a checkpoint on every rank, and SwanLab's. Their classes live in ``trainer`` (imported here on first use: a
-script's --help stays fast)."""
+script's --help stays fast), with ``clock_of`` / ``stop_of`` to find them on a trainer."""
 
 from __future__ import annotations
 
@@ -15,13 +15,3 @@ def basic() -> list:
     """A clock (tokens/s without evaluation time) and the Ctrl-C / SIGTERM stop."""
     from .trainer import Clock, GracefulStop
     return [Clock(), GracefulStop()]
-
-def clock_of(trainer):
-    """The trainer's Clock (from ``basic``)."""
-    from .trainer import Clock
-    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, Clock))
-
-def stop_of(trainer):
-    """The trainer's GracefulStop (from ``basic``)."""
-    from .trainer import GracefulStop
-    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, GracefulStop))

@@ -23,7 +23,7 @@ from ..config import FEATURES, RESULTS_NAME, Config, save_config
 from ..files import MedsftError, disk_errors, write_json
 from ..memory import GIB, check_fits, estimate_line, ways_out
 from ..model_checks import weights_identity
-from . import callbacks, distributed, tracking
+from . import distributed, tracking
 from .checkpoints import checkpoint_problem, checkpoints, save_interrupted, torn_state
 
 CPU_MAX_PARAMS = 100_000_000  # more parameters than this need a GPU (or ALLOW_CPU): Qwen3-0.6B already takes days
@@ -346,6 +346,7 @@ def check_same_run(cfg, resume_from, fp: dict) -> None:
 def train(trainer, resume_from, cfg: Config, lora: bool, grpo: bool = False) -> dict:
     """Train (resuming from ``resume_from``) and return the session summary. Out of memory says how out; a Ctrl-C
     (its checkpoint saved) ends the SwanLab run as aborted and exits 130."""
+    from .trainer import clock_of, stop_of
     cfg = Config.of(cfg)
     try:
         with disk_errors(cfg.output_dir, "a checkpoint", "output_dir", resume=True):
@@ -355,13 +356,13 @@ def train(trainer, resume_from, cfg: Config, lora: bool, grpo: bool = False) -> 
         if "out of memory" not in text.lower():
             raise
         raise MedsftError(f"out of memory ({text.splitlines()[0][:200]}); {ways_out(lora, grpo)}") from e
-    if callbacks.stop_of(trainer).requested:
+    if stop_of(trainer).requested:
         stopped = (f"stopped at step {trainer.state.global_step}: checkpoint saved in {cfg.output_dir}; continue "
                    "with --resume=true")
         tracking.finish_swanlab(interrupted=True, reason=stopped)
         print(stopped)
         raise SystemExit(130)
-    return {**callbacks.clock_of(trainer).summary(trainer.state), "resumed_from": str(resume_from) if resume_from else None}
+    return {**clock_of(trainer).summary(trainer.state), "resumed_from": str(resume_from) if resume_from else None}
 
 def save_final(trainer, tokenizer, cfg: Config, base_model: str | None = None) -> list[Path]:
     """Save the model or adapter (its base_model_name_or_path = ``base_model``, default MODEL), tokenizer, generation

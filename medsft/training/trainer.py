@@ -98,7 +98,7 @@ class MedsftTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("compute_metrics", _token_mean_loss)
         super().__init__(*args, **kwargs)
-        self.clock = next(c for c in self.callback_handler.callbacks if isinstance(c, Clock))
+        self.clock = clock_of(self)  # callbacks.basic gave it
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -136,6 +136,14 @@ class MedsftTrainer(Trainer):
                 logs["tokens_per_second"] = round(speed, 2)
             logs["peak_memory_gib"] = round(peak_memory()[0], 4)
         super().log(logs, start_time)
+
+def clock_of(trainer) -> Clock:
+    """The trainer's Clock (from ``callbacks.basic``)."""
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, Clock))
+
+def stop_of(trainer) -> GracefulStop:
+    """The trainer's GracefulStop (from ``callbacks.basic``)."""
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, GracefulStop))
 
 def _token_mean_loss(prediction) -> dict:
     total, count = prediction.predictions.sum(axis=0)
