@@ -20,7 +20,7 @@ SMALL = "small"
 BUILTIN_SPECS = (TINY, SMALL)  # specs made on this machine rather than found on disk or on ModelScope
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA = PROJECT_ROOT / "demo" / "medical_demo.jsonl"
-HUB_TIMEOUT_S = 3.0  # for the hub's first answer, before a download that may take minutes
+HUB_TIMEOUT_S = 3.0  # s, for the hub's first answer (before a download that may take minutes); $MEDSFT_HUB_TIMEOUT_S
 _HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # tag, branch or commit (>= 1.38: a folder name)
 CONFIG_ONLY = ("config.json",)  # what the memory estimate (--dry_run) reads of a hub model
@@ -58,8 +58,21 @@ def demo_builders():
         spec.loader.exec_module(module)
     return sys.modules[name]
 
+def hub_timeout_s() -> float:
+    """Seconds the hub gets for its first answer: $MEDSFT_HUB_TIMEOUT_S (a slow link or proxy), else HUB_TIMEOUT_S."""
+    raw = os.environ.get("MEDSFT_HUB_TIMEOUT_S", "").strip()
+    if not raw:
+        return HUB_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise MedsftError(f"MEDSFT_HUB_TIMEOUT_S={raw!r}: expected seconds > 0 (unset: {HUB_TIMEOUT_S:g})")
+    return seconds
+
 def hub_problem(spec: str, repo_type: str = "model") -> str | None:
-    """Why the ModelScope client cannot reach ``spec`` within HUB_TIMEOUT_S (None: it can)."""
+    """Why the ModelScope client cannot reach ``spec`` within ``hub_timeout_s()`` (None: it can)."""
     from modelscope.hub.api import HubApi
 
     api, answer = HubApi(), queue.Queue()
@@ -72,16 +85,17 @@ def hub_problem(spec: str, repo_type: str = "model") -> str | None:
             answer.put(f"{api.endpoint}: {type(e).__name__}: {e}")
 
     # the client's own timeouts do not bound DNS, and it retries an unreachable host for ~20 s
+    timeout = hub_timeout_s()
     threading.Thread(target=ask, daemon=True).start()
     try:
-        return answer.get(timeout=HUB_TIMEOUT_S)
+        return answer.get(timeout=timeout)
     except queue.Empty:
-        return (f"{api.endpoint} did not answer within {HUB_TIMEOUT_S:g} s; a mirror is set with MODELSCOPE_ENDPOINT, "
-                "a proxy with HTTPS_PROXY")
+        return (f"{api.endpoint} did not answer within {timeout:g} s; a mirror is set with MODELSCOPE_ENDPOINT, a "
+                "proxy with HTTPS_PROXY, a longer wait with MEDSFT_HUB_TIMEOUT_S")
 
 def hub_probe(spec: str, repo_type: str = "model") -> Future:
-    """``hub_problem(spec)`` asked now in the background (HUB_TIMEOUT_S when the hub is silent): ``.result()`` where
-    the answer is used. A daemon thread, so a process that ends before then does not wait for the hub."""
+    """``hub_problem(spec)`` asked now in the background (``hub_timeout_s()`` when the hub is silent): ``.result()``
+    where the answer is used. A daemon thread, so a process that ends before then does not wait for the hub."""
     answer = Future()
 
     def ask():

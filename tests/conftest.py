@@ -42,6 +42,8 @@ if REAL_TOKENIZER.is_dir():
 os.environ.setdefault("SWANLAB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the hubs are unreachable from tests: every data.py or benchmark.py run that asks ModelScope waits this long for it
+os.environ.setdefault("MEDSFT_HUB_TIMEOUT_S", "0.3")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -292,6 +292,7 @@ class FakeServer:
 def no_hub_env(monkeypatch, tmp_path):
     # its own download lock: a test on the other xdist worker fetching the same id must not make this one wait
     monkeypatch.setenv("MEDSFT_CACHE", str(tmp_path / "medsft-cache"))
+    monkeypatch.delenv("MEDSFT_HUB_TIMEOUT_S")  # the product's own wait (conftest shortens it for the other tests)
     for var in PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     try:  # modelscope >= 1.38 reads its endpoint settings once per process
@@ -312,7 +313,7 @@ def _one_download_error(spec="FakeOrg/Fake-Model", *fragments):
     start = time.monotonic()
     with raises_naming(MedsftError, f"'{spec}'", "--model=/path/to", *fragments):
         models.resolve_model(spec)
-    assert time.monotonic() - start < models.HUB_TIMEOUT_S + 3
+    assert time.monotonic() - start < models.hub_timeout_s() + 3
 
 
 def test_hub_id_offline_is_one_error_within_the_timeout(no_hub_env, monkeypatch):
@@ -328,6 +329,32 @@ def test_a_silent_hub_is_one_error_within_the_timeout(no_hub_env, monkeypatch):
                             "HTTPS_PROXY")  # the silent endpoint, and the two settings that pick another
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("seconds", ["0.2", "60"])
+def test_the_hub_timeout_is_a_setting(no_hub_env, monkeypatch, seconds):
+    silent = socket.create_server(("127.0.0.1", 0))  # the client waits on it until our timeout gives up
+    monkeypatch.setenv("MEDSFT_HUB_TIMEOUT_S", seconds)
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    try:
+        if seconds == "60":  # a longer wait than the default is kept: the probe still waits after it
+            monkeypatch.setattr(models, "HUB_TIMEOUT_S", 0.2)
+            probe = models.hub_probe("FakeOrg/Fake-Model")
+            time.sleep(1.2)
+            assert not probe.done()
+        else:
+            start = time.monotonic()
+            assert "0.2 s" in models.hub_problem("FakeOrg/Fake-Model")
+            assert time.monotonic() - start < models.HUB_TIMEOUT_S
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon", "inf", "nan"])
+def test_a_bad_hub_timeout_is_one_error_naming_it(no_hub_env, monkeypatch, bad):
+    monkeypatch.setenv("MEDSFT_HUB_TIMEOUT_S", bad)
+    with raises_naming(MedsftError, "MEDSFT_HUB_TIMEOUT_S", bad):
+        models.hub_problem("FakeOrg/Fake-Model")
 
 
 def test_a_refusing_proxy_is_one_error_within_the_timeout(no_hub_env, monkeypatch, refusing_proxy):
