@@ -225,11 +225,12 @@ def test_dry_run_of_the_defaults_fits_a_16_gb_card(shared_dir, tmp_path):
 
 def test_estimate_against_a_measured_peak(shared_dir, tmp_path):
     """bench/cpu_real.py on two layers of the real Qwen3-1.7B architecture (its 151,936 x 2048 embedding is most of
-    the memory): peak RSS above the baseline within 20% of the estimate, for full FT and LoRA. The whole
-    architecture's run (28 layers, 512 tokens) is committed in bench/results/cpu-real-arch.json."""
+    the memory): peak RSS above the baseline within 20% of the estimate, for full FT and LoRA. At 128 tokens LoRA's
+    logits are small beside the 0.58 GiB head that building the model allocates and frees, which must not count.
+    The whole architecture's run (28 layers, 512 tokens) is committed in bench/results/cpu-real-arch.json."""
     out, scratch = tmp_path / "cpu-real.json", tmp_path / "tmp"
     scratch.mkdir()
-    run_script("bench/cpu_real.py", "--layers=2", "--max_length=256", f"--output={out}", timeout=900,
+    run_script("bench/cpu_real.py", "--layers=2", "--max_length=128", f"--output={out}", timeout=900,
                env={"TMPDIR": str(scratch)})
     assert not list(scratch.glob("medsft-cpu-real-*"))  # its run folders are gone (the full architecture's are GBs)
     runs = {r["kind"]: r for r in json.loads(out.read_text())["runs"]}
