@@ -172,7 +172,8 @@ def benchmark_chart(summaries: dict[str, dict]) -> bytes:
             acc = [c["accuracy"] for _, c in cells]
             err = [[a - c["ci95"][0] for a, (_, c) in zip(acc, cells)],
                    [c["ci95"][1] - a for a, (_, c) in zip(acc, cells)]]
-            bars = ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[name], label=LABELS.get(name, name))
+            bars = ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[name], ecolor=colors[name],
+                          label=LABELS.get(name, name))  # an interval stays its model's when the bar is 0
             ax.bar_label(bars, labels=[f"{100 * a:.0f}" for a in acc], fontsize=6, padding=1)
         if (level := next(iter(runs.values())).get("chance")) is not None:
             ax.axhline(level, color="black", linestyle="dashed", linewidth=1, label="chance (a uniform guess)")
