@@ -68,7 +68,7 @@ def hub_timeout_s() -> float:
     except ValueError:
         seconds = float("nan")
     if not 0 < seconds < float("inf"):
-        raise MedsftError(f"MEDSFT_HUB_TIMEOUT_S={raw!r}: expected seconds > 0 (unset: {HUB_TIMEOUT_S:g})")
+        raise MedsftError(f"MEDSFT_HUB_TIMEOUT_S={raw!r}: expected seconds > 0, e.g. 10 (unset: {HUB_TIMEOUT_S:g})")
     return seconds
 
 def hub_problem(spec: str, repo_type: str = "model") -> str | None:
@@ -96,6 +96,7 @@ def hub_problem(spec: str, repo_type: str = "model") -> str | None:
 def hub_probe(spec: str, repo_type: str = "model") -> Future:
     """``hub_problem(spec)`` asked now in the background (``hub_timeout_s()`` when the hub is silent): ``.result()``
     where the answer is used. A daemon thread, so a process that ends before then does not wait for the hub."""
+    hub_timeout_s()  # a bad MEDSFT_HUB_TIMEOUT_S stops the caller now, not as the hub's answer
     answer = Future()
 
     def ask():

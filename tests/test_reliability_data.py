@@ -357,6 +357,14 @@ def test_a_bad_hub_timeout_is_one_error_naming_it(no_hub_env, monkeypatch, bad):
         models.hub_problem("FakeOrg/Fake-Model")
 
 
+def test_a_bad_hub_timeout_stops_data_py_before_any_row_is_read(tmp_path, demo_data_path):
+    # data.py asks the hub about CMMLU in the background: a bad setting must not pass as "CMMLU not checked"
+    proc = run_script("data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path / 'out'}", check=False,
+                      env={"MEDSFT_HUB_TIMEOUT_S": "soon", "MEDSFT_TOKENIZER": ""})
+    assert_exit(proc, 1, "MEDSFT_HUB_TIMEOUT_S", "soon")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_refusing_proxy_is_one_error_within_the_timeout(no_hub_env, monkeypatch, refusing_proxy):
     monkeypatch.setenv("HTTPS_PROXY", refusing_proxy.url)
     _one_download_error("FakeOrg/Fake-Model")
