@@ -42,6 +42,9 @@ if REAL_TOKENIZER.is_dir():
 os.environ.setdefault("SWANLAB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# one torch thread per process: two test workers each running a stage with 2 OpenMP threads on 2 cores contend
+# (tests/test_train.py + test_reliability_train.py: 154 s with the default, 133 s with 1 thread)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the hubs are unreachable from tests: every data.py or benchmark.py run that asks ModelScope waits this long for it
 os.environ.setdefault("MEDSFT_HUB_TIMEOUT_S", "0.3")
 
