@@ -17,6 +17,7 @@ Thinking is on by default; Qwen3's two switches turn it off, and predictions in 
 
   python inference.py --input=data/test.jsonl --soft_switch=/no_think     # -> predictions_full.no_think_soft.jsonl
   python inference.py --input=data/test.jsonl --enable_thinking=false     # -> predictions_full.no_think_hard.jsonl
+  python inference.py --input=data/test.jsonl --modes=think,no_think_soft,no_think_hard   # all three, one model load
 
 In the chat, /no_think or /think in a message switches that answer; /thinking flips the default.
 """
@@ -30,7 +31,8 @@ from medsft.generate import check_decoding
 from medsft.files import MedsftError, disk_errors
 from medsft.model_checks import check_model
 from medsft.models import hub_revision, pin_revision
-from medsft.predict import check_switches, mode_output, predict_file
+from medsft.chat import question_mode
+from medsft.predict import mode_output, mode_runs, predict_file
 
 MODEL_DIR = "output/full"  # model spec: a trained dir, a ModelScope id (Qwen/Qwen3-1.7B = untuned base) or tiny
 MODEL_REVISION = ""  # ModelScope revision of MODEL_DIR when it is a hub id (a tag, branch or commit id); "" = the hub's current (a whole cached snapshot is reused)
@@ -44,6 +46,7 @@ TOP_P = None  # nucleus sampling; None = the model's generation_config (Qwen3: 0
 TOP_K = None  # top-k sampling; None = the model's generation_config (Qwen3: 20)
 ENABLE_THINKING = True  # false: Qwen3's hard switch (enable_thinking=False: the prompt closes an empty think; the model answers directly)
 SOFT_SWITCH = ""  # "" | /no_think | /think: appended to every question (Qwen3's soft switch; the model writes an empty think after /no_think)
+MODES = ""  # batch mode, several thinking modes from one model load: think,no_think_soft,no_think_hard (think -> OUTPUT, the others beside it); "" = the one mode the two switches give
 SEED = 42  # sampling seed (same seed, same settings => same predictions)
 BATCH_SIZE = 8  # questions generated together in batch mode (left-padded, sorted by prompt length)
 BACKEND = "transformers"  # transformers | vllm (batch mode only; needs `pip install vllm` and a CUDA GPU)
@@ -59,16 +62,22 @@ def main():
     decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
                     top_p=TOP_P, top_k=TOP_K)
     check_decoding(**decoding)
-    thinking = check_switches(ENABLE_THINKING, SOFT_SWITCH)
-    output = mode_output(OUTPUT, thinking)  # other modes go beside OUTPUT: <stem>.<mode>.jsonl
+    runs = mode_runs(MODES, ENABLE_THINKING, SOFT_SWITCH)
+    thinking = question_mode(SOFT_SWITCH, ENABLE_THINKING)
+    if MODES and mode != "predict":
+        raise MedsftError(f"--modes={MODES} predicts a file (--input); the chat switches with /no_think and /think")
 
     # 2. Batch mode: every row of INPUT -> OUTPUT (+ summary), resumable
     if mode == "predict":
-        predict_file(MODEL_DIR, INPUT, output, batch_size=BATCH_SIZE, backend=BACKEND, enable_thinking=ENABLE_THINKING,
-                     soft_switch=SOFT_SWITCH, **decoding)
-        with disk_errors(output.parent, None, None):  # the predictions are complete: a re-run only writes this
-            used = {**cfg, "OUTPUT": str(output), "RESOLVED_REVISION": hub_revision(MODEL_DIR)}  # None: not a hub id
-            print(f"wrote {save_config(used, output.with_suffix('.config.json'))}")
+        loaded = {}  # one model load for every mode
+        for enable, soft in runs:  # other modes go beside OUTPUT: <stem>.<mode>.jsonl
+            output = mode_output(OUTPUT, question_mode(soft, enable))
+            predict_file(MODEL_DIR, INPUT, output, batch_size=BATCH_SIZE, backend=BACKEND,
+                         enable_thinking=enable, soft_switch=soft, loaded=loaded, **decoding)
+            with disk_errors(output.parent, None, None):  # the predictions are complete: a re-run only writes this
+                used = {**cfg, "ENABLE_THINKING": enable, "SOFT_SWITCH": soft, "OUTPUT": str(output),
+                        "RESOLVED_REVISION": hub_revision(MODEL_DIR)}  # None: not a hub id
+                print(f"wrote {save_config(used, output.with_suffix('.config.json'))}")
         return
 
     # 3. One question or the interactive chat, streamed token by token

@@ -57,13 +57,12 @@ step() { local script="$1"; shift; echo; echo "=== $script $*"; "$PY" "$ROOT/$sc
 step data.py --dataset="$DATASET" --tokenizer="$MODEL" --benchmarks="$BENCHMARKS"
 step train.py --model="$MODEL" "${TRAIN[@]}"
 step train_lora.py --model="$MODEL" "${LORA[@]}"
-# each model in the three thinking modes: on (scored), /no_think and enable_thinking=False (mode adherence); the
-# no-think predictions land beside each file as <stem>.no_think_soft.jsonl / <stem>.no_think_hard.jsonl
-for SWITCH in "" --soft_switch=/no_think --enable_thinking=false; do
-  step inference.py --model_dir="$MODEL" --input=data/test.jsonl --output=results/predictions_base.jsonl "${GEN[@]}" $SWITCH
-  step inference.py --input=data/test.jsonl "${GEN[@]}" $SWITCH
-  step inference_lora.py --input=data/test.jsonl "${GEN[@]}" $SWITCH
-done
+# each model in the three thinking modes, one model load each: on (scored), /no_think and enable_thinking=False (mode
+# adherence); the no-think predictions land beside each file as <stem>.no_think_soft.jsonl / <stem>.no_think_hard.jsonl
+MODES=--modes=think,no_think_soft,no_think_hard
+step inference.py --model_dir="$MODEL" --input=data/test.jsonl --output=results/predictions_base.jsonl "${GEN[@]}" $MODES
+step inference.py --input=data/test.jsonl "${GEN[@]}" $MODES
+step inference_lora.py --input=data/test.jsonl "${GEN[@]}" $MODES
 step evaluate.py
 step evaluate_lora.py
 step rouge_eval.py

@@ -59,6 +59,22 @@ def check_switches(enable_thinking, soft_switch) -> str:
         raise MedsftError(f"--soft_switch={soft_switch!r}: expected one of {', '.join(SWITCHES)} or empty")
     return question_mode(soft_switch, enable_thinking)
 
+# each thinking mode's (ENABLE_THINKING, SOFT_SWITCH), for a script's MODES list
+MODE_SWITCHES = {"think": (True, ""), "no_think_soft": (True, "/no_think"), "no_think_hard": (False, "")}
+
+def mode_runs(modes: str, enable_thinking, soft_switch) -> list[tuple[bool, str]]:
+    """(enable_thinking, soft_switch) per file to predict: one per mode MODES lists, or the one pair the two switch
+    constants give when MODES is ""; bad values stop the script."""
+    check_switches(enable_thinking, soft_switch)
+    if not modes:
+        return [(enable_thinking, soft_switch)]
+    names = [m.strip() for m in str(modes).split(",")]
+    if not all(m in MODE_SWITCHES for m in names) or len(set(names)) < len(names):
+        raise MedsftError(f"--modes={modes}: expected distinct modes among {','.join(MODE_SWITCHES)}, comma-separated")
+    if (enable_thinking, soft_switch) != (True, ""):
+        raise MedsftError(f"--modes={modes} sets each mode's switches itself: drop --enable_thinking and --soft_switch")
+    return [MODE_SWITCHES[m] for m in names]
+
 def asked(question: str, soft_switch: str) -> str:
     """The question with SOFT_SWITCH appended, unless its own last switch is already that one."""
     last = max(SWITCHES, key=question.rfind)
@@ -130,10 +146,12 @@ def _row(src: dict, result: dict, model: str, adapter, mode: str) -> dict:
 
 def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_tokens=2048, do_sample=True, seed=42,
                  batch_size=8, system=None, temperature=None, top_p=None, top_k=None, backend="transformers",
-                 enable_thinking=True, soft_switch="", progress=True) -> dict:
+                 enable_thinking=True, soft_switch="", progress=True, loaded: dict | None = None) -> dict:
     """Predict every row of ``input_path`` not yet in ``output_path`` (``model`` None: the adapter's base), in
     the mode ``chat.question_mode`` gives it; returns the summary. Greedy: a resumed file equals an uninterrupted one.
-    The decoding settings are the caller's, checked with ``generate.check_decoding`` before it loads anything."""
+    The decoding settings are the caller's, checked with ``generate.check_decoding`` before it loads anything.
+    ``loaded``: a dict the calls of one script with the same model and decoding settings share, so the model loads
+    once for all of them."""
     started = time.perf_counter()
     # 1. Everything checkable without a model
     if batch_size < 1:
@@ -182,9 +200,11 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
     load_s = 0.0
     if todo or previous is None:
         t0 = time.perf_counter()
-        settings, run = load_backend(backend, model, adapter_dir, max_new_tokens=max_new_tokens,
-                                     do_sample=do_sample, seed=seed, batch_size=batch_size, system=system,
-                                     temperature=temperature, top_p=top_p, top_k=top_k)
+        settings, run = (loaded or {}).get("backend") or load_backend(
+            backend, model, adapter_dir, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+            batch_size=batch_size, system=system, temperature=temperature, top_p=top_p, top_k=top_k)
+        if loaded is not None:
+            loaded["backend"] = settings, run
         load_s = time.perf_counter() - t0
     else:  # nothing to do: the earlier summary says how the file was made
         settings = {k: previous.get(k) for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")}

@@ -404,6 +404,24 @@ def test_lora_predictions_script(adapter_dir, lora_expected, tmp_path, monkeypat
     assert config["ADAPTER_DIR"] == str(adapter_dir) and config["MAX_NEW_TOKENS"] == 10
 
 
+def test_lora_modes_load_the_model_once(adapter_dir, lora_expected, tmp_path, monkeypatch):
+    """--modes: every mode's file from one load of base + adapter; the think file is the one a plain run writes."""
+    import medsft.backends
+    from medsft.files import MedsftError
+
+    loads, real = [], medsft.backends.load_for_inference
+    monkeypatch.setattr(medsft.backends, "load_for_inference", lambda *a, **k: loads.append(a) or real(*a, **k))
+    split = write_split(tmp_path / "test.jsonl", QUESTIONS[:3])
+    out = tmp_path / "p.jsonl"
+    run_main(monkeypatch, "inference_lora.py", f"--adapter_dir={adapter_dir}", f"--input={split}", f"--output={out}",
+             "--max_new_tokens=10", *GREEDY, "--modes=no_think_hard,think")
+    assert len(loads) == 1
+    assert [r["output"] for r in read_rows(out)] == [r["output"] for r in lora_expected]
+    assert [r["mode"] for r in read_rows(tmp_path / "p.no_think_hard.jsonl")] == ["no_think_hard"] * 3
+    with raises_naming(MedsftError, "--modes=think", "--input"):  # a file's modes; the chat switches per message
+        run_main(monkeypatch, "inference_lora.py", f"--adapter_dir={adapter_dir}", "--question=头痛", "--modes=think")
+
+
 # --- vLLM backend wiring (a stand-in vllm module: the real one needs a CUDA GPU) -----------------------------------
 
 

@@ -168,13 +168,26 @@ def _greedy(model, tokenizer, prompt: str, n: int) -> str:
 
 @pytest.fixture(scope="module")
 def predicted(split):
-    """inference.py run three times on the split: default, --soft_switch=/no_think, --enable_thinking=false."""
-    common = ["--model_dir=tiny", f"--input={split}/test.jsonl", f"--output={split}/preds.jsonl",
-              "--do_sample=false", "--max_new_tokens=12"]
-    for extra in ([], ["--soft_switch=/no_think"], ["--enable_thinking=false"]):
-        proc = run_script("inference.py", *common, *extra)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    """inference.py run once on the split in the three modes, as pipeline.sh runs it: thinking on (preds.jsonl),
+    /no_think and enable_thinking=False (beside it)."""
+    run_script("inference.py", *_common(split), "--modes=think,no_think_soft,no_think_hard")
     return split
+
+
+def _common(split, output="preds.jsonl"):
+    return ["--model_dir=tiny", f"--input={split}/test.jsonl", f"--output={split}/{output}", "--do_sample=false",
+            "--max_new_tokens=12"]
+
+
+def test_one_run_per_switch_predicts_what_the_modes_run_does(predicted):
+    """Each switch in a run of its own writes, byte for byte, the file the one-load run wrote for that mode."""
+    for switch, mode in (("--soft_switch=/no_think", "no_think_soft"), ("--enable_thinking=false", "no_think_hard")):
+        run_script("inference.py", *_common(predicted, "own.jsonl"), switch)
+        own = (predicted / f"own.{mode}.jsonl").read_bytes()
+        assert own.replace(b"own.", b"preds.") == (predicted / f"preds.{mode}.jsonl").read_bytes(), mode
+        config = json.loads((predicted / f"preds.{mode}.config.json").read_text(encoding="utf-8"))
+        assert (config["ENABLE_THINKING"], config["SOFT_SWITCH"]) == {"no_think_soft": (True, "/no_think"),
+                                                                      "no_think_hard": (False, "")}[mode]
 
 
 def test_each_mode_has_its_file_and_its_mode_per_row(predicted):
@@ -223,6 +236,17 @@ def test_bad_switch_values_fail_before_loading(split):
     proc = run_script("inference.py", "--model_dir=tiny", f"--input={split}/test.jsonl", "--soft_switch=/nothink",
                       check=False)
     assert_exit(proc, 1, "--soft_switch='/nothink'", "/no_think")  # the bad value, and the one that works
+
+
+def test_bad_modes_fail_before_loading(split):
+    for args, facts in ((["--modes=think,think"], ["--modes=think,think", "no_think_soft"]),
+                        (["--modes=think,nothink"], ["--modes=think,nothink", "no_think_hard"]),
+                        (["--modes=think,no_think_soft", "--enable_thinking=false"], ["--enable_thinking"]),
+                        (["--modes=no_think_soft", "--question=头痛"], ["--modes=no_think_soft", "--input"])):
+        inputs = [] if "--question=头痛" in args else [f"--input={split}/test.jsonl", f"--output={split}/bad.jsonl"]
+        proc = run_script("inference.py", "--model_dir=tiny", *inputs, *args, check=False)
+        assert_exit(proc, 1, *facts)
+    assert not list(split.glob("bad*"))
 
 
 # --- the chat ---------------------------------------------------------------------------------------------------
@@ -334,3 +358,12 @@ def test_the_chat_shows_no_reasoning_header_for_an_empty_think():
                 printer.feed(output[k:k + size])
             printer.close()
             assert "".join(out) == shown
+
+
+def test_each_modes_switches_give_that_mode():
+    from medsft.chat import MODES
+    from medsft.predict import MODE_SWITCHES, asked
+
+    assert tuple(MODE_SWITCHES) == MODES
+    for mode, (enable, soft) in MODE_SWITCHES.items():
+        assert question_mode(asked("头痛", soft), enable) == mode
