@@ -150,6 +150,8 @@ def main():
     #    heap blocks up to 32 MB (its mmap threshold grows), which RSS counts and a GPU allocator's live-tensor
     #    peak would not (measured: +0.6 GiB on 12 layers of LoRA); a fixed threshold returns them to the system
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    # the compiled 8-bit AdamW kernels take their OpenMP threads from the environment, not torch.set_num_threads
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
     ctx = multiprocessing.get_context("spawn")
     results = []
     for kind in kinds:
