@@ -95,12 +95,12 @@ def demo_data_path() -> Path:
 
 
 def run_script(script: str, *args: str, cwd=None, env=None, timeout=600, check=True):
-    """Run a top-level stage script in a subprocess, as a user would; returns CompletedProcess."""
-    import subprocess
+    """Run a top-level stage script as a user would (forked from tests/forkserver.py where that is the same as a
+    fresh interpreter); returns CompletedProcess."""
+    import forkserver
 
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = forkserver.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")

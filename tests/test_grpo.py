@@ -347,10 +347,10 @@ def _env(**extra):
 
 
 def _run_grpo(root, tmp_path, *extra, name="out", check=True):
-    import subprocess
+    import forkserver
 
     cmd = _grpo_cmd(root, tmp_path / name, tmp_path / f"{name}-results", *extra)
-    done = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    done = forkserver.run(cmd, cwd=tmp_path, env=_env(), timeout=600)
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
