@@ -37,13 +37,20 @@ _ROOT = Path(__file__).resolve().parent.parent
 _server: dict = {}
 
 
-def _serve():
-    """Import the heavy libraries once, then fork one child per request; the child returns the request."""
+def _preload():
     import matplotlib
     matplotlib.use("Agg")
     import datasets, matplotlib.pyplot, peft, safetensors.torch, torch, transformers, trl  # noqa: F401,E401
     import transformers.modeling_utils, transformers.trainer  # noqa: F401,E401
+
+
+def serve(preload=_preload):
+    """Run ``preload`` (the imports) once, then fork one child per request line on stdin; the child returns the
+    request with its cwd, stdio and environment in place, the server returns None when stdin ends. Replies on
+    stdout: {"ready": true} once, then {"pid": N} and {"rc": N} per request. tests/test_faults.py serves with it too."""
     import gc
+
+    preload()
     gc.freeze()  # the libraries' objects: never scanned by a child's collections, never copied by them
     out = sys.stdout
     print(json.dumps({"ready": True}), file=out, flush=True)
@@ -53,11 +60,13 @@ def _serve():
         if pid == 0:
             try:
                 os.chdir(req["cwd"])
-                fds = [os.open(os.devnull, os.O_RDONLY), os.open(req["stdout"], os.O_WRONLY | os.O_TRUNC),
-                       os.open(req["stderr"], os.O_WRONLY | os.O_TRUNC)]
+                fds = [os.open(os.devnull, os.O_RDONLY),
+                       os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+                       os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
                 for target, fd in enumerate(fds):
                     os.dup2(fd, target)
                     os.close(fd)
+                sys.stdin = open(os.devnull, encoding="utf-8")
                 os.environ.clear()
                 os.environ.update(req["env"])
             except BaseException:
@@ -80,7 +89,6 @@ def _child(req):
     # Ctrl-C as in a fresh interpreter: the test worker that started the server may have left SIGINT ignored
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.stdin = open(os.devnull, encoding="utf-8")
     sys.argv = [req["script"], *req["args"]]
     sys.path[0] = os.path.dirname(req["script"])
     code, interrupted = 0, False
@@ -166,8 +174,6 @@ def run(cmd: list, cwd=None, env: dict | None = None, **kwargs) -> subprocess.Co
     timeout = kwargs.get("timeout")
     with tempfile.TemporaryDirectory(prefix="medsft-fork-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        out.touch()
-        err.touch()
         req = {"script": str(Path(cmd[1]).resolve()), "args": cmd[2:], "cwd": str(Path(cwd or os.getcwd()).resolve()),
                "env": env, "stdout": str(out), "stderr": str(err)}
         proc = _server["proc"]
@@ -184,7 +190,7 @@ def run(cmd: list, cwd=None, env: dict | None = None, **kwargs) -> subprocess.Co
 
 
 if __name__ == "__main__":
-    request = _serve()
+    request = serve()
     if request is None:
         sys.exit(0)
     _child(request)

@@ -348,45 +348,21 @@ def run(script, args, spec):
     runpy.run_path(script, run_name="__main__")
 
 
-def serve():
-    """Import the heavy libraries once, then fork one child per request; the child returns the request."""
+def preload():
     import jieba, matplotlib, peft, safetensors.torch, torch, tqdm, transformers  # noqa: F401
     import transformers.modeling_utils, transformers.trainer  # noqa: F401
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
     jieba.setLogLevel(60)
     jieba.initialize()
-    out = sys.stdout
-    print(json.dumps({"ready": True}), file=out, flush=True)
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            return None
-        req = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.chdir(req["cwd"])
-                fds = [os.open(os.devnull, os.O_RDONLY),
-                       _os_open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-                       _os_open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
-                for target, fd in enumerate(fds):
-                    os.dup2(fd, target)
-                    os.close(fd)
-                sys.stdin = _open(os.devnull)
-                os.environ.clear()
-                os.environ.update(req["env"])
-            except BaseException:
-                os._exit(99)
-            return req
-        print(json.dumps({"pid": pid}), file=out, flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), file=out, flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
-        request = serve()
+        sys.path.insert(0, @TESTS@)
+        import forkserver
+        del sys.path[0]
+        request = forkserver.serve(preload)
         if request is None:
             sys.exit(0)
         run(request["script"], request["args"], request["spec"])
@@ -493,7 +469,7 @@ def runner(tmp_path_factory):
     env.update(PYTHONUNBUFFERED="1", SWANLAB_MODE="disabled", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     path = tmp_path_factory.mktemp("runner") / "fault_runner.py"
-    path.write_text(FAULT_RUNNER, encoding="utf-8")
+    path.write_text(FAULT_RUNNER.replace("@TESTS@", repr(str(ROOT / "tests"))), encoding="utf-8")
     r = Runner(path, env)
     yield r
     r.close()
