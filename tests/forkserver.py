@@ -174,8 +174,9 @@ def run(cmd: list, cwd=None, env: dict | None = None, **kwargs) -> subprocess.Co
     timeout = kwargs.get("timeout")
     with tempfile.TemporaryDirectory(prefix="medsft-fork-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        req = {"script": str(Path(cmd[1]).resolve()), "args": cmd[2:], "cwd": str(Path(cwd or os.getcwd()).resolve()),
-               "env": env, "stdout": str(out), "stderr": str(err)}
+        where = os.path.abspath(cwd or os.getcwd())
+        req = {"script": os.path.join(where, cmd[1]), "args": cmd[2:], "cwd": where, "env": env,  # __file__ as given
+               "stdout": str(out), "stderr": str(err)}
         proc = _server["proc"]
         proc.stdin.write(json.dumps(req).encode() + b"\n")
         proc.stdin.flush()
