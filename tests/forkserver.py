@@ -81,7 +81,6 @@ def serve(preload=_preload):
 def _child(req):
     """Run the script as `__main__`, then end as the interpreter would, less its module teardown: a forked child
     would spend ~2 s of CPU tearing down the preloaded libraries (a fresh `--help` takes 0.2 s)."""
-    import atexit
     import gc
     import runpy
     import threading
