@@ -117,21 +117,30 @@ def prompt(item: dict, subject: str = "医学") -> str:
 # A letter touching an ASCII letter, digit, _ or - is part of a word (DNA, HbA1c, D-二聚体). Touching a Chinese
 # character it is part of a word (维生素D, B超, C反应蛋白, A型) unless that character is one that points at an
 # option: 选C, 是C, C项, C正确, A或C...
-_PRE = "案选是为或和及与跟择即了除比至到从在对把将且而仅只均都也还"
+_PRE = "案选是为或和及与跟择即了除比至到从在对把将且而仅只均都也还但项则次然时上后如若"
 _POST = "项选或和及与跟是为正错对不也答可中的说描有无所均都还且而外之以至到"
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _NOT_PRE = rf"(?<![A-Za-z0-9_\-])(?<![{_CJK}](?<![{_PRE}]))"
 _NOT_POST = rf"(?![A-Za-z0-9_\-])(?![{_CJK}](?<![{_POST}]))"
 # an option letter reference: A, (A), 【A】, AC (a run of option letters counts as each of them)
-_MENTION = re.compile(rf"{_NOT_PRE}[(\[【]?[ \t]*+([A-F]++)[ \t]*+[)\]】]?{_NOT_POST}")
-_OPT = r"[(\[【]?[ \t]*+[A-F][ \t]*+[)\]】]?"
+# (blanks inside a bracket only: "B 卵巢" is B followed by its text)
+_MENTION = re.compile(rf"{_NOT_PRE}(?:[(\[【][ \t]*+)?([A-F]++)(?:[ \t]*+[)\]】])?{_NOT_POST}")
+_OPT = r"(?:[(\[【][ \t]*+)?[A-F](?:[ \t]*+[)\]】])?"
 _HEDGE = r"或者|或是|还是|或|/|\bor\b"
-_JOIN = rf"\s*+(?:{_HEDGE}|以及|和|与|及|、|,|\+|&|\band\b)?\s*+"
+_JOIN = rf"[ \t]*+(?:{_HEDGE}|以及|和|与|及|、|,|\+|&|\band\b)?[ \t]*+"  # a list stays on its line
 # a commitment: 答案：X (bold, 是/为/应为, 选/选项 tolerated), 正确选项是X, 故选X, answer is X; then its letter list
 _MARKER = re.compile(
     r"(?:(?:最终|正确|标准|参考)?答案|正确(?:的)?选项|(?:故|应|应当|应该|因此|所以|最终)选(?:择)?|(?i:answer\s++is|answer\s*+:))"
     r"(?:\s|\*)*+(?:应该|应当|应|就|即)?(?:\s|\*)*+(?:是|为|:)?(?:\s|\*)*+:?(?:\s|\*)*+(?:选项|选)?(?:\s|\*)*+"
     rf"(?>({_NOT_PRE}{_OPT}(?:{_JOIN}{_OPT})*+))(?:[ \t]*+(?:选项|项))?{_NOT_POST}")
+# what makes a commitment no commitment: a negation just before it on its line (不应选A, 错误答案：A), or ending
+# the line before an option line (我不选\nA) ...
+_NEG = r"(?:不|非|没有?|未|别|勿|排除|错误|错)(?:正确|对)?的?(?:应该?|应当)?(?:选项|答案)?"
+_NEGATED_BEFORE = {"marker": re.compile(rf"{_NEG}[ \t*:]*$"),
+                   "option_line": re.compile(rf"{_NEG}(?:是|为|选择?)[ \t*:]*\n[ \t\n*]*$")}
+# ... or just after it (选A是错误的, 应选A以外的), or a lower-case hedge (答案：A或c)
+_NEGATED_AFTER = re.compile(rf"[ \t]*(?:(?:是|为)?[ \t]*(?:错|不对|不正确|不是|不选|以外|之外|除外|排除)"
+                            rf"|(?:{_HEDGE}|、|,|和|与|及)[ \t]*[(\[【]?[a-f](?![A-Za-z]))")
 # the fallback: a line that is option letters alone: B, (B), B., **B**, AC
 _OPTION_LINE = re.compile(rf"^[ \t*]*+((?:{_OPT}(?:[ \t]*+(?:、|,)?[ \t]*+{_OPT})*+))[ \t]*+[.。、:]?[ \t*]*+$", re.M)
 
@@ -149,6 +158,8 @@ def extract(output: str, n_options: int = 4, multi: bool = False) -> tuple[str |
     options = LETTERS[:n_options]
     found = [(m.start(), m.end(), m.group(1), "marker") for m in _MARKER.finditer(answer)]
     found += [(m.start(), m.end(), m.group(1), "option_line") for m in _OPTION_LINE.finditer(answer)]
+    found = [f for f in found if not _NEGATED_AFTER.match(answer, f[1]) and not _NEGATED_BEFORE[f[3]].search(
+        answer[max(0, f[0] - 16, answer.rfind("\n", 0, f[0]) + 1 if f[3] == "marker" else 0):f[0]])]
     if not found:
         return None, "none"
     _, end, listed, how = min(found)

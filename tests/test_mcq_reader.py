@@ -62,6 +62,23 @@ UNEXTRACTABLE = [  # (output, the letter a loose reader credits)
     (THINK + "答案：C\nB", "C"),
     (THINK + "C\n答案：B", "B"),  # an option line, then a marker naming another letter
     (THINK + "答案：E", "E"),  # a letter the item does not have (four options)
+    # a negated commitment: the letter is the one NOT chosen
+    (THINK + "不应选A", "A"),
+    (THINK + "绝不应选A", "A"),
+    (THINK + "错误答案：A", "A"),
+    (THINK + "不正确选项是A", "A"),
+    (THINK + "不正确答案：A", "A"),
+    (THINK + "应选A以外的选项", "A"),
+    (THINK + "所以选A是错误的", "A"),
+    (THINK + "答案不是\nA", "A"),  # the option-line fallback after a negation
+    (THINK + "我不选\nA", "A"),
+    # another option named after the commitment, after a word that is no medical term
+    (THINK + "答案：A，但B也可以", "A"),
+    (THINK + "答案：A，如果是成人则C", "A"),
+    (THINK + "答案：A，其次B", "A"),
+    (THINK + "答案：A。选项C也正确。", "A"),
+    (THINK + "答案：A, but C is also correct.", "A"),
+    (THINK + "答案：A或c", "A"),  # a lower-case hedge
     ("", None),  # an empty output
     (THINK, None),  # an empty answer
     ("<think>\n先看 A，再看 B，答案：C\n", "C"),  # an unclosed think: nothing is extractable
@@ -102,6 +119,16 @@ READ = [  # (output, letter, extracted_by)
     (THINK + "**B**", "B", "option_line"),
     (THINK + "B\n\n解析：B超不能……\nB", "B", "option_line"),
     ("答案：D", "D", "marker"),  # no think block at all (enable_thinking=False)
+    (THINK + "答案：B 卵巢", "B", "marker"),  # a space, then the option's text
+    (THINK + "故选 B 卵巢", "B", "marker"),
+    (THINK + "The answer is B because the ovary is the gonad.", "B", "marker"),
+    (THINK + "答案：B\n\nB超显示卵巢正常", "B", "marker"),  # a medical term on the next line names no option
+    (THINK + "不应选A，应选C", "C", "marker"),  # a negated letter, then the commitment
+    (THINK + "错误答案：A，正确答案：C", "C", "marker"),
+    (THINK + "所以选A是错误的，应选C", "C", "marker"),
+    (THINK + "所以C选项不正确\n答案：A", "A", "marker"),  # a negation on the line before is about C
+    (THINK + "C不正确\nA", "A", "option_line"),
+    (THINK + "答案：B。\nB族维生素缺乏与此无关", "B", "marker"),
 ]
 
 
@@ -119,6 +146,7 @@ MULTI = [  # (output, options, letters read for an item with several answers)
     (THINK + "答案：AF", 6, "AF"),  # CMB's six options
     (THINK + "答案：A或C", 5, None),  # a hedge is no set
     (THINK + "答案：AC\n也可能是D", 5, None),  # a letter named after the set
+    (THINK + "答案：AC，但D也可以", 5, None),
     (THINK + "答案：AF", 5, None),  # F is no option of a five-option item
 ]
 
