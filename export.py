@@ -3,8 +3,9 @@
 Reads   MODEL_DIR: a full fine-tune (default output/full, written by train.py) or a LoRA / QLoRA adapter (output/lora,
         written by train_lora.py; merged in fp32, tensor by tensor while writing, into the unquantized base model
         it records, at the revision it was trained on). Qwen3 only.
-Writes  OUTPUT_DIR/: <NAME>-<QUANTIZATION>.gguf, Modelfile, export_config.json (the resolved config); verify.json
-        with --verify (pip install xllamacpp).
+Writes  OUTPUT_DIR/: <NAME>-<QUANTIZATION>.gguf, Modelfile, export_config.json (the resolved config, written last:
+        the set is whole when it is there); verify.json with --verify (pip install xllamacpp), which describes the
+        .gguf beside it only: a re-export removes the previous one.
 
     python export.py                                                  # output/full -> export/full, q8_0
     python export.py --model_dir=output/lora --output_dir=export/lora # LoRA: merged into its base as it is written
@@ -58,7 +59,18 @@ _CHUNK_ELEMENTS = 1 << 20  # rows of a tensor converted at a time (4 MiB of fp32
 # --- 1. the source: a model folder, or a LoRA adapter merged into its base ------------------------------------------
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """The JSON object in ``path``; {} when there is none. Every input is read before anything is written."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = "" if isinstance(data, dict) else f"it holds a JSON {type(data).__name__}, not an object"
+    except (OSError, ValueError) as e:  # a JSONDecodeError or UnicodeDecodeError is a ValueError
+        problem = str(e)
+    if problem:
+        raise MedsftError(f"{path} cannot be read as JSON ({problem}): restore the file (train.py, train_lora.py or "
+                          "the model download wrote it), then run export.py again")
+    return data
 
 
 def check_qwen3(folder: Path, what: str) -> dict:
@@ -85,8 +97,9 @@ def trained_on(folder: Path) -> tuple[str | None, str]:
     """(base model spec, its MODEL_REVISION) a train.py / train_lora.py output records (train_config.json)."""
     from medsft.models import base_model_of
 
-    spec = base_model_of(folder)
+    read_json(folder / "adapter_config.json")  # checked first: base_model_of reads it as it is
     conf = read_json(folder / "train_config.json")
+    spec = base_model_of(folder)
     same = isinstance(conf, dict) and conf.get("MODEL") == spec
     return spec, str(conf.get("MODEL_REVISION") or "") if same else ""
 
@@ -654,12 +667,14 @@ def main():
     src = open_source(model_dir, BASE_MODEL, MODEL_REVISION)
     config_dir, tokenizer_dir, config, tensors = src["config_dir"], src["tokenizer_dir"], src["config"], src["tensors"]
     plan = plan_tensors(tensors, config, QUANTIZATION)
+    generation = read_json(config_dir / "generation_config.json")  # every input is read before anything is written
+    for tokenizer_file in ("tokenizer_config.json", "tokenizer.json"):
+        read_json(tokenizer_dir / tokenizer_file)
 
-    # 2. Header: tensor table, architecture metadata, tokenizer (written before any tensor data)
+    # 2. Header: tensor table, architecture metadata, tokenizer (held until the file is opened for the tensor data)
     import gguf
     import numpy as np
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = gguf_path.with_name(f".{gguf_path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(tmp, "qwen3")
     for gguf_name, _, shape, qtype in plan:
@@ -679,6 +694,7 @@ def main():
             done += part.size
         return data
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -688,14 +704,16 @@ def main():
             print(f"\r[{i}/{len(plan)}] {item[0]:<28} {item[3].name:<5} {'x'.join(map(str, item[2])):<12}", end="",
                   flush=True)
         writer.close()
+        # 4. The set: a previous export's export_config.json (the completion marker, written last) and verify.json
+        # (which describes only the file it checked) go first, then the file, the Modelfile, the marker
+        for stale in ("export_config.json", "verify.json"):
+            (out_dir / stale).unlink(missing_ok=True)
         os.replace(tmp, gguf_path)
     finally:
         writer.close()
         tmp.unlink(missing_ok=True)
     print()
 
-    # 4. Modelfile and resolved config beside the file; the commands to run it
-    generation = read_json(config_dir / "generation_config.json")
     atomic_write_bytes(out_dir / "Modelfile", modelfile(gguf_path.name, generation, SYSTEM, NUM_CTX, LICENSE).encode())
     used = {**cfg, "NAME": name, "GGUF": str(gguf_path), "BYTES": gguf_path.stat().st_size, "TENSORS": len(plan),
             "SOURCE": str(config_dir), "BASE": src["base"], "BASE_REVISION": src["revision"] or None,

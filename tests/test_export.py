@@ -492,3 +492,46 @@ def test_refuses_what_it_cannot_export(tmp_path, tiny_dir):
     with raises_naming(MedsftError, tmp_path / "missing", "train.py", "train_lora.py", "--model_dir="):
         run_export(f"--model_dir={tmp_path / 'missing'}")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source, broken", [("full", "config.json"), ("full", "generation_config.json"),
+                                            ("full", "tokenizer_config.json"), ("lora", "adapter_config.json")])
+def test_a_broken_input_file_is_one_message_before_anything_is_written(tiny_dir, adapter_dir, tmp_path, source,
+                                                                       broken):
+    """A cut-short JSON input: one message naming it, and the previous export in OUTPUT_DIR is left as it was."""
+    from medsft.files import MedsftError
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(tiny_dir if source == "full" else adapter_dir, model)
+    run_export(f"--model_dir={model}", f"--output_dir={out}", "--name=m", "--quantization=f32")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (model / broken).write_text('{"bos_token_id": 1,', encoding="utf-8")
+    with raises_naming(MedsftError, model / broken):
+        run_export(f"--model_dir={model}", f"--output_dir={out}", "--name=m", "--quantization=f32", "--license=mit")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_failure_after_the_file_is_replaced_leaves_no_completion_marker(tiny_dir, tmp_path):
+    """export_config.json is written last: after a failure between the new .gguf and it, the folder holds no
+    export_config.json (nor verify.json) describing the old export beside the new file; a re-run completes it."""
+    import medsft.files as files
+
+    out = tmp_path / "out"
+    args = (f"--model_dir={tiny_dir}", f"--output_dir={out}", "--name=m", "--quantization=f32")
+    run_export(*args)
+    (out / "verify.json").write_text('{"gguf": "m-f32.gguf", "passed": true}')  # as --verify leaves it
+    write = files.atomic_write_bytes
+
+    def disk_full(path, data):
+        if Path(path).name == "Modelfile":
+            raise OSError(28, "No space left on device")
+        return write(path, data)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(OSError):
+        mp.setattr(files, "atomic_write_bytes", disk_full)
+        run_export(*args, "--license=mit")  # another file at the same path
+    assert not (out / "export_config.json").exists() and not (out / "verify.json").exists()
+    run_export(*args, "--license=mit")
+    config = json.loads((out / "export_config.json").read_text())
+    assert config["LICENSE"] == "mit" and config["BYTES"] == (out / "m-f32.gguf").stat().st_size
+    assert "mit" in parse_modelfile((out / "Modelfile").read_text(encoding="utf-8"))["LICENSE"]

@@ -117,3 +117,13 @@ def test_verify_refuses_a_bad_question_file(tiny_dir, tmp_path):  # noqa: F811
         run_export(f"--model_dir={tiny_dir}", f"--output_dir={tmp_path / 'out'}", "--quantization=f32", "--verify=2",
                    f"--verify_input={bad}")
     assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_a_verification_never_outlives_the_file_it_checked(tiny_dir, tmp_path):  # noqa: F811
+    """verify.json describes the .gguf beside it only: re-exporting without --verify leaves no verify.json."""
+    pytest.importorskip("xllamacpp", reason="llama.cpp: pip install xllamacpp")
+    args = (f"--model_dir={tiny_dir}", f"--output_dir={tmp_path}", "--name=tiny", "--quantization=f32")
+    run_export(*args, "--verify=1", "--verify_tokens=4")
+    assert read_report(tmp_path)["passed"]
+    run_export(*args, "--license=mit")  # another file at the same path, never checked
+    assert (tmp_path / "tiny-f32.gguf").is_file() and not (tmp_path / "verify.json").exists()
