@@ -15,12 +15,15 @@ question, think or answer holds the text of a chat control token (`<|im_end|>`, 
 medsft.chat.CONTROL_TOKENS, plus the added tokens of TOKENIZER when one is given) is one of them: it would be
 trained as a real turn (stats: rows_control_tokens); stray think tags are removed instead. The stage
 fails only when no usable row is left, or when a file is not UTF-8 as a whole (one message with the iconv command
-to convert it). A UTF-8 byte-order mark is ignored. Questions that differ only in whitespace or character width
-count as duplicates (stats: near_duplicates_merged). The five output files are published as one unit: after a
-failure at any point DATA_DIR holds the previous run's files. Same input and SEED give byte-identical files.
+to convert it). A UTF-8 byte-order mark is ignored. Questions that differ only in spacing, character width, case,
+punctuation, a leading item number or options written after them (mcq.question_key) count as duplicates (stats:
+near_duplicates_merged). DATASET must not be DATA_DIR or hold it (a re-run would read this stage's own files as
+rows). The five output files are published as one unit: after a failure at any point DATA_DIR holds the previous
+run's files. Same input and SEED give byte-identical files.
 """
 
 import hashlib
+import json
 import os
 import random
 import statistics
@@ -31,7 +34,7 @@ from tqdm import tqdm
 from medsft import benchmarks, mcq, models, rows
 from medsft.chat import THINK_CLOSE, THINK_OPEN, control_tokens, find_control_token, tokenize_example
 from medsft.config import configure
-from medsft.files import MedsftError, check_writable, disk_errors, dumps_json, dumps_jsonl, publish_files
+from medsft.files import MedsftError, check_writable, disk_errors, dumps_json, dumps_jsonl, publish_files, visible
 
 DATASET = "krisfu/delicate_medical_r1_data"  # ModelScope id, or a local .jsonl/.json/.parquet/.csv file or directory
 SUBSET = "default"  # ModelScope subset name (ignored for local files)
@@ -76,6 +79,29 @@ def problem(row: dict) -> str | None:
     return None
 
 
+def nesting(value) -> int:
+    """How deep lists and objects nest in ``value`` (1: none), counted level by level: no recursion limit."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [x for v in level if isinstance(v, (dict, list)) for x in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def unwritable(row: dict) -> str | None:
+    """Why ``row`` cannot be written as a UTF-8 JSON line: a field (or its name) holding a lone surrogate (a JSON
+    "\\ud800" escape without its pair), or nested deeper than Python writes from any depth of the stack."""
+    for k, v in row.items():
+        if nesting(v) > 100:  # a row's fields nest a few levels; json.dumps fails near 1,000, less the callers'
+            return f"field {k!r} nests lists or objects over 100 levels deep; flatten it in the source"
+        try:
+            json.dumps({k: v}, ensure_ascii=False, default=str).encode("utf-8")  # as the row will be written
+        except UnicodeEncodeError:
+            return (f"field {k!r} holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which is no "
+                    "text a UTF-8 file can hold; fix or remove it in the source")
+    return None
+
+
 def row_id(question: str) -> str:
     """Stable across runs and orderings: derived from the (unique) question text."""
     return "med-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
@@ -88,7 +114,7 @@ def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list,
     n_read = 0
     for where, row in source:
         n_read += 1
-        err = row if isinstance(row, str) else problem(row)  # a string: why the reader could not use the row
+        err = row if isinstance(row, str) else problem(row) or unwritable(row)  # a string: why the row is unusable
         if not err:  # checked before and after cleaning: removing a think tag can join the rest into a token
             found = dict.fromkeys(counts, 0)
             cleaned = clean(row, found)
@@ -102,7 +128,7 @@ def validate(source, counts: dict, tokens=control_tokens()) -> tuple[list, list,
             for k, n in (() if err else found.items()):  # what was cleaned, counted for kept rows only
                 counts[k] += n
         if err:
-            print(f"skip {where}: {err}")
+            print(visible(f"skip {where}: {err}"))  # a file's name may hold terminal escapes
             skipped.append({"where": where, "reason": err})
             continue
         key = mcq.question_key(row["question"])
@@ -127,11 +153,21 @@ def length_stats(rows: list[dict], tok, tokenizer_spec: str, max_length: int) ->
 def main():
     cfg = configure(globals())
     out_dir = Path(DATA_DIR)
-    local = Path(DATASET).expanduser()
+    try:
+        local = Path(DATASET).expanduser()
+    except RuntimeError:  # ~name of no such user
+        raise MedsftError(f"--dataset={DATASET}: no home folder for '{DATASET.split('/')[0]}'; pass the full path") \
+            from None
     is_local = local.exists() or DATASET.endswith(SUFFIXES) or DATASET.startswith((".", "/", "~"))
     if is_local and not local.exists():
         raise MedsftError(f"{DATASET}: file not found; pass --dataset=FILE (.jsonl/.json/.parquet/.csv) or a "
                           "ModelScope id")
+    src, out = local.resolve(), out_dir.resolve()
+    if is_local and (out.is_relative_to(src) or src.parent == out and src.name in ("train.jsonl", "val.jsonl",
+                                                                                 "test.jsonl")):
+        raise MedsftError(f"--dataset={DATASET} and --data_dir={DATA_DIR} overlap: a re-run would read the files "
+                          "this stage writes there (train/val/test.jsonl, stats.json, data_config.json) as rows, test "
+                          "rows leaking into train; keep the source rows in a folder apart from --data_dir")
     if not 0 < VAL_RATIO < 1 or not 0 < TEST_RATIO < 1 or VAL_RATIO + TEST_RATIO >= 1:
         raise MedsftError(f"--val_ratio={VAL_RATIO} --test_ratio={TEST_RATIO}: each must be in (0, 1), sum < 1")
     check_writable(out_dir, "data_dir")  # before a download and a pass over every row, not after
@@ -157,7 +193,8 @@ def main():
     near = sum(not d["exact"] for d in duplicates)
     print(f"read {n_read} rows: {len(kept)} kept, {len(skipped)} bad ({n_control} holding chat control tokens), "
           f"{len(duplicates)} duplicate questions dropped "
-          f"({near} differing only in whitespace or character width); cleaned {counts['literal_newlines']} rows "
+          f"({near} differing only in spacing, character width, case, punctuation, a leading item number or options "
+          f"written after the question); cleaned {counts['literal_newlines']} rows "
           f"with literal \\n, {counts['think_tags']} with stray think tags")
     if not kept:
         raise MedsftError(f"{DATASET}: no usable rows (each row needs non-empty question, think and answer "
@@ -194,7 +231,8 @@ def main():
              "splits": {k: len(v) for k, v in splits.items()}, "token_lengths": lengths,
              "benchmark_overlap": overlap,
              "skipped": skipped, "duplicates": duplicates}
-    files = {f"{name}.jsonl": dumps_jsonl(rows).encode("utf-8") for name, rows in splits.items()}
+    # an extra field JSON cannot hold (a parquet timestamp, bytes, decimal) is kept as its text
+    files = {f"{name}.jsonl": dumps_jsonl(rows, default=str).encode("utf-8") for name, rows in splits.items()}
     files["stats.json"] = dumps_json(stats).encode("utf-8")
     files["data_config.json"] = dumps_json(cfg).encode("utf-8")
     with disk_errors(out_dir, None, "data_dir"):  # publish_files has put the previous files back by then

@@ -12,7 +12,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from .files import MedsftError, write_json
+from .files import MedsftError, visible, write_json
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -83,7 +83,7 @@ def _help(doc: str, consts: list[tuple[str, str]], g: dict) -> str:
 
 def _excepthook(exc_type, exc, tb, _default=sys.excepthook):
     if issubclass(exc_type, MedsftError):
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)  # it may name a file whose name holds escapes
     else:
         _default(exc_type, exc, tb)
 

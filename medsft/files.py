@@ -208,8 +208,9 @@ def _dumps(obj: Any, **kw) -> str:
     except ValueError:
         return json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, **kw)
 
-def dumps_jsonl(rows: Iterable[dict]) -> str:
-    return "".join(_dumps(row) + "\n" for row in rows)
+def dumps_jsonl(rows: Iterable[dict], default=None) -> str:
+    """``default``: as json.dumps's, what a value JSON cannot hold becomes (e.g. ``str``); None: a TypeError."""
+    return "".join(_dumps(row, default=default) + "\n" for row in rows)
 
 def dumps_json(obj: Any) -> str:
     return _dumps(obj, indent=2) + "\n"
@@ -325,6 +326,10 @@ def publish_files(directory: str | os.PathLike, files: dict[str, bytes], writer:
     """Write ``files`` ({name: bytes}) into ``directory`` as one unit: afterwards every file is new, or (after any
     exception) every file is as before. ``writer`` names the script to re-run, for messages."""
     directory = Path(directory)
+    for name in files:  # a user's folder of that name would be moved into old/ and deleted with it
+        if (directory / name).is_dir():
+            raise MedsftError(f"{directory / name} is a folder, not a file {writer} writes, so it is left as it is and "
+                              f"nothing was written: move it away, or have {writer} write to another folder")
     directory.mkdir(parents=True, exist_ok=True)
     if recover_publish(directory):
         print(f"{directory}: restored the files of an interrupted earlier update before writing")
@@ -398,6 +403,12 @@ def check_utf8(path: str | os.PathLike, *, strict: bool = False) -> None:
     if first and (strict or 2 * bad > nonascii):
         raise MedsftError(_not_utf8_message(path, *first, bad, nonascii))
 
+def beyond_json_limits(e: ValueError | RecursionError) -> str:
+    """Why json.loads read nothing from well-formed text (``e`` no JSONDecodeError): a number over Python's digit
+    limit (ValueError) or nesting deeper than its recursion limit."""
+    what = "nested deeper than Python's recursion limit" if isinstance(e, RecursionError) else str(e).split(";")[0]
+    return f"JSON beyond what Python can read ({what})"
+
 def iter_jsonl(path: str | os.PathLike):
     """``(lineno, obj or None, error or None)`` for each non-blank line; a BOM at the start of any line (`cat`-ed
     parts) is ignored. MedsftError for a missing or non-UTF-8 file, or one of an interrupted publish_files."""
@@ -419,6 +430,9 @@ def iter_jsonl(path: str | os.PathLike):
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 yield lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"
+                continue
+            except (ValueError, RecursionError) as e:
+                yield lineno, None, beyond_json_limits(e)
                 continue
             if not isinstance(obj, dict):
                 yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from . import models
-from .files import MedsftError, check_utf8, iter_jsonl
+from .files import MAX_LINE_BYTES, MedsftError, beyond_json_limits, check_utf8, iter_jsonl
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # the row files read_records reads
 
@@ -33,6 +33,8 @@ def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise MedsftError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix that line") from None
+        except (ValueError, RecursionError) as e:
+            raise MedsftError(f"{path}:{line}: {beyond_json_limits(e)}; fix that element") from None
         found.append((line, obj))
         line += text.count("\n", pos, end)
         pos = end
@@ -56,13 +58,20 @@ def read_records(path):
     whole, or a JSON list that does not parse, is one MedsftError naming its file:line."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
+        except OSError as e:
+            raise MedsftError(_unreadable(path, e)) from None
         if not files:
             raise MedsftError(f"{path}: no {'/'.join(SUFFIXES)} files in this folder")
         for f in files:
             yield from _file_records(f)
     else:
         yield from _file_records(path)
+
+
+def _unreadable(path: Path, e: OSError) -> str:
+    return f"{path}: cannot read it ({e.strerror or e}); make it readable (e.g. chmod u+r) or move it out of the way"
 
 
 def _file_records(path: Path):
@@ -90,21 +99,35 @@ def _file_records(path: Path):
                 yield f"{path}:{lineno}", err or obj
         elif suffix == ".csv":
             check_utf8(path, strict=True)  # the CSV parser cannot skip an undecodable row: any bad byte is fatal
+            # a cell may hold what a row may (a long think); Python's default stops at 131,072 characters
+            csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
             with open(path, encoding="utf-8-sig", newline="") as f:
-                reader = csv.reader(f)
-                header = [h.strip() for h in next(reader, [])]
-                start = reader.line_num + 1
-                for rec in reader:
-                    where, start = f"{path}:{start}", reader.line_num + 1
-                    if any(field.strip() for field in rec):
-                        yield where, {h: rec[k] if k < len(rec) else None for k, h in enumerate(header) if h}
+                reader, start = csv.reader(f), 1
+                try:
+                    header = [h.strip() for h in next(reader, [])]
+                    start = reader.line_num + 1
+                    for rec in reader:
+                        where, start = f"{path}:{start}", reader.line_num + 1
+                        if any(field.strip() for field in rec):
+                            yield where, {h: rec[k] if k < len(rec) else None for k, h in enumerate(header) if h}
+                except csv.Error as e:  # e.g. an unclosed quote that runs on past the field limit
+                    raise MedsftError(f"{path}:{start}: unreadable CSV record ({e}); fix the record starting on "
+                                      "that line (an unclosed quote?)") from None
         else:
-            import pyarrow.parquet as pq  # a dependency of datasets
+            import pyarrow as pa  # a dependency of datasets
+            import pyarrow.parquet as pq
 
-            for i, rec in enumerate(pq.read_table(path).to_pylist()):
+            try:
+                table = pq.read_table(path)
+            except pa.ArrowException as e:  # empty, cut short, or no parquet at all
+                raise MedsftError(f"{path}: not a readable parquet file ({e}); write it again, or move it out of "
+                                  "the way") from None
+            for i, rec in enumerate(table.to_pylist()):
                 yield f"{path}:row {i + 1}", rec
     except UnicodeDecodeError as e:
         raise MedsftError(f"{path}: not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+    except OSError as e:
+        raise MedsftError(_unreadable(path, e)) from None
 
 
 def read_hub(name: str, *, split: str, subset: str | None = None, revision: str = "", probe=None, fix: str):

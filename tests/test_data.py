@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from conftest import run_script
+from oracles import assert_exit, lines_naming, raises_naming
 
 from medsft import models
 from medsft.files import MedsftError
@@ -271,3 +272,161 @@ def test_a_failing_stage_does_not_wait_for_the_hub_probe(tmp_path):
                       env={"MEDSFT_TOKENIZER": "", "MEDSFT_HUB_TIMEOUT_S": "60"})  # no tokenizer: seconds of its own
     assert proc.returncode != 0 and "no usable rows" in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60
+
+
+# --- inputs the reader must survive: one bad row, or one message naming the file -----------------------------------
+def _rows(n, prefix="问题"):
+    return [{"question": f"{prefix}{i}", "think": f"思考{i}", "answer": f"回答{i}"} for i in range(n)]
+
+
+def _jsonl(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _snapshot(d):
+    return {p.relative_to(d): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "output file"])
+def test_a_dataset_that_holds_the_data_dir_is_refused(tmp_path, where):
+    """--dataset=D --data_dir=D would read its own train/val/test.jsonl on a re-run (test rows leaking into train)."""
+    d = tmp_path / "d"
+    run_script("data.py", f"--dataset={_jsonl(tmp_path / 'rows.jsonl', map(json.dumps, _rows(10)))}",
+               f"--data_dir={d}", "--benchmarks=")
+    (d / "mine.jsonl").write_bytes((tmp_path / "rows.jsonl").read_bytes())
+    dataset, data_dir = {"same": (d, d), "inside": (d, d / "out"), "output file": (d / "train.jsonl", d)}[where]
+    before = _snapshot(tmp_path)
+    p = run_script("data.py", f"--dataset={dataset}", f"--data_dir={data_dir}", "--benchmarks=", check=False)
+    assert_exit(p, 1, f"--dataset={dataset}", f"--data_dir={data_dir}")
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_dataset_apart_from_the_data_dir_still_runs(tmp_path, demo_data_path):
+    """The data_dir may hold the rows' folder (data/raw in data/), and the defaults stay usable."""
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "rows.jsonl").write_bytes(demo_data_path.read_bytes())
+    run_script("data.py", f"--dataset={raw}", f"--data_dir={tmp_path / 'data'}", "--benchmarks=")
+    run_script("data.py", f"--dataset={raw}", f"--data_dir={tmp_path / 'data'}", "--benchmarks=")
+    assert sum(map(len, splits(tmp_path / "data").values())) == 40
+
+
+@pytest.mark.parametrize("field", ["question", "think", "note", "key"])
+def test_a_lone_surrogate_makes_its_row_bad(tmp_path, field):
+    """A JSON "\\ud800" escape decodes to a lone surrogate, which no UTF-8 file can hold: that row is bad."""
+    bad = {**_rows(1, "坏")[0], "note": "ok"}
+    line = json.dumps(bad, ensure_ascii=False)
+    line = line.replace('"ok"', '"\\udc80"') if field == "note" else line.replace('"note"', '"n\\ud800"') \
+        if field == "key" else line.replace(f'"{bad[field]}"', f'"{bad[field]}\\ud800"')
+    src = _jsonl(tmp_path / "s.jsonl", [*map(json.dumps, _rows(10)), line])
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=", check=False)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert [line for line in p.stdout.splitlines() if f"{src}:11:" in line and ("n\\ud800" if field == "key"
+                                                                                else field) in line], p.stdout
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 10 and [s["where"] for s in stats["skipped"]] == [f"{src}:11"]
+
+
+def test_parquet_extra_columns_of_any_type_are_kept_as_text(tmp_path):
+    """Extra fields are kept (as for JSONL); a value JSON cannot hold (a timestamp, bytes, a decimal) as its text."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(10)
+    src = tmp_path / "x.parquet"
+    pq.write_table(pa.table({**{k: [r[k] for r in rows] for k in ("question", "think", "answer")},
+                             "at": [datetime.datetime(2024, 1, 2)] * 10, "blob": [b"\x00\x01"] * 10,
+                             "price": pa.array([decimal.Decimal("1.50")] * 10, pa.decimal128(5, 2))}), src)
+    run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    out = [r for v in splits(tmp_path / "out").values() for r in v]
+    assert len(out) == 10 and all(r["at"].startswith("2024-01-02") and r["price"] == "1.50" and r["blob"]
+                                  for r in out)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a parquet file\n"], ids=["empty", "garbage"])
+def test_an_unreadable_parquet_is_one_error_naming_it(tmp_path, content):
+    src = tmp_path / "x.parquet"
+    src.write_bytes(content)
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=", check=False)
+    assert_exit(p, 1, src)
+
+
+def test_a_csv_cell_over_the_default_field_limit_is_read(tmp_path):
+    """Python's csv refuses cells over 131,072 characters unless told; a long think is a row like any other."""
+    records = [[r["question"], r["think"], r["answer"]] for r in _rows(10)]
+    records[5][1] = "想" * 200_000
+    src = tmp_path / "big.csv"
+    _csv(src, ["question", "think", "answer"], records)
+    run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    assert max(len(r["think"]) for v in splits(tmp_path / "out").values() for r in v) == 200_000
+
+
+def test_a_csv_cell_over_the_row_limit_is_one_error_naming_its_line(tmp_path):
+    """A cell over what a row may hold (an unclosed quote runs to the end of the file) is named by its record."""
+    from medsft import rows
+    from medsft.files import MAX_LINE_BYTES
+
+    records = [[r["question"], r["think"], r["answer"]] for r in _rows(10)]
+    records[5][1] = "x\n" * (MAX_LINE_BYTES // 2 + 1)  # no line over the limit, one cell over it
+    src = tmp_path / "big.csv"
+    starts = _csv(src, ["question", "think", "answer"], records)
+    with raises_naming(MedsftError, src) as e:
+        list(rows.read_records(src))
+    assert f"{src}:{starts[5]}:" in str(e.value), str(e.value)  # where the record starts
+
+
+def test_json_beyond_the_parsers_limits_is_a_bad_row_or_one_error(tmp_path):
+    """An integer over Python's 4,300 digits, or nesting deeper than its recursion limit: in JSONL that row is bad
+    (file:line), in a .json list one message naming the file."""
+    good = list(map(json.dumps, _rows(10)))
+    big = json.dumps({**_rows(1, "大")[0], "n": 1})[:-1].replace('"n": 1', '"n": ' + "9" * 5000) + "}"
+    deep = json.dumps({**_rows(1, "深")[0]})[:-1] + ', "n": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    readable = json.dumps({**_rows(1, "中")[0]})[:-1] + ', "n": ' + "[" * 985 + "]" * 985 + "}"  # read, not written
+    src = _jsonl(tmp_path / "lim.jsonl", good[:3] + [big] + good[3:6] + [deep] + good[6:] + [readable])
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 10 and [s["where"] for s in stats["skipped"]] == [f"{src}:{n}" for n in (4, 8, 13)]
+    assert all(f"{src}:{n}:" in p.stdout for n in (4, 8, 13))
+    for bad in (big, deep):
+        listed = tmp_path / "lim.json"
+        listed.write_text("[\n" + ",\n".join(good + [bad]) + "\n]\n", encoding="utf-8")
+        p = run_script("data.py", f"--dataset={listed}", f"--data_dir={tmp_path / 'out2'}", "--benchmarks=",
+                       check=False)
+        assert_exit(p, 1, f"{listed}:12")
+
+
+def test_an_unreadable_file_is_one_error_naming_it(monkeypatch, tmp_path):
+    import builtins
+
+    from medsft import rows
+
+    src = _jsonl(tmp_path / "locked.jsonl", map(json.dumps, _rows(3)))
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):  # chmod 000 does not stop root
+        if str(file) == str(src):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with raises_naming(MedsftError, src, "Permission denied"):
+        list(rows.read_records(src))
+
+
+def test_a_home_of_no_such_user_is_one_error(tmp_path):
+    p = run_script("data.py", "--dataset=~medsft_no_such_user/x.jsonl", f"--data_dir={tmp_path / 'out'}", check=False)
+    assert_exit(p, 1, "~medsft_no_such_user/x.jsonl")
+
+
+def test_file_names_are_shown_without_their_terminal_escapes(tmp_path):
+    d = tmp_path / "src"
+    d.mkdir()
+    _jsonl(d / "a.jsonl", map(json.dumps, _rows(10)))
+    _jsonl(d / "b\x1b[2J\x1b]0;pwned\x07.jsonl", ["{bad"])
+    p = run_script("data.py", f"--dataset={d}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    assert "\x1b" not in p.stdout + p.stderr and "\x07" not in p.stdout + p.stderr
+    assert lines_naming(p.stdout, "b\\x1b[2J\\x1b]0;pwned\\x07.jsonl:1:"), p.stdout

@@ -166,6 +166,23 @@ def test_questions_differing_only_in_whitespace_or_width_are_merged(tmp_path):
     assert all(r["id"] == "med-" + hashlib.sha1(r["question"].encode()).hexdigest()[:12] for r in out)
 
 
+
+def test_the_duplicate_count_says_what_the_question_key_ignores(tmp_path):
+    """mcq.question_key also ignores punctuation, case, a leading item number and options written after the question:
+    rows differing so are merged, and the summary line says so (it said: only whitespace or character width)."""
+    base = rows(10)
+    variants = [{**base[0], "question": base[0]["question"].replace("：", "")},         # punctuation
+                {**base[1], "question": "12. " + base[1]["question"]},                  # a leading item number
+                {**base[2], "question": base[2]["question"] + " A.休息 B.吃药"}]         # options appended
+    src = tmp_path / "near.jsonl"
+    src.write_text(jsonl_text(base + variants), encoding="utf-8")
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["near_duplicates_merged"] == 3
+    said = [line for line in p.stdout.splitlines() if 3 in numbers_in(line) and "duplicate" in line]
+    assert said and all(w in said[0] for w in ("punctuation", "item number", "options")), p.stdout
+
+
 # --- 4. all-or-nothing publishing ----------------------------------------------------------------------------------
 
 
@@ -239,6 +256,27 @@ def test_publish_keeps_other_files_in_the_folder(tmp_path):
     io.publish_files(tmp_path, {"a.json": b"1", "b.json": b"2"}, writer="test")
     io.publish_files(tmp_path, {"a.json": b"3", "b.json": b"4"}, writer="test")
     assert snapshot(tmp_path) == {"a.json": b"3", "b.json": b"4", "raw.jsonl": b"mine\n"}
+
+
+
+def test_a_folder_named_like_an_output_file_is_refused_and_kept(tmp_path, demo_data_path):
+    """A user's folder called train.jsonl would be moved aside into the publish's old/ and deleted with it."""
+    out = tmp_path / "out"
+    (out / "train.jsonl").mkdir(parents=True)
+    (out / "train.jsonl" / "notes.txt").write_text("mine\n")
+    before = {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))}
+    p = run_script("data.py", f"--dataset={demo_data_path}", f"--data_dir={out}", "--benchmarks=", check=False)
+    assert_exit(p, 1, out / "train.jsonl")
+    assert {p: p.read_bytes() if p.is_file() else None for p in sorted(tmp_path.rglob("*"))} == before
+
+
+def test_publish_files_refuses_a_folder_in_place_of_a_file_for_every_writer(tmp_path):
+    (tmp_path / "b.json").mkdir()
+    (tmp_path / "b.json" / "x").write_text("mine\n")
+    with raises_naming(MedsftError, tmp_path / "b.json"):
+        io.publish_files(tmp_path, {"a.json": b"1", "b.json": b"2"}, writer="test")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["b.json", "b.json/x"]
+    assert (tmp_path / "b.json" / "x").read_text() == "mine\n"
 
 
 # --- 11. file modes ----------------------------------------------------------------------------------------------
