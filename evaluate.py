@@ -13,7 +13,8 @@ Writes  RESULTS_DIR/cot_full.json + cot_full.jsonl and cot_base.json + cot_base.
 
 Scores: reasoning steps (line breaks and sentence ends) of the generated think vs those of the reference think,
 compared by IDF-weighted character-bigram Dice. Each generated step matches at most one reference step (greedy, most
-similar pair first; matched = similarity >= TAU), so repeated or copied steps count against precision. Recall =
+similar pair first; matched = similarity >= TAU) and a step copying an earlier one of its think (similarity >= 0.9)
+matches none, so repeated or copied steps count against precision and never for recall. Recall =
 share of reference think steps matched; precision = share of generated steps matched: supported by the reference,
 NOT medically verified; F1 is the headline. Each score is shown beside three baselines on the same split: chance (the
 same metric against another question's reference), answer-as-think (the reference answer's sentences as the think)

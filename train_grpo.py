@@ -107,8 +107,9 @@ def correct_reward(output: str, gold: str, mode: str = "think", finished: bool =
 
 
 def shape_reward(output: str, mode: str, finished: bool = True) -> float:
-    """1.0 when the completion has the shape ``mode`` asks for (``chat.obeying_shapes``: think mode a closed,
-    non-empty think then a non-empty answer; the no-think modes an empty think block or none, then an answer)."""
+    """1.0 when the completion has the shape ``mode`` asks for (``chat.obeying_shapes``: think mode a closed think of
+    at least chat.MIN_THINK_CHARS letters, then a non-empty answer; the no-think modes an empty think block or none,
+    then an answer)."""
     return 1.0 if chat.output_shape(output, finished) in chat.obeying_shapes(mode) else 0.0
 
 

@@ -13,8 +13,9 @@ import weakref
 SYSTEM_PROMPT = "你是一个医学专家，你需要根据用户的问题，给出带有思考的回答。"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 THINK_TAGS = re.compile(r"</?think>")
-# Letters and digits a think needs to count as one: every think of the real dataset has over 470 and the demo rows
-# over 300, so 16 (a short clause) only fails a token gesture (`。`, `嗯，好的。`) that would let GRPO drop the think
+# Letters (CJK or Latin; digits are no words) a think needs to count as one: every think of the real dataset has over
+# 470 and the demo rows over 290, so 16 (a short clause) only fails a token gesture (`。`, `嗯，好的。`, a run of
+# digits) that would let GRPO drop the think
 MIN_THINK_CHARS = 16
 IGNORE_INDEX = -100  # label of tokens that carry no loss (transformers' convention)
 STATUSES = ("closed", "unclosed", "absent")  # think status of a generated answer (see split_output)
@@ -45,7 +46,7 @@ def question_mode(question: str, enable_thinking: bool = True) -> str:
 
 def output_shape(output: str, finished: bool = True) -> str:
     """The shape of a generated assistant text (``finished``: it ended with end-of-turn): think, empty_think (no
-    think content: blank, or fewer than MIN_THINK_CHARS letters and digits), no_think, unclosed, no_answer,
+    think content: blank, or fewer than MIN_THINK_CHARS letters), no_think, unclosed, no_answer,
     stray_tag (a think tag inside the answer, or a closing tag never opened) or cut_off (it never ended)."""
     think, answer, status = split_output(output)
     if status == "unclosed":
@@ -58,7 +59,7 @@ def output_shape(output: str, finished: bool = True) -> str:
         return "no_answer"
     if status == "absent":
         return "no_think"
-    return "think" if sum(unicodedata.category(c)[0] in "LN" for c in think) >= MIN_THINK_CHARS else "empty_think"
+    return "think" if sum(unicodedata.category(c)[0] == "L" for c in think) >= MIN_THINK_CHARS else "empty_think"
 
 def obeying_shapes(mode: str) -> tuple[str, ...]:
     """The ``output_shape`` values that obey ``mode``: the hard switch's prompt closed the think already, so any
@@ -202,14 +203,13 @@ def example_modes(ids: list[str], no_think_ratio: float, seed: int) -> list[str]
 
 def split_output(text: str) -> tuple[str, str, str]:
     """``(think, answer, status)`` of a generated assistant text; status is closed, unclosed (cut off mid-thought:
-    the answer is empty) or absent (no think block: all text is the answer)."""
+    the answer is empty, text before the ``<think>`` included) or absent (no think block: all text is the answer)."""
     if THINK_CLOSE in text:
         head, _, answer = text.partition(THINK_CLOSE)
         think = head.split(THINK_OPEN, 1)[-1]
         return think.strip(), answer.strip(), "closed"
     if THINK_OPEN in text:
-        before, _, think = text.partition(THINK_OPEN)
-        return think.strip(), before.strip(), "unclosed"
+        return text.partition(THINK_OPEN)[2].strip(), "", "unclosed"
     return "", text.strip(), "absent"
 
 def strip_think_tags(text: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from . import adherence, benchmarks
 from .chat import FLAGS, MODE_LABELS, MODES, SHORT
 from .config import KINDS, RESULTS_NAME, TAGS
+from .cot import COPY_SIMILARITY
 from .files import MedsftError, atomic_write_bytes, atomic_write_text, disk_errors, write_json
 from .rouge import ROUGE_METRICS as _ROUGE_KEYS
 # matplotlib is imported inside the chart functions: the scripts' --help should not wait for it
@@ -257,12 +258,24 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines + [""]
 
+def _same_file(a: dict, b: dict) -> bool:
+    keys = ("path", "model", "adapter", "n") + (("sha256",) if "sha256" in a and "sha256" in b else ())
+    return all(a.get(k) == b.get(k) for k in keys)
+
 def _runs(data: dict) -> list[str]:
-    seen = {t: s.get("predictions") or {} for kind in ("rouge", "cot") for t, s in data[kind].items()}  # cot's wins
     keys = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed")
-    rows = [[LABELS[t], _fmt(p.get("model")), _fmt(p.get("adapter")), f"`{_fmt(p.get('path'))}`", _fmt(p.get("n"))]
-            + [_fmt((p.get("decoding") or {}).get(k)) for k in keys] for t in TAGS if (p := seen.get(t)) is not None]
-    return _table(["model", "model spec", "adapter", "predictions", "n", *keys], rows)
+    rows, notes = [], []
+    for t in TAGS:
+        found = {kind: data[kind][t].get("predictions") or {} for kind in ("rouge", "cot") if t in data[kind]}
+        one = len(found) < 2 or _same_file(found["rouge"], found["cot"])
+        for kind, p in list(found.items())[1:] if one else found.items():  # one file: cot's row
+            label = LABELS[t] + ("" if one else f" ({'ROUGE' if kind == 'rouge' else 'chain of thought'})")
+            rows.append([label, _fmt(p.get("model")), _fmt(p.get("adapter")), f"`{_fmt(p.get('path'))}`",
+                         _fmt(p.get("n"))] + [_fmt((p.get("decoding") or {}).get(k)) for k in keys])
+        if not one:
+            notes.append(f"**{LABELS[t]}: ROUGE and the chain of thought scored different predictions** (the two rows "
+                         "above): its numbers below are not one run's; score one file with both scripts.")
+    return _table(["model", "model spec", "adapter", "predictions", "n", *keys], rows) + [n + "\n" for n in notes]
 
 def _label(tag: str, summary: dict, current_key: str) -> str:
     return LABELS[tag] + ("" if current_key in summary else f" {OLD_MARK}")
@@ -305,8 +318,9 @@ def _cot_section(cot: dict) -> list[str]:
     out = ["## Chain of thought (offline)", "",
            f"Steps of the generated think vs steps of the reference think (IDF-weighted character-bigram Dice). Each "
            f"generated step is paired with at most one reference step (greedy, most similar pair first) and a pair "
-           f"matches from similarity {first.get('tau')}, so a repeated or copied step matches once and its copies "
-           "count against precision. Recall: share of reference think steps matched. Precision: share of generated "
+           f"matches from similarity {first.get('tau')}; a step copying an earlier step of its think (similarity ≥ "
+           f"{COPY_SIMILARITY}) is never paired, so a repeated or copied step matches once and its copies count "
+           "against precision only. Recall: share of reference think steps matched. Precision: share of generated "
            "steps matched — supported by the reference, not medically verified. F1 is the headline. Soft: the "
            "matched similarities summed instead of counted. A sample without generated think scores 0 "
            "(`no think`); a question asked not to think is `n/a`, left out of the means and baselines.", ""]
@@ -351,8 +365,8 @@ def _adherence_section(cot: dict) -> list[str]:
         return []
     out = ["## Thinking switches (mode adherence)", "",
            "Share of test questions answered in the shape each mode asks for, and the mean answer length (reasoning "
-           "moved into a no-think answer shows there). Thinking on: `<think>`, a think of at least 16 letters or "
-           "digits, `</think>`, a non-empty answer. /no_think: an empty think block or none, then an answer. "
+           "moved into a no-think answer shows there). Thinking on: `<think>`, a think of at least 16 letters (CJK "
+           "or Latin, not digits), `</think>`, a non-empty answer. /no_think: an empty think block or none, then an answer. "
            "enable_thinking=False (the prompt closed the think): an answer with no think tag. A think tag inside the "
            "answer, a `</think>` never opened, or an answer cut off at max_new_tokens obeys no mode. A fine-tune that forgot "
            "Qwen3's switches keeps thinking when told not to. `not measured`: no predictions in that mode; make "

@@ -132,7 +132,9 @@ def _score_rows(texts: list[tuple]) -> list[tuple]:
     return out
 
 def rouge_texts(row: dict) -> tuple:
-    return (row.get("output") or "", row.get("think") or "", row.get("answer") or "", row.get("ref_think") or "",
+    # an unclosed think has no answer, also in files an older split_output filled with the text before <think>
+    answer = "" if row.get("think_status") == "unclosed" else row.get("answer") or ""
+    return (row.get("output") or "", row.get("think") or "", answer, row.get("ref_think") or "",
             row.get("ref_answer") or "")
 
 def rouge_scores(rows: list[dict], *, workers: int = 2, progress: bool = True):

@@ -3,6 +3,7 @@ order) and scoring them; they never generate: a missing or incomplete file stops
 that makes or completes it, so every model is scored on the same questions with the same settings."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -137,6 +138,10 @@ def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
         rows = None if rows is None else _same_rows(path, rows, test, cfg["TEST_FILE"], command)
         if mode is None:
             t.rows = rows
+        elif rows is not None and made_by(rows) != made_by(t.rows):
+            raise MedsftError(f"{path}: made by {_maker(made_by(rows))}, but {t.path} by {_maker(made_by(t.rows))}: "
+                              f"adherence compares one model's modes; move it aside and predict that mode again:\n"
+                              f"  {command}")
         else:
             t.modes[mode] = rows
     return out
@@ -170,14 +175,29 @@ def load_predictions(path) -> list[dict]:
         rows.append(row)
     if not rows:
         raise MedsftError(f"{path} has no rows: predict a split first (inference.py --input=data/test.jsonl)")
+    makers = {}  # (model, adapter) -> its first line: one file is one model's predictions
+    for r in rows:
+        makers.setdefault(made_by([r]), seen[r["id"]])
+    if len(makers) > 1:
+        (a, la), (b, lb) = list(makers.items())[:2]
+        raise MedsftError(f"{path}: rows of different models ({_maker(a)} on line {la}, {_maker(b)} on line {lb}): "
+                          "a predictions file holds one model's; predict each model into its own --output")
     return rows
+
+def made_by(rows: list[dict]) -> tuple:
+    """(model, adapter) the first row names."""
+    return rows[0].get("model"), rows[0].get("adapter")
+
+def _maker(m: tuple) -> str:
+    return f"{m[0]}" + (f" + adapter {m[1]}" if m[1] else "")
 
 def scored_file(path, rows: list[dict]) -> dict:
     """What was scored: the file, its model, n, and the decoding settings from the inference summary beside it."""
     path = Path(path)
     named = {k: ", ".join(sorted({str(r[k]) for r in rows if r.get(k) is not None})) or None
              for k in ("model", "adapter")}
-    info = {"path": str(path), "n": len(rows), **named, "decoding": None}
+    info = {"path": str(path), "n": len(rows), **named, "decoding": None,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}  # which file exactly: the report compares
     spath = summary_path(path)
     if spath.is_file():
         try:

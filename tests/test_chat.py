@@ -96,6 +96,7 @@ def test_multi_turn_history_drops_old_reasoning(real_tokenizer):
 @pytest.mark.parametrize("text,expected", [
     ("<think>\n想一想\n</think>\n\n答案", ("想一想", "答案", "closed")),
     ("<think>\n想一想，还没想完", ("想一想，还没想完", "", "unclosed")),
+    ("答案在前<think>\n想一想，还没想完", ("想一想，还没想完", "", "unclosed")),  # text before it is no answer
     ("直接回答", ("", "直接回答", "absent")),
     ("想一想\n</think>\n\n答案", ("想一想", "答案", "closed")),
     ("", ("", "", "absent")),

@@ -15,7 +15,7 @@ from medsft.training import grpo
 from medsft import chat, mcq
 
 ROW = {"question": "高血压的诊断切点是多少？", "choices": ["120/80", "130/85", "140/90", "160/100"], "gold": "C"}
-THINK = "<think>\n诊室血压≥140/90 mmHg 才能诊断高血压。\n</think>\n\n"
+THINK = "<think>\n诊室血压≥140/90 mmHg 才能诊断为高血压。\n</think>\n\n"  # 16 letters: a think (chat.MIN_THINK_CHARS)
 
 
 # --- correctness ------------------------------------------------------------------------------------------------
@@ -61,6 +61,7 @@ def test_correct_reward_no_think_modes_and_gating():
 @pytest.mark.parametrize("output, mode, expected", [
     (THINK + "答案：C", "think", 1.0),
     ("<think>\n\n</think>\n\n答案：C", "think", 0.0),   # empty think in think mode: think collapse
+    ("<think>1234567890123456</think>\n\n答案：C", "think", 0.0),  # a think of digits only: collapsed too
     ("答案：C", "think", 0.0),                          # no think in think mode
     ("<think>\n想", "think", 0.0),                      # unclosed
     (THINK, "think", 0.0),                             # no answer after the think

@@ -203,6 +203,21 @@ def test_rouge_empty_and_whitespace_predictions_score_zero_and_are_counted(demo_
     assert per[0]["empty"]["answer"] == "reference" and s["views"]["answer"]["n_empty"] == 1
 
 
+def test_rouge_text_before_an_unclosed_think_is_no_answer(demo_rows):
+    """An opening <think> never closed is a think cut off: text before it is no answer, even when it is the
+    reference answer itself, in predictions split today and in files written when the prefix was the answer."""
+    r = demo_rows[0]
+    output = r["answer"] + "<think>\n" + r["think"][:50]
+    fresh = _pred("fresh", r["think"], r["answer"], output=output, finished=False)
+    stale = {**fresh, "id": "stale", "answer": r["answer"]}  # as an older split_output stored it
+    summary, per = metrics.rouge_scores([fresh, stale], workers=1, progress=False)
+    assert fresh["think_status"] == "unclosed" and fresh["answer"] == ""
+    assert summary["views"]["answer"]["n_empty"] == 2
+    for item in per:
+        assert item["empty"].get("answer") == "prediction"
+        assert all(item["answer"][m][s] == 0 for m in metrics.ROUGE_METRICS for s in "prf")
+
+
 def _dp_lcs(a, b) -> int:
     prev = [0] * (len(b) + 1)
     for ta in a:
@@ -392,6 +407,47 @@ def test_cot_looping_counts_against_precision(demo_rows):
     s, per = metrics.cot_scores([_pred("loop", r["think"], r["answer"],
                                        output=format_reference("\n".join([step] * 10), r["answer"]))], progress=False)
     assert per[0]["precision"] == pytest.approx(1 / 10) and per[0]["recall"] == pytest.approx(1 / n_ref)
+
+
+def _said_k_times(preds_once: list[dict], k: int) -> list[dict]:
+    return [_pred(p["id"], p["ref_think"], p["ref_answer"],
+                  output=format_reference("\n".join([p["think"]] * k), p["ref_answer"])) for p in preds_once]
+
+
+def _assert_copies_never_pay(preds_once: list[dict], ks=(2, 3)):
+    """Under one-to-one matching a copy of a step is no new step: saying a think k times keeps every match of saying
+    it once and adds k - 1 unmatched copies, so recall stays and precision (hard and soft) is divided by k."""
+    _, once = metrics.cot_scores(preds_once, progress=False)
+    for k in ks:
+        _, again = metrics.cot_scores(_said_k_times(preds_once, k), progress=False)
+        for a, b in zip(once, again):
+            assert b["n_gen_steps"] == k * a["n_gen_steps"]
+            assert b["recall"] == pytest.approx(a["recall"]) and b["soft_recall"] == pytest.approx(a["soft_recall"])
+            assert b["precision"] == pytest.approx(a["precision"] / k)
+            assert b["soft_precision"] == pytest.approx(a["soft_precision"] / k)
+            assert b["f1"] < a["f1"] or a["f1"] == b["f1"] == 0
+
+
+def test_cot_saying_a_step_twice_never_matches_a_second_reference_step():
+    # one generated step close to two reference steps: said twice, its copy must not claim the second one
+    ref = "高血压患者应当低盐饮食。\n高血压患者应当规律运动。\n糖尿病患者需要控制血糖。"
+    once = [_pred("x", ref, "控制血压。", output=format_reference("高血压患者应当低盐饮食，并且规律运动。", "控制血压。"))]
+    s, _ = metrics.cot_scores(once, progress=False)
+    assert s["scores"]["recall"] == pytest.approx(1 / 3) and s["scores"]["precision"] == 1.0
+    _assert_copies_never_pay(once, ks=(2, 3, 5))
+
+
+def test_cot_repeating_real_thinks_never_pays(sample_rows):
+    """Real rows: the reference answer, and the first half of the reference steps, said once or k times."""
+    answers = [_pred(str(i), r["think"], r["answer"], output=format_reference(r["answer"], r["answer"]))
+               for i, r in enumerate(sample_rows)]
+    _assert_copies_never_pay(answers)
+    halves = []
+    for i, r in enumerate(sample_rows):
+        steps = metrics.split_steps(r["think"])
+        halves.append(_pred(str(i), r["think"], r["answer"],
+                            output=format_reference("\n".join(steps[:(len(steps) + 1) // 2]), r["answer"])))
+    _assert_copies_never_pay(halves, ks=(2,))
 
 
 def test_cot_copying_the_answer_or_question_is_not_rewarded(sample_rows):

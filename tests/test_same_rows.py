@@ -113,3 +113,43 @@ def test_the_idf_comes_from_the_references_not_from_the_scored_rows(split):
     same, _ = metrics.cot_scores(preds, references=refs, workers=1, progress=False)
     assert summary["scores"] == same["scores"]  # a complete file: the rows' references are the split's
 
+
+
+def test_rows_of_two_models_in_one_file_or_a_mode_file_of_another_model_are_refused(split, tmp_path):
+    """A file whose rows name two models, or a <stem>.<mode>.jsonl beside it made by another model, was scored as
+    the one model the report names."""
+    (tmp_path / "test.jsonl").write_bytes((split / "test.jsonl").read_bytes())
+    rows = read_jsonl(split / "predictions_full.jsonl")
+    mixed = [dict(r, model="small") if i % 2 else r for i, r in enumerate(rows)]
+    _write(tmp_path / "predictions_full.jsonl", mixed)
+    args = _args(tmp_path, "full", split / "predictions_base.jsonl", tmp_path / "r")
+    proc = run_script("rouge_eval.py", *args, check=False)
+    assert_exit(proc, 1, tmp_path / "predictions_full.jsonl", "output/full", "small")
+    # the main file is one model's; its no-think file beside it is another's
+    _write(tmp_path / "predictions_full.jsonl", rows)
+    soft = [dict(r, model="small") for r in rows]
+    _write(tmp_path / "predictions_full.no_think_soft.jsonl", soft)
+    proc = run_script("evaluate.py", *args, check=False)
+    assert_exit(proc, 1, tmp_path / "predictions_full.no_think_soft.jsonl", "output/full", "small",
+                "--soft_switch=/no_think", lines=2)  # the file, both models, the command that predicts it again
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_report_names_both_files_when_rouge_and_cot_scored_different_predictions(split, tmp_path):
+    """rouge_eval.py on one file and evaluate.py on another, into one results folder: the report showed the two
+    sets of scores as one model's, naming one file."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "test.jsonl").write_bytes((split / "test.jsonl").read_bytes())
+    _write(other / "predictions_full.jsonl", [dict(r, model="small") for r in read_jsonl(split / "predictions_full.jsonl")])
+    results = tmp_path / "results"
+    run_script("rouge_eval.py", *_args(other, "full", split / "predictions_base.jsonl", results), "--eval_base=false",
+               f"--test_file={split}/test.jsonl")
+    run_script("evaluate.py", *_args(split, "full", split / "predictions_base.jsonl", results), "--eval_base=false")
+    report = (results / "README.md").read_text(encoding="utf-8")
+    assert str(other / "predictions_full.jsonl") in report and str(split / "predictions_full.jsonl") in report
+    # the same file scored by both names it once
+    again = tmp_path / "again"
+    for script in ("rouge_eval.py", "evaluate.py"):
+        run_script(script, *_args(split, "full", split / "predictions_base.jsonl", again), "--eval_base=false")
+    assert (again / "README.md").read_text(encoding="utf-8").count(str(split / "predictions_full.jsonl")) == 1

@@ -52,6 +52,8 @@ def test_follows_mode_on_every_shape(output, think, off, kind):
 COLLAPSE = [
     ("<think>\n。\n</think>\n\n答案：C", {"no_think_soft"}),  # a think of one punctuation mark is no think
     ("<think>\n嗯，好的。\n</think>\n\n答案：C", {"no_think_soft"}),  # nor is one word
+    ("<think>1234567890123456</think>\n\n答案：C", {"no_think_soft"}),  # nor a run of digits: no word in it
+    ("<think>\n1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13\n</think>\n\n答案：C", {"no_think_soft"}),
     ("分析：头痛三天伴发热，需排除感染。</think>\n\n答案：C", set()),  # no opening tag: a stray closing tag
     ("</think>\n\n答案：C", set()),  # a leading </think>
     ("<think>\n\n</think>\n\n答案：C", {"no_think_soft"}),  # hard mode: the template closed the think already
