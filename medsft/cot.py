@@ -274,7 +274,7 @@ def cot_scores(rows: list[dict], *, references=None, tau: float = 0.2, repeat_th
         baselines[name] = {k: mean(f"{name}_{k}") for k in SCORE_KEYS} if some else None
     summary = {
         "n": n, "n_scored": len(scored), "n_think_na": n - len(scored),
-        "tau": tau, "repeat_threshold": repeat_threshold, "floor_seed": floor_seed,
+        "tau": tau, "repeat_threshold": repeat_threshold, "floor_seed": floor_seed, "copy_similarity": COPY_SIMILARITY,
         "similarity": "IDF-weighted character-bigram Dice; IDF from the reference think+answer texts of "
                       + ("these rows" if own else f"the split ({idf.n_docs} rows)"),
         "matching": MATCHING, "reference": "steps of the reference think (recall and precision alike)",

@@ -326,9 +326,9 @@ def _cot_section(cot: dict) -> list[str]:
            "(`no think`); a question asked not to think is `n/a`, left out of the means and baselines.", ""]
     header = ["model", "recall", "precision", "F1", "soft R", "soft P", "soft F1", "n", "no think", "n/a"]
     keys = ("recall", "precision", "f1", "soft_recall", "soft_precision", "soft_f1")
-    rows = [[_label(t, s, "matching")] + [_fmt(s["scores"][k], 3) for k in keys]
+    rows = [[_label(t, s, "copy_similarity")] + [_fmt(s["scores"][k], 3) for k in keys]
             + [s["n"], s["n_no_think"], s.get("n_think_na", 0)] for t, s in cot.items()]
-    out += _table(header, rows) + _old_note(cot, "matching", "many-to-one matching, precision against think + answer")
+    out += _table(header, rows) + _old_note(cot, "copy_similarity", "a copied step could match another reference step")
     out += ["### Baselines on the same split", "",
             "Chance: the model's think against another question's reference (a fixed permutation, seed "
             f"{first.get('floor_seed')}); a score near it means nothing was learned. Answer-as-think: the reference "
