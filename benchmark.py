@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medsft import benchmarks, mcq, report
+from medsft import benchmarks, charts, mcq, report
 from medsft.adapters import check_adapter, load_for_inference, lora_base
 from medsft.chat import SYSTEM_PROMPT, split_output
 from medsft.config import configure, save_config
@@ -213,7 +213,7 @@ def finish(rows, meta, info, cfg, config_path, decoding=None):
     decoding = decoding or meta.pop("decoding", None)
     final = summary(rows, meta, info, decoding, complete=meta.pop("complete", True))
     written = write_outputs(RESULTS_DIR, f"benchmark_{NAME}", final, rows)
-    written.append(report.write_benchmark_chart(RESULTS_DIR))
+    written.append(charts.write_benchmark_chart(RESULTS_DIR))
     written += report.build(RESULTS_DIR)  # results/README.md, as every stage that adds results rebuilds it
     written.append(save_config(cfg, config_path))
     for bench, s in final["benchmarks"].items():

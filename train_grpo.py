@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from medsft import chat, mcq, memory, report
+from medsft import charts, chat, mcq, memory
 from medsft.adapters import lora_base
 from medsft.config import Config, configure
 from medsft.files import MedsftError, disk_errors, write_json, write_jsonl
@@ -331,7 +331,7 @@ def main():
             written = [write_json(res / "train_grpo.json", results)]
             if heldout:
                 written.append(write_jsonl(res / "grpo_heldout.jsonl", before_rows + after_rows))
-            return written + report.write_grpo_charts(res, results)
+            return written + charts.write_grpo_charts(res, results)
 
     written = distributed.on_main(write_results)
     written += run.save_final(trainer, tokenizer, cfg, base_model=base)

@@ -18,7 +18,7 @@ Ctrl-C saves a checkpoint and stops; --resume=true continues from the newest che
 and schedule. Every efficiency constant defaults to "auto" (the choice is printed in one line).
 """
 
-from medsft import report
+from medsft import charts
 from medsft.config import Config, configure
 from medsft.models import load_tokenizer, pin_revision
 from medsft.training import callbacks, results, run, sft, tracking
@@ -93,7 +93,7 @@ def main():
     #    val questions as a preview
     stats = {"train": train_stats, "val": val_stats}
     written = on_main(lambda: [results.write_results(trainer, cfg, "lora", summary, stats),
-                               *report.write_charts(RESULTS_DIR)])
+                               *charts.write_charts(RESULTS_DIR)])
     written += run.save_final(trainer, tokenizer, cfg)  # every process: ZeRO-3 gathers the weights to rank 0
     on_main(results.preview, trainer.model, tokenizer, f"{DATA_DIR}/val.jsonl", cfg)
     print(f"done: {trainer.state.global_step} steps, {summary['tokens_per_s']:,.0f} tokens/s, "

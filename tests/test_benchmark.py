@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, SHARED, run_script
 from oracles import assert_exit, lines_naming, numbers_in, raises_naming
 
-from medsft import benchmarks, mcq, report
+from medsft import benchmarks, charts, mcq, report
 from medsft.files import MedsftError, read_jsonl
 
 CMMLU = SHARED / "cmmlu-medical"
@@ -169,7 +169,7 @@ def test_scripted_models_right_gives_100_and_always_a_gives_the_share_of_a(items
         assert stats["correct"] == sum(it["gold"] == "A" for it in items if it["group"] == subject)
     assert base["overall"]["ci95"][0] < base["overall"]["accuracy"] < base["overall"]["ci95"][1]
     # the chart holds both models and is a pure function of the summaries; the report section lists both
-    png = report.benchmark_chart(benchmarks.load_summaries(results))
+    png = charts.benchmark_chart(benchmarks.load_summaries(results))
     assert png == (results / "benchmark.png").read_bytes() and png[:8] == b"\x89PNG\r\n\x1a\n"
     section = report.benchmark_section(benchmarks.load_summaries(results))
     assert "| base (untuned) | full fine-tune |" in section and "| **overall** | 1333 | " in section

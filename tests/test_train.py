@@ -151,7 +151,7 @@ def test_lora_end_to_end(lora_run):
 
 
 def test_charts_hold_every_run_and_are_deterministic(full_run, lora_run, tmp_path):
-    from medsft.report import write_charts
+    from medsft.charts import write_charts
 
     _, results, _ = lora_run
     both = tmp_path / "both"
