@@ -62,7 +62,7 @@ def main():
     decoding = dict(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, seed=SEED, temperature=TEMPERATURE,
                     top_p=TOP_P, top_k=TOP_K)
     check_decoding(**decoding)
-    runs = mode_runs(MODES, ENABLE_THINKING, SOFT_SWITCH)
+    runs = mode_runs(MODES, ENABLE_THINKING, SOFT_SWITCH, OUTPUT if mode == "predict" else None)
     thinking = question_mode(SOFT_SWITCH, ENABLE_THINKING)
     if MODES and mode != "predict":
         raise MedsftError(f"--modes={MODES} predicts a file (--input); the chat switches with /no_think and /think")

@@ -14,9 +14,10 @@ from tqdm import tqdm
 from .adapters import check_adapter, lora_base
 from .backends import check_backend, load_backend
 from .chat import STATUSES, SWITCHES, question_mode, split_output
-from .files import MedsftError, check_writable, disk_errors, iter_jsonl, resume_rows, write_json, write_jsonl
+from .files import MedsftError, check_writable, disk_errors, iter_jsonl, write_json, write_jsonl
+from .generate import vllm_settings
 from .model_checks import check_model, spec_key, weights_fingerprint
-from .models import hub_revision
+from .models import hub_revision, resolve_model
 
 def read_questions(path) -> list[dict]:
     """The rows of a split as ``{id, question, ref_think, ref_answer}`` (no ``id``: the line number); bad rows raise
@@ -62,18 +63,31 @@ def check_switches(enable_thinking, soft_switch) -> str:
 # each thinking mode's (ENABLE_THINKING, SOFT_SWITCH), for a script's MODES list
 MODE_SWITCHES = {"think": (True, ""), "no_think_soft": (True, "/no_think"), "no_think_hard": (False, "")}
 
-def mode_runs(modes: str, enable_thinking, soft_switch) -> list[tuple[bool, str]]:
+def mode_runs(modes: str, enable_thinking, soft_switch, output=None) -> list[tuple[bool, str]]:
     """(enable_thinking, soft_switch) per file to predict: one per mode MODES lists, or the one pair the two switch
-    constants give when MODES is ""; bad values stop the script."""
+    constants give when MODES is ""; bad values, and an OUTPUT whose file of one mode would be named for another,
+    stop the script."""
     check_switches(enable_thinking, soft_switch)
     if not modes:
-        return [(enable_thinking, soft_switch)]
-    names = [m.strip() for m in str(modes).split(",")]
-    if not all(m in MODE_SWITCHES for m in names) or len(set(names)) < len(names):
-        raise MedsftError(f"--modes={modes}: expected distinct modes among {','.join(MODE_SWITCHES)}, comma-separated")
-    if (enable_thinking, soft_switch) != (True, ""):
-        raise MedsftError(f"--modes={modes} sets each mode's switches itself: drop --enable_thinking and --soft_switch")
-    return [MODE_SWITCHES[m] for m in names]
+        runs = [(enable_thinking, soft_switch)]
+    else:
+        names = [m.strip() for m in str(modes).split(",")]
+        if not all(m in MODE_SWITCHES for m in names) or len(set(names)) < len(names):
+            raise MedsftError(f"--modes={modes}: expected distinct modes among {','.join(MODE_SWITCHES)}, "
+                              "comma-separated")
+        if (enable_thinking, soft_switch) != (True, ""):
+            raise MedsftError(f"--modes={modes} sets each mode's switches itself: drop --enable_thinking and "
+                              "--soft_switch")
+        runs = [MODE_SWITCHES[m] for m in names]
+    for mode in (question_mode(soft, enable) for enable, soft in runs) if output is not None else ():
+        path = mode_output(output, mode)
+        named = next((m for m in MODE_SWITCHES if m != mode and path.name.endswith(f".{m}{path.suffix}")), None)
+        if named:  # e.g. the think predictions in p.no_think_soft.jsonl, where the no_think_soft ones go too
+            real = path.with_name(path.name[: -len(f".{named}{path.suffix}")] + path.suffix)
+            raise MedsftError(f"--output={output} is named for mode {named}, but the {mode} predictions"
+                              f"{' of --modes=' + str(modes) if modes else ''} would go there: --output names the "
+                              f"think file and the other modes go beside it; pass --output={real}")
+    return runs
 
 def asked(question: str, soft_switch: str) -> str:
     """The question with SOFT_SWITCH appended, unless its own last switch is already that one."""
@@ -82,15 +96,38 @@ def asked(question: str, soft_switch: str) -> str:
         return question
     return f"{question} {soft_switch}"
 
+def _malformed(obj: dict) -> str | None:
+    """Why a JSON object of a predictions file is not a prediction row this module wrote (None: it is one)."""
+    missing = [k for k in ("id", "output") if k not in obj]
+    if missing:
+        return f"not a prediction row (no {', '.join(map(repr, missing))})"
+    if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
+        return "'id' is not a string or an integer"
+    if not isinstance(obj.get("new_tokens"), int) or isinstance(obj.get("new_tokens"), bool):
+        return "'new_tokens' is not a whole number"
+    if not isinstance(obj.get("think_status", ""), str):
+        return "'think_status' is not a string"
+    return None
+
 def predicted_rows(output, rows: list[dict], model: str, adapter, modes: dict | None = None) -> dict:
-    """The rows an earlier run of this split and model left in ``output``, by id; rows of another split, model or
-    thinking mode (``modes``: id -> mode) raise MedsftError rather than end up mixed in one file."""
-    questions, done = {r["id"]: r["question"] for r in rows}, {}
-    for lineno, obj in resume_rows(output, ("id", "output"), "a prediction row", "predicted"):
+    """The rows an earlier run of this split and model left in ``output``, by id; rows of another split (or of
+    other references), model or thinking mode (``modes``: id -> mode) raise MedsftError rather than end up mixed in
+    one file, and so does a file with no prediction row at all; a malformed row is predicted again."""
+    by_id, done, bad = {r["id"]: r for r in rows}, {}, []
+    for lineno, obj, err in iter_jsonl(output) if Path(output).is_file() else ():
+        err = err or _malformed(obj)
+        if err:
+            bad.append(f"{output}:{lineno}: {err}")
+            continue
         rid = obj["id"]
-        if questions.get(rid, None) != obj.get("question"):
+        if rid not in by_id or by_id[rid]["question"] != obj.get("question"):
             raise MedsftError(f"{output}:{lineno}: id {rid!r} is not in the input split (or its question differs): "
                               "this file holds predictions for another split; delete it or pass another --output")
+        changed = [k for k in ("ref_think", "ref_answer") if obj.get(k) != by_id[rid][k]]
+        if changed:
+            raise MedsftError(f"{output}:{lineno}: id {rid!r} has another {' and '.join(changed)} than the --input "
+                              "row (the input's rows changed since these predictions were made); pass another "
+                              f"--output, or move {output} away to predict again")
         if spec_key(obj.get("model")) != spec_key(model) or spec_key(obj.get("adapter")) != spec_key(adapter):
             by = obj.get("model") if obj.get("adapter") is None else f"{obj.get('model')} + {obj.get('adapter')}"
             raise MedsftError(f"{output}:{lineno}: predicted by {by}, not by this model; delete it or pass another "
@@ -99,6 +136,11 @@ def predicted_rows(output, rows: list[dict], model: str, adapter, modes: dict | 
             raise MedsftError(f"{output}:{lineno}: predicted in mode {obj.get('mode', 'think')}, now {modes[rid]} "
                               "(--enable_thinking / --soft_switch changed); delete it or pass another --output")
         done[rid] = obj
+    if bad and not done:  # never overwritten on a guess: a split, a readme, another stage's file
+        raise MedsftError(f"{bad[0]}; no line of it is a prediction row, so it is not a predictions file of this "
+                          "stage: pass another --output, or move it away to predict into this name")
+    for line in bad:
+        print(f"warning: {line}; it will be predicted again")
     return done
 
 def _same_file(a, b) -> bool:
@@ -113,9 +155,10 @@ def summary_path(output) -> Path:
     output = Path(output)
     return output.with_name(f"{output.stem}.summary.json")
 
-def _check_settings(output, requested: dict) -> dict | None:
-    """Refuse to resume a file started with other decoding settings (knobs left at None and the seed under greedy
-    decoding not compared); its summary if any."""
+def _check_settings(output, requested: dict, model: str) -> dict | None:
+    """Refuse to resume a file started with other decoding settings (sampling knobs as the model's
+    generation_config resolves those left at None; the seed under greedy decoding not compared); its summary if
+    any (None: missing or unreadable)."""
     path = summary_path(output)
     if not (Path(output).is_file() and path.is_file()):
         return None
@@ -123,9 +166,13 @@ def _check_settings(output, requested: dict) -> dict | None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    if not isinstance(old, dict):
+        return None
     keys = ["max_new_tokens", "do_sample", "system", "enable_thinking", "soft_switch"]
-    if requested["do_sample"]:
-        keys += ["seed", "batch_size"] + [k for k in ("temperature", "top_p", "top_k") if requested.get(k) is not None]
+    if requested["do_sample"] and old.get("do_sample"):
+        knobs = {k: requested[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")}
+        requested = {**requested, **vllm_settings(resolve_model(model), **knobs)}  # what generation will use
+        keys += ["seed", "batch_size", "temperature", "top_p", "top_k"]
     diff = [f"{k}={old.get(k)!r} (now {requested.get(k)!r})" for k in keys if k in old and old[k] != requested.get(k)]
     if diff:
         raise MedsftError(f"{output} was started with other decoding settings: {', '.join(diff)}; rerun with those, "
@@ -172,13 +219,16 @@ def predict_file(model, input_path, output_path, *, adapter_dir=None, max_new_to
         raise MedsftError(f"--output={output_path} is the --input file {input_path} itself: predictions would "
                           "replace the split's questions and references; pass another --output (e.g. "
                           "results/predictions_full.jsonl)")
+    if output_path.is_symlink():  # the atomic rewrite would replace the link itself, never write its target
+        raise MedsftError(f"--output={output_path} is a symbolic link: predictions would replace the link, not "
+                          f"write to {output_path.resolve()}; pass --output={output_path.resolve()}")
     modes = {r["id"]: question_mode(asked(r["question"], soft_switch), enable_thinking) for r in rows}
     done = predicted_rows(output_path, rows, model, adapter, modes)
     switches = {"enable_thinking": enable_thinking, "soft_switch": soft_switch}
     previous = _check_settings(output_path, {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
                                              "batch_size": batch_size,
                                              "system": system, "temperature": temperature, "top_p": top_p,
-                                             "top_k": top_k, **switches})
+                                             "top_k": top_k, **switches}, model)
     if done and previous is None:  # rows of unknown settings and weights: resuming could mix two runs
         raise MedsftError(f"{output_path} holds {len(done)} predictions but no readable "
                           f"{summary_path(output_path).name}, which records the settings and weights they were made "
