@@ -96,21 +96,24 @@ DRY_RUN = False  # print the rows' counts and the memory estimate (training and 
 
 # --- rewards: pure functions of one completion ------------------------------------------------------------------
 def correct_reward(output: str, gold: str, mode: str = "think", finished: bool = True,
-                   needs_shape: bool = True, n_options: int = 4) -> float:
+                   needs_shape: bool = True, n_options: int = 4, prompt: str = "") -> float:
     """1.0 when benchmark.py's reader (``mcq.extract``: after the think, only letters the answer commits to with
     nothing after naming another option) reads exactly ``gold``, else 0.0. ``needs_shape``: only in the shape
     ``mode`` asks for (``shape_reward``), and only a finished completion (a cut-off one may have been about to
     change its mind)."""
-    if not finished or (needs_shape and not shape_reward(output, mode, finished)):
+    if not finished or (needs_shape and not shape_reward(output, mode, finished, prompt)):
         return 0.0
     return 1.0 if mcq.extract(output, n_options, len(gold) > 1)[0] == gold else 0.0
 
 
-def shape_reward(output: str, mode: str, finished: bool = True) -> float:
+def shape_reward(output: str, mode: str, finished: bool = True, prompt: str = "") -> float:
     """1.0 when the completion has the shape ``mode`` asks for (``chat.obeying_shapes``: think mode a closed think of
     at least chat.MIN_THINK_CHARS letters, then a non-empty answer; the no-think modes an empty think block or none,
-    then an answer)."""
-    return 1.0 if chat.output_shape(output, finished) in chat.obeying_shapes(mode) else 0.0
+    then an answer). A think that only copies ``prompt`` (the question, its options) is none."""
+    if chat.output_shape(output, finished) not in chat.obeying_shapes(mode):
+        return 0.0
+    think = mcq.squash(chat.split_output(output)[0])
+    return 0.0 if think and think in mcq.squash(prompt) else 1.0
 
 
 def repetition_penalty(ids, n: int = REPETITION_NGRAM, free: float = REPETITION_FREE) -> float:
@@ -135,11 +138,11 @@ def reward_functions(eos_ids, cfg: dict) -> list:
 
     # the prompts are text (prompt_rows), so TRL hands each completion back as its decoded text
     def correct(prompts, completions, completion_ids, gold, mode, n_options, **_):
-        return [correct_reward(c, g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"], n)
-                for c, i, g, m, n in zip(completions, completion_ids, gold, mode, n_options)]
+        return [correct_reward(c, g, m, ended(i), cfg["CORRECT_NEEDS_SHAPE"], n, p)
+                for p, c, i, g, m, n in zip(prompts, completions, completion_ids, gold, mode, n_options)]
 
     def shape(prompts, completions, completion_ids, mode, **_):
-        return [shape_reward(c, m, ended(i)) for c, i, m in zip(completions, completion_ids, mode)]
+        return [shape_reward(c, m, ended(i), p) for p, c, i, m in zip(prompts, completions, completion_ids, mode)]
 
     def repetition(prompts, completions, completion_ids, **_):
         return [repetition_penalty(i, cfg["REPETITION_NGRAM"], cfg["REPETITION_FREE"]) for i in completion_ids]

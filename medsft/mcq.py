@@ -179,7 +179,8 @@ _APPENDED = re.compile(r"(?s)(?:^|(?<=[\s。?:)]))\(?A\)?\s*[.、:)]\s*\S.*?\(?B
 _DROPPED = {"Zs", "Zl", "Zp", "Cc", "Cf", "Po", "Ps", "Pe", "Pi", "Pf", "Pd", "Pc"}  # blanks, format, punctuation
 
 
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
+    """``text`` without blanks, format characters and punctuation, lower case: what two texts share as words."""
     return "".join(ch for ch in text if unicodedata.category(ch) not in _DROPPED).lower()
 
 
@@ -188,12 +189,12 @@ def question_key(question: str) -> str:
     punctuation removed, lower case, without a leading item number (``12.``, ``(3)``, ``第5题``) or options written
     after it (``… A.卵巢 B.子宫``)."""
     text = _ITEM_NUMBER.sub("", unicodedata.normalize("NFKC", str(question)), count=1)
-    return _squash(_APPENDED.sub("", text))
+    return squash(_APPENDED.sub("", text))
 
 
 def item_key(question: str, choices) -> str:
     """A multiple-choice item's identity: its question key and its option texts in any order."""
-    return question_key(question) + "|" + "|".join(sorted(_squash(unicodedata.normalize("NFKC", c)) for c in choices))
+    return question_key(question) + "|" + "|".join(sorted(squash(unicodedata.normalize("NFKC", c)) for c in choices))
 
 
 STEM_MIN = 12  # characters of question key from which a question alone names an item: shorter stems (下列哪项正确) recur

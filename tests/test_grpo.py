@@ -82,6 +82,27 @@ def test_shape_reward_cut_off_is_no_shape():
     assert g.shape_reward("答案：C", "no_think_hard", finished=False) == 0.0
 
 
+def test_a_think_that_copies_the_prompt_is_no_think():
+    """The question (or its options) pasted in as the think had the full shape reward, and so the correctness reward
+    that needs it: a think must add something to what the prompt says."""
+    question = grpo.mc_question(ROW)
+    prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    lines = question.split("\n")
+    for think in (lines[0], question, lines[0] + lines[2]):  # its first line, all of it, two of its lines joined
+        copied = f"<think>\n{think}\n</think>\n\n答案：C"
+        assert g.shape_reward(copied, "think", prompt=prompt) == 0.0, think
+        assert g.correct_reward(copied, "C", "think", prompt=prompt) == 0.0, think
+    thought = f"<think>\n{lines[2]}诊室血压达到140/90毫米汞柱即可诊断高血压。\n</think>\n\n答案：C"  # restated, reasoned
+    assert g.shape_reward(thought, "think", prompt=prompt) == 1.0
+    assert g.correct_reward(thought, "C", "think", prompt=prompt) == 1.0
+    # through TRL's signature: the prompts column reaches the shape and correctness rewards
+    funcs = g.reward_functions([0], {"CORRECT_NEEDS_SHAPE": True, "REPETITION_NGRAM": 8, "REPETITION_FREE": 0.1,
+                                     "MAX_COMPLETION_LENGTH": 64, "OVERLONG_BUFFER": 0})
+    columns = dict(prompts=[prompt] * 2, completions=[copied, thought], completion_ids=[[1, 0], [1, 0]],
+                   gold=["C", "C"], mode=["think", "think"], n_options=[4, 4])
+    assert funcs[0](**columns) == [0.0, 1.0] and funcs[1](**columns) == [0.0, 1.0]
+
+
 # --- repetition and overlong --------------------------------------------------------------------------------------
 def test_repetition_penalty_on_ids():
     assert g.repetition_penalty(list(range(100)), n=4, free=0.1) == 0.0
