@@ -179,7 +179,7 @@ def main():
     # 1. Load: every row with where it came from (file:line), keeping decode errors as bad rows; the tokenizer
     # first, as its own added tokens are control tokens too
     tokenizer_spec = TOKENIZER or os.environ.get("MEDSFT_TOKENIZER", "")
-    tok = models.load_tokenizer(tokenizer_spec) if tokenizer_spec else None
+    tok = models.load_tokenizer(tokenizer_spec, option="tokenizer") if tokenizer_spec else None
     source = rows.read_records(local) if is_local else rows.read_hub(
         DATASET, split=SPLIT, subset=SUBSET, revision=DATASET_REVISION, probe=dataset_probe,
         fix="use a local copy instead: --dataset=path/to/rows.jsonl (or .json/.parquet/.csv, or a directory of them), "

@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# checked in this order: UTF-32 little-endian's BOM starts with UTF-16 little-endian's
+OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
 # the longest JSONL line read: a row here is a few KB (a 2,048-token prediction ~10 KB); longer is not a row
 MAX_LINE_BYTES = 16 * 2 ** 20
 # what a terminal obeys rather than shows: C0 but tab and line feed, DEL, C1, and the bidi overrides that reorder text
@@ -379,9 +381,12 @@ def check_utf8(path: str | os.PathLike, *, strict: bool = False) -> None:
     minority stay per-row errors. ``strict`` (parsers that cannot skip a row, CSV): any bad line."""
     path = Path(path)
     with open(path, "rb") as f:
-        if f.read(2) in UTF16_BOMS:
-            raise MedsftError(f"{path}: this file is UTF-16 text, not UTF-8. Convert it and pass the converted "
-                              f"file: iconv -f UTF-16 -t UTF-8 {path} > {path.with_name(path.stem + '.utf8' + path.suffix)}")
+        start = f.read(4)
+        for bom, codec in OTHER_BOMS:
+            if start.startswith(bom):
+                raise MedsftError(f"{path}: this file is {codec} text, not UTF-8. Convert it and pass the converted "
+                                  f"file: iconv -f {codec} -t UTF-8 {path} > "
+                                  f"{path.with_name(path.stem + '.utf8' + path.suffix)}")
         f.seek(0)
         first, bad, nonascii, offset, lineno = None, 0, 0, 0, 0
         while raw := f.readline(MAX_LINE_BYTES + 1):  # bounded: a huge line is refused, never read whole

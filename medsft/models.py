@@ -183,9 +183,10 @@ def _download_turn(spec: str):
         if lock is not None:
             lock.release()
 
-def download(spec: str, config_only: bool = False) -> Path:
+def download(spec: str, config_only: bool = False, option: str = "model") -> Path:
     """A ModelScope snapshot at the pinned revision, from the cache if it holds a whole model (``config_only``:
-    config.json, all the memory estimate reads); any failure is one MedsftError naming a local alternative."""
+    config.json, all the memory estimate reads); any failure is one MedsftError naming a local alternative for
+    ``--option``."""
     from modelscope import snapshot_download
 
     revision = _PINNED.get(spec)
@@ -204,9 +205,9 @@ def download(spec: str, config_only: bool = False) -> Path:
                 problem = f"{type(e).__name__}: {e}"
         if problem is not None:
             raise MedsftError(f"cannot download '{spec}'{' at ' + revision if revision else ''} from ModelScope "
-                              f"({problem}). Point at a local copy instead: --model=/path/to/Qwen3-1.7B (a directory "
-                              "with config.json and *.safetensors), or use --model=tiny (or small) for an offline "
-                              "CPU demo")
+                              f"({problem}). Point at a local copy instead: --{option}=/path/to/Qwen3-1.7B (a "
+                              f"directory with config.json and *.safetensors), or use --{option}=tiny (or small) for "
+                              "an offline CPU demo")
     if not usable(got):
         raise MedsftError(f"the snapshot of '{spec}' in {got} lacks some of {what} after its download: run again "
                           "to fetch the missing files (this loader reads safetensors weights only)")
@@ -224,25 +225,29 @@ def hub_revision(spec) -> str | None:
     name = _recorded_revision(cached) if cached is not None else None
     return f"{UNPINNED}:{name}" if name else UNPINNED
 
-def resolve_model(spec: str, config_only: bool = False) -> Path:
-    """A spec's local folder (built or downloaded as needed); ``config_only``: a hub id's config.json is enough."""
+def resolve_model(spec: str, config_only: bool = False, option: str = "model") -> Path:
+    """A spec's local folder (built or downloaded as needed); ``config_only``: a hub id's config.json is enough.
+    ``option``: the command-line option that gave ``spec``, for messages."""
     spec = str(spec)
     if spec in BUILTIN_SPECS:
         return ensure_builtin(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-            raise MedsftError(f"{path} is not a model directory (no config.json); pass a Hugging Face format "
-                              "model directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
+            raise MedsftError(f"--{option}={spec}: {path} is not a model directory (no config.json); pass a Hugging "
+                              "Face format model directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
         return path
+    if spec.startswith((".", "/", "~")) or spec.endswith(("/", os.sep)):  # a path (./org/name too), no hub id
+        raise MedsftError(f"--{option}={spec}: no such directory ({path.absolute()}); pass an existing model or "
+                          "tokenizer directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
     if is_hub_id(spec):
-        return download(spec, config_only=config_only)
-    raise MedsftError(f"model '{spec}' not found: no such directory, and it is not a ModelScope id (org/name)")
+        return download(spec, config_only=config_only, option=option)
+    raise MedsftError(f"--{option}={spec}: not found: no such directory, and it is not a ModelScope id (org/name)")
 
-def load_tokenizer(spec):
+def load_tokenizer(spec, option: str = "model"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(spec))
+    tok = AutoTokenizer.from_pretrained(resolve_model(spec, option=option))
     tok.padding_side = "left"  # generation pads on the left; training collators set their own
     return tok
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from . import models
@@ -40,14 +41,28 @@ def _json_list(path: Path, text: str) -> list[tuple[int, object]]:
         pos = end
 
 
-def _starts_a_list(path: Path) -> bool:
-    """Whether the first character of ``path`` (past a byte-order mark and blanks) is '['."""
+def _first_char(path: Path) -> bytes:
+    """The first character of ``path`` past a byte-order mark and blanks (b"" for none): '[' starts a JSON list."""
     with open(path, "rb") as f:
         while chunk := f.read(4096):
             chunk = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
             if chunk:
-                return chunk[:1] == b"["
-    return False
+                return chunk[:1]
+    return b""
+
+
+def _refuse_one_object(path: Path) -> None:
+    """MedsftError when ``path`` is one JSON object over many lines (an export such as {"data": [...]}), which read
+    as JSON lines would be one bad row per line; nothing when it does not parse as a whole."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):  # UnicodeDecodeError included
+        return
+    if isinstance(doc, dict):
+        key, value = next(iter(doc.items())) if len(doc) == 1 else (None, None)
+        hint = f"; the rows seem to be under {key!r}: save that list itself" if isinstance(value, list) else ""
+        raise MedsftError(f"{path}: this file is one JSON object, not rows: a .json file must be a JSON list of row "
+                          f"objects ([{{...}}, {{...}}]) or JSON lines (one object per line){hint}")
 
 
 def read_records(path):
@@ -80,9 +95,10 @@ def _file_records(path: Path):
         raise MedsftError(f"{path}: unknown file type {suffix!r}; expected {', '.join(SUFFIXES)} or a folder of them")
     if not path.is_file():
         raise MedsftError(f"{path}: file not found")
+    name = os.fsencode(path).decode("utf-8", "backslashreplace")  # a name that is no UTF-8 cannot be printed as it is
     try:
-        records = None
-        if suffix in (".jsonl", ".json") and _starts_a_list(path):
+        records, first = None, _first_char(path) if suffix in (".jsonl", ".json") else b""
+        if first == b"[":
             check_utf8(path, strict=True)  # one JSON document: a bad byte anywhere spoils it
             try:
                 records = _json_list(path, path.read_text(encoding="utf-8-sig"))
@@ -92,11 +108,13 @@ def _file_records(path: Path):
                 # JSON lines whose first line is a list: each line is read (and named) on its own
         if records is not None:
             for line, rec in records:
-                yield f"{path}:{line}", rec if isinstance(rec, dict) else \
+                yield f"{name}:{line}", rec if isinstance(rec, dict) else \
                     f"expected a JSON object, got {type(rec).__name__}"
         elif suffix in (".jsonl", ".json"):
-            for lineno, obj, err in iter_jsonl(path):
-                yield f"{path}:{lineno}", err or obj
+            for n, (lineno, obj, err) in enumerate(iter_jsonl(path)):
+                if n == 0 and err and suffix == ".json" and first == b"{":  # a first line no row: JSON lines at all?
+                    _refuse_one_object(path)
+                yield f"{name}:{lineno}", err or obj
         elif suffix == ".csv":
             check_utf8(path, strict=True)  # the CSV parser cannot skip an undecodable row: any bad byte is fatal
             # a cell may hold what a row may (a long think); Python's default stops at 131,072 characters
@@ -107,7 +125,7 @@ def _file_records(path: Path):
                     header = [h.strip() for h in next(reader, [])]
                     start = reader.line_num + 1
                     for rec in reader:
-                        where, start = f"{path}:{start}", reader.line_num + 1
+                        where, start = f"{name}:{start}", reader.line_num + 1
                         if any(field.strip() for field in rec):
                             yield where, {h: rec[k] if k < len(rec) else None for k, h in enumerate(header) if h}
                 except csv.Error as e:  # e.g. an unclosed quote that runs on past the field limit
@@ -123,7 +141,7 @@ def _file_records(path: Path):
                 raise MedsftError(f"{path}: not a readable parquet file ({e}); write it again, or move it out of "
                                   "the way") from None
             for i, rec in enumerate(table.to_pylist()):
-                yield f"{path}:row {i + 1}", rec
+                yield f"{name}:row {i + 1}", rec
     except UnicodeDecodeError as e:
         raise MedsftError(f"{path}: not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
     except OSError as e:

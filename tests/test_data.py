@@ -430,3 +430,56 @@ def test_file_names_are_shown_without_their_terminal_escapes(tmp_path):
     p = run_script("data.py", f"--dataset={d}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
     assert "\x1b" not in p.stdout + p.stderr and "\x07" not in p.stdout + p.stderr
     assert lines_naming(p.stdout, "b\\x1b[2J\\x1b]0;pwned\\x07.jsonl:1:"), p.stdout
+
+
+@pytest.mark.parametrize("spec", ["./no-such-tokenizer", "../no-such-tokenizer", "/no/such/tokenizer",
+                                  "~/no-such-tokenizer", "no-such-tokenizer/"])
+def test_a_missing_local_tokenizer_is_one_error_naming_the_option(monkeypatch, tmp_path, demo_data_path, root, spec):
+    monkeypatch.setattr(models, "download", lambda *a, **k: pytest.fail(f"{spec} taken for a ModelScope id"))
+    monkeypatch.setattr(sys, "argv", ["data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path / 'out'}",
+                                      "--benchmarks=", f"--tokenizer={spec}"])
+    with raises_naming(MedsftError, "--tokenizer", spec) as info:
+        runpy.run_path(str(root / "data.py"), run_name="__main__")
+    assert "--model" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_that_cannot_be_downloaded_names_the_tokenizer_option(monkeypatch, tmp_path, demo_data_path, root):
+    monkeypatch.setattr(models, "hub_problem", lambda *a, **k: "offline")
+    monkeypatch.setattr(sys, "argv", ["data.py", f"--dataset={demo_data_path}", f"--data_dir={tmp_path / 'out'}",
+                                      "--benchmarks=", "--tokenizer=NoSuchOrg/no-such-model"])
+    with raises_naming(MedsftError, "--tokenizer=", "NoSuchOrg/no-such-model") as info:
+        runpy.run_path(str(root / "data.py"), run_name="__main__")
+    assert "--model" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["data", None])
+def test_a_json_file_holding_one_object_is_one_error(tmp_path, key):
+    """A pretty-printed export ({"data": [...]}) read line by line would be one bad row per line."""
+    src = tmp_path / "export.json"
+    doc = {key: _rows(20)} if key else {"rows": _rows(10), "count": 10}
+    src.write_text(json.dumps(doc, ensure_ascii=False, indent=2), encoding="utf-8")
+    p = run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=", check=False)
+    assert_exit(p, 1, src, *([f"'{key}'"] if key else []))
+    assert "skip" not in p.stdout and not (tmp_path / "out").exists()
+
+
+def test_a_json_file_of_json_lines_is_still_read_row_by_row(tmp_path):
+    src = _jsonl(tmp_path / "rows.json", ["{bad", *map(json.dumps, _rows(10))])
+    run_script("data.py", f"--dataset={src}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 10 and [s["where"] for s in stats["skipped"]] == [f"{src}:1"]
+
+
+def test_a_file_name_that_is_not_utf8_keeps_the_good_rows(tmp_path):
+    import os
+
+    d = tmp_path / "src"
+    d.mkdir()
+    _jsonl(d / "a.jsonl", map(json.dumps, _rows(10)))
+    fd = os.open(os.fsencode(d) + b"/bad\xff.jsonl", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"{bad\n")
+    os.close(fd)
+    p = run_script("data.py", f"--dataset={d}", f"--data_dir={tmp_path / 'out'}", "--benchmarks=")
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["rows_kept"] == 10 and [s["where"] for s in stats["skipped"]] == [f"{d}/bad\\xff.jsonl:1"]
+    assert lines_naming(p.stdout, "bad\\xff.jsonl:1:"), p.stdout

@@ -138,6 +138,14 @@ def test_utf16_file_is_named_as_such(tmp_path):
         list(io.iter_jsonl(src))
 
 
+@pytest.mark.parametrize("codec", ["utf-32", "utf-32-be"])
+def test_utf32_file_is_named_as_such(tmp_path, codec):
+    src = tmp_path / "u32.jsonl"  # its BOM starts like UTF-16's: iconv -f UTF-16 would give text full of NULs
+    src.write_bytes(("\ufeff" + jsonl_text(rows(3))).encode(codec))
+    with raises_naming(MedsftError, src, "UTF-32", f"iconv -f UTF-32 -t UTF-8 {src}"):
+        list(io.iter_jsonl(src))
+
+
 # --- 3. near-duplicate questions ---------------------------------------------------------------------------------
 
 
