@@ -238,11 +238,11 @@ def resolve_model(spec: str, config_only: bool = False, option: str = "model") -
                               "Face format model directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
         return path
     if spec.startswith((".", "/", "~")) or spec.endswith(("/", os.sep)):  # a path (./org/name too), no hub id
-        raise MedsftError(f"--{option}={spec}: no such directory ({path.absolute()}); pass an existing model or "
+        raise MedsftError(f"--{option}='{spec}': no such directory ({path.absolute()}); pass an existing model or "
                           "tokenizer directory, a ModelScope id like Qwen/Qwen3-1.7B, 'tiny' or 'small'")
     if is_hub_id(spec):
         return download(spec, config_only=config_only, option=option)
-    raise MedsftError(f"--{option}={spec}: not found: no such directory, and it is not a ModelScope id (org/name)")
+    raise MedsftError(f"--{option}='{spec}': not found: no such directory, and it is not a ModelScope id (org/name)")
 
 def load_tokenizer(spec, option: str = "model"):
     from transformers import AutoTokenizer
