@@ -145,6 +145,14 @@ _NEGATED_AFTER = re.compile(rf"[ \t]*(?:(?:是|为)?[ \t]*(?:错|不对|不正�
 _OPTION_LINE = re.compile(rf"^[ \t*]*+((?:{_OPT}(?:[ \t]*+(?:、|,)?[ \t]*+{_OPT})*+))[ \t]*+[.。、:]?[ \t*]*+$", re.M)
 
 
+def _negated(answer: str, start: int, end: int, _letters: str, how: str) -> bool:
+    """Whether the commitment at ``answer[start:end]`` is negated: a marker's own line before it, or the text before
+    an option line (the line above it), ends in a negation; or what follows the letters retracts them."""
+    line_start = answer.rfind("\n", 0, start) + 1 if how == "marker" else 0
+    before = answer[max(0, start - 16, line_start):start]
+    return bool(_NEGATED_BEFORE[how].search(before) or _NEGATED_AFTER.match(answer, end))
+
+
 def extract(output: str, n_options: int = 4, multi: bool = False) -> tuple[str | None, str]:
     """(letters or None, extracted_by) read from the answer after the think.
 
@@ -158,8 +166,7 @@ def extract(output: str, n_options: int = 4, multi: bool = False) -> tuple[str |
     options = LETTERS[:n_options]
     found = [(m.start(), m.end(), m.group(1), "marker") for m in _MARKER.finditer(answer)]
     found += [(m.start(), m.end(), m.group(1), "option_line") for m in _OPTION_LINE.finditer(answer)]
-    found = [f for f in found if not _NEGATED_AFTER.match(answer, f[1]) and not _NEGATED_BEFORE[f[3]].search(
-        answer[max(0, f[0] - 16, answer.rfind("\n", 0, f[0]) + 1 if f[3] == "marker" else 0):f[0]])]
+    found = [f for f in found if not _negated(answer, *f)]
     if not found:
         return None, "none"
     _, end, listed, how = min(found)

@@ -138,8 +138,8 @@ def targets(cfg: dict, tag: str, modes: bool = False) -> list[Target]:
         rows = None if rows is None else _same_rows(path, rows, test, cfg["TEST_FILE"], command)
         if mode is None:
             t.rows = rows
-        elif rows is not None and made_by(rows) != made_by(t.rows):
-            raise MedsftError(f"{path}: made by {_maker(made_by(rows))}, but {t.path} by {_maker(made_by(t.rows))}: "
+        elif rows is not None and (made := made_by(rows[0])) != (main := made_by(t.rows[0])):
+            raise MedsftError(f"{path}: made by {_maker(made)}, but {t.path} by {_maker(main)}: "
                               f"adherence compares one model's modes; move it aside and predict that mode again:\n"
                               f"  {command}")
         else:
@@ -177,16 +177,16 @@ def load_predictions(path) -> list[dict]:
         raise MedsftError(f"{path} has no rows: predict a split first (inference.py --input=data/test.jsonl)")
     makers = {}  # (model, adapter) -> its first line: one file is one model's predictions
     for r in rows:
-        makers.setdefault(made_by([r]), seen[r["id"]])
+        makers.setdefault(made_by(r), seen[r["id"]])
     if len(makers) > 1:
         (a, la), (b, lb) = list(makers.items())[:2]
         raise MedsftError(f"{path}: rows of different models ({_maker(a)} on line {la}, {_maker(b)} on line {lb}): "
                           "a predictions file holds one model's; predict each model into its own --output")
     return rows
 
-def made_by(rows: list[dict]) -> tuple:
-    """(model, adapter) the first row names."""
-    return rows[0].get("model"), rows[0].get("adapter")
+def made_by(row: dict) -> tuple:
+    """(model, adapter) a prediction row names."""
+    return row.get("model"), row.get("adapter")
 
 def _maker(m: tuple) -> str:
     return f"{m[0]}" + (f" + adapter {m[1]}" if m[1] else "")
